@@ -1,0 +1,14 @@
+"""tinyprune: prune, propagate, resize and count a MobileNet, in NumPy and Numba.
+
+The package follows the pipeline of the course tutorial, one module a step:
+layers -> model -> prune -> propagate -> resize -> count -> train -> plots.
+"""
+
+from .activations import *  # noqa: F401,F403
+from .layers import *  # noqa: F401,F403
+from .model import *  # noqa: F401,F403
+from .count import *  # noqa: F401,F403
+from .testing import *  # noqa: F401,F403
+# later modules add their line here, one each:
+
+__version__ = "0.1.0"
