@@ -1,0 +1,578 @@
+"""Chapter 7: data sets, augmentation and loading (run with ``pytest -m data``).
+
+Small sizes throughout (64 synthetic images, tiny fake Visual Wake Words
+folders) so the whole chapter runs in seconds.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from tinyprune import data
+from tinyprune.data import (
+    DataLoader,
+    SyntheticVWW,
+    VisualWakeWords,
+    as_dataset,
+    augment_batch,
+    save_grid,
+    to_float,
+)
+
+SIZE = 64  # images per synthetic test set
+
+
+@pytest.fixture(scope="module")
+def small_train():
+    """64 synthetic training images, generated once for the module."""
+    return SyntheticVWW.generate("train", seed=0, size=SIZE)
+
+
+# --- SyntheticVWW: what it contains ----------------------------------------
+
+
+@pytest.mark.data
+def test_synthetic_images_are_uint8_nchw_96_and_c_contiguous(tmp_path):
+    ds = SyntheticVWW("train", seed=0, size=SIZE, cache_dir=tmp_path)
+    assert ds.images.shape == (SIZE, 3, 96, 96)
+    assert ds.images.dtype == np.uint8
+    assert ds.images.flags.c_contiguous
+    assert len(ds) == SIZE
+
+
+@pytest.mark.data
+def test_synthetic_labels_are_int64_zero_or_one(small_train):
+    _, labels = small_train
+    assert labels.dtype == np.int64
+    assert labels.shape == (SIZE,)
+    assert set(np.unique(labels).tolist()) == {0, 1}
+
+
+@pytest.mark.data
+def test_synthetic_classes_are_exactly_half_each(small_train):
+    _, labels = small_train
+    assert labels.sum() == SIZE // 2
+
+
+@pytest.mark.data
+def test_synthetic_labels_are_shuffled_not_in_blocks(small_train):
+    _, labels = small_train
+    assert not np.array_equal(labels, np.sort(labels))
+    assert not np.array_equal(labels, np.sort(labels)[::-1])
+
+
+@pytest.mark.data
+def test_synthetic_images_use_the_whole_intensity_range(small_train):
+    images, _ = small_train
+    assert images.min() < 30 and images.max() > 225
+
+
+@pytest.mark.data
+def test_synthetic_classes_have_similar_mean_intensity(small_train):
+    # The label must not be readable from brightness alone.
+    images, labels = small_train
+    means = [images[labels == k].mean() for k in (0, 1)]
+    assert abs(means[0] - means[1]) < 15
+
+
+# --- SyntheticVWW: determinism -----------------------------------------------
+
+
+@pytest.mark.data
+def test_same_subset_and_seed_give_identical_bytes(small_train):
+    images, labels = SyntheticVWW.generate("train", seed=0, size=SIZE)
+    assert images.tobytes() == small_train[0].tobytes()
+    assert np.array_equal(labels, small_train[1])
+
+
+@pytest.mark.data
+def test_a_different_seed_gives_different_images(small_train):
+    images, _ = SyntheticVWW.generate("train", seed=1, size=SIZE)
+    assert not np.array_equal(images, small_train[0])
+
+
+@pytest.mark.data
+def test_val_is_a_different_stream_from_train(small_train):
+    images, _ = SyntheticVWW.generate("val", seed=0, size=SIZE)
+    # Not one val image may repeat a train image.
+    train_rows = {image.tobytes() for image in small_train[0]}
+    assert not any(image.tobytes() in train_rows for image in images)
+
+
+@pytest.mark.data
+def test_default_sizes_are_8000_train_and_2000_val():
+    assert SyntheticVWW.DEFAULT_SIZES == {"train": 8000, "val": 2000}
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("kwargs", [{"subset": "test"}, {"size": 0}, {"size": 2.5}, {"seed": -1}])
+def test_bad_synthetic_arguments_raise_value_error(kwargs, tmp_path):
+    with pytest.raises(ValueError):
+        SyntheticVWW(**{"size": 4, **kwargs}, cache_dir=tmp_path)
+
+
+# --- SyntheticVWW: the cache -------------------------------------------------
+
+
+@pytest.mark.data
+def test_cache_file_is_named_by_version_subset_seed_and_size(tmp_path):
+    SyntheticVWW("val", seed=3, size=8, cache_dir=tmp_path)
+    name = f"synthetic-vww-v{SyntheticVWW.VERSION}-val-seed3-n8.npz"
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # and no temporary file left
+
+
+@pytest.mark.data
+def test_cached_set_is_loaded_not_regenerated(tmp_path, monkeypatch):
+    first = SyntheticVWW("train", seed=0, size=8, cache_dir=tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("generated again despite a cache file")
+
+    monkeypatch.setattr(SyntheticVWW, "generate", staticmethod(refuse))
+    second = SyntheticVWW("train", seed=0, size=8, cache_dir=tmp_path)
+    assert second.images.tobytes() == first.images.tobytes()
+    assert np.array_equal(second.labels, first.labels)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("damage", [b"not a zip file", b""])
+def test_corrupt_cache_is_regenerated_with_a_warning(tmp_path, damage):
+    fresh = SyntheticVWW("train", seed=0, size=8, cache_dir=tmp_path)
+    fresh.cache_path.write_bytes(damage)
+    with pytest.warns(UserWarning, match="regenerating"):
+        again = SyntheticVWW("train", seed=0, size=8, cache_dir=tmp_path)
+    assert again.images.tobytes() == fresh.images.tobytes()
+    # ... and the repaired file is good again: the next load is silent.
+    np.load(again.cache_path, allow_pickle=False).close()
+
+
+@pytest.mark.data
+def test_cache_with_wrong_shape_is_regenerated(tmp_path):
+    fresh = SyntheticVWW("train", seed=0, size=8, cache_dir=tmp_path)
+    np.savez(fresh.cache_path, images=np.zeros((2, 3, 96, 96), np.uint8), labels=np.zeros(2, np.int64))
+    with pytest.warns(UserWarning, match="expected uint8"):
+        again = SyntheticVWW("train", seed=0, size=8, cache_dir=tmp_path)
+    assert again.images.tobytes() == fresh.images.tobytes()
+
+
+@pytest.mark.data
+def test_failed_cache_write_leaves_no_file(tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.warns(UserWarning, match="could not cache"):
+        ds = SyntheticVWW("train", seed=0, size=4, cache_dir=tmp_path)
+    assert len(ds) == 4
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.data
+def test_default_cache_folder_is_data_dir_slash_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYPRUNE_DATA", str(tmp_path))
+    assert data.data_dir() == tmp_path
+    ds = SyntheticVWW("train", seed=0, size=4)
+    assert ds.cache_path.parent == tmp_path / "cache"
+    assert ds.cache_path.is_file()
+
+
+@pytest.mark.data
+def test_data_dir_is_repo_data_folder_in_a_checkout(monkeypatch):
+    monkeypatch.delenv("TINYPRUNE_DATA", raising=False)
+    repo = Path(data.__file__).resolve().parents[1]
+    expected = repo / "data" if (repo / "setup.cfg").is_file() else Path.home() / ".cache" / "tinyprune"
+    assert data.data_dir() == expected
+
+
+# --- the painting kernel -----------------------------------------------------
+
+
+def _painted(kernel, part):
+    canvas = np.zeros((3, 20, 20), np.float32)
+    data._paint(canvas, part, kernel=kernel)
+    return canvas
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(
+    "part",
+    [
+        data._disc((10.0, 10.0), 4.0, np.float32([255, 0, 0])),
+        data._capsule((3.0, 2.0), (15.0, 17.0), 1.5, np.float32([0, 255, 0])),
+        data._box((10.0, 9.0), 7.0, 3.0, 0.6, 1.0, np.float32([0, 0, 255])),
+        data._ellipse((9.0, 11.0), 8.0, 3.0, 2.0, np.float32([90, 90, 90])),
+    ],
+    ids=["disc", "capsule", "box", "ellipse"],
+)
+def test_paint_kernel_plain_and_jitted_agree(part):
+    plain = _painted(data._paint_pixels, part)
+    jitted = _painted(data._paint_pixels_jit, part)
+    assert plain.max() > 0  # something was drawn
+    np.testing.assert_allclose(plain, jitted, atol=1e-3)
+
+
+@pytest.mark.data
+def test_disc_covers_its_inside_fully_and_leaves_far_pixels_alone():
+    canvas = _painted(None, data._disc((10.0, 10.0), 4.0, np.float32([200, 100, 50])))
+    assert canvas[:, 10, 10].tolist() == [200, 100, 50]  # centre: full colour
+    assert canvas[:, 10, 13].tolist() == [200, 100, 50]  # 3 px from centre: inside
+    assert canvas[:, 10, 16].tolist() == [0, 0, 0]  # 6 px from centre: untouched
+    assert 0 < canvas[0, 10, 14] < 200  # on the outline: anti-aliased
+
+
+# --- VisualWakeWords -----------------------------------------------------------
+
+
+def _fake_vww(root: Path, lines: str, images: dict, subset="train") -> Path:
+    """Write <root>/<subset>.txt and the given {name: PIL image} files."""
+    (root / subset).mkdir(parents=True, exist_ok=True)
+    (root / f"{subset}.txt").write_text(lines)
+    for name, picture in images.items():
+        picture.save(root / subset / name)
+    return root
+
+
+def _solid(size, colour, mode="RGB"):
+    return Image.new(mode, size, colour)
+
+
+@pytest.mark.data
+def test_vww_reads_images_and_labels_in_list_order(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    _fake_vww(
+        tmp_path,
+        "a.png 1\n\nb.png 0\n",
+        {"a.png": Image.fromarray(pixels), "b.png": _solid((96, 96), (0, 0, 255))},
+    )
+    ds = VisualWakeWords(tmp_path, "train")
+    assert ds.images.shape == (2, 3, 96, 96) and ds.images.dtype == np.uint8
+    assert ds.labels.tolist() == [1, 0] and ds.labels.dtype == np.int64
+    assert np.array_equal(ds.images[0], pixels.transpose(2, 0, 1))  # lossless, no resize
+    assert ds.images[1, :, 0, 0].tolist() == [0, 0, 255]
+
+
+@pytest.mark.data
+def test_vww_resizes_to_96_and_converts_grey_and_rgba_to_rgb(tmp_path):
+    _fake_vww(
+        tmp_path,
+        "grey.png 0\nrgba.png 1\n",
+        {"grey.png": _solid((40, 30), 128, "L"), "rgba.png": _solid((200, 120), (10, 20, 30, 255), "RGBA")},
+        subset="val",
+    )
+    ds = VisualWakeWords(tmp_path, "val")
+    assert ds.images.shape == (2, 3, 96, 96)
+    assert (ds.images[0] == 128).all()
+    assert ds.images[1, :, 50, 50].tolist() == [10, 20, 30]
+
+
+@pytest.mark.data
+def test_vww_missing_list_file_raises_file_not_found_naming_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="val.txt"):
+        VisualWakeWords(tmp_path, "val")
+
+
+@pytest.mark.data
+def test_vww_missing_image_names_the_file_and_line(tmp_path):
+    _fake_vww(tmp_path, "a.png 1\nghost.png 0\n", {"a.png": _solid((96, 96), (1, 2, 3))})
+    with pytest.raises(FileNotFoundError, match=r"ghost\.png.*line 2"):
+        VisualWakeWords(tmp_path)
+
+
+@pytest.mark.data
+def test_vww_unreadable_image_raises_value_error_naming_it(tmp_path):
+    _fake_vww(tmp_path, "bad.png 1\n", {})
+    (tmp_path / "train" / "bad.png").write_bytes(b"this is not a picture")
+    with pytest.raises(ValueError, match=r"bad\.png.*line 1"):
+        VisualWakeWords(tmp_path)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("line", ["a.png", "a.png 1 extra", "my picture.png 1"])
+def test_vww_line_without_exactly_two_fields_names_file_and_line(tmp_path, line):
+    _fake_vww(tmp_path, f"a.png 1\n\n{line}\n", {"a.png": _solid((96, 96), (1, 2, 3))})
+    with pytest.raises(ValueError, match=r"train\.txt, line 3"):
+        VisualWakeWords(tmp_path)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("label", ["2", "-1", "yes", "1.0"])
+def test_vww_label_other_than_0_or_1_names_file_and_line(tmp_path, label):
+    _fake_vww(tmp_path, f"a.png {label}\n", {"a.png": _solid((96, 96), (1, 2, 3))})
+    with pytest.raises(ValueError, match=r"train\.txt, line 1: label must be 0 or 1"):
+        VisualWakeWords(tmp_path)
+
+
+# --- as_dataset ----------------------------------------------------------------
+
+
+@pytest.mark.data
+def test_as_dataset_wraps_a_pair_and_stores_int64_labels():
+    images = np.zeros((3, 3, 8, 8), np.uint8)
+    ds = as_dataset((images, [1.0, 0.0, True]))
+    assert ds.images is images
+    assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [1, 0, 1]
+    assert len(ds) == 3
+
+
+@pytest.mark.data
+def test_as_dataset_returns_a_dataset_object_unchanged(tmp_path):
+    ds = SyntheticVWW("val", seed=0, size=4, cache_dir=tmp_path)
+    assert as_dataset(ds) is ds
+
+
+@pytest.mark.data
+def test_as_dataset_accepts_float_images_in_unit_range():
+    ds = as_dataset((np.full((2, 3, 4, 4), 0.5, np.float64), np.array([0, 1])))
+    assert ds.images.dtype == np.float64
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(
+    "images, labels, message",
+    [
+        (np.zeros((2, 8, 8), np.uint8), [0, 1], "rank 4"),
+        (np.zeros((2, 3, 8, 8), np.uint8), [0, 1, 1], "2 images but 3 labels"),
+        (np.zeros((2, 3, 8, 8), np.uint8), [[0, 1]], r"shape \(N,\)"),
+        (np.zeros((2, 3, 8, 8), np.uint8), [0, 2], r"0 or 1; found \[2\]"),
+        (np.full((2, 3, 8, 8), 1.5), [0, 1], r"\[0, 1\]"),
+        (np.full((2, 3, 8, 8), np.nan), [0, 1], r"\[0, 1\]"),
+        (np.zeros((2, 3, 8, 8), np.int32), [0, 1], "dtype int32"),
+        (np.zeros((2, 3, 8, 8), np.uint8), ["a", "b"], "numbers"),
+    ],
+)
+def test_as_dataset_rejects_bad_arrays_with_a_clear_value_error(images, labels, message):
+    with pytest.raises(ValueError, match=message):
+        as_dataset((images, labels))
+
+
+@pytest.mark.data
+def test_as_dataset_rejects_other_objects_with_type_error():
+    with pytest.raises(TypeError, match="images"):
+        as_dataset(np.zeros((2, 3, 8, 8)))
+
+
+# --- to_float and augment_batch -----------------------------------------------
+
+
+@pytest.mark.data
+def test_to_float_maps_bytes_to_unit_range_float32():
+    out = to_float(np.array([0, 51, 255], np.uint8).reshape(1, 3, 1, 1))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.ravel(), [0.0, 0.2, 1.0], rtol=1e-6)
+
+
+@pytest.mark.data
+def test_to_float_passes_float_input_through():
+    images = np.full((1, 3, 2, 2), 0.25, np.float32)
+    assert to_float(images) is images
+
+
+@pytest.mark.data
+def test_augment_returns_float32_batch_of_96_in_unit_range(small_train):
+    out = augment_batch(small_train[0][:8], np.random.default_rng(0))
+    assert out.shape == (8, 3, 96, 96) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+@pytest.mark.data
+def test_augment_is_deterministic_given_the_generator(small_train):
+    first = augment_batch(small_train[0][:4], np.random.default_rng(7))
+    second = augment_batch(small_train[0][:4], np.random.default_rng(7))
+    assert np.array_equal(first, second)
+
+
+@pytest.mark.data
+def test_augment_changes_the_image_and_differs_between_seeds(small_train):
+    images = small_train[0][:4]
+    first = augment_batch(images, np.random.default_rng(1))
+    second = augment_batch(images, np.random.default_rng(2))
+    assert not np.allclose(first, to_float(images), atol=0.05)
+    assert not np.allclose(first, second, atol=0.05)
+
+
+def _identity(n):
+    """Explicit augmentation parameters that change nothing."""
+    return dict(angles=np.zeros(n), shifts=np.zeros((n, 2)), zooms=np.ones(n), flips=np.zeros(n, bool))
+
+
+@pytest.mark.data
+def test_augment_with_identity_parameters_equals_to_float(small_train):
+    images = small_train[0][:3]
+    out = data._augment_with(images, **_identity(3))
+    np.testing.assert_allclose(out, to_float(images), atol=1e-6)
+
+
+@pytest.mark.data
+def test_flip_alone_mirrors_left_right(small_train):
+    images = small_train[0][:3]
+    params = _identity(3)
+    params["flips"] = np.array([True, False, True])
+    out = data._augment_with(images, **params)
+    np.testing.assert_allclose(out[0], to_float(images[0, :, :, ::-1]), atol=1e-6)
+    np.testing.assert_allclose(out[1], to_float(images[1]), atol=1e-6)
+    np.testing.assert_allclose(out[2], to_float(images[2, :, :, ::-1]), atol=1e-6)
+
+
+@pytest.mark.data
+def test_whole_pixel_shift_moves_the_picture_and_repeats_the_edge():
+    image = np.arange(3 * 96 * 96, dtype=np.float64).reshape(1, 3, 96, 96) / (3 * 96 * 96)
+    params = _identity(1)
+    params["shifts"] = np.array([[0.0, 5.0]])  # 5 pixels to the right
+    out = data._augment_with(image, **params)
+    np.testing.assert_allclose(out[0, :, :, 5:], image[0, :, :, :-5], atol=1e-6)
+    np.testing.assert_allclose(out[0, :, :, :5], np.repeat(image[0, :, :, :1], 5, axis=2), atol=1e-6)
+
+
+@pytest.mark.data
+def test_quarter_turn_rotates_anticlockwise():
+    image = np.zeros((1, 1, 96, 96), np.uint8)
+    image[0, 0, 10, 48] = 255  # a dot near the top edge, in the middle
+    params = _identity(1)
+    params["angles"] = np.array([np.pi / 2])
+    out = data._augment_with(image, **params)
+    # Anticlockwise on screen takes the top middle to the left middle.
+    assert np.unravel_index(out[0, 0].argmax(), (96, 96)) == (47, 10)
+
+
+@pytest.mark.data
+def test_larger_images_are_centre_cropped_to_96():
+    image = np.random.default_rng(0).integers(0, 256, (1, 3, 128, 128), dtype=np.uint8)
+    out = data._augment_with(image, **_identity(1))
+    np.testing.assert_allclose(out[0], to_float(image[0, :, 16:112, 16:112]), atol=1e-6)
+
+
+@pytest.mark.data
+def test_warp_kernel_plain_and_jitted_agree():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 3, 12, 12), dtype=np.uint8)
+    params = dict(
+        angles=np.radians([8.0, -5.0]), shifts=np.array([[0.4, -0.3], [1.0, 0.2]]),
+        zooms=np.array([1.08, 0.93]), flips=np.array([True, False]),
+    )
+    plain = data._augment_with(images, **params, out_size=10, kernel=data._warp_bilinear)
+    jitted = data._augment_with(images, **params, out_size=10, kernel=data._warp_bilinear_jit)
+    np.testing.assert_allclose(plain, jitted, atol=1e-6)
+    assert plain.std() > 0.05  # a real picture came out, not a constant
+
+
+@pytest.mark.data
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), low=st.integers(0, 255), high=st.integers(0, 255))
+def test_augment_never_leaves_the_input_range(seed, low, high):
+    low, high = min(low, high), max(low, high)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(low, high + 1, (2, 3, 96, 96), dtype=np.uint8)
+    out = augment_batch(images, rng)
+    assert out.min() >= low / 255 - 1e-6 and out.max() <= high / 255 + 1e-6
+
+
+# --- DataLoader ------------------------------------------------------------------
+
+
+def _numbered(n):
+    """n tiny images whose pixels hold their own index, labels index % 2."""
+    images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 3, 96, 96)).copy()
+    return images, np.arange(n) % 2
+
+
+def _order(batches):
+    """The image indices an epoch visited, in order."""
+    return [int(i) for x, _ in batches for i in np.rint(x[:, 0, 0, 0] * 255)]
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("drop_last, batches, last", [(False, 3, 6), (True, 2, 32)])
+def test_loader_length_and_final_batch(drop_last, batches, last):
+    loader = DataLoader(_numbered(70), batch_size=32, drop_last=drop_last)
+    epoch = list(loader)
+    assert len(loader) == batches == len(epoch)
+    assert epoch[-1][0].shape == (last, 3, 96, 96)
+
+
+@pytest.mark.data
+def test_loader_yields_float32_images_and_float32_labels_that_match():
+    images, labels = _numbered(10)
+    for x, y in DataLoader((images, labels), batch_size=4):
+        assert x.dtype == np.float32 and y.dtype == np.float32
+        assert y.shape == (len(x),)
+        indices = np.rint(x[:, 0, 0, 0] * 255).astype(int)
+        assert np.array_equal(y, labels[indices])
+
+
+@pytest.mark.data
+def test_loader_visits_every_image_once_per_epoch():
+    loader = DataLoader(_numbered(50), batch_size=8)
+    assert sorted(_order(loader)) == list(range(50))
+
+
+@pytest.mark.data
+def test_loader_shuffles_differently_each_epoch():
+    loader = DataLoader(_numbered(50), batch_size=8, seed=0)
+    first, second = _order(loader), _order(loader)
+    assert first != second and first != list(range(50))
+
+
+@pytest.mark.data
+def test_loader_with_the_same_seed_repeats_the_same_epochs():
+    a = DataLoader(_numbered(50), batch_size=8, seed=3)
+    b = DataLoader(_numbered(50), batch_size=8, seed=3)
+    assert [_order(a) for _ in range(3)] == [_order(b) for _ in range(3)]
+    c = DataLoader(_numbered(50), batch_size=8, seed=4)
+    assert _order(c) != _order(DataLoader(_numbered(50), batch_size=8, seed=3))
+
+
+@pytest.mark.data
+def test_loader_epoch_can_be_set_to_resume():
+    a = DataLoader(_numbered(50), batch_size=8, seed=0)
+    _order(a)
+    second_epoch = _order(a)
+    b = DataLoader(_numbered(50), batch_size=8, seed=0)
+    b.epoch = 1
+    assert _order(b) == second_epoch
+
+
+@pytest.mark.data
+def test_loader_without_shuffle_keeps_stored_order():
+    assert _order(DataLoader(_numbered(20), batch_size=6, shuffle=False)) == list(range(20))
+
+
+@pytest.mark.data
+def test_loader_augmentation_is_deterministic_and_changes_per_epoch(small_train):
+    subset = (small_train[0][:8], small_train[1][:8])
+    a = DataLoader(subset, batch_size=8, shuffle=False, seed=0, augment=True)
+    b = DataLoader(subset, batch_size=8, shuffle=False, seed=0, augment=True)
+    (xa1, _), (xa2, _), (xb1, _) = next(iter(a)), next(iter(a)), next(iter(b))
+    assert np.array_equal(xa1, xb1)
+    assert not np.array_equal(xa1, xa2)
+    assert not np.allclose(xa1, to_float(subset[0]), atol=0.05)
+
+
+@pytest.mark.data
+def test_loader_rejects_a_batch_size_below_one():
+    with pytest.raises(ValueError, match="batch_size"):
+        DataLoader(_numbered(4), batch_size=0)
+
+
+# --- save_grid ---------------------------------------------------------------------
+
+
+@pytest.mark.data
+def test_save_grid_writes_a_png_and_nothing_else(tmp_path, small_train):
+    images, labels = small_train
+    path = save_grid(images[:10], tmp_path / "grid.png", nrow=5, labels=labels[:10])
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+    with Image.open(path) as picture:
+        assert picture.format == "PNG"
+        width, height = picture.size
+    assert width > height  # 5 columns by 2 rows
+
+
+@pytest.mark.data
+def test_label_titles_name_the_classes():
+    assert data._label_title(1) == "person"
+    assert data._label_title(np.int64(0)) == "no person"
+    assert data._label_title(0.73) == "0.73"
