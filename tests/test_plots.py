@@ -1,0 +1,198 @@
+"""Chapter 9: the figures draw exactly the numbers the library computes.
+
+Each test reads back what was drawn (bar heights, histogram counts, image
+cells, tick labels, titles) and compares it with the numbers computed
+independently, so a plot that looks fine but shows the wrong data fails.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tinyprune as tp
+from tinyprune import plots
+from tinyprune.prune import ChannelPrune, LevelPrune, prune, sparsity
+
+pytestmark = pytest.mark.plots
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED_INPUT = (1, 3, 96, 96)
+
+# Output channels of MobileNet(width 0.25, fcsize 64, nclasses 1), conv/dense layers in order.
+MOBILENET_CHANNELS = ([8]                                    # conv1
+                      + [8, 16, 16, 32, 32, 32, 32, 64, 64, 64, 64, 128]   # dw1 pw1 ... dw6 pw6
+                      + [128, 128] * 5                        # dw7 pw7 ... dw11 pw11
+                      + [128, 256, 256, 256]                  # dw12 pw12 dw13 pw13
+                      + [64, 1])                              # fc1 fc2
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tp.MobileNet(tp.slopehtanh, 0.25, fcsize=64, nclasses=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def level(model):
+    return prune(LevelPrune(0.2), model)
+
+
+@pytest.fixture(scope="module")
+def channel(model):
+    return prune(ChannelPrune(0.5), model)
+
+
+def bar_heights(ax):
+    return [p.get_height() for p in ax.patches]
+
+
+def test_importing_tinyprune_does_not_import_matplotlib():
+    code = "import sys, tinyprune; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_layer_labels_name_mobilenets_29_dot_product_layers(model):
+    expected = ["conv1"] + [f"{kind}{i}" for i in range(1, 14) for kind in ("dw", "pw")] + ["fc1", "fc2"]
+    assert plots.layer_labels(model) == expected
+
+
+def test_sparsity_bars_split_channel_zeros_from_scattered_zeros(channel):
+    both = prune(LevelPrune(0.2), channel)        # half the channels, then more scattered zeros
+    fig = plots.plot_sparsity(both)
+    ax = fig.axes[0]
+    heights = bar_heights(ax)
+    table = sparsity(both)
+    n = len(table)
+    structured, scattered = heights[:n], heights[n:]
+    for row, s, u in zip(table, structured, scattered):
+        expected_s = 100 * row.zero_channels / row.channels if row.channels else 0.0
+        assert s == pytest.approx(expected_s)
+        assert s + u == pytest.approx(100 * row.fraction)     # the bar's top is the layer's sparsity
+    # ChannelPrune(0.5) zeroes 4 of conv1's 8 channels: exactly half its weights.
+    assert structured[0] == pytest.approx(50.0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == plots.layer_labels(both)
+    assert f"{100 * table.fraction:.1f}% of 224,048" in ax.get_title()
+
+
+def test_sparsity_of_level_pruning_is_all_scattered(level):
+    ax = plots.plot_sparsity(level).axes[0]
+    heights = bar_heights(ax)
+    assert heights[:29] == [0.0] * 29
+    assert "20.0% of 224,048" in ax.get_title()          # 44,794 zeros in 224,048 weights
+
+
+def test_macs_bars_are_the_per_layer_counts_and_totals_match_the_seed(model, level, channel):
+    seed_channel = prune(ChannelPrune(0.2), model)
+    stages = [("baseline", model), ("level", level), ("channel", seed_channel)]
+    fig = plots.plot_macs(stages, SEED_INPUT)
+    left, right = fig.axes
+    drawn = bar_heights(left)
+    for k, (_, m) in enumerate(stages):
+        table = tp.dot_prod_table(m, SEED_INPUT)
+        per_layer = [row[3] for row in table if row[1] in ("Conv2d", "DepthwiseConv2d", "Dense")]
+        assert drawn[29 * k: 29 * (k + 1)] == per_layer
+    assert bar_heights(right) == [7505600, 7460806, 6105200]
+    notes = [t.get_text() for t in right.texts]
+    assert notes == ["7.51M", "7.46M\n-0.6%", "6.11M\n-18.7%"]
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["baseline", "level", "channel"]
+    assert "'reference'" in left.get_title()
+
+
+def test_macs_under_the_dense_rule_ignore_zeros(model, level):
+    right = plots.plot_macs({"baseline": model, "level": level}, SEED_INPUT, rule="dense").axes[1]
+    assert bar_heights(right) == [7505600, 7505600]
+
+
+def test_macs_refuse_models_with_different_layer_sequences(model):
+    other = tp.Chain(tp.Conv2d(3, 4, 3))
+    with pytest.raises(ValueError, match="model 'tiny' has 1 conv/dense layers"):
+        plots.plot_macs([("baseline", model), ("tiny", other)], SEED_INPUT)
+
+
+def test_weight_histogram_draws_the_nonzero_weights_and_counts_the_zeros(model, level):
+    fig = plots.plot_weight_histogram(model, "pw5", after=level, bins=20)
+    ax = fig.axes[0]
+    before_w = tp.layer_at(model, "[0][30]").weight.ravel()
+    after_w = tp.layer_at(level, "[0][30]").effective("weight").ravel()
+    steps = [a for a in ax.patches]
+    assert len(steps) == 2
+    (before_counts, edges, _), (after_counts, edges2, _) = (s.get_data() for s in steps)
+    assert np.array_equal(edges, edges2)                    # one set of bins for both
+    assert np.array_equal(before_counts, np.histogram(before_w, edges)[0])
+    assert np.array_equal(after_counts, np.histogram(after_w[after_w != 0], edges)[0])
+    assert before_counts.sum() == 4096 and after_counts.sum() == 4096 - 819   # 20% of 64x64
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["before: 4,096 weights, none zero",
+                      "after: 4,096 weights, 819 zero (20.0%, not drawn)"]
+    assert ax.get_title().startswith("Weights of model[0][30] (pw5, Conv2d 64x64x1x1)")
+
+
+def test_weight_histogram_accepts_a_path_and_rejects_a_batchnorm(model):
+    fig = plots.plot_weight_histogram([("fresh", model)], "[1][2]")
+    assert "(fc1, Dense 64x256)" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match=r"model\[0\]\[1\] is a BatchNorm2d"):
+        plots.plot_weight_histogram(model, "[0][1]")
+    with pytest.raises(ValueError, match="no layer labelled 'pw99'"):
+        plots.plot_weight_histogram(model, "pw99")
+
+
+def test_channel_bars_are_the_output_channels_of_each_layer(model):
+    narrow = tp.MobileNet(tp.slopehtanh, 0.125, fcsize=32, nclasses=1, seed=0)   # same layers, half the channels
+    ax = plots.plot_channels(model, narrow).axes[0]
+    heights = bar_heights(ax)
+    assert heights[:29] == MOBILENET_CHANNELS
+    assert heights[29:] == [max(1, c // 2) for c in MOBILENET_CHANNELS]
+    before, after = sum(MOBILENET_CHANNELS), sum(max(1, c // 2) for c in MOBILENET_CHANNELS)
+    assert ax.get_title() == (f"Channels per layer: {before:,} -> {after:,} "
+                              f"({100 * after / before:.1f}% kept)")
+
+
+def test_sensitivity_cells_are_the_accuracies_in_percent():
+    levels = [0.1, 0.5, 0.9]
+    scans = {"LevelPrune": {"conv1": [0.9, 0.8, 0.6], "dw1": [0.9, 0.85, 0.7]},
+             "ChannelPrune": {"conv1": [0.88, 0.7, 0.5], "dw1": [0.9, 0.6, 0.55]}}
+    fig = plots.plot_sensitivity(levels, scans, baseline=0.9)
+    heat_axes = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in heat_axes] == ["LevelPrune", "ChannelPrune"]
+    for ax, scan in zip(heat_axes, scans.values()):
+        assert np.allclose(ax.images[0].get_array(), 100 * np.array(list(scan.values())))
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["conv1", "dw1"]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "50", "90"]
+    assert "unpruned 90.0%" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="LevelPrune / conv1 has 2 accuracies, expected one per level"):
+        plots.plot_sensitivity(levels, {"LevelPrune": {"conv1": [0.9, 0.8]}})
+
+
+def test_history_curves_are_the_recorded_values():
+    history = [{"train_loss": 0.7, "val_loss": 0.6, "train_acc": 0.55, "val_acc": 0.6},
+               {"train_loss": 0.5, "val_loss": 0.45, "train_acc": 0.7, "val_acc": 0.75}]
+    loss_ax, acc_ax = plots.plot_history(history).axes
+    assert [list(line.get_ydata()) for line in loss_ax.lines] == [[0.7, 0.5], [0.6, 0.45]]
+    assert np.allclose([line.get_ydata() for line in acc_ax.lines], [[55, 70], [60, 75]])
+    assert "nats" in loss_ax.get_ylabel() and "%" in acc_ax.get_ylabel()
+    with pytest.raises(ValueError, match="plot_history"):
+        plots.plot_history([{"lr": 0.001}])
+
+
+def test_sparse_speedup_is_dense_time_over_sparse_time():
+    _, ratio = plots.plot_sparse_speedup([0.5, 0.9], [10.0, 10.0], [20.0, 4.0]).axes
+    assert list(ratio.lines[0].get_ydata()) == [0.5, 2.5]
+
+
+def test_save_writes_a_png_of_the_figures_size_and_leaves_no_temporary_file(tmp_path, level):
+    path = tmp_path / "sparsity.png"
+    fig = plots.plot_sparsity(level, save=path)
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == (round(fig.get_figwidth() * 120), round(fig.get_figheight() * 120))
+    assert os.listdir(tmp_path) == ["sparsity.png"]
+
+
+def test_save_into_a_missing_folder_fails_and_writes_nothing(tmp_path, level):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        plots.plot_sparsity(level, save=tmp_path / "missing" / "sparsity.png")
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,486 @@
+"""Figures for the pruning pipeline, drawn with matplotlib and saved as PNG.
+
+Every function builds a ``matplotlib.figure.Figure`` directly (never through
+``pyplot``), so it works on a machine without a display and never opens a
+window.  Each returns the figure; pass ``save="name.png"`` (or call
+:func:`save_figure`) to write it.  ``import tinyprune`` does not import this
+module, so matplotlib is only loaded by those who draw::
+
+    from tinyprune import plots
+    plots.plot_sparsity(model, save="sparsity.png")
+
+Layers are named on the axes by short labels, one counter per kind, in the
+order the forward pass meets them (:func:`layer_labels`):
+
+    conv  a full convolution        (MobileNet's first 3x3 conv: conv1)
+    dw    a depthwise convolution   (dw1 ... dw13)
+    pw    a pointwise 1x1 convolution (pw1 ... pw13)
+    fc    a dense layer             (fc1, fc2)
+
+Only these layers do dot products, so only they appear; BatchNorm,
+activations and pooling have no weights to prune and cost no multiplies under
+any counting rule.  Models are compared layer by layer *by position* among
+these layers, which works because pruning, propagating and resizing never
+add or remove a layer, only channels.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from .count import dot_prod_table
+from .layers import Conv2d, Dense, DepthwiseConv2d, layer_at, parse_path
+from .prune import sparsity
+
+__all__ = [
+    "save_figure", "layer_labels",
+    "plot_sparsity", "plot_macs", "plot_weight_histogram", "plot_channels",
+    "plot_sensitivity", "plot_history", "plot_sparse_speedup",
+]
+
+DOT_LAYERS = (Conv2d, DepthwiseConv2d, Dense)
+# One colour per stage or model, in order; the colour-blind-safe "tab10" start.
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+
+
+# ---------------------------------------------------------------------------
+# Saving and naming
+# ---------------------------------------------------------------------------
+
+def save_figure(fig, path, dpi=120):
+    """Write ``fig`` as a PNG at ``path``, via a temporary file renamed into place.
+
+    A reader of ``path`` therefore sees either the old file or the whole new
+    one, never half a picture.  The folder must exist.  Returns the path.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"save_figure: folder {str(path.parent)!r} does not exist")
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes it private; give it a normal file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _finish(fig, save):
+    if save is not None:
+        save_figure(fig, save)
+    return fig
+
+
+def _kind(layer):
+    if isinstance(layer, DepthwiseConv2d):
+        return "dw"
+    if isinstance(layer, Dense):
+        return "fc"
+    return "pw" if layer.kernel == (1, 1) else "conv"
+
+
+def dot_layers(model):
+    """``[(path, layer)]`` of the conv and dense layers, in forward order."""
+    return [(path, layer) for path, layer in model.named_layers() if isinstance(layer, DOT_LAYERS)]
+
+
+def layer_labels(model):
+    """Short axis labels of the conv and dense layers: ``["conv1", "dw1", "pw1", ..., "fc2"]``."""
+    seen = {}
+    labels = []
+    for _, layer in dot_layers(model):
+        kind = _kind(layer)
+        seen[kind] = seen.get(kind, 0) + 1
+        labels.append(f"{kind}{seen[kind]}")
+    return labels
+
+
+def _named_models(models, what):
+    """A model, a dict {name: model} or a list of (name, model) -> list of (name, model)."""
+    if isinstance(models, dict):
+        pairs = list(models.items())
+    elif isinstance(models, (list, tuple)):
+        pairs = list(models)
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+                raise TypeError(f"{what}: element {i} is {type(pair).__name__}, "
+                                "expected a (name, model) pair")
+    else:
+        pairs = [("model", models)]
+    if not pairs:
+        raise ValueError(f"{what}: expected at least one model, got none")
+    return [(str(name), model) for name, model in pairs]
+
+
+def _same_layer_sequence(pairs, what):
+    """Check every model has the conv/dense layers of the first one, same kinds in the same order."""
+    kinds = [_kind(layer) for _, layer in dot_layers(pairs[0][1])]
+    for name, model in pairs[1:]:
+        other = [_kind(layer) for _, layer in dot_layers(model)]
+        if other != kinds:
+            raise ValueError(
+                f"{what}: model {name!r} has {len(other)} conv/dense layers ({' '.join(other[:6])} ...), "
+                f"model {pairs[0][0]!r} has {len(kinds)} ({' '.join(kinds[:6])} ...); "
+                "layers are compared by position, so the sequences must match")
+
+
+def _label_layer_axis(ax, labels):
+    """Put the layer labels under the bars, vertical so 29 of them do not overlap."""
+    ax.set_xticks(np.arange(len(labels)))
+    ax.set_xticklabels(labels, rotation=90, fontsize=8)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_xlabel("layer (conv: full conv, dw: depthwise, pw: pointwise 1x1, fc: dense)")
+
+
+def _millions(value, _position=None):
+    """Tick text for a count: 7505600 -> '7.5M', 48000 -> '48k'."""
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.1f}M"
+    if abs(value) >= 1e3:
+        return f"{value / 1e3:.0f}k"
+    return f"{value:.0f}"
+
+
+# ---------------------------------------------------------------------------
+# Sparsity
+# ---------------------------------------------------------------------------
+
+def plot_sparsity(model, title=None, save=None):
+    """Per-layer share of zero weights (%), split into whole-channel and scattered zeros.
+
+    Each bar is one conv or dense layer's weight array.  Its lower part is the
+    percentage of that layer's weights lying in output channels that are all
+    zero (what ``ChannelPrune`` and propagation make); the upper part is the
+    remaining zeros, scattered (what ``LevelPrune`` makes).  The bar's height
+    is the layer's whole sparsity.  The title gives the total over all conv
+    and dense weights.  The numbers are those of :func:`tinyprune.sparsity`
+    (masked weights count as zero, as in the forward pass); a dense layer's
+    zeros are all drawn as scattered.
+    """
+    table = sparsity(model)
+    if not table:
+        raise ValueError("plot_sparsity: the model has no conv or dense layer")
+    weights = np.array([r.weights for r in table], dtype=float)
+    zeros = np.array([r.zeros for r in table], dtype=float)
+    # A zero channel holds weights / channels weights.  Dense layers report no
+    # channels: ChannelPrune leaves them alone, so all their zeros are scattered.
+    in_channels = np.array([r.zero_channels * r.weights // r.channels if r.channels else 0
+                            for r in table], dtype=float)
+    channel_pct = 100 * in_channels / weights
+    scattered_pct = 100 * (zeros - in_channels) / weights
+
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(table))
+    ax.bar(x, channel_pct, color=COLOURS[3], label="in all-zero output channels (structured)")
+    ax.bar(x, scattered_pct, bottom=channel_pct, color=COLOURS[0], label="scattered (unstructured)")
+    _label_layer_axis(ax, layer_labels(model))
+    ax.set_ylabel("zero weights (% of the layer's weights)")
+    ax.set_ylim(0, 118)                      # room above 100% for the legend
+    ax.set_yticks(np.arange(0, 101, 20))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left")
+    total = 100 * zeros.sum() / weights.sum()
+    ax.set_title(title or f"Weight sparsity: {total:.1f}% of {int(weights.sum()):,} "
+                          "conv and dense weights are zero")
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------
+# Multiplies per stage
+# ---------------------------------------------------------------------------
+
+def plot_macs(stages, input_shape=(1, 3, 96, 96), rule="reference", title=None, save=None):
+    """Multiplies per layer for each stage (grouped bars), and the totals with the % saved.
+
+    ``stages``: ``{name: model}`` or ``[(name, model), ...]`` in pipeline order,
+    e.g. baseline, level, channel, propagated, resized.  Counts are those of
+    :func:`tinyprune.compute_dot_prods` under ``rule`` for one forward pass on
+    a batch of ``input_shape`` (NCHW).  Left panel: one group of bars per
+    layer, one bar per stage.  Right panel: each stage's total, labelled
+    with the percentage of the first stage's multiplies it saves.
+    """
+    pairs = _named_models(stages, "plot_macs")
+    _same_layer_sequence(pairs, "plot_macs")
+    per_stage = []
+    for name, model in pairs:
+        table = dot_prod_table(model, input_shape, rule)
+        per_stage.append([row[3] for row in table if row[1] in ("Conv2d", "DepthwiseConv2d", "Dense")])
+    labels = layer_labels(pairs[0][1])
+    totals = [sum(m) for m in per_stage]
+    batch = int(input_shape[0])
+    unit = "per image" if batch == 1 else f"for a batch of {batch}"
+
+    fig = Figure(figsize=(14, 5), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=(4, 1))
+    width = 0.8 / len(pairs)
+    x = np.arange(len(labels))
+    for k, ((name, _), mults) in enumerate(zip(pairs, per_stage)):
+        left.bar(x - 0.4 + (k + 0.5) * width, mults, width, color=COLOURS[k % len(COLOURS)], label=name)
+    _label_layer_axis(left, labels)
+    left.set_ylabel(f"multiplies {unit}")
+    left.yaxis.set_major_formatter(FuncFormatter(_millions))
+    left.grid(axis="y", alpha=0.3)
+    left.legend(title="stage")
+    left.set_title(f"Multiplies per layer (counting rule {rule!r})")
+
+    bars = right.bar(np.arange(len(pairs)), totals,
+                     color=[COLOURS[k % len(COLOURS)] for k in range(len(pairs))])
+    for k, (bar, total) in enumerate(zip(bars, totals)):
+        saved = 100 * (1 - total / totals[0]) if totals[0] else 0.0
+        text = f"{total / 1e6:.2f}M" if k == 0 else f"{total / 1e6:.2f}M\n-{saved:.1f}%"
+        right.annotate(text, (bar.get_x() + bar.get_width() / 2, total), ha="center", va="bottom",
+                       fontsize=8, xytext=(0, 2), textcoords="offset points")
+    right.set_xticks(np.arange(len(pairs)))
+    right.set_xticklabels([name for name, _ in pairs], rotation=45, ha="right")
+    right.set_ylim(0, 1.18 * max(totals))
+    right.yaxis.set_major_formatter(FuncFormatter(_millions))
+    right.set_ylabel(f"total multiplies {unit}")
+    right.set_title(f"Total, saved vs {pairs[0][0]!r}")
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------
+# Weights of one layer
+# ---------------------------------------------------------------------------
+
+def _find_layer(model, layer):
+    """``(layer, path)`` for a path ("[0][9]", (0, 9)) or a short label ("pw2")."""
+    if isinstance(layer, str) and not layer.startswith(("[", "model")):
+        labels = layer_labels(model)
+        if layer not in labels:
+            raise ValueError(f"plot_weight_histogram: no layer labelled {layer!r}; "
+                             f"labels are {', '.join(labels)}")
+        path, found = dot_layers(model)[labels.index(layer)]
+        return found, path
+    path = "".join(f"[{i}]" for i in parse_path(layer))
+    found = layer_at(model, path)
+    if not isinstance(found, DOT_LAYERS):
+        raise ValueError(f"plot_weight_histogram: model{path} is a {type(found).__name__}; "
+                         "expected a conv or dense layer")
+    return found, path
+
+
+def plot_weight_histogram(model, layer, after=None, bins=50, title=None, save=None):
+    """Histogram of one layer's non-zero weights in each model (counts per bin).
+
+    ``model``: a model, or ``[(name, model), ...]`` / ``{name: model}`` to
+    overlay several; ``after`` adds a second model named "after" (the first
+    is then "before").  ``layer``: a path (``"[0][9]"``) or a label from
+    :func:`layer_labels` (``"pw2"``).  All models share the bin edges.
+
+    Zero weights are left out of the bars and counted in the legend instead:
+    after pruning they are a spike at 0 that would flatten everything else,
+    and the interesting picture is the gap magnitude pruning cuts around 0.
+    """
+    if after is not None:
+        pairs = [("before", model), ("after", after)]
+    else:
+        pairs = _named_models(model, "plot_weight_histogram")
+    found = [_find_layer(m, layer) for _, m in pairs]
+    weights = [lyr.effective("weight").ravel().astype(np.float64) for lyr, _ in found]
+    everything = np.concatenate(weights)
+    edges = np.histogram_bin_edges(everything[everything != 0] if everything.any() else everything, bins)
+
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for k, ((name, _), w) in enumerate(zip(pairs, weights)):
+        counts, _ = np.histogram(w[w != 0], edges)
+        zeros = w.size - np.count_nonzero(w)
+        note = f"{zeros:,} zero ({100 * zeros / w.size:.1f}%, not drawn)" if zeros else "none zero"
+        ax.stairs(counts, edges, color=COLOURS[k % len(COLOURS)], linewidth=1.5,
+                  fill=(k == 0), alpha=0.35 if k == 0 else 1.0,
+                  label=f"{name}: {w.size:,} weights, {note}")
+    lyr, path = found[0]
+    ax.set_xlabel("weight value")
+    ax.set_ylabel("number of weights per bin")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    label = layer_labels(pairs[0][1])[[p for p, _ in dot_layers(pairs[0][1])].index(path)]
+    ax.set_title(title or f"Weights of model{path} ({label}, {type(lyr).__name__} "
+                          f"{'x'.join(str(s) for s in lyr.weight.shape)})")
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------
+# Channels after resize
+# ---------------------------------------------------------------------------
+
+def plot_channels(before, after, names=("before resize", "after resize"), title=None, save=None):
+    """Output channels of every conv and dense layer in two models, as grouped bars.
+
+    Typically ``before`` is the propagated model and ``after`` its resized
+    copy: the bars show how many channels (output features, for a dense
+    layer) each layer keeps once the all-zero ones are cut out.  A depthwise
+    conv's output channels are its input channels.  The title gives the
+    totals.
+    """
+    pairs = [(names[0], before), (names[1], after)]
+    _same_layer_sequence(pairs, "plot_channels")
+    counts = [[layer.weight.shape[0] for _, layer in dot_layers(m)] for _, m in pairs]
+    labels = layer_labels(before)
+
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(labels))
+    for k, ((name, _), c) in enumerate(zip(pairs, counts)):
+        ax.bar(x - 0.2 + 0.4 * k, c, 0.4, color=COLOURS[2 * k], label=f"{name} ({sum(c):,} in all)")
+    _label_layer_axis(ax, labels)
+    ax.set_ylabel("output channels (features for fc)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left")
+    kept = 100 * sum(counts[1]) / sum(counts[0])
+    ax.set_title(title or f"Channels per layer: {sum(counts[0]):,} -> {sum(counts[1]):,} "
+                          f"({kept:.1f}% kept)")
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------
+# Sensitivity scan
+# ---------------------------------------------------------------------------
+
+def plot_sensitivity(levels, scans, baseline=None, title=None, save=None):
+    """Accuracy after pruning one layer alone, per layer and pruning level, as heat maps.
+
+    ``levels``: the pruning levels scanned, fractions in (0, 1), e.g.
+    ``[0.1, 0.2, ..., 0.9]``.  ``scans``: ``{strategy name: {layer label:
+    [accuracy at each level]}}`` with accuracies as fractions in [0, 1];
+    one panel per strategy, one row per layer, one column per level.  Cells
+    show the accuracy in %; ``baseline`` (the unpruned accuracy, a fraction)
+    goes in the title and sets the top of the colour scale, whose bottom is
+    50%, chance level for two balanced classes (lower values share its colour).
+
+    A heat map rather than one curve per layer: with 27 conv layers the
+    curves would be a tangle, while rows stay readable.
+    """
+    levels = list(levels)
+    if not scans:
+        raise ValueError("plot_sensitivity: scans is empty; expected {strategy: {layer: accuracies}}")
+    for strategy, scan in scans.items():
+        for name, accuracies in scan.items():
+            if len(accuracies) != len(levels):
+                raise ValueError(f"plot_sensitivity: {strategy} / {name} has {len(accuracies)} "
+                                 f"accuracies, expected one per level ({len(levels)})")
+    rows = max(len(scan) for scan in scans.values())
+    fig = Figure(figsize=(4 + 3.5 * len(scans), 1.5 + 0.28 * rows), layout="constrained")
+    axes = fig.subplots(1, len(scans), squeeze=False)[0]
+    top = 100 * (baseline if baseline is not None else
+                 max(max(max(a) for a in scan.values()) for scan in scans.values()))
+    image = None
+    for ax, (strategy, scan) in zip(axes, scans.items()):
+        grid = 100 * np.array([list(a) for a in scan.values()], dtype=float)   # (layers, levels), %
+        image = ax.imshow(grid, cmap="viridis", vmin=50, vmax=max(top, 50.1), aspect="auto")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                # Dark cells get white text, light cells black.
+                colour = "white" if grid[i, j] < 50 + 0.6 * (max(top, 50.1) - 50) else "black"
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7, color=colour)
+        ax.set_xticks(np.arange(len(levels)))
+        ax.set_xticklabels([f"{100 * p:.0f}" for p in levels])
+        ax.set_yticks(np.arange(len(scan)))
+        ax.set_yticklabels(list(scan.keys()), fontsize=8)
+        ax.set_xlabel("pruning level of that layer (%)")
+        ax.set_title(strategy)
+    axes[0].set_ylabel("layer pruned (all others intact)")
+    fig.colorbar(image, ax=list(axes), label="validation accuracy (%)")
+    base = f", unpruned {100 * baseline:.1f}%" if baseline is not None else ""
+    fig.suptitle(title or f"Sensitivity: accuracy with one layer pruned{base}")
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------
+# Training curves
+# ---------------------------------------------------------------------------
+
+def plot_history(history, title=None, save=None):
+    """Loss and accuracy per epoch, training and validation.
+
+    ``history``: a list with one dict per epoch, or a dict of lists, with any
+    of the keys ``train_loss``, ``val_loss`` (binary cross-entropy, nats per
+    image) and ``train_acc``, ``val_acc`` (fractions in [0, 1]).
+    """
+    if isinstance(history, dict):
+        series = {k: list(v) for k, v in history.items()}
+    else:
+        history = list(history)
+        keys = [k for k in ("train_loss", "val_loss", "train_acc", "val_acc") if history and k in history[0]]
+        series = {k: [epoch[k] for epoch in history] for k in keys}
+    known = [k for k in ("train_loss", "val_loss", "train_acc", "val_acc") if series.get(k)]
+    if not known:
+        raise ValueError("plot_history: expected train_loss/val_loss/train_acc/val_acc entries, "
+                         f"got keys {sorted(series)}")
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for ax, what in ((loss_ax, "loss"), (acc_ax, "acc")):
+        for k, split in enumerate(("train", "val")):
+            values = series.get(f"{split}_{what}")
+            if not values:
+                continue
+            values = np.asarray(values, dtype=float) * (100 if what == "acc" else 1)
+            epochs = np.arange(1, len(values) + 1)
+            ax.plot(epochs, values, marker="o", color=COLOURS[k], label=split)
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    loss_ax.set_ylabel("binary cross-entropy (nats per image)")
+    loss_ax.set_title("Loss")
+    acc_ax.set_ylabel("accuracy (%)")
+    acc_ax.set_title("Accuracy")
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, save)
+
+
+# ---------------------------------------------------------------------------
+# Sparse kernel speed-up
+# ---------------------------------------------------------------------------
+
+def plot_sparse_speedup(sparsities, dense_ms, sparse_ms, title=None, save=None):
+    """Time of a dense and a zero-skipping kernel against weight sparsity, and their ratio.
+
+    ``sparsities``: fractions of zero weights; ``dense_ms``, ``sparse_ms``:
+    the measured times in milliseconds at each.  Left: both times; right:
+    speed-up = dense / sparse, with the break-even line at 1.
+    """
+    s = 100 * np.asarray(sparsities, dtype=float)
+    dense_ms = np.asarray(dense_ms, dtype=float)
+    sparse_ms = np.asarray(sparse_ms, dtype=float)
+    if not len(s) == len(dense_ms) == len(sparse_ms):
+        raise ValueError(f"plot_sparse_speedup: got {len(s)} sparsities, {len(dense_ms)} dense and "
+                         f"{len(sparse_ms)} sparse times; expected one of each per sparsity")
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    times, ratio = fig.subplots(1, 2)
+    times.plot(s, dense_ms, marker="o", color=COLOURS[0], label="dense kernel")
+    times.plot(s, sparse_ms, marker="o", color=COLOURS[1], label="zero-skipping kernel")
+    times.set_xlabel("zero weights (%)")
+    times.set_ylabel("time (ms)")
+    times.set_title("Time per call")
+    times.grid(alpha=0.3)
+    times.legend()
+    ratio.plot(s, dense_ms / sparse_ms, marker="o", color=COLOURS[2])
+    ratio.axhline(1.0, color="grey", linestyle="--", label="break-even")
+    ratio.set_xlabel("zero weights (%)")
+    ratio.set_ylabel("speed-up (dense time / sparse time)")
+    ratio.set_title("Speed-up of skipping zeros")
+    ratio.grid(alpha=0.3)
+    ratio.legend()
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, save)
+
