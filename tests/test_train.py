@@ -1,0 +1,304 @@
+"""Chapter 8: the loss, the optimisers, the schedule, the trainer and evaluation."""
+
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from tinyprune import MobileNet, slopehtanh
+from tinyprune.data import to_float
+from tinyprune.layers import BatchNorm2d, Chain, Conv2d, Dense, Flatten, GlobalMeanPool, ReLU
+from tinyprune.train import SGD, Adam, StepLR, accuracy, bce_with_logits, evaluate, trainer
+
+pytestmark = pytest.mark.train
+
+
+# ---------------------------------------------------------------------------
+# Fixtures: a tiny learnable set and a small MobileNet (32 x 32 input)
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_set():
+    """16 images (3, 32, 32) uint8; label 1 images are brighter, so the task is learnable."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 8)
+    images = (rng.integers(0, 156, (16, 3, 32, 32)) + 100 * labels[:, None, None, None]).astype(np.uint8)
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def small_mobilenet():
+    """Copy before use: tests train it."""
+    return MobileNet(slopehtanh, 0.25, fcsize=16, nclasses=1, seed=0)
+
+
+def _sigmoid(z):
+    return 1 / (1 + math.exp(-z))
+
+
+# ---------------------------------------------------------------------------
+# Loss and accuracy
+# ---------------------------------------------------------------------------
+
+def test_bce_equals_the_textbook_formula():
+    z = np.array([-2.0, 0.0, 3.0, 0.5])
+    y = np.array([0, 1, 1, 0])
+    want = np.mean([-math.log(1 - _sigmoid(-2.0)), -math.log(_sigmoid(0.0)),
+                    -math.log(_sigmoid(3.0)), -math.log(1 - _sigmoid(0.5))])
+    loss, dz = bce_with_logits(z, y)
+    assert loss == pytest.approx(want, rel=1e-12)
+    assert dz == pytest.approx([(_sigmoid(-2.0) - 0) / 4, (0.5 - 1) / 4,
+                                (_sigmoid(3.0) - 1) / 4, (_sigmoid(0.5) - 0) / 4], rel=1e-12)
+
+
+def test_bce_gradient_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 3, size=(7, 1))
+    y = rng.integers(0, 2, size=7)
+    _, dz = bce_with_logits(z, y)
+    eps = 1e-6
+    numeric = np.empty_like(z)
+    for i in range(z.shape[0]):
+        up, down = z.copy(), z.copy()
+        up[i, 0] += eps
+        down[i, 0] -= eps
+        numeric[i, 0] = (bce_with_logits(up, y)[0] - bce_with_logits(down, y)[0]) / (2 * eps)
+    assert np.abs(dz - numeric).max() < 1e-9
+
+
+@pytest.mark.parametrize("z", [200.0, -200.0, 1000.0, -1000.0])
+@pytest.mark.parametrize("y", [0, 1])
+def test_bce_is_finite_and_exact_for_huge_logits(z, y):
+    loss, dz = bce_with_logits(np.array([[z]]), np.array([y]))
+    # Right: loss 0 (to 1e-80), gradient 0.  Wrong by |z|: loss |z|, gradient +-1.
+    right = (z > 0) == (y == 1)
+    assert np.isfinite(loss) and np.isfinite(dz).all()
+    assert loss == pytest.approx(0.0 if right else abs(z), abs=1e-80)
+    assert dz[0, 0] == pytest.approx(0.0 if right else (1.0 if z > 0 else -1.0), abs=1e-80)
+
+
+def test_bce_keeps_the_shape_and_dtype_of_the_logits():
+    z = np.zeros((5, 1), np.float32)
+    loss, dz = bce_with_logits(z, np.ones(5))
+    assert loss == pytest.approx(math.log(2))
+    assert dz.shape == (5, 1) and dz.dtype == np.float32
+
+
+def test_bce_rejects_mismatched_shapes_naming_both():
+    with pytest.raises(ValueError, match=r"bce_with_logits.*logits \(4, 2\).*labels \(4,\)"):
+        bce_with_logits(np.zeros((4, 2)), np.zeros(4))
+
+
+def test_accuracy_counts_positive_logits_as_class_one():
+    # predictions 0, 1, 1, 0 (a logit of exactly 0 is class 0) vs labels 0, 1, 0, 0
+    assert accuracy(np.array([[-1.0], [2.0], [0.5], [0.0]]), np.array([0, 1, 0, 0])) == 0.75
+
+
+# ---------------------------------------------------------------------------
+# Optimisers, by hand
+# ---------------------------------------------------------------------------
+
+def _dense_with(weight, grad):
+    """A Dense(2, 1) in float64 without bias, weight and gradient set by hand."""
+    layer = Dense(2, 1, bias=False, dtype=np.float64)
+    layer.weight = np.array([weight], dtype=np.float64)
+    layer.grads["weight"] = np.array([grad], dtype=np.float64)
+    return layer
+
+
+def test_adam_two_steps_match_the_hand_computation():
+    layer = _dense_with([1.0, 1.0], [0.5, -2.0])
+    opt = Adam(layer, lr=0.1, betas=(0.9, 0.999), eps=1e-8)
+    # Step 1: m = 0.1 g, v = 0.001 g^2; bias correction gives m_hat = g, v_hat = g^2,
+    # so w -= 0.1 * g / (|g| + 1e-8): [1 - 0.1 * 0.5/0.50000001, 1 + 0.1 * 2/2.00000001].
+    opt.step()
+    assert layer.weight[0] == pytest.approx([0.900000002, 1.0999999995], abs=1e-15)
+    # Step 2 with g = [1, 1]:
+    #   m = 0.9 m + 0.1 g        = [0.145, -0.08]
+    #   v = 0.999 v + 0.001 g^2  = [0.00124975, 0.004996]
+    #   m_hat = m / (1 - 0.9^2)  = [0.763157894..., -0.421052631...]
+    #   v_hat = v / (1 - 0.999^2) = [0.625187593..., 2.499249624...]
+    #   w -= 0.1 * m_hat / (sqrt(v_hat) + 1e-8)
+    layer.grads["weight"] = np.array([[1.0, 1.0]])
+    opt.step()
+    assert opt.m["weight"][0] == pytest.approx([0.145, -0.08], rel=1e-12)
+    assert opt.v["weight"][0] == pytest.approx([0.00124975, 0.004996], rel=1e-12)
+    assert layer.weight[0] == pytest.approx([0.8034818006385094, 1.1266337032975684], rel=1e-12)
+
+
+def test_sgd_two_steps_match_the_hand_computation():
+    layer = _dense_with([1.0, -2.0], [0.5, 0.5])
+    opt = SGD(layer, lr=0.1, momentum=0.9, weight_decay=0.01)
+    # Step 1: d = g + 0.01 w = [0.51, 0.48]; the buffer starts as d; w -= 0.1 d.
+    opt.step()
+    assert layer.weight[0] == pytest.approx([0.949, -2.048], rel=1e-12)
+    # Step 2, same g: d = [0.5 + 0.00949, 0.5 - 0.02048] = [0.50949, 0.47952],
+    # b = 0.9 [0.51, 0.48] + d = [0.96849, 0.91152], w -= 0.1 b.
+    opt.step()
+    assert opt.buffers["weight"][0] == pytest.approx([0.96849, 0.91152], rel=1e-12)
+    assert layer.weight[0] == pytest.approx([0.852151, -2.139152], rel=1e-12)
+
+
+def test_sgd_without_momentum_is_plain_gradient_descent():
+    layer = _dense_with([1.0, -2.0], [0.5, -0.25])
+    SGD(layer, lr=0.2, momentum=0).step()
+    assert layer.weight[0] == pytest.approx([0.9, -1.95], rel=1e-12)
+
+
+def test_optimizer_refuses_to_step_without_gradients():
+    with pytest.raises(RuntimeError, match="no gradient for 'weight'"):
+        Adam(Dense(2, 1, bias=False)).step()
+
+
+def test_optimizer_notices_a_resized_parameter():
+    layer = _dense_with([1.0, 1.0], [0.5, 0.5])
+    opt = SGD(layer, lr=0.1)
+    layer.weight = layer.weight[:, :1].copy()
+    with pytest.raises(ValueError, match=r"'weight' changed shape from \(1, 2\) to \(1, 1\)"):
+        opt.step()
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda m: Adam(m, lr=0.05),
+                                            lambda m: SGD(m, lr=0.05, momentum=0.9, weight_decay=0.1)],
+                         ids=["Adam", "SGD"])
+def test_masked_weights_stay_exactly_zero(make_optimizer):
+    rng = np.random.default_rng(0)
+    model = Chain(Conv2d(3, 4, 3, pad=1, rng=rng, dtype=np.float64), BatchNorm2d(4, dtype=np.float64),
+                  ReLU(), GlobalMeanPool(), Flatten(), Dense(4, 1, rng=rng, dtype=np.float64))
+    conv, dense = model[0], model[5]
+    conv.masks["weight"] = rng.random(conv.weight.shape) > 0.5
+    dense.masks["weight"] = np.array([[True, False, True, False]])
+    # The raw weights under the masks are still non-zero: the optimiser must zero them.
+    assert (conv.weight[~conv.masks["weight"]] != 0).all()
+    opt = make_optimizer(model)
+    x = rng.random((6, 3, 5, 5))
+    y = np.array([0, 1, 0, 1, 1, 0])
+    for _ in range(25):
+        _, dz = bce_with_logits(model(x), y)
+        model.backward(dz)
+        opt.step()
+    assert (conv.weight[~conv.masks["weight"]] == 0.0).all()
+    assert (dense.weight[0, [1, 3]] == 0.0).all()
+    assert (conv.weight[conv.masks["weight"]] != 0).all()   # the kept ones did train
+
+
+def test_loss_falls_on_a_tiny_set(tiny_set, small_mobilenet):
+    images, labels = tiny_set
+    model = small_mobilenet.copy()
+    opt = Adam(model, lr=1e-3)
+    x, y = to_float(images), labels
+    losses = []
+    for _ in range(30):
+        loss, dz = bce_with_logits(model(x), y)
+        model.backward(dz)
+        opt.step()
+        losses.append(loss)
+    assert np.mean(losses[-5:]) < 0.5 * losses[0]
+
+
+# ---------------------------------------------------------------------------
+# Schedule
+# ---------------------------------------------------------------------------
+
+def test_step_schedule_multiplies_the_lr_at_each_milestone():
+    opt = SGD(Dense(2, 1), lr=1.0)
+    schedule = StepLR(opt, milestones=[2, 4], gamma=0.1)
+    seen = []
+    for _ in range(6):
+        seen.append(opt.lr)
+        schedule.step()
+    assert seen == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+# ---------------------------------------------------------------------------
+# Trainer and evaluate
+# ---------------------------------------------------------------------------
+
+def test_trainer_records_one_history_entry_per_epoch(tiny_set, small_mobilenet):
+    model = small_mobilenet.copy()
+    out = trainer(model, 2, data=(tiny_set, tiny_set), batch_size=8, augment=False, progress=False,
+                  milestones=(1,), gamma=0.5)
+    history = out.history
+    assert out is model and len(history) == 2
+    for field in history.fields:
+        assert len(getattr(history, field)) == 2
+    assert history.lr == pytest.approx([1e-3, 5e-4])
+    assert all(0 <= a <= 1 for a in history.train_accuracy + history.val_accuracy)
+    assert all(s > 0 for s in history.seconds)
+    assert history.images_per_second[0] == pytest.approx(16 / history.seconds[0])
+    assert not history.interrupted
+    # The recorded validation figures are what evaluate gives now.
+    assert evaluate(model, tiny_set) == pytest.approx((history.val_loss[-1], history.val_accuracy[-1]))
+
+
+def test_trainer_draws_a_progress_bar_on_stderr(tiny_set, small_mobilenet, capsys):
+    trainer(small_mobilenet.copy(), 1, data=(tiny_set, tiny_set), batch_size=8, augment=False)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "2/2" in err and "img/s" in err and "val loss" in err
+
+
+def test_ctrl_c_stops_after_the_current_batch(tiny_set, small_mobilenet):
+    model = small_mobilenet.copy()
+    before = model.state_dict()
+    handler_before = signal.getsignal(signal.SIGINT)
+    calls = []
+
+    def press_ctrl_c(epoch, batch, loss):
+        calls.append((epoch, batch))
+        if (epoch, batch) == (1, 0):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer(model, 5, data=(tiny_set, tiny_set), batch_size=4, augment=False, progress=False,
+            callback=press_ctrl_c)
+    # Epoch 0 ran its 4 batches, epoch 1 stopped after its first; no epoch 2.
+    assert calls == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
+    history = model.history
+    assert history.interrupted and len(history) == 2
+    assert not math.isnan(history.val_accuracy[0]) and math.isnan(history.val_accuracy[1])
+    assert not np.array_equal(model.state_dict()["0.0.weight"], before["0.0.weight"])
+    assert signal.getsignal(signal.SIGINT) is handler_before
+
+
+def test_evaluate_restores_the_previous_mode(tiny_set, small_mobilenet):
+    model = small_mobilenet.copy()
+    model.train()
+    evaluate(model, tiny_set)
+    assert model.training and all(layer.training for _, layer in model.named_layers())
+    model.eval()
+    evaluate(model, tiny_set)
+    assert not model.training
+
+
+def test_evaluate_is_eval_mode_loss_and_accuracy(tiny_set, small_mobilenet):
+    images, labels = tiny_set
+    model = small_mobilenet.copy().eval()
+    logits = model(to_float(images))
+    loss, acc = evaluate(model.train(), tiny_set, batch_size=5)   # 5 does not divide 16
+    assert loss == pytest.approx(bce_with_logits(logits, labels)[0], rel=1e-5)
+    assert acc == accuracy(logits, labels)
+
+
+def test_trainer_rejects_bad_tuple_data_naming_the_argument(tiny_set, small_mobilenet):
+    images, labels = tiny_set
+    model = small_mobilenet.copy()
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=r"data\[0\] \(the training set\).*16 images but 15 labels"):
+        trainer(model, 1, data=((images, labels[:15]), tiny_set), progress=False)
+    with pytest.raises(ValueError, match=r"data\[1\] \(the validation set\).*rank 4"):
+        trainer(model, 1, data=(tiny_set, (images[0], labels)), progress=False)
+    with pytest.raises(ValueError, match=r"data\[0\].*model\[0\]\[0\].*3 input channels, got 1"):
+        trainer(model, 1, data=((images[:, :1], labels), tiny_set), augment=False, progress=False)
+    with pytest.raises(TypeError, match=r"data must be a pair \(train, val\)"):
+        trainer(model, 1, data=tiny_set[0], progress=False)
+    with pytest.raises(ValueError, match=r"evaluate: data.*labels must be 0 or 1"):
+        evaluate(model, (images, labels + 1))
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_trainer_rejects_a_model_with_more_than_one_output(tiny_set):
+    model = MobileNet(slopehtanh, 0.25, fcsize=16, nclasses=2, seed=0)
+    with pytest.raises(ValueError, match=r"one logit per image.*\(2, 2\)"):
+        trainer(model, 1, data=(tiny_set, tiny_set), augment=False, progress=False)

@@ -1,0 +1,133 @@
+"""Train the shipped checkpoint, or check it against the acceptance figures.
+
+    python -m tinyprune.pretrain --epochs 12 --out data/mobilenet-synthetic.npz
+    python -m tinyprune.pretrain --check
+
+Training builds the tutorial's model, ``MobileNet(slopehtanh, 0.25,
+fcsize=64, nclasses=1)``, with a fixed seed, and trains it with
+``trainer`` on the default ``SyntheticVWW`` sets: Adam at lr 1e-3 (as the
+tutorial), divided by 10 for the last epochs.  After every epoch the model
+is saved, so an interrupted run still leaves the latest whole epoch; the
+metadata records the command, the history and the validation accuracy.
+
+``--check`` loads the checkpoint and prints what the project promises:
+
+* its validation accuracy (at least 90 %);
+* ChannelPrune(0.2) -> keepprune -> prune_propagate -> resize: the
+  accuracy right after pruning, then after ``trainer(m, 1)`` (within 2
+  points of the checkpoint's);
+* seconds per epoch and images per second of that epoch on this machine.
+"""
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from .activations import slopehtanh
+from .checkpoint import PRETRAINED_FILE, load, save
+from .count import compute_dot_prods
+from .data import SyntheticVWW, data_dir
+from .model import MobileNet
+from .train import Adam, trainer, evaluate
+
+__all__ = []   # a script: nothing to import from here
+
+
+def train_checkpoint(epochs, out, lr=1e-3, decay_epochs=2, seed=0, progress=True):
+    """Train from scratch and save after every epoch; returns the model.
+
+    The lr is ``lr`` for ``epochs - decay_epochs`` epochs, then ``lr / 10``.
+    Each epoch is one ``trainer`` call sharing one Adam (so its running
+    averages carry over) with its own shuffling seed.
+    """
+    command = (f"python -m tinyprune.pretrain --epochs {epochs} --lr {lr} "
+               f"--decay-epochs {decay_epochs} --seed {seed} --out {out}")
+    train_set, val_set = SyntheticVWW("train"), SyntheticVWW("val")
+    model = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed)
+    optimizer = Adam(model, lr=lr)
+    for epoch in range(epochs):
+        optimizer.lr = lr if epoch < epochs - decay_epochs else lr / 10
+        trainer(model, 1, optimizer=optimizer, data=(train_set, val_set),
+                seed=seed * 1000 + epoch, progress=progress)
+        history = model.history
+        print(f"epoch {epoch + 1}/{epochs}: lr {optimizer.lr:g}, train loss {history.loss[-1]:.4f}, "
+              f"train acc {history.train_accuracy[-1]:.4f}, val acc {history.val_accuracy[-1]:.4f}, "
+              f"{history.seconds[-1]:.0f} s, {history.images_per_second[-1]:.0f} img/s", flush=True)
+        if history.interrupted:
+            break
+        metadata = {
+            "command": command,
+            "model": "MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1)",
+            "data": "SyntheticVWW train (8,000) / val (2,000), seed 0",
+            "epochs_trained": epoch + 1,
+            "val_accuracy": history.val_accuracy[-1],
+            "val_loss": history.val_loss[-1],
+            "history": history.as_dict(),
+        }
+        save(model.eval(), out, metadata)   # saved in eval mode, ready for inference
+        model.train()
+    return model
+
+
+def check(path=None, progress=True):
+    """Print the acceptance figures for the checkpoint at ``path``; returns True if all hold."""
+    import tinyprune   # prune, keepprune, prune_propagate and resize live in their own modules
+
+    path = path or data_dir() / PRETRAINED_FILE
+    model = load(path)
+    meta = model.metadata
+    print(f"checkpoint: {path}")
+    print(f"  made by: {meta.get('command')}")
+    val_set = SyntheticVWW("val")
+    start = time.perf_counter()
+    loss, acc = evaluate(model, val_set)
+    print(f"  validation accuracy {acc:.4f} (loss {loss:.4f}, stored {meta.get('val_accuracy')}); "
+          f"evaluated 2,000 images in {time.perf_counter() - start:.1f} s")
+    ok = acc >= 0.90
+
+    mults, adds, _ = compute_dot_prods(model, (1, 3, 96, 96))
+    pruned = tinyprune.prune(tinyprune.ChannelPrune(0.2), model)
+    pruned = tinyprune.resize(tinyprune.prune_propagate(tinyprune.keepprune(pruned)))
+    p_mults, p_adds, _ = compute_dot_prods(pruned, (1, 3, 96, 96))
+    _, pruned_acc = evaluate(pruned, val_set)
+    print(f"ChannelPrune(0.2) -> keepprune -> prune_propagate -> resize: "
+          f"mults {mults:,} -> {p_mults:,}, adds {adds:,} -> {p_adds:,}")
+    print(f"  accuracy right after pruning {pruned_acc:.4f}")
+    if hasattr(pruned, "history"):
+        del pruned.history   # count the finetuning epoch on its own
+    trainer(pruned, 1, progress=progress)
+    history = pruned.history
+    tuned_acc = history.val_accuracy[-1]
+    drop = acc - tuned_acc
+    print(f"  after trainer(m, 1): accuracy {tuned_acc:.4f} ({100 * drop:+.2f} points below the "
+          f"checkpoint; allowed 2)")
+    print(f"  one epoch: {history.seconds[-1]:.0f} s, {history.images_per_second[-1]:.0f} images/s")
+    ok = ok and drop <= 0.02
+    print("acceptance:", "PASS" if ok else "FAIL")
+    return ok
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tinyprune.pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=12, help="epochs to train (default 12)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 1e-3)")
+    parser.add_argument("--decay-epochs", type=int, default=2,
+                        help="train the last this many epochs at lr/10 (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
+    parser.add_argument("--out", default=None, help=f"where to save (default data/{PRETRAINED_FILE})")
+    parser.add_argument("--check", action="store_true", help="check the checkpoint instead of training")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    out = args.out or str(data_dir() / PRETRAINED_FILE)
+    if args.check:
+        return 0 if check(out, progress=not args.no_progress) else 1
+    train_checkpoint(args.epochs, out, lr=args.lr, decay_epochs=args.decay_epochs, seed=args.seed,
+                     progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
