@@ -10,5 +10,7 @@ from .model import *  # noqa: F401,F403
 from .count import *  # noqa: F401,F403
 from .testing import *  # noqa: F401,F403
 # later modules add their line here, one each:
+from .train import *  # noqa: F401,F403
+from .checkpoint import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
