@@ -168,12 +168,18 @@ def test_sensitivity_cells_are_the_accuracies_in_percent():
 
 
 def test_history_curves_are_the_recorded_values():
-    history = [{"train_loss": 0.7, "val_loss": 0.6, "train_acc": 0.55, "val_acc": 0.6},
-               {"train_loss": 0.5, "val_loss": 0.45, "train_acc": 0.7, "val_acc": 0.75}]
-    loss_ax, acc_ax = plots.plot_history(history).axes
-    assert [list(line.get_ydata()) for line in loss_ax.lines] == [[0.7, 0.5], [0.6, 0.45]]
+    history = {"loss": [0.7, 0.5], "val_loss": [0.6, 0.45],
+               "train_accuracy": [0.55, 0.7], "val_accuracy": [0.6, 0.75]}
+    loss_ax, acc_ax = plots.plot_history(history, batch_losses=[0.8, 0.6, 0.55, 0.45]).axes
+    batches, train_loss, val_loss = loss_ax.lines
+    assert list(batches.get_xdata()) == [0.25, 0.75, 1.25, 1.75]    # 2 batches per epoch, at their middles
+    assert list(train_loss.get_ydata()) == [0.7, 0.5] and list(train_loss.get_xdata()) == [0.5, 1.5]
+    assert list(val_loss.get_ydata()) == [0.6, 0.45] and list(val_loss.get_xdata()) == [1.0, 2.0]
     assert np.allclose([line.get_ydata() for line in acc_ax.lines], [[55, 70], [60, 75]])
     assert "nats" in loss_ax.get_ylabel() and "%" in acc_ax.get_ylabel()
+    per_epoch = [dict(zip(history, values)) for values in zip(*history.values())]
+    again = plots.plot_history(per_epoch).axes[0]
+    assert [list(line.get_ydata()) for line in again.lines] == [[0.7, 0.5], [0.6, 0.45]]
     with pytest.raises(ValueError, match="plot_history"):
         plots.plot_history([{"lr": 0.001}])
 

@@ -234,7 +234,8 @@ def plot_macs(stages, input_shape=(1, 3, 96, 96), rule="reference", title=None, 
     left.set_ylabel(f"multiplies {unit}")
     left.yaxis.set_major_formatter(FuncFormatter(_millions))
     left.grid(axis="y", alpha=0.3)
-    left.legend(title="stage")
+    left.set_ylim(0, 1.2 * max(max(m) for m in per_stage))   # headroom: the legend sits above the bars
+    left.legend(loc="upper center", ncol=len(pairs), fontsize=8)
     left.set_title(f"Multiplies per layer (counting rule {rule!r})")
 
     bars = right.bar(np.arange(len(pairs)), totals,
@@ -407,35 +408,54 @@ def plot_sensitivity(levels, scans, baseline=None, title=None, save=None):
 # Training curves
 # ---------------------------------------------------------------------------
 
-def plot_history(history, title=None, save=None):
+HISTORY_FIELDS = ("loss", "val_loss", "train_accuracy", "val_accuracy")
+
+
+def _history_series(history):
+    """``{field: [value per epoch]}`` from a History, a dict of lists or a list of per-epoch dicts."""
+    if hasattr(history, "as_dict"):
+        history = history.as_dict()
+    if isinstance(history, dict):
+        return {k: [float(v) for v in history[k]] for k in HISTORY_FIELDS if k in history}
+    epochs = list(history)
+    return {k: [float(e[k]) for e in epochs] for k in HISTORY_FIELDS if epochs and k in epochs[0]}
+
+
+def plot_history(history, batch_losses=None, title=None, save=None):
     """Loss and accuracy per epoch, training and validation.
 
-    ``history``: a list with one dict per epoch, or a dict of lists, with any
-    of the keys ``train_loss``, ``val_loss`` (binary cross-entropy, nats per
-    image) and ``train_acc``, ``val_acc`` (fractions in [0, 1]).
+    ``history``: what ``trainer`` records in ``model.history`` (a
+    ``History``), or a dict of per-epoch lists, or a list of per-epoch dicts,
+    with the fields ``loss`` and ``val_loss`` (binary cross-entropy, nats per
+    image) and ``train_accuracy`` and ``val_accuracy`` (fractions in [0, 1]).
+    Training figures are means over an epoch's batches, so they are drawn at
+    the epoch's middle; validation runs after the epoch, drawn at its end.
+
+    ``batch_losses``: optionally the loss of every training batch, in order,
+    e.g. gathered with ``trainer(..., callback=...)``; drawn as a thin line so
+    even a one-epoch run shows a curve.
     """
-    if isinstance(history, dict):
-        series = {k: list(v) for k, v in history.items()}
-    else:
-        history = list(history)
-        keys = [k for k in ("train_loss", "val_loss", "train_acc", "val_acc") if history and k in history[0]]
-        series = {k: [epoch[k] for epoch in history] for k in keys}
-    known = [k for k in ("train_loss", "val_loss", "train_acc", "val_acc") if series.get(k)]
-    if not known:
-        raise ValueError("plot_history: expected train_loss/val_loss/train_acc/val_acc entries, "
-                         f"got keys {sorted(series)}")
+    series = _history_series(history)
+    if not any(series.values()):
+        raise ValueError(f"plot_history: expected per-epoch {', '.join(HISTORY_FIELDS)}; "
+                         f"got {sorted(history) if isinstance(history, dict) else history!r}")
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    for ax, what in ((loss_ax, "loss"), (acc_ax, "acc")):
-        for k, split in enumerate(("train", "val")):
-            values = series.get(f"{split}_{what}")
-            if not values:
-                continue
-            values = np.asarray(values, dtype=float) * (100 if what == "acc" else 1)
-            epochs = np.arange(1, len(values) + 1)
-            ax.plot(epochs, values, marker="o", color=COLOURS[k], label=split)
+    if batch_losses is not None and len(batch_losses):
+        epochs = max(len(series.get("loss", [])), 1)
+        steps = (np.arange(len(batch_losses)) + 0.5) * epochs / len(batch_losses)
+        loss_ax.plot(steps, batch_losses, color=COLOURS[0], alpha=0.35, linewidth=1,
+                     label="train, per batch")
+    for ax, (train_key, val_key), scale in ((loss_ax, ("loss", "val_loss"), 1),
+                                             (acc_ax, ("train_accuracy", "val_accuracy"), 100)):
+        for k, (key, name, offset) in enumerate(((train_key, "train, epoch mean", 0.5),
+                                                 (val_key, "validation", 1.0))):
+            values = series.get(key)
+            if values:
+                epochs = np.arange(len(values)) + offset
+                ax.plot(epochs, scale * np.asarray(values), marker="o", color=COLOURS[k], label=name)
         ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
         ax.legend()
     loss_ax.set_ylabel("binary cross-entropy (nats per image)")
