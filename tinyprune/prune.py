@@ -355,12 +355,12 @@ def _assignments(strategy, model):
             raise TypeError(f"prune: expected a pruning strategy (LevelPrune, ChannelPrune, ...), "
                             f"a list or a dict of them, got {strategy!r}")
         out = [(p, leaf, strategy) for p, leaf in _targets(strategy, model, "")]
-    seen = {}
+    seen = set()
     for path, layer, _ in out:
         if id(layer) in seen:
-            raise ValueError(f"prune: model{path} is given two strategies (it is also named as "
-                             f"part of model{seen[id(layer)]}); name each layer once")
-        seen[id(layer)] = path
+            raise ValueError(f"prune: model{path} is given two strategies; name each layer once "
+                             "(a path or list entry for a Chain covers every layer inside it)")
+        seen.add(id(layer))
     return out
 
 
