@@ -12,5 +12,6 @@ from .testing import *  # noqa: F401,F403
 # later modules add their line here, one each:
 from .train import *  # noqa: F401,F403
 from .checkpoint import *  # noqa: F401,F403
+from .prune import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
