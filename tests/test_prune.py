@@ -521,11 +521,13 @@ def test_channel_prune_on_a_model_without_convolutions_is_refused():
     assert_same_snapshot(before, snapshot(model))
 
 
-def test_iterativeprune_refuses_a_finetune_that_returns_no_verdict():
+def test_iterativeprune_refuses_bad_arguments_and_a_finetune_without_a_verdict():
     model = tiny_model()
     before = snapshot(model)
     with pytest.raises(TypeError, match="finetune must return True or False, got None"):
         iterativeprune(lambda m: None, [LevelPrune(0.2)], model)
     with pytest.raises(ValueError, match="maxtries"):
         iterativeprune(lambda m: True, [LevelPrune(0.2)], model, maxtries=0)
+    with pytest.raises(TypeError, match="stages must be a list"):
+        iterativeprune(lambda m: True, LevelPrune(0.2), model)
     assert_same_snapshot(before, snapshot(model))

@@ -421,7 +421,8 @@ def prune(strategy, model):
       MobileNet ``[LevelPrune(0.5), None]`` prunes the backbone only and
       ``[None, [None, None, LevelPrune(0.5), None, None]]`` the first dense layer;
     * a dict from layer paths to strategies, ``{"[0][3]": ChannelPrune(0.5)}``
-      (a path naming a Chain means every prunable layer inside it).
+      (a path naming a Chain means every prunable layer inside it);
+    * ``None``: nothing is pruned, the result is a plain copy.
 
     Every pruned weight gets ``layer.masks["weight"]`` (boolean, True = kept,
     the weight's shape), combined with any mask it had (old & new), and the
@@ -568,6 +569,9 @@ def iterativeprune(finetune, stages, model, maxtries=5):
         raise ValueError(f"iterativeprune: maxtries must be a positive integer, got {maxtries!r}")
     if not callable(finetune):
         raise TypeError(f"iterativeprune: finetune must be a function of the model, got {finetune!r}")
+    if isinstance(stages, (PruningStrategy, dict)) or not hasattr(stages, "__iter__"):
+        raise TypeError(f"iterativeprune: stages must be a list of stages, e.g. [LevelPrune(0.2), "
+                        f"LevelPrune(0.5)], got {stages!r}")
     passed = model.copy()
     for number, stage in enumerate(stages, start=1):
         candidate = prune(stage, passed)
