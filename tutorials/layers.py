@@ -1,0 +1,240 @@
+# %% [markdown]
+# # How a layer learns: deriving and checking backward passes
+#
+# Training needs, for every layer, two functions:
+#
+# * `forward(x)`: the layer's output `y` from its input `x`;
+# * `backward(dy)`: given `dy = dL/dy`, how the loss `L` changes with the
+#   output, return `dx = dL/dx` and store `dL/dw` for every parameter `w`.
+#
+# Both come from the chain rule. If `y` depends on `x`, then
+# `dL/dx[i] = sum over j of dL/dy[j] * dy[j]/dx[i]`: each input entry
+# collects the blame of every output it helped compute. Backward passes are
+# this sum written out cleverly, without ever building the full table of
+# `dy[j]/dx[i]`.
+#
+# A backward pass is easy to get almost right. `tinyprune.gradcheck` checks
+# one against the definition of a derivative: nudge one entry by `+eps` and
+# `-eps`, watch the loss move, divide by `2 eps`. It does this for every
+# entry of the input and of each parameter, in float64, and reports the
+# worst relative disagreement per tensor. A correct backward gives about
+# 1e-8 or less; a bug gives something near 1.
+#
+# This tutorial derives the backward pass of each layer MobileNet uses, checks
+# tinyprune's version, and ends with a layer you write yourself. Run it as a
+# script (`python tutorials/layers.py`) or as a notebook. Shapes: NCHW for
+# images, OIHW `(C_out, C_in, KH, KW)` for convolution weights.
+
+# %%
+import numpy as np
+
+from tinyprune import (BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, Layer, SlopeHTanh, gradcheck,
+                       slopehtanh)
+
+rng = np.random.default_rng(0)
+
+
+def check(name, layer, x):
+    """Run gradcheck and print one line per layer: the worst relative error of all tensors."""
+    report = gradcheck(layer, x)
+    print(f"{name:<32} worst relative error {report.worst:.1e}   "
+          + "  ".join(f"{key}: {err:.0e}" for key, err in report.items()))
+    return report
+
+
+# %% [markdown]
+# ## Dense: the pattern for everything else
+#
+# `y = x W^T + b`, with `x` of shape (N, in), `W` (out, in), `y` (N, out).
+# Each `y[n, o] = sum_i x[n, i] W[o, i] + b[o]`, so
+#
+# * `dL/dW[o, i] = sum_n dy[n, o] x[n, i]`, that is `dW = dy^T x`;
+# * `dL/db[o] = sum_n dy[n, o]`;
+# * `dL/dx[n, i] = sum_o dy[n, o] W[o, i]`, that is `dx = dy W`.
+#
+# Check the shapes: `dy^T x` is (out, N) (N, in) = (out, in), the shape of
+# `W`. A gradient always has the shape of the thing it is the gradient of.
+
+# %%
+check("Dense(5, 3)", Dense(5, 3, rng=rng), rng.standard_normal((4, 5)))
+
+# %% [markdown]
+# ## Convolution: a dense layer in disguise
+#
+# A convolution slides a (C_in, KH, KW) filter over the image. Unfold every
+# receptive field into a column (`im2col`): for one image that is a matrix
+# `cols` of shape (C_in*KH*KW, HO*WO), and the convolution becomes one
+# matrix product `y = Wm @ cols`, with `Wm` the weight reshaped to
+# (C_out, C_in*KH*KW). Dense again, so
+#
+# * `dWm = sum over images of dy @ cols^T`;
+# * `dcols = Wm^T @ dy`;
+# * `dx = col2im(dcols)`: fold the columns back onto the image. Where
+#   receptive fields overlap, a pixel appears in several columns, and folding
+#   *adds* its gradients: the chain rule's sum over every output the pixel
+#   helped compute.
+#
+# Here are the columns of a 1-channel 3x3 image under a 2x2 kernel, stride 1,
+# no padding: four receptive fields, four columns.
+
+# %%
+from tinyprune.kernels import _im2col   # the plain-Python kernel, readable line by line
+
+image = np.arange(9, dtype=np.float64).reshape(1, 1, 3, 3)
+cols = np.empty((1, 4, 4))
+_im2col(image, 2, 2, 1, 0, cols)
+print("image:\n", image[0, 0])
+print("columns (one receptive field per column):\n", cols[0])
+
+# %%
+check("Conv2d(2, 3, 3, stride 2)", Conv2d(2, 3, 3, stride=2, pad=1, rng=rng),
+      rng.standard_normal((2, 2, 5, 5)))
+check("Conv2d(4, 3, 1) pointwise", Conv2d(4, 3, 1, rng=rng), rng.standard_normal((2, 4, 3, 3)))
+
+# %% [markdown]
+# ## Depthwise convolution
+#
+# Each channel has its own (KH, KW) filter and sees only its own channel:
+#
+#     y[n, c, i, j] = sum over a, b of w[c, a, b] * x[n, c, i*s + a - p, j*s + b - p]
+#
+# (s the stride, p the padding; pixels outside the image count as zero).
+# Differentiating one term at a time:
+#
+# * `dw[c, a, b] = sum over n, i, j of dy[n, c, i, j] * x[n, c, i*s + a - p, j*s + b - p]`;
+# * `dx[n, c, i*s + a - p, j*s + b - p] += w[c, a, b] * dy[n, c, i, j]`,
+#   for every output (i, j) and filter tap (a, b): each output hands its
+#   gradient back to the pixels it read, weighted by the tap that read them.
+#
+# tinyprune's kernel `depthwise_backward` is exactly these two loops.
+
+# %%
+check("DepthwiseConv2d(3, 3, stride 2)", DepthwiseConv2d(3, 3, stride=2, pad=1, rng=rng),
+      rng.standard_normal((2, 3, 5, 5)))
+
+# %% [markdown]
+# ## Batch normalisation (training mode)
+#
+# Per channel, over the M = N*H*W values of the batch:
+#
+#     mu = mean(x),  var = mean((x - mu)^2),  xhat = (x - mu) / sqrt(var + eps),
+#     y = gamma * xhat + beta.
+#
+# The parameters are easy: `dbeta = sum(dy)`, `dgamma = sum(dy * xhat)`.
+# The input is harder, because every `x` also moves `mu` and `var`, and
+# through them every output of its channel. Working the chain rule through
+# `mu` and `var` and simplifying gives, per channel,
+#
+#     dx = gamma / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)).
+#
+# Read it as: the gradient a plain scaling would pass back (`dy`), minus its
+# average (shifting all inputs shifts `mu` too, so it changes nothing), minus
+# its component along `xhat` (scaling all inputs scales `sqrt(var)` too).
+# Let us check this formula against tinyprune's layer, then the layer
+# against finite differences.
+
+# %%
+bn = BatchNorm2d(3).to(np.float64)
+bn.weight[:] = [0.5, 1.0, 2.0]
+x = rng.standard_normal((4, 3, 2, 2))
+dy = rng.standard_normal((4, 3, 2, 2))
+bn.forward(x)
+dx_layer = bn.backward(dy)
+
+axes = (0, 2, 3)                                 # all but the channel axis
+mu = x.mean(axis=axes, keepdims=True)
+var = x.var(axis=axes, keepdims=True)
+xhat = (x - mu) / np.sqrt(var + bn.eps)
+gamma = bn.weight.reshape(1, 3, 1, 1)
+dx_formula = gamma / np.sqrt(var + bn.eps) * (
+    dy - dy.mean(axis=axes, keepdims=True) - xhat * (dy * xhat).mean(axis=axes, keepdims=True))
+print("formula vs layer, largest difference:", float(np.abs(dx_formula - dx_layer).max()))
+
+# %%
+check("BatchNorm2d(3), train mode", BatchNorm2d(3), rng.standard_normal((4, 3, 2, 2)))
+check("BatchNorm2d(3), eval mode", BatchNorm2d(3).eval(), rng.standard_normal((4, 3, 2, 2)))
+
+# %% [markdown]
+# ## slopehtanh
+#
+# The activation of the course's MobileNet: the identity on [-1, 1], and
+# beyond it a line of slope -1/4 (it bends back towards zero). So
+# `dx = dy` where `|x| <= 1` and `dx = -dy / 4` elsewhere.
+#
+# At the kinks x = +-1 the derivative jumps, and a finite difference that
+# straddles a kink measures neither side. So we check on inputs kept away
+# from +-1 (real networks rarely land exactly on a kink; `gradcheck`'s
+# docstring says what to do when they do).
+
+# %%
+print("slopehtanh at -3, -1, 0.5, 1, 3:", slopehtanh(np.array([-3.0, -1.0, 0.5, 1.0, 3.0])))
+x = rng.uniform(-3, 3, (2, 3, 4, 4))
+x[np.abs(np.abs(x) - 1) < 0.01] = 0.5           # keep 0.01 away from the kinks
+check("SlopeHTanh", SlopeHTanh(), x)
+
+# %% [markdown]
+# ## Your turn: a layer of your own
+#
+# A `Scale` layer multiplies each channel by a learned factor:
+# `y[n, c, i, j] = s[c] * x[n, c, i, j]`, with `s` of shape (C,).
+#
+# Derive before reading on:
+#
+# * `dx[n, c, i, j] = s[c] * dy[n, c, i, j]`;
+# * `ds[c] = sum over n, i, j of dy[n, c, i, j] * x[n, c, i, j]`: the factor
+#   `s[c]` touches every value of channel c, so its gradient sums over all
+#   of them.
+#
+# A tinyprune layer subclasses `Layer`, names its parameters in
+# `param_names`, keeps what backward needs in `self._cache`, stores parameter
+# gradients with `self.set_grad(name, grad)` (which also respects pruning
+# masks) and returns `dx`. That is all `gradcheck`, the optimisers and
+# `Chain` need.
+
+# %%
+class Scale(Layer):
+    """y = x * scale[c] per channel; x and y (N, C, H, W), scale (C,)."""
+
+    param_names = ("scale",)
+
+    def __init__(self, channels, rng=None):
+        super().__init__()
+        self.scale = (rng or np.random.default_rng()).standard_normal(channels).astype(np.float32)
+
+    def forward(self, x):
+        self._cache = x
+        return x * self.effective("scale")[None, :, None, None]
+
+    def backward(self, dy):
+        x = self._cache
+        self.set_grad("scale", (dy * x).sum(axis=(0, 2, 3)))     # sum over everything but C
+        return dy * self.effective("scale")[None, :, None, None]
+
+
+report = check("Scale(3), yours", Scale(3, rng), rng.standard_normal((2, 3, 4, 4)))
+
+# %% [markdown]
+# And what a mistake looks like. Forget the sum over the batch (take only
+# the first image's contribution) and `gradcheck` points at the tensor that
+# is wrong, the scale, while the input's gradient still checks out:
+
+# %%
+class ScaleWithABug(Scale):
+    def backward(self, dy):
+        x = self._cache
+        self.set_grad("scale", (dy[0] * x[0]).sum(axis=(1, 2)))   # bug: image 0 only
+        return dy * self.effective("scale")[None, :, None, None]
+
+
+buggy = check("ScaleWithABug(3)", ScaleWithABug(3, rng), rng.standard_normal((2, 3, 4, 4)))
+
+# %% [markdown]
+# Exercises:
+#
+# 1. Give `Scale` a per-channel shift too (`y = s[c] x + t[c]`), derive
+#    `dt`, and check it.
+# 2. Write a `Square` layer (`y = x^2`, no parameters). Where does
+#    `gradcheck` have trouble, if anywhere, and why not at zero?
+# 3. Put your layer in a `Chain` after a `Conv2d` and check the whole chain:
+#    `Chain` runs the backward passes in reverse order, and the check passes
+#    only if every link is right.
