@@ -184,6 +184,17 @@ def test_history_curves_are_the_recorded_values():
         plots.plot_history([{"lr": 0.001}])
 
 
+def test_history_reads_what_trainer_records():
+    from tinyprune.train import History
+    history = History()
+    for loss, acc in ((0.69, 0.5), (0.4, 0.85)):
+        history.append(loss=loss, train_accuracy=acc, val_loss=loss + 0.01, val_accuracy=acc - 0.01,
+                       lr=1e-3, seconds=1.0, images_per_second=100.0)
+    loss_ax, acc_ax = plots.plot_history(history).axes
+    assert [list(line.get_ydata()) for line in loss_ax.lines] == [[0.69, 0.4], [0.7, 0.41]]
+    assert np.allclose(acc_ax.lines[1].get_ydata(), [49, 84])
+
+
 def test_sparse_speedup_is_dense_time_over_sparse_time():
     _, ratio = plots.plot_sparse_speedup([0.5, 0.9], [10.0, 10.0], [20.0, 4.0]).axes
     assert list(ratio.lines[0].get_ydata()) == [0.5, 2.5]

@@ -37,7 +37,7 @@ from .layers import Conv2d, Dense, DepthwiseConv2d, layer_at, parse_path
 from .prune import sparsity
 
 __all__ = [
-    "save_figure", "layer_labels",
+    "save_figure", "dot_layers", "layer_labels",
     "plot_sparsity", "plot_macs", "plot_weight_histogram", "plot_channels",
     "plot_sensitivity", "plot_history", "plot_sparse_speedup",
 ]
