@@ -1,0 +1,482 @@
+"""Chapter 6: cutting dead channels out of the architecture.
+
+Run this chapter alone with ``python -m pytest -m resize``.  The random-chain
+tests also belong to chapter 5 (they check propagation as well).
+"""
+
+import io
+
+import numpy as np
+import pytest
+
+from tinyprune import (BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten, GlobalMeanPool,
+                       HardTanh, Identity, Layer, MobileNet, ReLU, SlopeHTanh, compute_dot_prods,
+                       gradcheck, slopehtanh)
+from tinyprune.propagate import channel_constants, prune_propagate, segments
+from tinyprune.prune import ChannelPrune, LevelPrune, keepprune, prune
+from tinyprune.resize import channel_counts, resize
+
+pytestmark = pytest.mark.resize
+
+TUTORIAL_INPUT = (1, 3, 96, 96)
+WEIGHTED = (Conv2d, DepthwiseConv2d, Dense)
+
+
+# ---------------------------------------------------------------------------
+# Helpers (the same as in test_propagate.py, so each chapter stands alone)
+# ---------------------------------------------------------------------------
+
+def give_statistics(model, rng, x):
+    """Random gamma and beta, then running statistics of one train-mode batch ``x``."""
+    for _, layer in model.named_layers():
+        if isinstance(layer, BatchNorm2d):
+            C = layer.channels
+            layer.weight[:] = rng.uniform(0.5, 1.5, C)
+            layer.bias[:] = rng.normal(0.0, 0.5, C)
+            layer.momentum = 1.0
+    model.train()(x)
+    for _, layer in model.named_layers():
+        if isinstance(layer, BatchNorm2d):
+            layer.momentum = 0.1
+    return model
+
+
+def run(model, x, training):
+    return model.copy().train(training)(x)
+
+
+def relative_error(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def snapshot(model):
+    masks = {key: mask.copy() for key, mask in model.mask_dict().items()}
+    return model.state_dict(), masks
+
+
+def assert_same_snapshot(a, b):
+    (state_a, masks_a), (state_b, masks_b) = a, b
+    assert state_a.keys() == state_b.keys() and masks_a.keys() == masks_b.keys()
+    for key in state_a:
+        np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
+    for key in masks_a:
+        np.testing.assert_array_equal(masks_a[key], masks_b[key], err_msg=key)
+
+
+def live_rows(layer):
+    """Output channels with a non-zero weight (as the forward pass uses them)."""
+    w = layer.effective("weight")
+    return np.flatnonzero(w.reshape(w.shape[0], -1).any(axis=1))
+
+
+def pipeline(seed, p=0.2):
+    """The tutorial's ChannelPrune(p) -> keepprune -> prune_propagate on a fresh MobileNet."""
+    base = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed)
+    return prune_propagate(keepprune(prune(ChannelPrune(p), base)))
+
+
+# ---------------------------------------------------------------------------
+# The tutorial's model
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(21).uniform(0, 1, (4, 3, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    """ChannelPrune(0.2) of a float64 tutorial MobileNet with trained-looking statistics."""
+    rng = np.random.default_rng(2)
+    model = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=2).to(np.float64)
+    give_statistics(model, rng, rng.uniform(0, 1, (4, 3, 32, 32)))
+    return keepprune(prune(ChannelPrune(0.2), model))
+
+
+@pytest.fixture(scope="module")
+def propagated(pruned):
+    return prune_propagate(pruned)
+
+
+@pytest.fixture(scope="module")
+def resized(propagated):
+    return resize(propagated)
+
+
+def test_returns_a_new_model_and_leaves_its_argument_unchanged(propagated):
+    before = snapshot(propagated)
+    result = resize(propagated)
+    assert result is not propagated
+    assert_same_snapshot(before, snapshot(propagated))
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_mobilenet_output_is_unchanged(pruned, resized, batch, training):
+    expected = run(pruned, batch, training)
+    assert relative_error(run(resized, batch, training), expected) < 1e-9
+
+
+def test_float32_resize_costs_no_more_than_float32_rounding(pruned, batch):
+    # As for propagation: the float32 network itself is only good to about
+    # 1e-4 of float64, and removing channels reorders its sums.
+    pruned32 = pruned.copy().to(np.float32)
+    resized32 = resize(prune_propagate(pruned32))
+    x32 = batch.astype(np.float32)
+    for training in (False, True):
+        exact = run(pruned, batch, training)
+        own = relative_error(run(pruned32, x32, training), exact)
+        assert relative_error(run(resized32, x32, training), exact) < 3 * own + 1e-6
+
+
+def test_every_group_loses_its_dead_channels(propagated, resized):
+    # Producers: the first conv, the 13 pointwise convs; each channel group is
+    # cut from its producer, its depthwise conv and its consumer, including
+    # the first group (conv [0][0]) and the last (into the Dense [1][2]).
+    producers = [0] + [6 * g for g in range(1, 14)]
+    for g, p in enumerate(producers):
+        live = len(live_rows(propagated[0][p]))
+        assert live < propagated[0][p].c_out, f"group {g} had nothing to remove"
+        assert resized[0][p].c_out == live and resized[0][p + 1].channels == live
+        if g < 13:
+            assert resized[0][p + 3].channels == live and resized[0][p + 4].channels == live
+            assert resized[0][p + 6].c_in == live
+        else:
+            assert resized[1][2].n_in == live
+    assert resized[0][0].c_in == 3 and resized[1][4].n_out == 1   # the model's input and output
+
+
+def test_running_statistics_of_surviving_channels_are_unchanged(propagated, resized):
+    producers = [(propagated[0][0], "[0][1]")] + [
+        (propagated[0][6 * g], f"[0][{6 * g + 1}]") for g in range(1, 14)]
+    depthwise_bns = [f"[0][{6 * g + 4}]" for g in range(13)]
+    old = dict(propagated.named_layers())
+    new = dict(resized.named_layers())
+    for g, (producer, bn_path) in enumerate(producers):
+        keep = live_rows(producer)
+        paths = [bn_path] + ([depthwise_bns[g]] if g < 13 else [])
+        for path in paths:
+            for name in ("running_mean", "running_var", "weight", "bias"):
+                np.testing.assert_array_equal(getattr(new[path], name),
+                                              getattr(old[path], name)[keep], err_msg=path + name)
+            assert new[path].num_batches_tracked == old[path].num_batches_tracked
+
+
+def test_no_all_zero_channel_is_left(resized):
+    for path, layer in resized.named_layers():
+        if isinstance(layer, WEIGHTED):
+            w = layer.weight.reshape(layer.weight.shape[0], layer.weight.shape[1], -1)
+            assert w.any(axis=(1, 2)).all(), f"model{path} has an all-zero output channel"
+            assert w.any(axis=(0, 2)).all(), f"model{path} has an all-zero input slice"
+
+
+def test_resize_is_idempotent(resized):
+    assert_same_snapshot(snapshot(resize(resized)), snapshot(resized))
+
+
+def test_masks_are_sliced_with_their_weights():
+    # Level pruning on top of channel pruning leaves scattered masked entries
+    # in every surviving row; "mask == (weight != 0)" holds before resize
+    # and must still hold after it, which a mis-sliced mask would break.
+    rng = np.random.default_rng(3)
+    base = MobileNet(slopehtanh, 0.25, fcsize=16, nclasses=1, seed=3)
+    give_statistics(base, rng, rng.uniform(0, 1, (2, 3, 32, 32)).astype(np.float32))  # no zero beta
+    masked = prune(LevelPrune(0.3), prune(ChannelPrune(0.2), base))
+    propagated = prune_propagate(masked)
+    for model in (propagated, resize(propagated)):
+        state = model.state_dict()
+        for key, mask in model.mask_dict().items():
+            assert mask.shape == state[key].shape, key
+            np.testing.assert_array_equal(mask, state[key] != 0, err_msg=key)
+    assert resize(propagated)[0][0].masks["weight"].shape[0] < 8
+
+
+def test_record_of_channel_counts_before_and_after(propagated, resized):
+    result, rows = resize(propagated, return_record=True)
+    before, after = channel_counts(propagated), channel_counts(resized)
+    assert [r.path for r in rows] == [c.path for c in before] == [c.path for c in after]
+    assert [(r.c_in_before, r.c_out_before) for r in rows] == [(c.c_in, c.c_out) for c in before]
+    assert [(r.c_in_after, r.c_out_after) for r in rows] == [(c.c_in, c.c_out) for c in after]
+    first = rows[0]
+    assert (first.path, first.type, first.c_in_before, first.c_out_before) == ("[0][0]", "Conv2d", 3, 8)
+    assert first.c_out_after == resized[0][0].c_out
+    assert rows[-1] == ("[1][4]", "Dense", 64, 1, 64, 1)
+    # 27 convolutions, 27 BatchNorms and 2 dense layers.
+    assert len(rows) == 56 and sum(r.type == "BatchNorm2d" for r in rows) == 27
+
+
+def surviving_entries(propagated):
+    """For each layer path of the propagated MobileNet, the (rows, columns) resize keeps.
+
+    Rows index a weight's axis 0 (output channels), columns its axis 1
+    (input channels; [0] for a depthwise filter).  Channel group g is kept
+    where its producer's row is not all zero.
+    """
+    backbone = propagated[0]
+    producers = [0] + [6 * g for g in range(1, 14)]
+    keep = [live_rows(backbone[p]) for p in producers]
+    entries = {"[0][0]": (keep[0], np.arange(3)), "[0][1]": (keep[0], None)}
+    for g in range(13):
+        p = producers[g]
+        entries[f"[0][{p + 3}]"] = (keep[g], np.arange(1))                  # depthwise
+        entries[f"[0][{p + 4}]"] = (keep[g], None)
+        entries[f"[0][{p + 6}]"] = (keep[g + 1], keep[g])                    # pointwise
+        entries[f"[0][{p + 7}]"] = (keep[g + 1], None)
+    entries["[1][2]"] = (np.arange(64), keep[13])                           # Dense(256, 64)
+    entries["[1][4]"] = (np.arange(1), np.arange(64))
+    return entries
+
+
+def kept_part(array, rows, columns):
+    if array.ndim == 1:
+        return array[rows]
+    return array[np.ix_(rows, columns)]
+
+
+def test_resized_model_takes_the_same_training_step(propagated, resized, batch):
+    # The resized model computes the same function of its surviving weights,
+    # so a training step -- forward, backward, plain SGD -- gives it exactly
+    # the gradients and updates of those weights in the propagated model.
+    entries = surviving_entries(propagated)
+    target = np.random.default_rng(0).normal(size=(4, 1))
+    stepped = []
+    for model in (propagated.copy().train(), resized.copy().train()):
+        y = model(batch)
+        model.backward(y - target)             # dL/dy of L = 0.5 * sum((y - target)^2)
+        for _, layer, name in model.named_parameters():
+            assert layer.grads[name].shape == getattr(layer, name).shape
+            setattr(layer, name, getattr(layer, name) - 1e-3 * layer.grads[name])
+        stepped.append(model)
+    big, small = stepped
+    paths = {id(layer): path for path, layer in big.named_layers()}
+    compared = 0
+    for (key, layer, name), (_, small_layer, _) in zip(big.named_parameters(), small.named_parameters()):
+        rows, columns = entries[paths[id(layer)]]
+        for a, b in ((layer.grads[name], small_layer.grads[name]),
+                     (getattr(layer, name), getattr(small_layer, name))):
+            np.testing.assert_allclose(b, kept_part(a, rows, columns), rtol=1e-7,
+                                       atol=1e-9 * np.abs(a).max(), err_msg=key)
+        compared += 1
+    assert compared == len(list(big.named_parameters())) == 27 + 27 * 2 + 4
+
+
+def test_gradients_of_a_resized_chain_pass_gradcheck():
+    rng = np.random.default_rng(6)
+    model = Chain(Conv2d(3, 6, 3, pad=1, rng=rng), BatchNorm2d(6), HardTanh(),
+                  DepthwiseConv2d(6, 3, pad=1, rng=rng), BatchNorm2d(6), HardTanh(),
+                  Conv2d(6, 5, 1, rng=rng), BatchNorm2d(5), HardTanh(),
+                  GlobalMeanPool(), Flatten(), Dense(5, 2, rng=rng))
+    pruned = keepprune(prune(ChannelPrune(0.5), model))
+    resized = resize(prune_propagate(pruned))
+    assert resized[0].c_out < 6 and resized[6].c_out < 5
+    x = rng.normal(size=(2, 3, 4, 4))
+    report = gradcheck(resized.copy().train(), x, max_entries=6)
+    assert len(report) == 1 + 11 and report.worst < 1e-6, str(report)
+
+
+def test_state_dict_round_trips_through_an_npz_file(resized, batch):
+    buffer = io.BytesIO()
+    np.savez(buffer, **resized.state_dict())
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as saved:
+        state = {key: saved[key] for key in saved.files}
+    other = resized.copy()
+    for _, layer, name in other.named_parameters():
+        setattr(layer, name, np.zeros_like(getattr(layer, name)))
+    other.load_state_dict(state)
+    assert_same_snapshot(snapshot(other), snapshot(resized))
+    np.testing.assert_array_equal(run(other, batch, False), run(resized, batch, False))
+
+
+# ---------------------------------------------------------------------------
+# Counting after resize (the tutorial's last number)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_resized_count_is_at_most_the_seeds_plus_6_percent(seed):
+    mults, adds, shape = compute_dot_prods(resize(pipeline(seed)), TUTORIAL_INPUT, "reference")
+    assert shape == (1, 1)
+    assert mults <= 3_680_115 * 1.06
+    assert mults > 3_000_000             # 20% pruning cannot remove half the work
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dense_count_after_resize_is_the_sparse_count_before(p):
+    propagated = pipeline(5, p)
+    sparse = compute_dot_prods(propagated, TUTORIAL_INPUT, "sparse")
+    dense = compute_dot_prods(resize(propagated), TUTORIAL_INPUT, "dense")
+    assert dense == sparse
+
+
+# ---------------------------------------------------------------------------
+# Random small chains: propagation and resize never change the function
+# ---------------------------------------------------------------------------
+
+ACTIVATIONS = (SlopeHTanh, ReLU, HardTanh, Identity)
+
+
+def random_chain(seed):
+    """A random float64 chain of the library's layers, channel-pruned, with statistics.
+
+    Blocks: full convs (3x3 padded or not, strided or not, with or without
+    bias), depthwise-separable groups, 1x1 convs with a bias and no
+    BatchNorm, unpadded depthwise convs straight into a 1x1 conv; then a head
+    of pool + flatten + two dense layers, flatten + one dense layer, or none.
+    Pruning zeroes random output rows of every conv and dense layer, and for
+    half of them also the next BatchNorm's gamma and beta (as ChannelPrune
+    does); the others leave constants behind.  Returns (model, input batch).
+    """
+    rng = np.random.default_rng(seed)
+
+    def activation():
+        return ACTIVATIONS[rng.integers(len(ACTIVATIONS))]()
+
+    channels = c_first = int(rng.integers(2, 5))
+    side = side_first = int(rng.integers(5, 9))
+    layers = []
+    for _ in range(rng.integers(2, 5)):
+        kind = rng.integers(4)
+        c_out = int(rng.integers(2, 7))
+        pad = int(rng.integers(2))
+        k = 3 if side + 2 * pad >= 3 else 1
+        stride = int(rng.integers(1, 3))
+        if kind == 0:
+            layers += [Conv2d(channels, c_out, k, stride, pad, bias=bool(rng.integers(2)), rng=rng),
+                       BatchNorm2d(c_out), activation()]
+        elif kind == 1:
+            layers += [DepthwiseConv2d(channels, k, stride, pad, rng=rng), BatchNorm2d(channels),
+                       activation(), Conv2d(channels, c_out, 1, rng=rng), BatchNorm2d(c_out), activation()]
+        elif kind == 2:
+            layers += [Conv2d(channels, c_out, 1, bias=True, rng=rng), activation()]
+            k, stride, pad = 1, 1, 0
+        else:
+            pad = 0
+            k = 3 if side >= 3 else 1
+            layers += [DepthwiseConv2d(channels, k, 1, 0, rng=rng), activation(),
+                       Conv2d(channels, c_out, 1, bias=bool(rng.integers(2)), rng=rng), BatchNorm2d(c_out)]
+            stride = 1
+        side = (side + 2 * pad - k) // stride + 1
+        channels = c_out
+    head = rng.integers(3)
+    if head == 0:
+        features = int(rng.integers(2, 6))
+        layers += [GlobalMeanPool(), Flatten(), Dense(channels, features, rng=rng), activation(),
+                   Dense(features, 2, rng=rng)]
+    elif head == 1:
+        layers += [Flatten(), Dense(channels * side * side, 3, rng=rng)]
+    split = int(rng.integers(1, len(layers)))
+    model = Chain(Chain(*layers[:split]), Chain(*layers[split:])).to(np.float64)
+
+    for _, layer in model.named_layers():
+        if getattr(layer, "bias", None) is not None and not isinstance(layer, BatchNorm2d):
+            layer.bias[:] = rng.normal(0.0, 0.3, layer.bias.shape)
+    give_statistics(model, rng, rng.normal(size=(4, c_first, side_first, side_first)))
+
+    level = rng.choice([0.2, 0.5])
+    leaves = [layer for _, layer in model.named_layers()]
+    for layer, following in zip(leaves, leaves[1:] + [None]):
+        if isinstance(layer, WEIGHTED):
+            rows = rng.random(layer.weight.shape[0]) < level
+            layer.weight[rows] = 0
+            if getattr(layer, "bias", None) is not None and rng.integers(2):
+                layer.bias[rows] = 0
+            if isinstance(following, BatchNorm2d) and rng.integers(2):
+                following.weight[rows] = 0
+                following.bias[rows] = 0
+    x = rng.normal(size=(3, c_first, side_first, side_first))
+    return model, x
+
+
+SEEDS = range(30)
+
+
+@pytest.mark.propagate
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_chain_keeps_its_function(seed):
+    model, x = random_chain(seed)
+    propagated = prune_propagate(model)
+    resized = resize(propagated)
+    for training in (False, True):
+        expected = run(model, x, training)
+        assert relative_error(run(propagated, x, training), expected) < 1e-9
+        assert relative_error(run(resized, x, training), expected) < 1e-9
+    assert_same_snapshot(snapshot(prune_propagate(propagated)), snapshot(propagated))
+    for before, after in zip(channel_counts(model), channel_counts(resized)):
+        assert after.c_in <= before.c_in and after.c_out <= before.c_out
+
+
+@pytest.mark.propagate
+def test_random_chains_cover_every_case():
+    """The seeds above fold into BatchNorms and biases, keep unfoldable constants, and resize."""
+    seen = {"batchnorm fold": 0, "bias fold": 0, "kept constant": 0, "flatten block cut": 0,
+            "channels removed": 0}
+    for seed in SEEDS:
+        model, _ = random_chain(seed)
+        propagated = prune_propagate(model)
+        old, new = dict(model.named_layers()), dict(propagated.named_layers())
+        for path, layer in old.items():
+            if isinstance(layer, BatchNorm2d) and not np.array_equal(layer.running_mean,
+                                                                      new[path].running_mean):
+                seen["batchnorm fold"] += 1
+            if (isinstance(layer, WEIGHTED) and getattr(layer, "bias", None) is not None
+                    and np.any(new[path].bias != layer.bias) and np.any(new[path].bias != 0)):
+                seen["bias fold"] += 1
+        for seg in segments(propagated):
+            constant, c_train, c_eval = channel_constants(seg)
+            nonzero = constant & ((c_train != 0) | (c_eval != 0))
+            seen["kept constant"] += int(np.count_nonzero(nonzero & ~seg.unread()))
+            if isinstance(seg.consumer, Dense) and seg.block > 1 and seg.unread().any():
+                seen["flatten block cut"] += 1
+        if sum(r.c_out for r in channel_counts(resize(propagated))) < sum(
+                r.c_out for r in channel_counts(model)):
+            seen["channels removed"] += 1
+    assert all(count >= 2 for count in seen.values()), seen
+
+
+# ---------------------------------------------------------------------------
+# Corner cases and errors
+# ---------------------------------------------------------------------------
+
+def test_a_segment_nobody_reads_keeps_one_channel():
+    rng = np.random.default_rng(4)
+    model = Chain(Conv2d(2, 3, 1, rng=rng), BatchNorm2d(3), ReLU(),
+                  Conv2d(3, 2, 1, bias=True, rng=rng)).to(np.float64)
+    model[3].weight[:] = 0
+    model[3].bias[:] = [0.3, -0.2]
+    result = resize(model)
+    assert result[0].c_out == 1 and result[1].channels == 1 and result[3].c_in == 1
+    x = rng.normal(size=(2, 2, 3, 3))
+    for training in (False, True):
+        np.testing.assert_array_equal(run(result, x, training), run(model, x, training))
+
+
+def test_resize_without_propagation_cuts_only_unread_channels():
+    # A zero producer row that its consumer still reads is not removed:
+    # resize alone never decides that a channel is dead.
+    rng = np.random.default_rng(5)
+    model = Chain(Conv2d(2, 4, 1, rng=rng), BatchNorm2d(4), ReLU(), Conv2d(4, 2, 1, rng=rng))
+    model[0].weight[1] = 0               # read, but zero after conv; BN makes it beta
+    model[3].weight[:, 3] = 0            # unread
+    result = resize(model)
+    assert result[0].c_out == 3 and result[3].c_in == 3
+    np.testing.assert_array_equal(result[0].weight, model[0].weight[[0, 1, 2]])
+
+
+class Doubler(Layer):
+    """A layer resize does not know."""
+
+    def forward(self, x):
+        return 2 * x
+
+
+def test_an_unknown_layer_is_named_and_nothing_changes():
+    model = Chain(Conv2d(2, 3, 1), Chain(ReLU(), Doubler()), Conv2d(3, 2, 1))
+    model[2].weight[:, 0] = 0
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"model\[1\]\[1\].*Doubler"):
+        resize(model)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_a_non_model_is_refused():
+    with pytest.raises(TypeError, match="resize.*dict"):
+        resize({"weight": np.zeros(3)})
