@@ -13,5 +13,7 @@ from .testing import *  # noqa: F401,F403
 from .train import *  # noqa: F401,F403
 from .checkpoint import *  # noqa: F401,F403
 from .prune import *  # noqa: F401,F403
+from .propagate import *  # noqa: F401,F403
+from .resize import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
