@@ -28,9 +28,9 @@ import time
 
 import numpy as np
 
-from tinyprune import (ChannelPrune, LevelPrune, MobileNet, SyntheticVWW, compute_dot_prods,
-                       evaluate, keepprune, pretrained, prune, prune_propagate, resize,
-                       slopehtanh, sparsity, trainer)
+from tinyprune import (ChannelPrune, LevelPrune, MobileNet, compute_dot_prods, evaluate, keepprune,
+                       pretrained, prune, prune_propagate, resize, slopehtanh, sparsity, trainer)
+from tinyprune.data import SyntheticVWW
 
 QUICK = os.environ.get("TINYPRUNE_QUICK") == "1"
 TRAIN_IMAGES = 64 if QUICK else None    # None = the full synthetic sets: 8,000 train,

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyprune import (ChannelPrune, Conv2d, Dense, DepthwiseConv2d, LevelPrune, SyntheticVWW,
-                       accuracy, compute_dot_prods, keepprune, parse_path, pretrained, prune,
-                       prune_propagate, resize, to_float)
+from tinyprune import (ChannelPrune, Conv2d, Dense, DepthwiseConv2d, LevelPrune, accuracy,
+                       compute_dot_prods, keepprune, parse_path, pretrained, prune, prune_propagate,
+                       resize)
 from tinyprune import plots
+from tinyprune.data import SyntheticVWW, to_float
 
 QUICK = os.environ.get("TINYPRUNE_QUICK") == "1"
 LEVELS = [0.5, 0.9] if QUICK else [0.1, 0.3, 0.5, 0.7, 0.9]
