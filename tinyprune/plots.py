@@ -363,8 +363,9 @@ def plot_sensitivity(levels, scans, baseline=None, title=None, save=None):
     [accuracy at each level]}}`` with accuracies as fractions in [0, 1];
     one panel per strategy, one row per layer, one column per level.  Cells
     show the accuracy in %; ``baseline`` (the unpruned accuracy, a fraction)
-    goes in the title and sets the top of the colour scale, whose bottom is
-    50%, chance level for two balanced classes (lower values share its colour).
+    goes in the title.  The colour scale runs from 50% (chance level for two
+    balanced classes) or the lowest value if lower, to the baseline or the
+    highest value if higher.
 
     A heat map rather than one curve per layer: with 27 conv layers the
     curves would be a tangle, while rows stay readable.
@@ -378,18 +379,21 @@ def plot_sensitivity(levels, scans, baseline=None, title=None, save=None):
                 raise ValueError(f"plot_sensitivity: {strategy} / {name} has {len(accuracies)} "
                                  f"accuracies, expected one per level ({len(levels)})")
     rows = max(len(scan) for scan in scans.values())
-    fig = Figure(figsize=(4 + 3.5 * len(scans), 1.5 + 0.28 * rows), layout="constrained")
+    grids = {strategy: 100 * np.array([list(a) for a in scan.values()], dtype=float)   # (layers, levels), %
+             for strategy, scan in scans.items()}
+    low = min(50.0, min(g.min() for g in grids.values()))
+    high = max([g.max() for g in grids.values()] + [100 * baseline if baseline is not None else low])
+    high = max(high, low + 1.0)             # a colour scale needs some width
+    fig = Figure(figsize=(4 + 3.5 * len(scans), 2.2 + 0.28 * rows), layout="constrained")
     axes = fig.subplots(1, len(scans), squeeze=False)[0]
-    top = 100 * (baseline if baseline is not None else
-                 max(max(max(a) for a in scan.values()) for scan in scans.values()))
     image = None
     for ax, (strategy, scan) in zip(axes, scans.items()):
-        grid = 100 * np.array([list(a) for a in scan.values()], dtype=float)   # (layers, levels), %
-        image = ax.imshow(grid, cmap="viridis", vmin=50, vmax=max(top, 50.1), aspect="auto")
+        grid = grids[strategy]
+        image = ax.imshow(grid, cmap="viridis", vmin=low, vmax=high, aspect="auto")
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 # Dark cells get white text, light cells black.
-                colour = "white" if grid[i, j] < 50 + 0.6 * (max(top, 50.1) - 50) else "black"
+                colour = "white" if grid[i, j] < low + 0.6 * (high - low) else "black"
                 ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7, color=colour)
         ax.set_xticks(np.arange(len(levels)))
         ax.set_xticklabels([f"{100 * p:.0f}" for p in levels])
