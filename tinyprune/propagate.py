@@ -136,8 +136,8 @@ class Segment:
                   that reads them
     ``after_consumer``  the leaf layer right after the consumer, or None
 
-    Paths are the ``named_layers`` ones ("[0][3]"); ``where(path)`` makes the
-    "model[0][3]" used in messages.
+    Paths are the ``named_layers`` ones ("[0][3]"); messages write them as
+    "model[0][3]".
     """
 
     def __init__(self, producer_path, producer):
