@@ -1,0 +1,342 @@
+"""Chapter 3: counting the multiplies and adds of a forward pass.
+
+The tutorial's numbers (7,505,600 multiplies and 7,273,983 adds), a closed
+form for other widths and resolutions, and small cases worked out by hand for
+each of the three rules.
+
+Run this chapter alone with ``python -m pytest -m count``.
+"""
+
+import numpy as np
+import pytest
+
+from tinyprune import (BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten, GlobalMeanPool,
+                       HardTanh, Identity, MobileNet, ReLU, SlopeHTanh, compute_dot_prods, dot_prod_table,
+                       slopehtanh)
+
+pytestmark = pytest.mark.count
+
+RULES = ("reference", "sparse", "dense")
+TUTORIAL_INPUT = (1, 3, 96, 96)
+
+# The reference's configuration table (original-semantics.md):
+# (depthwise separable?, output channels at width 1, stride, repeats).
+CONFIG = (
+    (False, 32, 2, 1),
+    (True, 64, 1, 1),
+    (True, 128, 2, 1),
+    (True, 128, 1, 1),
+    (True, 256, 2, 1),
+    (True, 256, 1, 1),
+    (True, 512, 2, 1),
+    (True, 512, 1, 5),
+    (True, 1024, 2, 1),
+    (True, 1024, 1, 1),
+)
+
+
+def closed_form(width, side, fcsize=64, nclasses=1, batch=1):
+    """(mults, adds) of an unpruned MobileNet, from the configuration table alone.
+
+    A conv with P output pixels, K terms per dot product and C output
+    channels does P*K*C multiplies and P*(K-1)*C adds; a dense layer is
+    P = 1, K = in, C = out.  Every 3x3 conv has padding 1, so a side s
+    becomes (s - 1) // stride + 1.
+    """
+    mults = adds = 0
+
+    def conv(P, K, C):
+        nonlocal mults, adds
+        mults += P * K * C
+        adds += P * (K - 1) * C
+
+    c_in = 3
+    for depthwise, channels, stride, repeats in CONFIG:
+        c_out = int(channels * width)
+        for _ in range(repeats):
+            side = (side - 1) // stride + 1
+            P = side * side
+            if depthwise:
+                conv(P, 3 * 3, c_in)          # depthwise 3x3: one input channel per output
+                conv(P, c_in, c_out)          # pointwise 1x1
+            else:
+                conv(P, 3 * 3 * c_in, c_out)  # full 3x3
+            c_in = c_out
+    conv(1, c_in, fcsize)
+    conv(1, fcsize, nclasses)
+    return batch * mults, batch * adds
+
+
+@pytest.fixture(scope="module")
+def tutorial():
+    return MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=0)
+
+
+# ---------------------------------------------------------------------------
+# The tutorial's numbers and the closed form
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rule", RULES)
+def test_tutorial_model_counts_7505600_mults_and_7273983_adds(tutorial, rule):
+    mults, adds, out_shape = compute_dot_prods(tutorial, TUTORIAL_INPUT, rule=rule)
+    assert (mults, adds) == (7_505_600, 7_273_983)
+    assert out_shape == (1, 1)
+
+
+def test_closed_form_reproduces_the_tutorial_numbers():
+    assert closed_form(0.25, 96) == (7_505_600, 7_273_983)
+
+
+def test_default_rule_is_reference(tutorial):
+    assert compute_dot_prods(tutorial, TUTORIAL_INPUT)[:2] == (7_505_600, 7_273_983)
+    assert dot_prod_table(tutorial, TUTORIAL_INPUT).rule == "reference"
+
+
+@pytest.mark.parametrize("width", [0.25, 0.5, 1.0])
+def test_counts_follow_the_closed_form_for_widths_and_resolutions(width):
+    # Eval mode: at 32x32 the last maps are 1x1, which a train-mode BatchNorm
+    # cannot normalise with batch 1 (the next test is about that).
+    model = MobileNet(slopehtanh, width, fcsize=64, nclasses=1, seed=0).eval()
+    for side in (32, 64, 96, 128, 224):
+        expected = closed_form(width, side)
+        for rule in RULES:
+            mults, adds, _ = compute_dot_prods(model, (1, 3, side, side), rule=rule)
+            assert (mults, adds) == expected, (width, side, rule)
+
+
+def test_counts_do_not_depend_on_train_or_eval_mode():
+    # Counting is about the architecture and the weights, not about batch
+    # statistics: a model as built (train mode) counts at any resolution the
+    # same as in eval mode, even where the last maps are 1x1 (32x32 input).
+    model = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=0)
+    for rule in RULES:
+        assert compute_dot_prods(model, (1, 3, 32, 32), rule=rule)[:2] == closed_form(0.25, 32), rule
+    assert model.training
+
+
+def test_closed_form_for_another_head():
+    model = MobileNet(slopehtanh, 0.5, fcsize=10, nclasses=3, seed=0)
+    mults, adds, out_shape = compute_dot_prods(model, (1, 3, 64, 64), rule="dense")
+    assert (mults, adds) == closed_form(0.5, 64, fcsize=10, nclasses=3)
+    assert out_shape == (1, 3)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_batch_size_multiplies_the_counts(tutorial, rule):
+    mults, adds, out_shape = compute_dot_prods(tutorial, (3, 3, 96, 96), rule=rule)
+    assert (mults, adds) == (3 * 7_505_600, 3 * 7_273_983)
+    assert out_shape == (3, 1)
+
+
+# ---------------------------------------------------------------------------
+# Small cases worked out by hand, one per layer type and rule
+# ---------------------------------------------------------------------------
+
+def conv_with_zeros():
+    """Conv2d(2, 3, 3, pad=1): K = 2*3*3 = 18 terms, C = 3 outputs; on 4x4, P = 16.
+
+    Output channel 1 is all zero (Z = 1); channel 0 has 2 scattered zeros,
+    channel 2 has 1 (U = 3).  Non-zero weights per channel: 16, 0, 17.
+    """
+    conv = Conv2d(2, 3, 3, pad=1, rng=np.random.default_rng(0))
+    conv.weight[1] = 0
+    conv.weight[0, 0, 0, 0] = 0
+    conv.weight[0, 1, 2, 1] = 0
+    conv.weight[2, 1, 1, 1] = 0
+    return conv
+
+
+# P = 16, K = 18, C = 3, Z = 1, U = 3:
+#   reference  mults 16*18*3 - 3 - 1*16*18 = 573,    adds 16*17*(3-1) = 544
+#   sparse     mults 16*(16+0+17) = 528,             adds 16*(15+0+16) = 496
+#   dense      mults 16*18*3 = 864,                  adds 16*17*3 = 816
+CONV_COUNTS = {"reference": (573, 544), "sparse": (528, 496), "dense": (864, 816)}
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_conv_counts_by_hand(rule):
+    mults, adds, out_shape = compute_dot_prods(Chain(conv_with_zeros()), (1, 2, 4, 4), rule=rule)
+    assert (mults, adds) == CONV_COUNTS[rule]
+    assert out_shape == (1, 3, 4, 4)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_masked_weights_count_as_zero(rule):
+    zeroed = conv_with_zeros()
+    masked = Conv2d(2, 3, 3, pad=1, rng=np.random.default_rng(0))
+    masked.masks["weight"] = zeroed.weight != 0
+    weights = masked.weight.copy()
+    counts = compute_dot_prods(Chain(masked), (1, 2, 4, 4), rule=rule)[:2]
+    assert counts == CONV_COUNTS[rule]
+    np.testing.assert_array_equal(masked.weight, weights)     # counting changes nothing
+
+
+def depthwise_with_zeros():
+    """DepthwiseConv2d(3, 3, stride=2, pad=1): K = 9, C = 3; on 5x5 the output is 3x3, P = 9.
+
+    Channel 2 is all zero (Z = 1); channel 0 has 2 scattered zeros (U = 2).
+    Non-zero weights per channel: 7, 9, 0.
+    """
+    dw = DepthwiseConv2d(3, 3, stride=2, pad=1, rng=np.random.default_rng(1))
+    dw.weight[2] = 0
+    dw.weight[0, 0, 0, 0] = 0
+    dw.weight[0, 0, 2, 2] = 0
+    return dw
+
+
+# P = 9, K = 9, C = 3, Z = 1, U = 2:
+#   reference  mults 9*9*3 - 2 - 1*9*9 = 160,   adds 9*8*(3-1) = 144
+#   sparse     mults 9*(7+9+0) = 144,           adds 9*(6+8+0) = 126
+#   dense      mults 9*9*3 = 243,               adds 9*8*3 = 216
+DEPTHWISE_COUNTS = {"reference": (160, 144), "sparse": (144, 126), "dense": (243, 216)}
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_depthwise_counts_by_hand(rule):
+    mults, adds, out_shape = compute_dot_prods(Chain(depthwise_with_zeros()), (1, 3, 5, 5), rule=rule)
+    assert (mults, adds) == DEPTHWISE_COUNTS[rule]
+    assert out_shape == (1, 3, 3, 3)
+
+
+def dense_head_with_zeros():
+    """Pool -> flatten -> Dense(4, 3): weight (3, 4), K = 4 inputs, C = 3 outputs.
+
+    Row 1 is all zero; row 0 has 1 zero, row 2 has 2: 7 zeros in all, 1 dead row.
+    Non-zero weights per row: 3, 0, 2.
+    """
+    dense = Dense(4, 3, rng=np.random.default_rng(2))
+    dense.weight[1] = 0
+    dense.weight[0, 2] = 0
+    dense.weight[2, 0] = 0
+    dense.weight[2, 3] = 0
+    return Chain(GlobalMeanPool(), Flatten(), dense)
+
+
+# in = 4, out = 3, 7 zero weights, 1 all-zero row:
+#   reference  mults 4*3 - 7 = 5,    adds (4-1)*(3-1) = 6
+#   sparse     mults 3+0+2 = 5,      adds 2+0+1 = 3
+#   dense      mults 4*3 = 12,       adds 3*3 = 9
+DENSE_COUNTS = {"reference": (5, 6), "sparse": (5, 3), "dense": (12, 9)}
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_dense_counts_by_hand(rule):
+    mults, adds, out_shape = compute_dot_prods(dense_head_with_zeros(), (1, 4, 5, 5), rule=rule)
+    assert (mults, adds) == DENSE_COUNTS[rule]
+    assert out_shape == (1, 3)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_hand_counts_scale_with_the_batch(rule):
+    assert compute_dot_prods(Chain(conv_with_zeros()), (2, 2, 4, 4), rule=rule)[:2] == \
+        tuple(2 * n for n in CONV_COUNTS[rule])
+    assert compute_dot_prods(dense_head_with_zeros(), (3, 4, 5, 5), rule=rule)[:2] == \
+        tuple(3 * n for n in DENSE_COUNTS[rule])
+
+
+def test_biases_are_not_counted():
+    with_bias = Conv2d(2, 3, 3, pad=1, bias=True, rng=np.random.default_rng(0))
+    with_bias.bias[:] = 1.0
+    assert compute_dot_prods(Chain(with_bias), (1, 2, 4, 4), rule="dense")[:2] == (16 * 18 * 3, 16 * 17 * 3)
+
+
+def test_a_scattered_zero_saves_one_multiply_in_total_under_the_reference_rule():
+    # The original's asymmetry: one zero in a conv saves 1 multiply (not one
+    # per patch) and no add; a whole zero channel saves P*K multiplies and
+    # P*(K-1) adds.  Conv2d(2, 3, 3, pad=1) on 4x4: P = 16, K = 18.
+    conv = Conv2d(2, 3, 3, pad=1, rng=np.random.default_rng(3))
+    full = compute_dot_prods(Chain(conv), (1, 2, 4, 4))[:2]
+    conv.weight[0, 0, 1, 1] = 0
+    one_zero = compute_dot_prods(Chain(conv), (1, 2, 4, 4))[:2]
+    conv.weight[2] = 0
+    dead_channel = compute_dot_prods(Chain(conv), (1, 2, 4, 4))[:2]
+    assert full == (864, 816)
+    assert one_zero == (863, 816)
+    assert dead_channel == (863 - 16 * 18, 816 - 16 * 17)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_layers_without_dot_products_count_zero(rule):
+    model = Chain(BatchNorm2d(3), ReLU(), SlopeHTanh(), HardTanh(), Identity(), GlobalMeanPool(), Flatten())
+    table = dot_prod_table(model, (2, 3, 8, 8), rule=rule)
+    assert [(row[3], row[4]) for row in table] == [(0, 0)] * 7
+    assert compute_dot_prods(model, (2, 3, 8, 8), rule=rule) == (0, 0, (2, 3))
+
+
+def test_mobilenet_table_counts_only_conv_and_dense_rows(tutorial):
+    table = dot_prod_table(tutorial, TUTORIAL_INPUT, rule="dense")
+    assert len(table) == 86
+    for path, kind, shape, mults, adds in table:
+        if kind in ("Conv2d", "DepthwiseConv2d", "Dense"):
+            assert mults > 0 and adds > 0, path
+        else:
+            assert (mults, adds) == (0, 0), path
+
+
+# ---------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------
+
+def test_table_rows_name_path_type_shape_and_counts(tutorial):
+    table = dot_prod_table(tutorial, TUTORIAL_INPUT)
+    # The first conv: P = 48*48, K = 3*3*3, C = 8.
+    assert table[0] == ("[0][0]", "Conv2d", (1, 8, 48, 48), 48 * 48 * 27 * 8, 48 * 48 * 26 * 8)
+    assert table[1][:3] == ("[0][1]", "BatchNorm2d", (1, 8, 48, 48))
+    assert table[-1] == ("[1][4]", "Dense", (1, 1), 64, 63)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_table_totals_equal_compute_dot_prods(tutorial, rule):
+    table = dot_prod_table(tutorial, (2, 3, 64, 64), rule=rule)
+    mults, adds, _ = compute_dot_prods(tutorial, (2, 3, 64, 64), rule=rule)
+    assert (table.mults, table.adds) == (mults, adds)
+    assert table.mults == sum(row[3] for row in table)
+
+
+def test_table_prints_aligned_columns_with_totals(tutorial):
+    text = str(dot_prod_table(tutorial, TUTORIAL_INPUT))
+    lines = text.splitlines()
+    assert "reference" in lines[0]
+    body = lines[1:]
+    assert len(body) == 1 + 1 + 86 + 1 + 1      # header, rule, rows, rule, total
+    # Numbers are right-aligned: every line ends in the same column.
+    assert len({len(line) for line in body}) == 1
+    header = body[0]
+    assert header.split() == ["layer", "type", "output", "shape", "mults", "adds"]
+    total = body[-1]
+    assert total.split() == ["total", "7,505,600", "7,273,983"]
+    # The mults column ends at the same place in every row.
+    mults_end = header.index("mults") + len("mults")
+    for line in body[2:-2] + [total]:
+        assert line[:mults_end].rstrip()[-1].isdigit(), line
+        assert line[mults_end] == " ", line
+    row = next(line for line in body if line.startswith("[0][0]"))
+    assert "Conv2d" in row and "(1, 8, 48, 48)" in row and "497,664" in row
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+def test_unknown_rule_raises_naming_the_rule_and_the_choices(tutorial):
+    message = r"unknown counting rule 'fast'; expected one of reference, sparse, dense"
+    with pytest.raises(ValueError, match=message):
+        compute_dot_prods(tutorial, TUTORIAL_INPUT, rule="fast")
+    with pytest.raises(ValueError, match=message):
+        dot_prod_table(tutorial, TUTORIAL_INPUT, rule="fast")
+
+
+def test_input_shape_that_does_not_fit_names_the_layer(tutorial):
+    with pytest.raises(ValueError, match=r"model\[0\]\[0\]: Conv2d expects 3 input channels, got 1"):
+        compute_dot_prods(tutorial, (1, 1, 96, 96))
+    with pytest.raises(ValueError, match=r"input_shape must be \(N, C, H, W\), got \(3, 96, 96\)"):
+        compute_dot_prods(tutorial, (3, 96, 96))
+
+
+def test_counting_does_not_change_the_model(tutorial):
+    before = tutorial.state_dict()
+    compute_dot_prods(tutorial, TUTORIAL_INPUT, rule="sparse")
+    after = tutorial.state_dict()
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+    assert all(layer.training for _, layer in tutorial.named_layers())
