@@ -23,8 +23,6 @@ import argparse
 import sys
 import time
 
-import numpy as np
-
 from .activations import slopehtanh
 from .checkpoint import PRETRAINED_FILE, load, save
 from .count import compute_dot_prods
@@ -60,7 +58,9 @@ def train_checkpoint(epochs, out, lr=1e-3, decay_epochs=2, seed=0, progress=True
         metadata = {
             "command": command,
             "model": "MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1)",
-            "data": "SyntheticVWW train (8,000) / val (2,000), seed 0",
+            "data": f"SyntheticVWW version {SyntheticVWW.VERSION}, train {len(train_set)} / "
+                    f"val {len(val_set)} images, seed 0",
+            "data_version": SyntheticVWW.VERSION,
             "epochs_trained": epoch + 1,
             "val_accuracy": history.val_accuracy[-1],
             "val_loss": history.val_loss[-1],

@@ -432,7 +432,7 @@ def trainer(model, epochs, optimizer=None, lr=1e-3, batch_size=32, data=None, se
     epochs: number of passes over the training set.
     optimizer: ``Adam`` (the default, when None), ``SGD``, any callable
         ``optimizer(model, lr=lr)`` returning an optimiser, or an optimiser
-        already bound to ``model``.
+        already bound to ``model`` (its state carries over; ``lr`` is unused).
     data: ``(train, val)``, each a data set or an ``(images, labels)`` pair;
         None means ``SyntheticVWW("train")`` and ``SyntheticVWW("val")``.
     seed: fixes the batch order and the augmentation draws.

@@ -1,0 +1,238 @@
+"""Chapter 8: checkpoints -- save, load, the shipped pretrained model, and every bad file."""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from tinyprune import MobileNet, slopehtanh
+from tinyprune.checkpoint import CheckpointError, load, pretrained, read_metadata, save
+from tinyprune.data import SyntheticVWW, data_dir
+from tinyprune.layers import Activation, Chain, Dense, Layer
+from tinyprune.propagate import prune_propagate
+from tinyprune.prune import ChannelPrune, LevelPrune, keepprune, prune
+from tinyprune.resize import resize
+from tinyprune.train import evaluate
+
+pytestmark = pytest.mark.train
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A small trained-looking MobileNet: non-trivial BatchNorm statistics, eval mode."""
+    m = MobileNet(slopehtanh, 0.25, fcsize=16, nclasses=1, seed=3)
+    m(np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32))   # moves running stats
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
+
+
+def _same_arrays(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].dtype == sb[k].dtype and np.array_equal(sa[k], sb[k]) for k in sa)
+
+
+def _rewrite(src, dst, change):
+    """Copy the checkpoint ``src`` to ``dst`` with ``change(arrays)`` applied to its dict of arrays."""
+    with np.load(src, allow_pickle=False) as stored:
+        arrays = {k: stored[k] for k in stored.files}
+    change(arrays)
+    with open(dst, "wb") as f:
+        np.savez(f, **arrays)
+
+
+# ---------------------------------------------------------------------------
+# Round trips
+# ---------------------------------------------------------------------------
+
+def test_round_trip_gives_identical_outputs_and_arrays(model, x, tmp_path):
+    path = save(model, tmp_path / "m.npz", metadata={"val_accuracy": np.float32(0.5), "note": "hi"})
+    loaded = load(path)
+    assert _same_arrays(model, loaded)
+    assert not loaded.training
+    assert np.array_equal(model(x), loaded(x))
+    assert loaded.metadata == {"val_accuracy": 0.5, "note": "hi"}
+    assert read_metadata(path) == loaded.metadata
+
+
+def test_round_trip_keeps_train_mode_and_float64(model, x, tmp_path):
+    m64 = model.copy().to(np.float64).train()
+    loaded = load(save(m64, tmp_path / "m64.npz"))
+    assert loaded.training and loaded.dtype == np.float64
+    assert np.array_equal(m64.copy()(x), loaded(x))   # train mode: batch statistics, on copies
+    assert loaded.metadata == {}
+
+
+def test_round_trip_of_a_pruned_model_keeps_its_masks(model, x, tmp_path):
+    pruned = prune(LevelPrune(0.5), prune(ChannelPrune(0.2), model))
+    loaded = load(save(pruned, tmp_path / "pruned.npz"))
+    masks, loaded_masks = pruned.mask_dict(), loaded.mask_dict()
+    assert masks.keys() == loaded_masks.keys() and len(masks) > 27   # every conv/dense weight
+    assert all(np.array_equal(masks[k], loaded_masks[k]) and loaded_masks[k].dtype == bool
+               for k in masks)
+    assert _same_arrays(pruned, loaded)
+    assert np.array_equal(pruned(x), loaded(x))
+
+
+def test_round_trip_of_a_resized_model(model, x, tmp_path):
+    small = resize(prune_propagate(keepprune(prune(ChannelPrune(0.5), model))))
+    assert small[0][3].c_out < model[0][3].c_out   # really smaller
+    loaded = load(save(small, tmp_path / "small.npz"))
+    assert [repr(layer) for _, layer in loaded.named_layers()] == \
+           [repr(layer) for _, layer in small.named_layers()]
+    assert _same_arrays(small, loaded)
+    assert np.array_equal(small(x), loaded(x))
+
+
+def test_save_replaces_an_existing_file_without_leftovers(model, tmp_path):
+    path = tmp_path / "m.npz"
+    save(Chain(Dense(3, 1)), path)
+    save(model, path)
+    assert os.listdir(tmp_path) == ["m.npz"]
+    assert len(load(path)) == 2
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_temporary(model, tmp_path, monkeypatch):
+    path = save(model, tmp_path / "m.npz")
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save(Chain(Dense(3, 1)), path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+def test_save_refuses_a_layer_it_cannot_describe(tmp_path):
+    class Mystery(Layer):
+        pass
+
+    with pytest.raises(ValueError, match=r"model\[1\] is a Mystery"):
+        save(Chain(Dense(2, 2), Mystery()), tmp_path / "m.npz")
+    with pytest.raises(ValueError, match=r"model\[0\] is an activation with a custom function \(tanh\)"):
+        save(Chain(Activation(np.tanh, lambda v: 1 - np.tanh(v) ** 2)), tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_save_refuses_metadata_json_cannot_hold(model, tmp_path):
+    with pytest.raises(TypeError, match=r"metadata for .*m\.npz is not JSON serialisable"):
+        save(model, tmp_path / "m.npz", metadata={"when": object()})
+
+
+# ---------------------------------------------------------------------------
+# Bad files: every error names the file
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def saved(model, tmp_path_factory):
+    return save(model, tmp_path_factory.mktemp("ck") / "good.npz")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint file at .*nothing\.npz"):
+        load(tmp_path / "nothing.npz")
+
+
+def test_not_an_npz(tmp_path):
+    path = tmp_path / "notes.npz"
+    path.write_text("these are not the weights you are looking for")
+    with pytest.raises(CheckpointError, match=r"notes\.npz is not a readable tinyprune checkpoint"):
+        load(path)
+
+
+def test_truncated_file(saved, tmp_path):
+    path = tmp_path / "half.npz"
+    data = saved.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"half\.npz"):
+        load(path)
+
+
+def test_a_plain_npy_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "array.npy"
+    np.save(path, np.zeros(3))
+    with pytest.raises(CheckpointError, match=r"array\.npy .*single array"):
+        load(path)
+
+
+def test_missing_parameter(saved, tmp_path):
+    path = tmp_path / "missing.npz"
+    _rewrite(saved, path, lambda a: a.pop("state/0.4.running_var"))
+    with pytest.raises(CheckpointError, match=r"missing\.npz: missing array.*state/0\.4\.running_var"):
+        load(path)
+
+
+def test_extra_parameter(saved, tmp_path):
+    path = tmp_path / "extra.npz"
+    _rewrite(saved, path, lambda a: a.update({"state/9.weight": np.zeros(2, np.float32)}))
+    with pytest.raises(CheckpointError, match=r"extra\.npz: .*state/9\.weight.*no place"):
+        load(path)
+
+
+def test_wrong_shape(saved, tmp_path):
+    path = tmp_path / "shape.npz"
+    _rewrite(saved, path, lambda a: a.update({"state/1.4.weight": np.zeros((1, 15), np.float32)}))
+    with pytest.raises(CheckpointError, match=r"shape\.npz: array 'state/1\.4\.weight' has shape \(1, 15\), "
+                                              r"the architecture expects \(1, 16\)"):
+        load(path)
+
+
+def test_mask_of_the_wrong_type(saved, tmp_path):
+    path = tmp_path / "mask.npz"
+    _rewrite(saved, path, lambda a: a.update({"mask/1.4.weight": np.ones((1, 16), np.float32)}))
+    with pytest.raises(CheckpointError, match=r"mask\.npz: mask 'mask/1\.4\.weight' is float32"):
+        load(path)
+
+
+def test_missing_architecture(saved, tmp_path):
+    path = tmp_path / "noarch.npz"
+    _rewrite(saved, path, lambda a: a.pop("architecture"))
+    with pytest.raises(CheckpointError, match=r"noarch\.npz: missing the 'architecture' entry"):
+        load(path)
+
+
+def test_unknown_layer_type(saved, tmp_path):
+    def rename_first_layer(arrays):
+        arch = json.loads(str(arrays["architecture"]))
+        arch["model"]["layers"][0]["layers"][0]["type"] = "Conv3d"
+        arrays["architecture"] = np.array(json.dumps(arch))
+
+    path = tmp_path / "conv3d.npz"
+    _rewrite(saved, path, rename_first_layer)
+    with pytest.raises(CheckpointError, match=r"conv3d\.npz: .*model\[0\]\[0\]: unknown layer type 'Conv3d'"):
+        load(path)
+
+
+def test_garbled_architecture_json(saved, tmp_path):
+    path = tmp_path / "garbled.npz"
+    _rewrite(saved, path, lambda a: a.update({"architecture": np.array("{not json")}))
+    with pytest.raises(CheckpointError, match=r"garbled\.npz: the 'architecture' entry is not valid JSON"):
+        load(path)
+
+
+def test_the_file_loads_without_pickle(saved):
+    with zipfile.ZipFile(saved) as archive:
+        names = archive.namelist()
+    assert "architecture.npy" in names and "metadata.npy" in names
+    with np.load(saved, allow_pickle=False) as stored:   # would raise on an object array
+        assert all(stored[k].dtype != object for k in stored.files)
+
+
+# ---------------------------------------------------------------------------
+# The shipped checkpoint
+# ---------------------------------------------------------------------------
+
+def test_pretrained_says_how_to_make_a_missing_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYPRUNE_DATA", str(tmp_path))
+    assert data_dir() == tmp_path
+    with pytest.raises(FileNotFoundError, match=r"mobilenet-synthetic\.npz is missing.*tinyprune\.pretrain"):
+        pretrained()
