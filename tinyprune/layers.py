@@ -125,7 +125,7 @@ class Layer:
             raise ValueError(
                 f"{where}: expected floating-point input, got {x.dtype}; "
                 "scale images to [0, 1] first (tinyprune.data.to_float)")
-        self.output_shape(x.shape, where)
+        self.check_input(x.shape, where)
         dtype = self.dtype or x.dtype
         return np.ascontiguousarray(x, dtype=dtype)
 
@@ -136,8 +136,16 @@ class Layer:
         raise NotImplementedError
 
     def output_shape(self, shape, where="model"):
-        """Shape of the output for an input of ``shape``; ValueError if it does not fit."""
+        """Shape of the output for an input of ``shape``; ValueError if it does not fit.
+
+        Depends on the architecture only, never on the mode, so counting works
+        on a model in either mode.
+        """
         return tuple(shape)
+
+    def check_input(self, shape, where="model"):
+        """``output_shape`` plus what only running the layer now requires (its mode)."""
+        return self.output_shape(shape, where)
 
     # -- modes ---------------------------------------------------------------
 
@@ -506,10 +514,14 @@ class BatchNorm2d(Layer):
         if shape[1] != self.channels:
             raise ValueError(f"{where}: BatchNorm2d expects {self.channels} channels, got {shape[1]} "
                              f"(input shape {tuple(shape)})")
+        return tuple(shape)
+
+    def check_input(self, shape, where="BatchNorm2d"):
+        shape = self.output_shape(shape, where)
         if self.training and shape[0] * shape[2] * shape[3] < 2:
             raise ValueError(f"{where}: train-mode BatchNorm2d needs more than one value per channel, "
                              f"got input shape {tuple(shape)} (use eval mode or a larger batch)")
-        return tuple(shape)
+        return shape
 
     def eval_scale_shift(self):
         """The affine map eval mode applies: y = x * scale + shift, per channel (float64)."""
@@ -736,6 +748,11 @@ class Chain(Layer):
     def output_shape(self, shape, where="model"):
         for i, layer in enumerate(self.layers):
             shape = layer.output_shape(shape, f"{where}[{i}]")
+        return tuple(shape)
+
+    def check_input(self, shape, where="model"):
+        for i, layer in enumerate(self.layers):
+            shape = layer.check_input(shape, f"{where}[{i}]")
         return tuple(shape)
 
     def forward(self, x):
