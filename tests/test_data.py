@@ -188,6 +188,61 @@ def test_data_dir_is_repo_data_folder_in_a_checkout(monkeypatch):
     assert data.data_dir() == expected
 
 
+@pytest.mark.data
+def test_cache_file_is_readable_by_everyone(tmp_path):
+    ds = SyntheticVWW("train", seed=0, size=4, cache_dir=tmp_path)
+    assert ds.cache_path.stat().st_mode & 0o777 == 0o644
+
+
+# --- the figure recipes ------------------------------------------------------
+
+_FIGURES = [data._person, data._clutter, *data._NEAR_MISSES]
+
+
+def _plan(seed):
+    return data._body_plan(np.random.default_rng(seed), np.zeros((2, 3)))
+
+
+def _part_counts(parts):
+    """How many discs, boxes and segments (capsules of non-zero length)."""
+    discs = sum(p.kind == "capsule" and np.array_equal(p.points[0], p.points[1]) for p in parts)
+    boxes = sum(p.kind == "box" for p in parts)
+    return discs, boxes, sum(p.kind == "capsule" for p in parts) - discs
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("figure", _FIGURES, ids=lambda f: f.__name__)
+def test_every_figure_is_one_disc_one_box_and_eight_limb_segments(figure):
+    # Only the arrangement may tell a person from a non-person.
+    for seed in range(5):
+        parts = figure(np.random.default_rng(seed), _plan(seed))
+        assert _part_counts(parts) == (1, 1, 8)
+
+
+@pytest.mark.data
+def test_a_person_has_the_head_on_top_and_limbs_touching_the_torso():
+    for seed in range(10):
+        plan = _plan(seed)
+        parts = data._person(np.random.default_rng(seed), plan)
+        up = data._direction(plan.tilt)
+        head = next(p for p in parts if p.kind == "capsule" and np.array_equal(p.points[0], p.points[1]))
+        torso = next(p for p in parts if p.kind == "box")
+        assert (head.points[0] - torso.points[0]) @ up > plan.torso_half_length
+        limb_roots = [p.points[0] for p in parts if p.kind == "capsule" and p is not head][::2]
+        for root in limb_roots:  # every limb starts inside the torso's outline
+            assert np.linalg.norm(root - torso.points[0]) < plan.torso_half_length + plan.torso_half_width
+
+
+@pytest.mark.data
+def test_a_misplaced_head_is_well_away_from_the_shoulders():
+    for seed in range(10):
+        plan = _plan(seed)
+        parts = data._head_misplaced(np.random.default_rng(seed), plan)
+        head = parts[-1]
+        right_spot = data._direction(plan.tilt) * (plan.torso_half_length + plan.head_radius)
+        assert np.linalg.norm(head.points[0] - right_spot) > 2 * plan.head_radius
+
+
 # --- the painting kernel -----------------------------------------------------
 
 

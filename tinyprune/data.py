@@ -91,10 +91,6 @@ def data_dir() -> Path:
 # per-call overhead on these small boxes cost ten times the arithmetic.
 # ---------------------------------------------------------------------------
 
-_ROWS = np.arange(IMAGE_SIZE, dtype=np.float32)[:, None]  # (96, 1) pixel y
-_COLS = np.arange(IMAGE_SIZE, dtype=np.float32)[None, :]  # (1, 96) pixel x
-
-
 def _direction(angle: float) -> np.ndarray:
     """Unit vector (dy, dx) at a clock angle: 0 points up, pi/2 right, pi down."""
     return np.array([-math.cos(angle), math.sin(angle)])
@@ -248,6 +244,9 @@ def _paint(canvas: np.ndarray, part: _Part, kernel=None) -> None:
 # Backgrounds and colours (shared by both classes, so neither carries a cue)
 # ---------------------------------------------------------------------------
 
+_ROWS = np.arange(IMAGE_SIZE, dtype=np.float32)[:, None]  # (96, 1) pixel y
+_COLS = np.arange(IMAGE_SIZE, dtype=np.float32)[None, :]  # (1, 96) pixel x
+
 
 def _background(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random backdrop: flat, gradient, stripes, checks or smooth blotches.
@@ -258,7 +257,7 @@ def _background(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     base = rng.uniform(0, 255, size=3)
     # The second colour is a moderate step from the first: strong enough to be
     # texture, not so strong that half the image becomes a wall of contrast.
-    second = np.clip(base + rng.normal(0, 55, size=3), 0, 255)
+    second = np.clip(base + rng.normal(0, 40, size=3), 0, 255)
     kind = rng.integers(5)
     if kind == 0:  # flat
         mix = np.zeros((1, 1), np.float32)
@@ -268,12 +267,12 @@ def _background(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         mix = (ramp - ramp.min()) / (ramp.max() - ramp.min())
     elif kind == 2:  # sinusoidal stripes
         dy, dx = _direction(rng.uniform(0, 2 * math.pi))
-        period = rng.uniform(5, 30)
+        period = rng.uniform(8, 40)
         phase = rng.uniform(0, 2 * math.pi)
         mix = 0.5 + 0.5 * np.sin((_ROWS * dy + _COLS * dx) * (2 * math.pi / period) + phase)
     elif kind == 3:  # checkerboard
-        cell = int(rng.integers(4, 17))
-        mix = ((np.arange(IMAGE_SIZE)[:, None] // cell + np.arange(IMAGE_SIZE)[None, :] // cell) % 2).astype(np.float32)
+        cell = int(rng.integers(6, 21))
+        mix = (_ROWS // cell + _COLS // cell) % 2
     else:  # smooth blotches: a coarse random grid, bilinearly enlarged
         coarse = rng.random((int(rng.integers(3, 9)),) * 2)
         mix = _enlarge(coarse, IMAGE_SIZE)
@@ -314,6 +313,14 @@ def _part_colour(rng: np.random.Generator, backdrop: np.ndarray) -> np.ndarray:
 # Figures: a person, its near-misses, and clutter made of the same parts
 # ---------------------------------------------------------------------------
 
+# The difficulty knobs of the synthetic task (change one, bump VERSION).
+FIGURE_HEIGHT = (0.30, 0.90)  # figure height, fraction of the image height
+NEAR_MISS_RATE = 0.30  # fraction of negatives that are near-misses, not clutter
+DISTRACTORS = (0, 3)  # fewest and most distractor shapes behind the figure
+DISTRACTOR_SIZE = 32  # largest distractor, pixels across
+OCCLUSION_RATE = 0.25  # chance of a shape drawn over the figure
+LEAVE_FRAME_RATE = 0.15  # chance, per axis, that up to 25 % of a figure is cut off
+
 
 class _BodyPlan(NamedTuple):
     """Part sizes (pixels) and colours for one figure of a given height.
@@ -335,25 +342,29 @@ class _BodyPlan(NamedTuple):
 
 
 def _body_plan(rng: np.random.Generator, backdrop: np.ndarray) -> _BodyPlan:
-    """Sizes for a figure 25-90 % of the image tall, with +-15 % jitter per part."""
-    height = rng.uniform(0.25, 0.90) * IMAGE_SIZE
+    """Sizes for a figure FIGURE_HEIGHT of the image tall, +-15 % jitter per part."""
+    height = rng.uniform(*FIGURE_HEIGHT) * IMAGE_SIZE
 
     def jitter():
         return rng.uniform(0.85, 1.15)
 
-    # Proportions of a blocky person (fractions of the height): head 0.15,
-    # neck 0.02, torso 0.33, legs 0.46 -- together about 0.96.
-    colours = {"head": _part_colour(rng, backdrop), "torso": _part_colour(rng, backdrop)}
-    colours["arms"] = colours["torso"] if rng.random() < 0.6 else _part_colour(rng, backdrop)
-    colours["legs"] = _part_colour(rng, backdrop)
+    # One colour for the whole figure, as a silhouette; sometimes the head
+    # (skin) or the legs (trousers) differ. Negatives colour their parts by
+    # the same rule, so colour says nothing about the label.
+    body = _part_colour(rng, backdrop)
+    colours = {"torso": body, "arms": body}
+    colours["head"] = _part_colour(rng, backdrop) if rng.random() < 0.3 else body
+    colours["legs"] = _part_colour(rng, backdrop) if rng.random() < 0.3 else body
+    # Proportions of a blocky person (fractions of the height): head 0.16,
+    # neck 0.02, torso 0.33, legs 0.46 -- together about 0.97.
     return _BodyPlan(
-        head_radius=0.075 * height * jitter(),
+        head_radius=0.08 * height * jitter(),
         torso_half_length=0.165 * height * jitter(),
-        torso_half_width=0.08 * height * jitter(),
+        torso_half_width=0.09 * height * jitter(),
         arm_lengths=(0.16 * height * jitter(), 0.15 * height * jitter()),
-        arm_radius=max(0.03 * height * jitter(), 0.8),
+        arm_radius=max(0.035 * height * jitter(), 1.0),
         leg_lengths=(0.23 * height * jitter(), 0.23 * height * jitter()),
-        leg_radius=max(0.04 * height * jitter(), 0.9),
+        leg_radius=max(0.045 * height * jitter(), 1.1),
         tilt=math.radians(rng.uniform(-15, 15)),
         colours=colours,
     )
@@ -367,6 +378,13 @@ def _limb(root, first_angle, second_angle, lengths, radius, colour) -> list[_Par
     return [_capsule(root, joint, radius, colour), _capsule(joint, end, radius, colour)]
 
 
+def _limb_specs(plan: _BodyPlan) -> list[tuple]:
+    """(segment lengths, radius, colour) of the four limbs: arm, arm, leg, leg."""
+    arm = (plan.arm_lengths, plan.arm_radius, plan.colours["arms"])
+    leg = (plan.leg_lengths, plan.leg_radius, plan.colours["legs"])
+    return [arm, arm, leg, leg]
+
+
 def _torso(plan: _BodyPlan, angle: float) -> _Part:
     return _box(
         (0.0, 0.0), plan.torso_half_length, plan.torso_half_width, angle,
@@ -375,7 +393,8 @@ def _torso(plan: _BodyPlan, angle: float) -> _Part:
 
 
 def _body_points(plan: _BodyPlan) -> dict:
-    """Where head, shoulders and hips go for a torso centred at (0, 0)."""
+    """The body's up and right unit vectors, and where shoulders and hips
+    go (left, right), for a torso centred at (0, 0)."""
     up = _direction(plan.tilt)
     right = _direction(plan.tilt + math.pi / 2)
     shoulder = plan.torso_half_length - 1.2 * plan.arm_radius
@@ -383,7 +402,9 @@ def _body_points(plan: _BodyPlan) -> dict:
     return {
         "up": up,
         "right": right,
-        "shoulders": [up * shoulder + side * right * (plan.torso_half_width - plan.arm_radius) for side in (-1, 1)],
+        "shoulders": [
+            up * shoulder + side * right * (plan.torso_half_width - plan.arm_radius) for side in (-1, 1)
+        ],
         "hips": [-up * hip + side * right * 0.5 * plan.torso_half_width for side in (-1, 1)],
     }
 
@@ -455,9 +476,7 @@ def _limbs_scattered(rng, plan: _BodyPlan) -> list[_Part]:
     where = _body_points(plan)
     parts = [_torso(plan, plan.tilt), _head_on_top(rng, plan, where)]
     body_reach = plan.torso_half_length + 2 * plan.head_radius
-    for lengths, radius, colour in [(plan.arm_lengths, plan.arm_radius, plan.colours["arms"])] * 2 + [
-        (plan.leg_lengths, plan.leg_radius, plan.colours["legs"])
-    ] * 2:
+    for lengths, radius, colour in _limb_specs(plan):
         bearing = rng.uniform(0, 2 * math.pi)
         root = _direction(bearing) * (body_reach + radius + rng.uniform(0.3, 1.2) * lengths[0])
         # Point away from the body (within 60 degrees) so it never reaches back.
@@ -468,67 +487,63 @@ def _limbs_scattered(rng, plan: _BodyPlan) -> list[_Part]:
 
 
 def _limbs_misattached(rng, plan: _BodyPlan) -> list[_Part]:
-    """Near-miss: head on torso, but the limbs grow from impossible places:
-    either all four radiate from the head, or all four sprout from one side
-    of the torso like the teeth of a comb."""
+    """Near-miss: head on torso, but all four limbs grow out of the head --
+    either radiating all round it like a star, or sprouting upwards from its
+    crown like antlers -- and none from the shoulders or hips."""
     where = _body_points(plan)
     head = _head_on_top(rng, plan, where)
+    head_centre = head.points[0]
     limbs = []
-    specs = [(plan.arm_lengths, plan.arm_radius, plan.colours["arms"])] * 2 + [
-        (plan.leg_lengths, plan.leg_radius, plan.colours["legs"])
-    ] * 2
-    if rng.random() < 0.5:
-        head_centre = head.points[0]
-        start = rng.uniform(0, 2 * math.pi)
-        for index, (lengths, radius, colour) in enumerate(specs):
-            bearing = plan.tilt + start + index * math.pi / 2 + math.radians(rng.uniform(-20, 20))
-            root = head_centre + _direction(bearing) * plan.head_radius * 0.8
-            limbs += _limb(root, bearing, bearing + math.radians(rng.uniform(-40, 40)), lengths, radius, colour)
-    else:
-        side = rng.choice((-1, 1))
-        outward = plan.tilt + side * math.pi / 2
-        rng.shuffle(specs)
-        for index, (lengths, radius, colour) in enumerate(specs):
-            height = (0.75 - 0.5 * index) * plan.torso_half_length
-            root = where["up"] * height + side * where["right"] * plan.torso_half_width
-            first = outward + math.radians(rng.uniform(-20, 20))
-            limbs += _limb(root, first, first + math.radians(rng.uniform(-40, 40)), lengths, radius, colour)
+    star = rng.random() < 0.5
+    start = rng.uniform(0, 2 * math.pi)
+    for index, (lengths, radius, colour) in enumerate(_limb_specs(plan)):
+        if star:  # a quarter turn apart, all round
+            bearing = start + index * math.pi / 2 + math.radians(rng.uniform(-20, 20))
+        else:  # fanned over the crown, from 60 degrees left to 60 right of up
+            bearing = plan.tilt + math.radians(-60 + 40 * index + rng.uniform(-10, 10))
+        root = head_centre + _direction(bearing) * plan.head_radius * 0.8
+        second = bearing + math.radians(rng.uniform(-40, 40))
+        limbs += _limb(root, bearing, second, lengths, radius, colour)
     return [_torso(plan, plan.tilt)] + limbs + [head]
 
 
 def _table(rng, plan: _BodyPlan) -> list[_Part]:
-    """Near-miss with wrong proportions: the torso lies flat like a table top
-    with the disc on top and all four limbs hanging straight down from its
-    underside -- a four-legged thing, not a person."""
+    """Near-miss with wrong proportions: the torso lies flat, long and thin
+    like a table top or an animal's back, all four limbs hang straight down
+    from its underside, and the head sits at one end -- a four-legged
+    thing, not a person."""
     up = _direction(plan.tilt)
     right = _direction(plan.tilt + math.pi / 2)
     # The body's bar turned on its side: long axis horizontal, and stretched
     # so four legs fit under it.
-    half_length = 1.3 * plan.torso_half_length
-    half_width = 0.7 * plan.torso_half_width
-    top = _box((0.0, 0.0), half_length, half_width, plan.tilt + math.pi / 2, 0.4 * half_width, plan.colours["torso"])
-    neck = plan.head_radius * rng.uniform(-0.3, 0.4)
-    head_at = up * (half_width + neck + plan.head_radius) + right * rng.uniform(-0.6, 0.6) * half_length
+    half_length = 1.6 * plan.torso_half_length
+    half_width = 0.6 * plan.torso_half_width
+    top = _box(
+        (0.0, 0.0), half_length, half_width, plan.tilt + math.pi / 2, 0.4 * half_width, plan.colours["torso"]
+    )
+    # The head at one end, raised a little, where an animal carries it.
+    end = rng.choice((-1, 1)) * (half_length + 0.5 * plan.head_radius)
+    head_at = up * (half_width + plan.head_radius * rng.uniform(0.0, 1.0)) + right * end
     head = _disc(head_at, plan.head_radius, plan.colours["head"])
     down = plan.tilt + math.pi
     limbs = []
-    specs = [(plan.arm_lengths, plan.arm_radius, plan.colours["arms"])] * 2 + [
-        (plan.leg_lengths, plan.leg_radius, plan.colours["legs"])
-    ] * 2
+    specs = _limb_specs(plan)
     rng.shuffle(specs)
-    for index, (lengths, radius, colour) in enumerate(specs):
-        along = (-0.85 + index * 0.567) * half_length
-        root = -up * (half_width - radius) + right * along
+    # Four roots evenly spread along the underside, nearly to the ends.
+    for along, (lengths, radius, colour) in zip(np.linspace(-0.9, 0.9, 4), specs):
+        root = -up * (half_width - radius) + right * along * half_length
         first = down + math.radians(rng.uniform(-12, 12))
-        limbs += _limb(root, first, first + math.radians(rng.uniform(-15, 15)), lengths, radius, colour)
+        second = first + math.radians(rng.uniform(-15, 15))
+        limbs += _limb(root, first, second, lengths, radius, colour)
     return limbs + [top, head]
 
 
 def _clutter(rng, plan: _BodyPlan) -> list[_Part]:
     """A plain negative: the same head, torso and limbs thrown down at random
-    positions and angles, in a pile about the figure's size or across the
-    whole frame."""
-    spread = plan.torso_half_length * 2 + sum(plan.leg_lengths) if rng.random() < 0.5 else IMAGE_SIZE
+    positions and angles, mostly across the whole frame, sometimes (30 %) in
+    a pile a little larger than the figure would be."""
+    figure = 2 * (plan.head_radius + plan.torso_half_length) + sum(plan.leg_lengths)
+    spread = 1.3 * figure if rng.random() < 0.3 else IMAGE_SIZE
     half = spread / 2
 
     def anywhere():
@@ -536,12 +551,11 @@ def _clutter(rng, plan: _BodyPlan) -> list[_Part]:
 
     torso = _torso(plan, rng.uniform(0, 2 * math.pi))
     parts = [_moved(torso, anywhere())]
-    specs = [(plan.arm_lengths, plan.arm_radius, plan.colours["arms"])] * 2 + [
-        (plan.leg_lengths, plan.leg_radius, plan.colours["legs"])
-    ] * 2
+    specs = _limb_specs(plan)
     for lengths, radius, colour in specs:
-        first = rng.uniform(0, 2 * math.pi)
-        parts += _limb(anywhere(), first, first + math.radians(rng.uniform(-90, 90)), lengths, radius, colour)
+        root, first = anywhere(), rng.uniform(0, 2 * math.pi)
+        second = first + math.radians(rng.uniform(-90, 90))
+        parts += _limb(root, first, second, lengths, radius, colour)
     parts.append(_disc(anywhere(), plan.head_radius, plan.colours["head"]))
     order = rng.permutation(len(parts))
     return [parts[i] for i in order]
@@ -582,7 +596,8 @@ def _place(rng, parts: list[_Part], may_leave_frame: bool = True):
     """Move a figure (built around the origin) to a random spot in the frame.
 
     Mostly the whole figure fits; if may_leave_frame, then on each axis, with
-    probability 0.2, up to 30 % of it may hang outside the frame. Returns the
+    probability LEAVE_FRAME_RATE, up to 25 % of it may hang outside the
+    frame. Returns the
     moved parts and their bounding box (y_min, y_max, x_min, x_max) in pixels.
     """
     extents = np.array([_extent(p) for p in parts])
@@ -591,8 +606,8 @@ def _place(rng, parts: list[_Part], may_leave_frame: bool = True):
     offset = []
     for low, high in ((y_min, y_max), (x_min, x_max)):
         span = high - low
-        if rng.random() < 0.2 and may_leave_frame:
-            start = rng.uniform(-0.3 * span, IMAGE_SIZE - 0.7 * span)
+        if rng.random() < LEAVE_FRAME_RATE and may_leave_frame:
+            start = rng.uniform(-0.25 * span, IMAGE_SIZE - 0.75 * span)
         elif span <= IMAGE_SIZE:
             start = rng.uniform(0, IMAGE_SIZE - span)
         else:  # taller than the frame: centre it, with a little play
@@ -606,17 +621,18 @@ def _draw_example(rng: np.random.Generator, label: int) -> np.ndarray:
     """Draw one image: (3, 96, 96) uint8, a person iff label == 1.
 
     Recipe, identical for both classes except for the figure step:
-    backdrop; 0-4 distractors behind; the figure (person, or for label 0 a
-    near-miss with probability 0.35, else clutter) placed at random; with
-    probability 0.3 an occluder over the figure; then pixel noise.
+    backdrop; DISTRACTORS shapes behind; the figure (a person, or for label
+    0 a near-miss with probability NEAR_MISS_RATE, else clutter) placed at
+    random; with probability OCCLUSION_RATE a shape over the figure; then
+    pixel noise.
     """
     canvas, backdrop = _background(rng)
-    for _ in range(rng.integers(0, 5)):
-        for part in _distractor(rng, backdrop, max_size=40):
+    for _ in range(rng.integers(DISTRACTORS[0], DISTRACTORS[1] + 1)):
+        for part in _distractor(rng, backdrop, max_size=DISTRACTOR_SIZE):
             _paint(canvas, part)
 
     plan = _body_plan(rng, backdrop)
-    near_miss = label == 0 and rng.random() < 0.35
+    near_miss = label == 0 and rng.random() < NEAR_MISS_RATE
     if label == 1:
         figure = _person(rng, plan)
     elif near_miss:
@@ -629,11 +645,11 @@ def _draw_example(rng: np.random.Generator, label: int) -> np.ndarray:
     for part in figure:
         _paint(canvas, part)
 
-    if rng.random() < 0.3:
-        # Occluder: a shape whose centre falls on the figure, at most about a
-        # third of the figure's height, so most of the figure stays visible.
+    if rng.random() < OCCLUSION_RATE:
+        # Occluder: a shape whose centre falls on the figure, at most 30 % of
+        # the figure's height, so most of the figure stays visible.
         centre = (rng.uniform(y_min, y_max), rng.uniform(x_min, x_max))
-        biggest = max(5.0, 0.35 * min(y_max - y_min, IMAGE_SIZE))
+        biggest = max(5.0, 0.3 * min(y_max - y_min, IMAGE_SIZE))
         for part in _distractor(rng, backdrop, max_size=biggest, centre=centre):
             _paint(canvas, part)
 
@@ -662,13 +678,14 @@ class SyntheticVWW:
     rounded bar and four two-segment limbs -- of the same sizes and colour
     distributions in both classes. In a positive the parts form a person:
     head on top of the torso, arms at the shoulders, legs at the hips, a
-    random pose, 25-90 % of the image tall, anywhere, sometimes partly out of
+    random pose, 30-90 % of the image tall, anywhere, sometimes partly out of
     frame or under an occluder. In a negative the same parts are arranged
-    wrongly: 35 % are near-misses (head below or beside the body, limbs
-    loose, limbs growing from the head or one side, a four-legged "table"),
-    the rest are the parts thrown down as clutter. So the label is carried by
+    wrongly: 30 % are near-misses (head below or beside the body, limbs
+    lying loose, limbs growing out of the head, a four-legged "table"), the
+    rest are the parts thrown down as clutter. So the label is carried by
     arrangement alone, which is what makes it a (small) vision task rather
-    than a colour or size test.
+    than a colour or size test. The knobs (FIGURE_HEIGHT, NEAR_MISS_RATE,
+    ...) are module constants above.
 
     The classes are exactly balanced for an even size (half each, shuffled).
     The images depend only on (subset, seed, size): train and val come from
@@ -696,7 +713,7 @@ class SyntheticVWW:
     file is regenerated with a warning.
     """
 
-    VERSION = 1  # bump whenever generation changes, so old caches are not reused
+    VERSION = 3  # bump whenever generation changes, so old caches are not reused
     DEFAULT_SIZES = {"train": 8000, "val": 2000}
 
     def __init__(self, subset: str = "train", seed: int = 0, size: int | None = None, cache_dir=None):
@@ -746,7 +763,7 @@ class SyntheticVWW:
                 warnings.warn(f"regenerating damaged cache file {self.cache_path}: {error}", stacklevel=3)
         images, labels = self.generate(self.subset, self.seed, self.size)
         try:
-            _save_npz_atomically(self.cache_path, images=images, labels=labels)
+            _write_atomically(self.cache_path, lambda file: np.savez(file, images=images, labels=labels))
         except OSError as error:  # a read-only disk should not stop a lesson
             warnings.warn(f"could not cache {self.cache_path}: {error}", stacklevel=3)
         return images, labels
@@ -762,14 +779,16 @@ class SyntheticVWW:
         return np.ascontiguousarray(images), labels
 
 
-def _save_npz_atomically(path: Path, **arrays) -> None:
-    """Write arrays to path as .npz so readers see the old file or the whole
-    new one, never half: write a temporary file beside it, then rename."""
+def _write_atomically(path: Path, write) -> None:
+    """Call write(file) on a temporary file beside path, then rename it to
+    path, so a reader sees the old file or the whole new one, never half
+    (a rename within one folder is atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp", delete=False)
     try:
         with handle:
-            np.savez(handle, **arrays)
+            write(handle)
+        os.chmod(handle.name, 0o644)  # temporary files are private; this one is shared
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
@@ -1003,7 +1022,7 @@ def _augment_matrices(in_shape, out_shape, angles, shifts, zooms, flips) -> np.n
     return matrices
 
 
-def _augment_with(images, angles, shifts, zooms, flips, out_size: int = IMAGE_SIZE, kernel=None) -> np.ndarray:
+def _augment_with(images, angles, shifts, zooms, flips, out_size=IMAGE_SIZE, kernel=None) -> np.ndarray:
     """augment_batch with the random draws given explicitly (see there).
 
     Returns float32 (N, C, out_size, out_size) in [0, 1]. ``kernel`` picks
@@ -1126,15 +1145,7 @@ def save_grid(images, path, nrow: int = 8, labels=None) -> Path:
             ax.set_title(_label_title(labels[k]), fontsize=8)
     figure.tight_layout(pad=0.3)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            figure.savefig(handle, format="png")
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    _write_atomically(path, lambda file: figure.savefig(file, format="png"))
     return path
 
 
