@@ -359,7 +359,7 @@ def _write_outputs(out, args, stages, finetuned, batch_losses, table, rows, sour
         written.append(plots.save_figure(draw(), out / name))
 
     metadata = {
-        "command": " ".join(["tinyprune"] + sys.argv[1:]), "started_from": str(source),
+        "command": args.command_line, "started_from": str(source),
         "level": args.level, "channel_level": args.channel_level, "epochs": args.epochs,
         "quick": args.quick, "seed": args.seed,
         "stages": [{"stage": stage, "counts": {r: list(c[r]) for r in RULES}, "val_accuracy": acc}
@@ -439,7 +439,7 @@ def run_prune(args):
     if args.resize:
         model = resize(model)
         report("resize", model)
-    metadata = {"command": "tinyprune prune " + " ".join(sys.argv[2:]), "pruned_from": str(args.model)}
+    metadata = {"command": args.command_line, "pruned_from": str(args.model)}
     save(model, out, metadata=metadata)
     print(f"saved {out}")
     return 0
@@ -458,6 +458,7 @@ def main(argv=None):
         return bench.main(argv[1:]) or 0
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = " ".join(["tinyprune"] + argv)   # recorded in the checkpoints written
     try:
         if args.command == "count":
             return run_count(args)
