@@ -275,6 +275,7 @@ def _load_start_model(args):
 
 def _data(quick):
     from .data import SyntheticVWW
+    print("loading the synthetic data set (drawn on first use, then cached)", flush=True)
     if quick:
         # Small sets drawn on their own (a few seconds, cached), not slices of the full ones.
         return SyntheticVWW("train", size=QUICK_TRAIN), SyntheticVWW("val", size=QUICK_VAL)
@@ -293,7 +294,6 @@ def run_pipeline(args):
     from .train import evaluate, trainer
 
     started = time.perf_counter()
-    print(f"tinyprune: model {source}, results in {out.resolve()}", flush=True)
     stages = [("baseline", model)]
     stages.append((f"LevelPrune({args.level})", prune(LevelPrune(args.level), model)))
     channel = prune(ChannelPrune(args.channel_level), model)
@@ -308,10 +308,14 @@ def run_pipeline(args):
     for label, (name, _) in zip(labels, stages):
         print(seed_line(label, counts[name][args.rule]), flush=True)
 
+    # The course lines above come first, so they can be compared with the text line by line.
+    print(f"\nstarted from {source}; results go to {out.resolve()}", flush=True)
     train_set, val_set = _data(args.quick)
+    print(f"validation accuracy on {len(val_set):,} images:", flush=True)
     accuracy = {}
     for name, m in stages:
         accuracy[name] = evaluate(m, val_set)[1]
+        print(f"  {name:<20} {100 * accuracy[name]:5.1f}%", flush=True)
 
     finetuned = resized.copy()
     batch_losses = []
