@@ -243,6 +243,40 @@ def test_a_misplaced_head_is_well_away_from_the_shoulders():
         assert np.linalg.norm(head.points[0] - right_spot) > 2 * plan.head_radius
 
 
+@pytest.mark.data
+def test_a_person_may_leave_the_frame_at_the_sides_or_bottom_but_never_the_top():
+    rng = np.random.default_rng(0)
+    cut = 0
+    for seed in range(300):
+        figure = data._person(rng, _plan(seed))
+        _, (y_min, y_max, x_min, x_max) = data._place(rng, figure)
+        if y_max - y_min <= 96:
+            assert y_min >= 0
+        cut += y_max > 96 or x_min < 0 or x_max > 96
+    assert 0 < cut < 150  # some, not most
+
+
+@pytest.mark.data
+def test_a_near_miss_stays_inside_the_frame():
+    rng = np.random.default_rng(0)
+    for seed in range(100):
+        figure = data._table(rng, _plan(seed))
+        _, (y_min, y_max, x_min, x_max) = data._place(rng, figure, may_leave_frame=False)
+        assert y_min >= 0 and x_min >= 0 and y_max <= 96 and x_max <= 96
+
+
+@pytest.mark.data
+def test_part_colours_stand_out_from_the_backdrop_in_colour_and_brightness():
+    rng = np.random.default_rng(0)
+    backdrop = np.array([[120.0, 130.0, 110.0], [100.0, 150.0, 140.0]])
+    for _ in range(50):
+        colour = data._part_colour(rng, backdrop)
+        assert colour.dtype == np.float32
+        for seen in backdrop:
+            assert np.linalg.norm(colour - seen) >= 80
+            assert abs(data._luma(colour) - data._luma(seen)) >= 50
+
+
 # --- the painting kernel -----------------------------------------------------
 
 

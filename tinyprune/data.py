@@ -293,20 +293,32 @@ def _enlarge(grid: np.ndarray, size: int) -> np.ndarray:
 
 def _part_colour(rng: np.random.Generator, backdrop: np.ndarray) -> np.ndarray:
     """A random RGB colour, float32 (3,) in [0, 255], that stands out from
-    both backdrop colours (backdrop: (2, 3)) by a distance of 80 if it can.
+    both backdrop colours (backdrop: (2, 3)) if it can: at least 80 apart
+    in RGB and 50 apart in brightness (luma, 0.299 R + 0.587 G + 0.114 B).
 
     Without this a figure could vanish into its background and its label
-    would be a lie. Distractors use the same rule, so contrast is no cue.
+    would be a lie; the brightness step also gives the network's first
+    edge detectors something to find whatever the hues. Distractors use
+    the same rule, so contrast is no cue to the label.
     """
+    backdrop = backdrop.tolist()  # plain floats: NumPy is slow on 3 numbers
     best, best_gap = None, -1.0
-    for _ in range(12):
+    for _ in range(40):  # about one draw in four passes against a mid-grey backdrop
         colour = rng.uniform(0, 255, size=3).tolist()
-        gap = min(math.dist(colour, seen) for seen in backdrop.tolist())
-        if gap >= 80:
+        # The worst margin, each as a fraction of its minimum (>= 1 passes).
+        gap = min(
+            min(math.dist(colour, seen) / 80, abs(_luma(colour) - _luma(seen)) / 50) for seen in backdrop
+        )
+        if gap >= 1:
             return np.array(colour, dtype=np.float32)
         if gap > best_gap:
             best, best_gap = colour, gap
     return np.array(best, dtype=np.float32)
+
+
+def _luma(rgb) -> float:
+    """Brightness of an RGB colour in [0, 255] (ITU-R BT.601 weights)."""
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
 
 
 # ---------------------------------------------------------------------------
@@ -319,7 +331,7 @@ NEAR_MISS_RATE = 0.30  # fraction of negatives that are near-misses, not clutter
 DISTRACTORS = (0, 3)  # fewest and most distractor shapes behind the figure
 DISTRACTOR_SIZE = 32  # largest distractor, pixels across
 OCCLUSION_RATE = 0.25  # chance of a shape drawn over the figure
-LEAVE_FRAME_RATE = 0.15  # chance, per axis, that up to 25 % of a figure is cut off
+LEAVE_FRAME_RATE = 0.15  # chance, per axis, that up to 25 % of a figure is cut off (never the top)
 
 
 class _BodyPlan(NamedTuple):
@@ -595,19 +607,23 @@ def _distractor(rng, backdrop: np.ndarray, max_size: float, centre=None) -> list
 def _place(rng, parts: list[_Part], may_leave_frame: bool = True):
     """Move a figure (built around the origin) to a random spot in the frame.
 
-    Mostly the whole figure fits; if may_leave_frame, then on each axis, with
-    probability LEAVE_FRAME_RATE, up to 25 % of it may hang outside the
-    frame. Returns the
-    moved parts and their bounding box (y_min, y_max, x_min, x_max) in pixels.
+    Mostly the whole figure fits. If may_leave_frame then, with probability
+    LEAVE_FRAME_RATE per axis, up to 25 % of it hangs out at the bottom, or
+    at the left or right -- never at the top, where the cut would take the
+    head and leave a headless body, which is what some near-misses are.
+    Returns the moved parts and their bounding box (y_min, y_max, x_min,
+    x_max) in pixels.
     """
     extents = np.array([_extent(p) for p in parts])
     y_min, x_min = extents[:, 0].min(), extents[:, 2].min()
     y_max, x_max = extents[:, 1].max(), extents[:, 3].max()
     offset = []
-    for low, high in ((y_min, y_max), (x_min, x_max)):
+    for axis, (low, high) in enumerate(((y_min, y_max), (x_min, x_max))):
         span = high - low
-        if rng.random() < LEAVE_FRAME_RATE and may_leave_frame:
-            start = rng.uniform(-0.25 * span, IMAGE_SIZE - 0.75 * span)
+        if may_leave_frame and rng.random() < LEAVE_FRAME_RATE:
+            overhang = rng.uniform(0, 0.25) * span
+            leaves_at_start = axis == 1 and rng.random() < 0.5  # left edge; rows only leave at the bottom
+            start = -overhang if leaves_at_start else IMAGE_SIZE - span + overhang
         elif span <= IMAGE_SIZE:
             start = rng.uniform(0, IMAGE_SIZE - span)
         else:  # taller than the frame: centre it, with a little play
@@ -678,14 +694,15 @@ class SyntheticVWW:
     rounded bar and four two-segment limbs -- of the same sizes and colour
     distributions in both classes. In a positive the parts form a person:
     head on top of the torso, arms at the shoulders, legs at the hips, a
-    random pose, 30-90 % of the image tall, anywhere, sometimes partly out of
-    frame or under an occluder. In a negative the same parts are arranged
+    random pose, 30-90 % of the image tall, anywhere, sometimes cut by the
+    frame's sides or bottom or under an occluder. In a negative the same parts are arranged
     wrongly: 30 % are near-misses (head below or beside the body, limbs
     lying loose, limbs growing out of the head, a four-legged "table"), the
     rest are the parts thrown down as clutter. So the label is carried by
     arrangement alone, which is what makes it a (small) vision task rather
-    than a colour or size test. The knobs (FIGURE_HEIGHT, NEAR_MISS_RATE,
-    ...) are module constants above.
+    than a colour or size test. Every part stands out from the backdrop in
+    colour and brightness, in both classes. The knobs (FIGURE_HEIGHT,
+    NEAR_MISS_RATE, ...) are module constants above.
 
     The classes are exactly balanced for an even size (half each, shuffled).
     The images depend only on (subset, seed, size): train and val come from
@@ -713,7 +730,7 @@ class SyntheticVWW:
     file is regenerated with a warning.
     """
 
-    VERSION = 3  # bump whenever generation changes, so old caches are not reused
+    VERSION = 4  # bump whenever generation changes, so old caches are not reused
     DEFAULT_SIZES = {"train": 8000, "val": 2000}
 
     def __init__(self, subset: str = "train", seed: int = 0, size: int | None = None, cache_dir=None):
