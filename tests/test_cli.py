@@ -1,0 +1,214 @@
+"""Chapter 10: the ``tinyprune`` command.
+
+The main job runs once (``--quick``, module fixture) and several tests read
+what it printed and wrote.  Bad input must fail fast with one clear line on
+stderr, exit code 2, and nothing written.
+"""
+
+import contextlib
+import io
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tinyprune as tp
+from tinyprune import checkpoint
+from tinyprune.cli import main
+
+pytestmark = pytest.mark.tutorials
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED_INPUT = (1, 3, 96, 96)
+FIGURES = {"macs.png", "sparsity-level.png", "sparsity-propagated.png", "channels.png",
+           "weights-pw7.png", "history.png"}
+
+
+def run(argv):
+    """``main(argv)`` with stdout and stderr captured: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as stop:          # argparse exits on --help and on bad arguments
+            code = stop.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fresh_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "fresh.npz"
+    checkpoint.save(tp.MobileNet(tp.slopehtanh, 0.25, fcsize=64, nclasses=1, seed=3).eval(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "results"
+    code, stdout, stderr = run(["--quick", "--out", str(out), "--no-progress"])
+    assert code == 0, stderr
+    return out, stdout
+
+
+# ---------------------------------------------------------------------------
+# Help
+# ---------------------------------------------------------------------------
+
+def test_help_documents_every_option_and_command():
+    code, stdout, _ = run(["--help"])
+    assert code == 0
+    for word in ("--out", "--epochs", "--level", "--channel-level", "--rule", "--quick", "--seed",
+                 "count MODEL.npz", "prune MODEL.npz", "bench", "reference", "sparse", "dense"):
+        assert word in stdout, word
+
+
+def test_python_dash_m_tinyprune_is_the_command():
+    done = subprocess.run([sys.executable, "-m", "tinyprune", "prune", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: tinyprune prune")
+    assert "--resize" in done.stdout and "--propagate" in done.stdout
+
+
+# ---------------------------------------------------------------------------
+# The main job
+# ---------------------------------------------------------------------------
+
+def test_quick_run_prints_the_course_lines_first(quick_run):
+    _, stdout = quick_run
+    lines = stdout.splitlines()
+    assert lines[:3] == ["MobileNet Mults 7505600 Adds 7273983",
+                         "MobileNet Mults 7460806 Adds 7273983",
+                         "MobileNet Mults 6105200 Adds 5915181"]
+    propagated = re.fullmatch(r"Propagated MobileNet Mults (\d+) Adds (\d+)", lines[3])
+    resized = re.fullmatch(r"Resized MobileNet Mults (\d+) Adds (\d+)", lines[4])
+    assert propagated and resized
+    assert int(propagated[1]) < 6105200
+    assert int(resized[1]) <= int(propagated[1])
+
+
+def test_quick_run_prints_every_stage_under_the_three_rules(quick_run):
+    _, stdout = quick_run
+    rows = {line.split("  ")[0]: line for line in stdout.splitlines()
+            if line.startswith(("baseline ", "LevelPrune(0.2) ", "resized ", "finetuned (1 epoch) "))}
+    assert len(rows) == 4
+    assert rows["baseline"].split()[1:7] == ["7,505,600", "7,273,983"] * 3
+    level = rows["LevelPrune(0.2)"].split()[1:7]
+    assert level[0] == "7,460,806" and level[4] == "7,505,600"        # reference, dense
+    assert re.search(r"\d+\.\d%$", rows["finetuned (1 epoch)"])           # an accuracy
+    assert "accuracy on 64 validation images" in stdout
+
+
+def test_quick_run_writes_figures_summary_and_checkpoint(quick_run):
+    out, stdout = quick_run
+    assert set(os.listdir(out)) == FIGURES | {"finetuned.npz", "summary.txt", "stages.json"}
+    for name in FIGURES:
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 600
+    assert (out / "summary.txt").read_text() in stdout
+    finetuned = checkpoint.load(out / "finetuned.npz")
+    mults, adds, _ = tp.compute_dot_prods(finetuned, SEED_INPUT)
+    printed = re.search(r"Resized MobileNet Mults (\d+) Adds (\d+)", stdout)
+    assert (mults, adds) == (int(printed[1]), int(printed[2]))       # finetuning keeps the shapes
+    assert finetuned.metadata["command"] == f"tinyprune --quick --out {out} --no-progress"
+    stages = finetuned.metadata["stages"]
+    assert [s["stage"] for s in stages][:2] == ["baseline", "LevelPrune(0.2)"]
+    assert stages[0]["counts"]["reference"] == [7505600, 7273983]
+
+
+# ---------------------------------------------------------------------------
+# count and prune
+# ---------------------------------------------------------------------------
+
+def test_count_prints_the_table_of_a_checkpoint(fresh_checkpoint):
+    code, stdout, _ = run(["count", str(fresh_checkpoint)])
+    assert code == 0
+    total = [line for line in stdout.splitlines() if line.startswith("total")]
+    assert total[0].split()[1:] == ["7,505,600", "7,273,983"]
+    assert "[0][0]" in stdout and "[1][4]" in stdout
+
+
+def test_count_with_every_rule_prints_three_tables(fresh_checkpoint):
+    code, stdout, _ = run(["count", str(fresh_checkpoint), "--rule", "all", "--input-shape", "2,3,32,32"])
+    assert code == 0
+    assert [line for line in stdout.splitlines() if line.startswith("dot products")] == [
+        "dot products, rule 'reference'", "dot products, rule 'sparse'", "dot products, rule 'dense'"]
+    expected = tp.compute_dot_prods(checkpoint.load(fresh_checkpoint), (2, 3, 32, 32))[0]
+    assert f"{expected:,}" in stdout
+
+
+def test_prune_subcommand_saves_the_resized_model(fresh_checkpoint, tmp_path):
+    small = tmp_path / "small.npz"
+    code, stdout, stderr = run(["prune", str(fresh_checkpoint), "--channel-level", "0.2", "--resize",
+                                "--out", str(small)])
+    assert code == 0, stderr
+    assert re.search(r"ChannelPrune\(0.2\) +Mults 6105200 Adds 5915181", stdout)
+    resized_line = re.search(r"resize +Mults (\d+) Adds (\d+)", stdout)
+    model = checkpoint.load(small)
+    assert tp.compute_dot_prods(model, SEED_INPUT)[:2] == (int(resized_line[1]), int(resized_line[2]))
+    assert model[0][0].c_out < 8                       # conv1 lost channels: it really is smaller
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    pruned = tp.prune(tp.ChannelPrune(0.2), checkpoint.load(fresh_checkpoint))
+    assert np.allclose(model(x), pruned(x), atol=1e-5)
+
+
+def test_prune_without_a_step_is_refused(fresh_checkpoint, tmp_path):
+    code, _, stderr = run(["prune", str(fresh_checkpoint), "--out", str(tmp_path / "x.npz")])
+    assert code == 2 and "nothing to do" in stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_bench_hands_the_rest_of_the_line_to_the_benchmark(monkeypatch):
+    seen = []
+    fake = type(sys)("tinyprune.bench")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "tinyprune.bench", fake)
+    monkeypatch.setattr(tp, "bench", fake, raising=False)
+    assert main(["bench", "--quick", "--help"]) == 0
+    assert seen == [["--quick", "--help"]]
+
+
+# ---------------------------------------------------------------------------
+# Failing cleanly
+# ---------------------------------------------------------------------------
+
+def test_a_level_outside_0_1_fails_before_anything_is_written(tmp_path):
+    out = tmp_path / "results"
+    code, _, stderr = run(["--level", "1.5", "--out", str(out)])
+    assert code == 2
+    assert "argument --level: expected a fraction in [0, 1)" in stderr and "'1.5'" in stderr
+    code, _, stderr = run(["--channel-level", "half", "--out", str(out)])
+    assert code == 2 and "argument --channel-level" in stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_unwritable_output_folder_fails_with_a_clear_message(tmp_path, fresh_checkpoint):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, stdout, stderr = run(["--quick", "--model", str(fresh_checkpoint), "--out", str(blocker / "out")])
+    assert code == 2
+    assert stderr.startswith("tinyprune: error: cannot write to the output folder")
+    assert str(blocker / "out") in stderr
+    assert stdout == "" and os.listdir(tmp_path) == ["a-file"]
+
+
+def test_a_missing_pretrained_checkpoint_fails_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYPRUNE_DATA", str(tmp_path / "empty"))
+    code, stdout, stderr = run(["--quick", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "the pretrained checkpoint" in stderr and "is missing" in stderr
+    assert "python -m tinyprune.pretrain" in stderr
+    assert stdout == "" and os.listdir(tmp_path) == []
+
+
+def test_a_missing_or_broken_model_file_fails_with_a_clear_message(tmp_path):
+    code, _, stderr = run(["count", str(tmp_path / "nope.npz")])
+    assert code == 2 and f"{tmp_path / 'nope.npz'}' does not exist" in stderr
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a zip file")
+    code, _, stderr = run(["count", str(broken)])
+    assert code == 2 and "not a readable tinyprune checkpoint" in stderr and str(broken) in stderr
