@@ -856,7 +856,7 @@ class VisualWakeWords:
         return len(self.labels)
 
     def __repr__(self) -> str:
-        return f"VisualWakeWords({str(self.root)!r}, subset={self.subset!r}), {len(self)} images"
+        return f"VisualWakeWords({str(self.root)!r}, subset={self.subset!r})"
 
 
 def _read_image_list(list_path: Path) -> list[tuple[int, str, int]]:
@@ -1086,10 +1086,11 @@ class DataLoader:
     """Iterate over a data set in batches of model input.
 
     Each iteration is one epoch and yields ``(x, y)``: x float32
-    (B, C, 96, 96) in [0, 1], y float32 (B,) of 0/1. Iteration k (counting
-    from 0; ``loader.epoch`` is the next one and may be set to resume) uses a
-    fresh permutation and augmentation stream drawn from (seed, k), so two
-    epochs differ while the whole sequence repeats for the same seed.
+    (B, C, H, W) in [0, 1] (the stored size, or 96 x 96 when augmenting),
+    y float32 (B,) of 0/1. Iteration k (counting from 0; ``loader.epoch``
+    is the next one and may be set to resume) uses a fresh permutation and
+    augmentation stream drawn from (seed, k), so two epochs differ while the
+    whole sequence repeats for the same seed.
 
     data: anything ``as_dataset`` accepts.
     shuffle: False keeps the stored order.
