@@ -472,3 +472,8 @@ def main(argv=None):
     except UsageError as error:
         print(f"tinyprune: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (``tinyprune count m.npz | head``): stop quietly.  Point
+        # stdout at /dev/null so Python's own flush at exit does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
