@@ -11,8 +11,8 @@
 # that matters: at the same number of multiplies, does the tailored plan
 # beat uniform pruning?
 #
-# Run as a script (`python tutorials/sensitivity.py`, a few minutes) or as
-# a notebook. With `TINYPRUNE_QUICK=1` it scans four layers at two levels on
+# Run as a script (`python tutorials/sensitivity.py`, several minutes: 270
+# pruned models are evaluated) or as a notebook. With `TINYPRUNE_QUICK=1` it scans four layers at two levels on
 # 64 images, in seconds; the quick numbers only show that the code runs.
 
 # %%
@@ -118,11 +118,12 @@ print(f"wrote {OUT / 'sensitivity.png'}")
 figure
 
 # %% [markdown]
-# What to look for in the figure: level pruning of a single layer barely
-# hurts up to 50% or more almost anywhere, since the smallest weights carry
-# little. Channel pruning is harsher and uneven: the first layers (few
-# channels, and everything downstream depends on them) and the depthwise
-# layers tend to be the sensitive ones.
+# What to look for in the figure. Level pruning of one layer typically costs
+# little until well past half its weights, since the smallest weights carry
+# little of the signal. Channel pruning is harsher and uneven: look for the
+# rows that darken first. Early layers (few channels, and everything
+# downstream depends on them) are the usual suspects. Rows that stay bright
+# to 90% are where the multiplies can go.
 #
 # ## A plan from the scan
 #
