@@ -100,7 +100,7 @@ def test_quick_run_prints_every_stage_under_the_three_rules(quick_run):
     level = rows["LevelPrune(0.2)"].split()[1:7]
     assert level[0] == "7,460,806" and level[4] == "7,505,600"        # reference, dense
     assert re.search(r"\d+\.\d%$", rows["finetuned (1 epoch)"])           # an accuracy
-    assert "accuracy on 64 validation images" in stdout
+    assert "accuracy on 32 validation images" in stdout
 
 
 def test_quick_run_writes_figures_summary_and_checkpoint(quick_run):

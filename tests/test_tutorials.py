@@ -84,7 +84,7 @@ def test_layers_tutorial_checks_every_gradient_and_catches_the_bug(tmp_path):
 
 def test_sensitivity_tutorial_scans_plots_and_compares_with_uniform_pruning(tmp_path):
     output = run_tutorial("sensitivity.py", tmp_path)
-    assert "4 convolutions to scan, 2 levels, 64 validation images" in output
+    assert "4 convolutions to scan, 2 levels, 32 validation images" in output
     assert len(re.findall(r"^model\[\d\]\[\d+\] +\w+ +accuracy", output, re.MULTILINE)) == 4
     assert (tmp_path / "sensitivity.png").stat().st_size > 10_000
     unpruned = parse(r"^unpruned: ([\d.]+)% at ([\d,]+) multiplies", output)

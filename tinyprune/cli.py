@@ -23,7 +23,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 SEED_INPUT = (1, 3, 96, 96)      # the tutorial counts one 96 x 96 RGB image
-QUICK_TRAIN, QUICK_VAL = 64, 64   # images per set under --quick
+QUICK_TRAIN, QUICK_VAL = 64, 32   # images per set under --quick: two training batches
 
 
 class UsageError(Exception):

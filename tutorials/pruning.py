@@ -34,8 +34,8 @@ from tinyprune.data import SyntheticVWW
 
 QUICK = os.environ.get("TINYPRUNE_QUICK") == "1"
 TRAIN_IMAGES = 64 if QUICK else None    # None = the full synthetic sets: 8,000 train,
-VAL_IMAGES = 64 if QUICK else None      # 2,000 validation images
-TIMING_BATCH = 8 if QUICK else 64
+VAL_IMAGES = 32 if QUICK else None      # 2,000 validation images
+TIMING_BATCH = 4 if QUICK else 64
 
 # %% [markdown]
 # ## 1. The model and what it costs
