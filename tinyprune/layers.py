@@ -344,7 +344,7 @@ class Conv2d(Layer):
             cols = np.empty((N, C * kh * kw, HO * WO), x.dtype)
             kernels.im2col(x, kh, kw, self.stride, self.pad, cols)
         w = self.effective("weight").reshape(self.c_out, -1)
-        y = np.matmul(w, cols)                      # (N, C_out, HO*WO)
+        y = np.matmul(w, cols)                      # (N, C_out, HO*WO): one BLAS call per image
         if self.bias is not None:
             y += self.effective("bias")[:, None]
         self._cache = (x.shape, cols)
@@ -356,9 +356,11 @@ class Conv2d(Layer):
         # and dx = col2im(dcols), the adjoint of the unfolding.
         x_shape, cols = self._cache
         N = dy.shape[0]
-        g = dy.reshape(N, self.c_out, -1)
+        g = np.ascontiguousarray(dy).reshape(N, self.c_out, -1)
         w = self.effective("weight").reshape(self.c_out, -1)
-        dw = np.tensordot(g, cols, axes=([0, 2], [0, 2]))
+        # One product per image, then the sum over images: faster than
+        # gathering all images into one long product, which needs transposed copies.
+        dw = np.matmul(g, cols.transpose(0, 2, 1)).sum(axis=0)
         self.set_grad("weight", dw.reshape(self.weight.shape))
         if self.bias is not None:
             self.set_grad("bias", g.sum(axis=(0, 2)))
@@ -420,11 +422,13 @@ class DepthwiseConv2d(Layer):
         return out
 
     def backward(self, dy):
+        # With xp the zero-padded input, y[n,c,i,j] = sum_ab w[c,a,b] xp[n,c,i*s+a,j*s+b], so
+        # dxp[n,c,i*s+a,j*s+b] += w[c,a,b] dy[n,c,i,j] and dw[c,a,b] = sum_nij dy[n,c,i,j] xp[n,c,i*s+a,j*s+b];
+        # the kernel does both and drops the gradient that falls on the padding.
         x = self._cache
         dx = np.empty_like(x)
         dw = np.empty((self.channels,) + tuple(self.kernel), x.dtype)
-        kernels.depthwise_backward(x, self._filters(), np.ascontiguousarray(dy),
-                                   self.stride, self.pad, dx, dw)
+        kernels.depthwise_backward(x, self._filters(), np.ascontiguousarray(dy), self.stride, self.pad, dx, dw)
         self.set_grad("weight", dw.reshape(self.weight.shape))
         return dx
 
@@ -546,8 +550,9 @@ class BatchNorm2d(Layer):
             self.num_batches_tracked = self.num_batches_tracked + 1
             self._cache = (x3, mean, var)
         else:
-            scale, shift = self.eval_scale_shift()
-            kernels.scale_shift(x3, scale.astype(x.dtype), shift.astype(x.dtype), y.reshape(N, C, H * W))
+            kernels.batchnorm_eval_forward(x3, self.effective("weight"), self.effective("bias"),
+                                           self.running_mean, self.running_var, self.eps,
+                                           y.reshape(N, C, H * W))
             self._cache = (x3, None, None)
         return y
 
