@@ -27,23 +27,44 @@ from .activations import slopehtanh
 from .checkpoint import PRETRAINED_FILE, load, save
 from .count import compute_dot_prods
 from .data import SyntheticVWW, data_dir
+from .layers import BatchNorm2d
 from .model import MobileNet
 from .train import Adam, trainer, evaluate
 
 __all__ = []   # a script: nothing to import from here
 
 
-def train_checkpoint(epochs, out, lr=1e-3, decay_epochs=2, seed=0, progress=True):
+def calm_start(model, bn_gamma):
+    """Set every BatchNorm's gamma to ``bn_gamma`` before training.
+
+    With Flux's gamma = 1 each BatchNorm hands slopehtanh unit-variance
+    inputs, so about a third of all units start beyond +-1, where the slope
+    flips to -1/4.  Twenty-seven such folds in a row make the untrained
+    network chaotic: a tiny change of an early weight reshuffles the output,
+    the gradients of the first layers are ~100x their weights, and Adam's
+    steps find nothing to follow (measured: at chance after 6 epochs, in
+    tinyprune and in PyTorch alike).  With gamma = 0.5 most units start in
+    the linear middle of slopehtanh and training leaves chance at once; the
+    gammas are trained like any weight from there on.
+    """
+    for _, layer in model.named_layers():
+        if isinstance(layer, BatchNorm2d):
+            layer.weight[:] = bn_gamma
+    return model
+
+
+def train_checkpoint(epochs, out, lr=1e-3, decay_epochs=2, seed=0, progress=True, bn_gamma=0.5):
     """Train from scratch and save after every epoch; returns the model.
 
     The lr is ``lr`` for ``epochs - decay_epochs`` epochs, then ``lr / 10``.
     Each epoch is one ``trainer`` call sharing one Adam (so its running
-    averages carry over) with its own shuffling seed.
+    averages carry over) with its own shuffling seed.  BatchNorm gammas
+    start at ``bn_gamma`` (see :func:`calm_start`).
     """
     command = (f"python -m tinyprune.pretrain --epochs {epochs} --lr {lr} "
-               f"--decay-epochs {decay_epochs} --seed {seed} --out {out}")
+               f"--decay-epochs {decay_epochs} --seed {seed} --bn-gamma {bn_gamma} --out {out}")
     train_set, val_set = SyntheticVWW("train"), SyntheticVWW("val")
-    model = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed)
+    model = calm_start(MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed), bn_gamma)
     optimizer = Adam(model, lr=lr)
     for epoch in range(epochs):
         optimizer.lr = lr if epoch < epochs - decay_epochs else lr / 10
@@ -117,6 +138,8 @@ def main(argv=None):
     parser.add_argument("--decay-epochs", type=int, default=2,
                         help="train the last this many epochs at lr/10 (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
+    parser.add_argument("--bn-gamma", type=float, default=0.5,
+                        help="starting BatchNorm gamma (default 0.5; Flux's 1 starts chaotic)")
     parser.add_argument("--out", default=None, help=f"where to save (default data/{PRETRAINED_FILE})")
     parser.add_argument("--check", action="store_true", help="check the checkpoint instead of training")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -125,7 +148,7 @@ def main(argv=None):
     if args.check:
         return 0 if check(out, progress=not args.no_progress) else 1
     train_checkpoint(args.epochs, out, lr=args.lr, decay_epochs=args.decay_epochs, seed=args.seed,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, bn_gamma=args.bn_gamma)
     return 0
 
 
