@@ -7,13 +7,14 @@ layers -> model -> prune -> propagate -> resize -> count -> train -> plots.
 from .activations import *  # noqa: F401,F403
 from .layers import *  # noqa: F401,F403
 from .model import *  # noqa: F401,F403
-from .count import *  # noqa: F401,F403
-from .testing import *  # noqa: F401,F403
-# later modules add their line here, one each:
-from .train import *  # noqa: F401,F403
-from .checkpoint import *  # noqa: F401,F403
 from .prune import *  # noqa: F401,F403
 from .propagate import *  # noqa: F401,F403
 from .resize import *  # noqa: F401,F403
+from .count import *  # noqa: F401,F403
+from .data import *  # noqa: F401,F403
+from .train import *  # noqa: F401,F403
+from .checkpoint import *  # noqa: F401,F403
+from .testing import *  # noqa: F401,F403
+# tinyprune.plots is imported on demand: it loads matplotlib.
 
 __version__ = "0.1.0"
