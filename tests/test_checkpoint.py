@@ -9,12 +9,11 @@ import pytest
 
 from tinyprune import MobileNet, slopehtanh
 from tinyprune.checkpoint import CheckpointError, load, pretrained, read_metadata, save
-from tinyprune.data import SyntheticVWW, data_dir
+from tinyprune.data import SyntheticVWW, data_dir, to_float
 from tinyprune.layers import Activation, Chain, Dense, Layer
 from tinyprune.propagate import prune_propagate
 from tinyprune.prune import ChannelPrune, LevelPrune, keepprune, prune
 from tinyprune.resize import resize
-from tinyprune.train import evaluate
 
 pytestmark = pytest.mark.train
 
@@ -230,6 +229,21 @@ def test_the_file_loads_without_pickle(saved):
 # ---------------------------------------------------------------------------
 # The shipped checkpoint
 # ---------------------------------------------------------------------------
+
+def test_pretrained_is_the_tutorial_model_trained_on_the_current_data():
+    m = pretrained()
+    reference = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=0)
+    assert {k: v.shape for k, v in m.state_dict().items()} == \
+           {k: v.shape for k, v in reference.state_dict().items()}
+    assert m.dtype == np.float32 and not m.training
+    meta = m.metadata
+    assert "python -m tinyprune.pretrain" in meta["command"]
+    assert meta["data_version"] == SyntheticVWW.VERSION   # the data changed: retrain the checkpoint
+    assert len(meta["history"]["val_accuracy"]) == meta["epochs_trained"]
+    assert meta["val_accuracy"] == meta["history"]["val_accuracy"][-1]
+    logits = m(to_float(SyntheticVWW("val", seed=7, size=16).images))
+    assert logits.shape == (16, 1) and np.isfinite(logits).all()
+
 
 def test_pretrained_says_how_to_make_a_missing_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYPRUNE_DATA", str(tmp_path))
