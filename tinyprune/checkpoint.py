@@ -152,6 +152,10 @@ def save(model, path, metadata=None):
             np.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
+        # Temporary files are private (0600); give the checkpoint the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
