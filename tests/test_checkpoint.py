@@ -97,6 +97,15 @@ def test_save_replaces_an_existing_file_without_leftovers(model, tmp_path):
     assert len(load(path)) == 2
 
 
+def test_saved_file_has_the_usual_permissions(model, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = save(model, tmp_path / "m.npz")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644   # not the temporary file's private 0o600
+
+
 def test_a_failed_save_leaves_the_old_file_and_no_temporary(model, tmp_path, monkeypatch):
     path = save(model, tmp_path / "m.npz")
     before = path.read_bytes()
