@@ -39,10 +39,22 @@ of the thread team, however many images are in the batch.
 """
 
 import math
+import os
 
 import numba
 import numpy as np
 from numba import prange
+
+# Threads.  Numba runs the prange loops below on a team of OpenMP threads
+# (unless the TBB library is installed).  By default an OpenMP thread that
+# finishes its share spins, busy-waiting for the next loop; when other
+# programs share the cores, the spinning eats the very time slices the
+# thread still computing needs, and a forward pass can take ten times longer.
+# Passive waiting (sleep until woken) costs a few microseconds per loop on
+# an idle machine and avoids that collapse on a busy one.  OpenMP reads the
+# variable when Numba first starts its threads, at the first kernel call, so
+# setting it at import is in time; a value you set yourself is left alone.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Compilation options.  ``_parallel`` kernels split their outer prange loop
 # over Numba's threads; ``_parallel_sums`` kernels also accumulate sums and
@@ -94,8 +106,10 @@ def _depthwise_forward(x, w, stride, pad, out):
         n = nc // C
         c = nc % C
         xp = np.zeros((HP, WP), x.dtype)
-        xp[pad:pad + H, pad:pad + W] = x[n, c]
-        xp_flat = xp.reshape(HP * WP)
+        for r in range(H):
+            for q in range(W):
+                xp[r + pad, q + pad] = x[n, c, r, q]
+        xp_flat = xp.reshape(HP * WP)           # the padded plane, row after row
         grid = np.zeros(T, x.dtype)
         for a in range(KH):
             for b in range(KW):
@@ -111,7 +125,8 @@ def _depthwise_forward(x, w, stride, pad, out):
                     for t in range(T):
                         grid[t] += w_ab * xp_flat[first + stride * t]
         for i in range(HO):
-            out[n, c, i, :] = grid[i * WP:i * WP + WO]
+            for j in range(WO):
+                out[n, c, i, j] = grid[i * WP + j]
 
 
 def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
@@ -133,17 +148,21 @@ def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
     HP, WP = H + 2 * pad, W + 2 * pad
     T = (HO - 1) * WP + WO
     for c in prange(C):                          # a thread owns a channel, so dw[c] has one writer
-        xp = np.zeros((HP, WP), x.dtype)
+        xp = np.zeros((HP, WP), x.dtype)         # the border stays 0, the inside is refilled per image
         dxp = np.empty((HP, WP), x.dtype)
-        grid = np.zeros(T, x.dtype)              # dy on the grid; the junk columns stay 0
         xp_flat = xp.reshape(HP * WP)
         dxp_flat = dxp.reshape(HP * WP)
+        grid = np.zeros(T, x.dtype)              # dy on the grid; the junk columns stay 0
         dw_c = np.zeros((KH, KW))                # float64 sums over N*HO*WO terms
         for n in range(N):
-            xp[pad:pad + H, pad:pad + W] = x[n, c]
+            for r in range(H):
+                for q in range(W):
+                    xp[r + pad, q + pad] = x[n, c, r, q]
             for i in range(HO):
-                grid[i * WP:i * WP + WO] = dy[n, c, i]
-            dxp_flat[:] = 0.0
+                for j in range(WO):
+                    grid[i * WP + j] = dy[n, c, i, j]
+            for t in range(HP * WP):
+                dxp_flat[t] = 0.0
             for a in range(KH):
                 for b in range(KW):
                     w_ab = w[c, a, b]
@@ -162,7 +181,9 @@ def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
                             dxp_flat[first + stride * t] += w_ab * grid[t]
                             s += grid[t] * xp_flat[first + stride * t]
                     dw_c[a, b] += s
-            dx[n, c] = dxp[pad:pad + H, pad:pad + W]   # the padding's gradient is dropped
+            for r in range(H):                   # the gradient that fell on the padding is dropped
+                for q in range(W):
+                    dx[n, c, r, q] = dxp[r + pad, q + pad]
         for a in range(KH):
             for b in range(KW):
                 dw[c, a, b] = dw_c[a, b]
@@ -193,20 +214,22 @@ def _im2col(x, KH, KW, stride, pad, cols):
                                zero where the field hangs over the border
     """
     N, C, H, W = x.shape
-    HO = (H + 2 * pad - KH) // stride + 1
-    WO = (W + 2 * pad - KW) // stride + 1
+    HP, WP = H + 2 * pad, W + 2 * pad
+    HO = (HP - KH) // stride + 1
+    WO = (WP - KW) // stride + 1
     for nc in prange(N * C):
         n = nc // C
         c = nc % C
-        xp = np.zeros((H + 2 * pad, W + 2 * pad), x.dtype)
-        xp[pad:pad + H, pad:pad + W] = x[n, c]
+        xp = np.zeros((HP, WP), x.dtype)
+        for r in range(H):
+            for q in range(W):
+                xp[r + pad, q + pad] = x[n, c, r, q]
         for a in range(KH):
             for b in range(KW):
-                row = cols[n, (c * KH + a) * KW + b]
+                row = (c * KH + a) * KW + b
                 for i in range(HO):
-                    x_row = xp[i * stride + a]
                     for j in range(WO):
-                        row[i * WO + j] = x_row[j * stride + b]
+                        cols[n, row, i * WO + j] = xp[i * stride + a, j * stride + b]
 
 
 def _col2im(cols, KH, KW, stride, pad, dx):
@@ -217,20 +240,22 @@ def _col2im(cols, KH, KW, stride, pad, dx):
                                the padding is dropped)
     """
     N, C, H, W = dx.shape
-    HO = (H + 2 * pad - KH) // stride + 1
-    WO = (W + 2 * pad - KW) // stride + 1
+    HP, WP = H + 2 * pad, W + 2 * pad
+    HO = (HP - KH) // stride + 1
+    WO = (WP - KW) // stride + 1
     for nc in prange(N * C):
         n = nc // C
         c = nc % C
-        dxp = np.zeros((H + 2 * pad, W + 2 * pad), dx.dtype)
+        dxp = np.zeros((HP, WP), dx.dtype)
         for a in range(KH):
             for b in range(KW):
-                row = cols[n, (c * KH + a) * KW + b]
+                row = (c * KH + a) * KW + b
                 for i in range(HO):
-                    dx_row = dxp[i * stride + a]
                     for j in range(WO):
-                        dx_row[j * stride + b] += row[i * WO + j]
-        dx[n, c] = dxp[pad:pad + H, pad:pad + W]
+                        dxp[i * stride + a, j * stride + b] += cols[n, row, i * WO + j]
+        for r in range(H):
+            for q in range(W):
+                dx[n, c, r, q] = dxp[r + pad, q + pad]
 
 
 im2col = numba.njit(**_parallel)(_im2col)
