@@ -27,7 +27,9 @@ any loop we would write.
 
 Sums over many values (BatchNorm statistics, weight gradients) accumulate in
 float64 whatever the array type, so float32 statistics over 70 000 values per
-channel do not drift.  Those kernels are compiled with one fast-math flag,
+channel do not drift.  They start from ``np.float64(0.0)`` rather than
+``0.0``: Numba would make either a float64, but plain NumPy adds a Python
+float and a float32 in float32.  Those kernels are compiled with one fast-math flag,
 ``reassoc``: it allows the compiler to reorder the additions, keeping several
 partial sums in one vector register instead of adding one number at a time.
 The result differs from the plain function only by float64 rounding.  No
@@ -167,7 +169,7 @@ def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
                 for b in range(KW):
                     w_ab = w[c, a, b]
                     first = a * WP + b
-                    s = 0.0
+                    s = np.float64(0.0)
                     if stride == 1:
                         for t in range(T):
                             dxp_flat[first + t] += w_ab * grid[t]
@@ -288,13 +290,13 @@ def _batchnorm_train_forward(x, gamma, beta, eps, y, mean, var):
     N, C, L = x.shape
     M = N * L
     for c in prange(C):
-        s = 0.0
+        s = np.float64(0.0)
         for n in range(N):
             x_nc = x[n, c]
             for k in range(L):
                 s += x_nc[k]
         mu = s / M
-        ss = 0.0                    # second pass: sum of squared deviations,
+        ss = np.float64(0.0)        # second pass: sum of squared deviations,
         for n in range(N):          # which does not cancel as sum(x^2) - M mu^2 can
             x_nc = x[n, c]
             for k in range(L):
@@ -330,8 +332,8 @@ def _batchnorm_train_backward(x, dy, gamma, mean, var, eps, dx, dgamma, dbeta):
     for c in prange(C):
         mu = mean[c]
         inv = 1.0 / math.sqrt(var[c] + eps)
-        sum_dy = 0.0
-        sum_dy_x = 0.0
+        sum_dy = np.float64(0.0)
+        sum_dy_x = np.float64(0.0)
         for n in range(N):
             x_nc = x[n, c]
             g_nc = dy[n, c]
@@ -406,3 +408,58 @@ def _slopehtanh_backward(x, dy, dx):
 
 slopehtanh_forward = numba.njit(**_parallel)(_slopehtanh_forward)
 slopehtanh_backward = numba.njit(**_parallel)(_slopehtanh_backward)
+
+
+# ---------------------------------------------------------------------------
+# Unstructured sparsity: a pointwise convolution that skips zero weights.
+#
+# A 1x1 convolution is y[n] = W @ x[n] with W (C_out, C_in).  After
+# unstructured pruning most entries of W are zero, and a zero weight adds
+# nothing, so a kernel could skip it.  CSR ("compressed sparse row") stores
+# only the non-zeros, row by row:
+#   values[k]   the k-th non-zero weight, rows in order
+#   indices[k]  its column (the input channel it reads)
+#   indptr[o]   where row o starts in values; row o is values[indptr[o]:indptr[o+1]]
+# The kernel then does one multiply-add pass over an input row per non-zero
+# weight and none for the zeros.  Whether that beats a dense BLAS product,
+# which multiplies the zeros too but is far better tuned, is measured by
+# `python -m tinyprune.bench` (section "sparse").
+# ---------------------------------------------------------------------------
+
+def to_csr(w):
+    """The CSR form ``(indptr, indices, values)`` of a 2-D weight ``w`` (C_out, C_in).
+
+    indptr (C_out + 1,) int64, indices (nnz,) int64, values (nnz,) of w's dtype.
+    """
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"to_csr: expected a 2-D weight (C_out, C_in), got shape {w.shape}")
+    rows, cols = np.nonzero(w)                   # row-major order, so rows come sorted
+    indptr = np.zeros(w.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=w.shape[0]), out=indptr[1:])
+    return indptr, cols.astype(np.int64), np.ascontiguousarray(w[rows, cols])
+
+
+def _csr_pointwise(indptr, indices, values, x, out):
+    """Pointwise convolution with a CSR weight: out[n] = W @ x[n], zeros skipped.
+
+    indptr, indices, values   the CSR form of W (C_out, C_in), see to_csr
+    x   (N, C_in, P)          P = H*W pixels
+    out (N, C_out, P)         overwritten
+    """
+    N, P = x.shape[0], x.shape[2]
+    C_out = indptr.shape[0] - 1
+    for no in prange(N * C_out):
+        n = no // C_out
+        o = no % C_out
+        y = out[n, o]
+        for p in range(P):
+            y[p] = 0.0
+        for k in range(indptr[o], indptr[o + 1]):
+            w_k = values[k]
+            x_c = x[n, indices[k]]               # the input channel this weight reads
+            for p in range(P):
+                y[p] += w_k * x_c[p]
+
+
+csr_pointwise = numba.njit(**_parallel)(_csr_pointwise)
