@@ -1,0 +1,347 @@
+"""How fast is tinyprune?  ``python -m tinyprune bench`` (or ``python -m tinyprune.bench``).
+
+Times the tutorial's model, ``MobileNet(slopehtanh, 0.25, fcsize=64,
+nclasses=1)`` on 96x96 images, and prints:
+
+1. a training step at batch 32 (forward, binary cross-entropy, backward,
+   Adam update): seconds per step and images per second;
+2. inference in eval mode at batch 64 (images per second) and at batch 1
+   (milliseconds);
+3. the same inference for the model after ``ChannelPrune(0.5)``, keepprune,
+   ``prune_propagate`` and ``resize``, next to the ratio of the two models'
+   "dense" multiply counts: resizing should save time in proportion to the
+   multiplies it removes;
+4. start-up: a fresh interpreter's ``import tinyprune`` plus the first
+   forward and backward pass, with an empty Numba cache (every kernel is
+   compiled) and with a filled one (the compiled kernels are loaded);
+5. the peak resident memory of a process running training steps;
+6. unstructured sparsity: the pointwise convolutions of the model computed
+   by a kernel that skips zero weights (CSR, see ``kernels.csr_pointwise``)
+   against the dense BLAS product, at weight sparsity 0 to 99%.
+
+Every figure is the median of repeated runs after warm-up runs.  The
+measurements run in child processes whose thread counts are set before
+NumPy and Numba start: ``--threads`` Numba threads for tinyprune's kernels
+and ``--blas-threads`` for the matrix products NumPy hands to BLAS (default
+1: a BLAS library splitting MobileNet's small per-image products over
+threads gains little, and its spinning threads collapse the speed when other
+programs share the cores).  The load average is recorded with the figures:
+on a busy machine they mean less.
+
+``--json PATH`` writes the same figures as JSON; ``--quick`` is a smoke run
+of a few seconds (one repetition, no cold start), for tests.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+__all__ = ["main"]
+
+BATCH_TRAIN = 32
+BATCH_INFER = 64
+SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)
+IMAGE = (3, 96, 96)
+
+
+# ---------------------------------------------------------------------------
+# Timing helpers (run inside the child process)
+# ---------------------------------------------------------------------------
+
+def _median_seconds(fn, repeats, warmup):
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` calls."""
+    import numpy as np
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _tutorial_model(seed=0):
+    import tinyprune as tp
+    return tp.MobileNet(tp.slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed)
+
+
+def _images(batch, seed):
+    import numpy as np
+    return np.random.default_rng(seed).random((batch,) + IMAGE, dtype=np.float32)
+
+
+def _train_step_fn(model, batch, seed=0):
+    """One training step on a fixed random batch: forward, loss, backward, Adam."""
+    import numpy as np
+    from tinyprune.train import Adam, bce_with_logits
+    x = _images(batch, seed)
+    labels = (np.random.default_rng(seed + 1).random(batch) > 0.5).astype(np.float32)
+    optimizer = Adam(model, lr=1e-3)
+    model.train()
+
+    def step():
+        logits = model(x)
+        _, dlogits = bce_with_logits(logits, labels)
+        model.backward(dlogits)
+        optimizer.step()
+    return step
+
+
+def _inference_figures(model, repeats, warmup):
+    model.eval()
+    x64, x1 = _images(BATCH_INFER, 2), _images(1, 3)
+    s64 = _median_seconds(lambda: model(x64), repeats, warmup)
+    s1 = _median_seconds(lambda: model(x1), repeats * 10, warmup * 10)
+    return {"batch64_s": s64, "batch64_images_per_s": BATCH_INFER / s64, "batch1_ms": s1 * 1e3}
+
+
+def _resized_model(model):
+    """The tutorial's pipeline at ChannelPrune(0.5): prune, keepprune, propagate, resize."""
+    import tinyprune as tp
+    return tp.resize(tp.prune_propagate(tp.keepprune(tp.prune(tp.ChannelPrune(0.5), model))))
+
+
+def _sparse_figures(repeats, warmup):
+    """Dense BLAS against CSR on every pointwise conv of the model, at batch 32.
+
+    Each pointwise weight is pruned to the given sparsity by magnitude
+    (unstructured); the time is the sum over the 13 layers.
+    """
+    import numpy as np
+    import tinyprune as tp
+    from tinyprune import kernels
+    model = _tutorial_model()
+    shape = (BATCH_TRAIN,) + IMAGE
+    layers = []
+    for path, layer in model.named_layers():
+        if isinstance(layer, tp.Conv2d) and layer.pointwise:
+            x = np.random.default_rng(len(layers)).random((shape[0], layer.c_in, shape[2] * shape[3]),
+                                                         dtype=np.float32)
+            layers.append((layer.weight.reshape(layer.c_out, layer.c_in), x))
+        shape = layer.output_shape(shape)
+    rows = []
+    for sparsity in SPARSITIES:
+        work = []
+        for w, x in layers:
+            w = w.copy()
+            n_zero = int(round(sparsity * w.size))
+            w.reshape(-1)[np.argsort(np.abs(w), axis=None)[:n_zero]] = 0.0
+            out = np.empty((x.shape[0], w.shape[0], x.shape[2]), np.float32)
+            work.append((w, kernels.to_csr(w), x, out))
+
+        def dense():
+            for w, _, x, out in work:
+                np.matmul(w, x, out=out)
+
+        def sparse():
+            for _, csr, x, out in work:
+                kernels.csr_pointwise(*csr, x, out)
+        d = _median_seconds(dense, repeats, warmup)
+        s = _median_seconds(sparse, repeats, warmup)
+        rows.append({"sparsity": sparsity, "dense_s": d, "csr_s": s, "csr_speedup": d / s})
+    return rows
+
+
+def _measure(quick):
+    """Sections 1, 2, 3 and 6, in this process; returns a dict of figures."""
+    import numba
+    import tinyprune as tp
+    repeats, warmup = (1, 1) if quick else (10, 3)
+    figures = {}
+
+    model = _tutorial_model()
+    step = _train_step_fn(model, BATCH_TRAIN)
+    s = _median_seconds(step, repeats, warmup)
+    figures["train_step"] = {"batch": BATCH_TRAIN, "seconds": s, "images_per_s": BATCH_TRAIN / s,
+                             "optimizer": "Adam(lr=1e-3)"}
+
+    model = _tutorial_model()
+    figures["inference"] = _inference_figures(model, repeats, warmup)
+
+    resized = _resized_model(_tutorial_model())
+    full_mults = tp.compute_dot_prods(model, (1,) + IMAGE, "dense")[0]
+    resized_mults = tp.compute_dot_prods(resized, (1,) + IMAGE, "dense")[0]
+    r = _inference_figures(resized, repeats, warmup)
+    mult_saving = 1 - resized_mults / full_mults
+    time_saving = 1 - r["batch64_s"] / figures["inference"]["batch64_s"]
+    r.update({"dense_mults_full": int(full_mults), "dense_mults_resized": int(resized_mults),
+              "mult_ratio": resized_mults / full_mults,
+              "time_ratio_batch64": r["batch64_s"] / figures["inference"]["batch64_s"],
+              "saving_efficiency": time_saving / mult_saving,
+              "channels": [layer.c_out for _, layer in resized.named_layers()
+                           if isinstance(layer, tp.Conv2d)]})
+    figures["resized"] = r
+
+    figures["sparse"] = _sparse_figures(repeats, warmup)
+    figures["numba_threading_layer"] = numba.threading_layer()
+    return figures
+
+
+# ---------------------------------------------------------------------------
+# Child processes
+# ---------------------------------------------------------------------------
+
+_STARTUP = """
+import time
+start = time.perf_counter()
+import numpy as np
+import tinyprune as tp
+m = tp.MobileNet(tp.slopehtanh, 0.25, fcsize=64, nclasses=1, seed=0)
+x = np.random.default_rng(0).random((32, 3, 96, 96), dtype=np.float32)
+y = m(x)
+m.backward(np.ones_like(y) / y.size)
+print(time.perf_counter() - start)
+"""
+
+_PEAK = """
+import resource
+from tinyprune import bench
+step = bench._train_step_fn(bench._tutorial_model(), {batch})
+for _ in range({steps}):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+_MEASURE = """
+import json
+from tinyprune import bench
+print(json.dumps(bench._measure({quick})))
+"""
+
+
+def _child_env(threads, blas_threads, cache_dir=None):
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env["NUMBA_NUM_THREADS"] = str(threads)
+    for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+        env[name] = str(blas_threads)
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = cache_dir
+    return env
+
+
+def _run_child(code, env):
+    """Run ``code`` in a fresh interpreter; returns (wall seconds, last line of its output)."""
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if run.returncode != 0:
+        raise RuntimeError(f"bench: a measuring process failed:\n{run.stderr}")
+    return seconds, run.stdout.strip().splitlines()[-1]
+
+
+def _startup(threads, blas_threads, quick):
+    """Wall seconds of a fresh interpreter's import + first forward and backward at batch 32.
+
+    Cold: an empty temporary Numba cache, so every kernel is compiled.  Warm:
+    the same cache again, now filled.  ``quick`` skips the cold run and times
+    one run against the usual cache (warm if anything ran before).
+    """
+    if quick:
+        seconds, _ = _run_child(_STARTUP, _child_env(threads, blas_threads))
+        return {"warm_s": seconds, "cold_s": None}
+    with tempfile.TemporaryDirectory(prefix="tinyprune-numba-cache-") as cache:
+        env = _child_env(threads, blas_threads, cache)
+        cold, _ = _run_child(_STARTUP, env)
+        warm = sorted(_run_child(_STARTUP, env)[0] for _ in range(3))[1]
+    return {"warm_s": warm, "cold_s": cold}
+
+
+def _peak_memory(threads, blas_threads, quick):
+    """Peak resident memory (bytes) of a process that builds the model and trains a few steps."""
+    code = _PEAK.format(batch=BATCH_TRAIN, steps=1 if quick else 3)
+    _, kib = _run_child(code, _child_env(threads, blas_threads))
+    return int(kib) * 1024                       # ru_maxrss is in KiB on Linux
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+
+def _report(fig):
+    t = fig["threads"]
+    lines = [f"tinyprune bench: MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1), {IMAGE[1]}x{IMAGE[2]} images",
+             f"threads: {t['numba']} Numba ({fig['numba_threading_layer']}), {t['blas']} BLAS; "
+             f"{fig['machine']['cpu_count']} cores, load average {fig['machine']['loadavg_before']:.2f} "
+             f"before, {fig['machine']['loadavg_after']:.2f} after"
+             + ("   [--quick: one repetition, figures are rough]" if fig["quick"] else ""),
+             "",
+             "1. training step, batch 32 (forward, BCE, backward, Adam)",
+             f"   {fig['train_step']['seconds']:.3f} s/step   {fig['train_step']['images_per_s']:.0f} images/s",
+             "2. inference, eval mode",
+             f"   batch 64: {fig['inference']['batch64_s'] * 1e3:.1f} ms   "
+             f"{fig['inference']['batch64_images_per_s']:.0f} images/s",
+             f"   batch 1:  {fig['inference']['batch1_ms']:.2f} ms"]
+    r = fig["resized"]
+    lines += ["3. ChannelPrune(0.5) + keepprune + prune_propagate + resize",
+              f"   channels {r['channels']}",
+              f"   dense multiplies {r['dense_mults_resized']:,} of {r['dense_mults_full']:,} "
+              f"(ratio {r['mult_ratio']:.3f})",
+              f"   batch 64: {r['batch64_s'] * 1e3:.1f} ms   {r['batch64_images_per_s']:.0f} images/s   "
+              f"time ratio {r['time_ratio_batch64']:.3f}",
+              f"   batch 1:  {r['batch1_ms']:.2f} ms",
+              f"   time saved / multiplies saved = {r['saving_efficiency']:.2f}"]
+    s = fig["startup"]
+    cold = "skipped (--quick)" if s["cold_s"] is None else f"{s['cold_s']:.1f} s"
+    lines += ["4. start-up: new interpreter, import, first forward + backward at batch 32",
+              f"   warm Numba cache: {s['warm_s']:.1f} s   empty cache (compiling): {cold}",
+              "5. peak resident memory, process training at batch 32",
+              f"   {fig['peak_memory']['bytes'] / 2**20:.0f} MiB",
+              "6. pointwise convs of the model at batch 32, unstructured sparsity: CSR kernel vs dense BLAS",
+              "   sparsity   dense ms    CSR ms   CSR speed-up"]
+    for row in fig["sparse"]:
+        lines.append(f"   {row['sparsity'] * 100:6.0f}%   {row['dense_s'] * 1e3:8.2f}  {row['csr_s'] * 1e3:8.2f}"
+                     f"   {row['csr_speedup']:6.2f}x")
+    return "\n".join(lines)
+
+
+def _write_json(figures, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(figures, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    """Run the benchmark; ``argv`` as for ``python -m tinyprune.bench`` (see ``--help``)."""
+    parser = argparse.ArgumentParser(prog="tinyprune bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="Numba threads for tinyprune's kernels (default: NUMBA_NUM_THREADS or all cores)")
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="threads for NumPy's BLAS matrix products (default 1)")
+    parser.add_argument("--quick", action="store_true", help="a rough smoke run of a few seconds")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    args = parser.parse_args(argv)
+    threads = args.threads
+    if threads is None:
+        import numba
+        threads = numba.config.NUMBA_NUM_THREADS
+    for name, value in (("--threads", threads), ("--blas-threads", args.blas_threads)):
+        if value < 1:
+            parser.error(f"{name} must be a positive number of threads, got {value}")
+
+    load_before = os.getloadavg()[0]
+    env = _child_env(threads, args.blas_threads)
+    _, line = _run_child(_MEASURE.format(quick=args.quick), env)
+    figures = {"quick": args.quick,
+               "threads": {"numba": threads, "blas": args.blas_threads},
+               "machine": {"cpu_count": os.cpu_count(), "loadavg_before": load_before}}
+    figures.update(json.loads(line))
+    figures["startup"] = _startup(threads, args.blas_threads, args.quick)
+    figures["peak_memory"] = {"bytes": _peak_memory(threads, args.blas_threads, args.quick)}
+    figures["machine"]["loadavg_after"] = os.getloadavg()[0]
+    print(_report(figures))
+    if args.json:
+        _write_json(figures, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
