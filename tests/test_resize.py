@@ -480,3 +480,23 @@ def test_an_unknown_layer_is_named_and_nothing_changes():
 def test_a_non_model_is_refused():
     with pytest.raises(TypeError, match="resize.*dict"):
         resize({"weight": np.zeros(3)})
+
+
+@pytest.mark.propagate
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_pretrained_float32_output_is_unchanged_to_1e_5(mode):
+    # The bar in the model's own precision: on the trained (hence not
+    # chaotic) checkpoint, float32 rounding alone stays far below 1e-5, so
+    # propagation and resize must too (measured ~7e-8 eval, ~1.4e-6 train).
+    from tinyprune import ChannelPrune, keepprune, pretrained, prune, prune_propagate, resize
+    from tinyprune.data import SyntheticVWW, to_float
+
+    m = keepprune(prune(ChannelPrune(0.2), pretrained()))
+    x = to_float(SyntheticVWW("val", seed=7, size=16).images)
+    q = prune_propagate(m)
+    r = resize(q)
+    outs = [model.train(mode == "train")(x).astype(np.float64) for model in (m, q, r)]
+    scale = np.abs(outs[0]).max()
+    assert np.abs(outs[1] - outs[0]).max() / scale < 1e-5
+    assert np.abs(outs[2] - outs[0]).max() / scale < 1e-5
+    assert r[0][6].c_out < m[0][6].c_out   # resize really removed channels
