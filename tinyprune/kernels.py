@@ -29,11 +29,12 @@ Sums over many values (BatchNorm statistics, weight gradients) accumulate in
 float64 whatever the array type, so float32 statistics over 70 000 values per
 channel do not drift.  They start from ``np.float64(0.0)`` rather than
 ``0.0``: Numba would make either a float64, but plain NumPy adds a Python
-float and a float32 in float32.  Those kernels are compiled with one fast-math flag,
-``reassoc``: it allows the compiler to reorder the additions, keeping several
-partial sums in one vector register instead of adding one number at a time.
-The result differs from the plain function only by float64 rounding.  No
-other fast-math flag is used (NaN and infinity keep their meaning).
+float and a float32 in float32.  Those kernels are compiled with one
+fast-math flag, ``reassoc``: it allows the compiler to reorder the
+additions, keeping several partial sums in one vector register instead of
+adding one number at a time.  The result differs from the plain function
+only by float64 rounding.  No other fast-math flag is used (NaN and
+infinity keep their meaning).
 
 ``prange`` is Numba's parallel ``range``; in plain Python it *is* ``range``.
 Each kernel is one parallel loop, so one call costs one start and one join
@@ -63,7 +64,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # may reorder them (see the module docstring).
 _parallel = dict(cache=True, nogil=True, parallel=True)
 _parallel_sums = dict(cache=True, nogil=True, parallel=True, fastmath={"reassoc"})
-_serial_sums = dict(cache=True, nogil=True, fastmath={"reassoc"})
 
 
 # ---------------------------------------------------------------------------
@@ -85,7 +85,8 @@ _serial_sums = dict(cache=True, nogil=True, fastmath={"reassoc"})
 # vector instructions, and MobileNet's small planes (6x6, 3x3) would
 # otherwise spend their time starting and ending loops.  Grid columns
 # j >= WO compute junk (they wrap into the next row) and are never copied
-# out; they cost (WP - WO)/WP of the work.
+# out; they cost (WP - WO)/WP of the work: 2 columns in 8 for a 6x6 plane
+# at stride 1, about half the grid at stride 2.
 #
 # The innermost loop is written three times, identical but for the step s:
 # as the literals 1 and 2 (MobileNet's strides), which the compiler can
