@@ -17,7 +17,8 @@ nclasses=1)`` on 96x96 images, and prints:
 5. the peak resident memory of a process running training steps;
 6. unstructured sparsity: the pointwise convolutions of the model computed
    by a kernel that skips zero weights (CSR, see ``kernels.csr_pointwise``)
-   against the dense BLAS product, at weight sparsity 0 to 99%.
+   against the dense BLAS product, at weight sparsity 0 to 99%, both on the
+   BLAS thread count.
 
 Every figure is the median of repeated runs after warm-up runs.  The
 measurements run in child processes whose thread counts are set before
@@ -106,12 +107,15 @@ def _resized_model(model):
     return tp.resize(tp.prune_propagate(tp.keepprune(tp.prune(tp.ChannelPrune(0.5), model))))
 
 
-def _sparse_figures(repeats, warmup):
+def _sparse_figures(repeats, warmup, threads):
     """Dense BLAS against CSR on every pointwise conv of the model, at batch 32.
 
     Each pointwise weight is pruned to the given sparsity by magnitude
-    (unstructured); the time is the sum over the 13 layers.
+    (unstructured); the time is the sum over the 13 layers.  The CSR kernel
+    runs on ``threads`` Numba threads, the BLAS thread count, so both sides
+    get the same number of cores.
     """
+    import numba
     import numpy as np
     import tinyprune as tp
     from tinyprune import kernels
@@ -142,12 +146,15 @@ def _sparse_figures(repeats, warmup):
             for _, csr, x, out in work:
                 kernels.csr_pointwise(*csr, x, out)
         d = _median_seconds(dense, repeats, warmup)
+        all_threads = numba.get_num_threads()
+        numba.set_num_threads(min(threads, all_threads))
         s = _median_seconds(sparse, repeats, warmup)
+        numba.set_num_threads(all_threads)
         rows.append({"sparsity": sparsity, "dense_s": d, "csr_s": s, "csr_speedup": d / s})
     return rows
 
 
-def _measure(quick):
+def _measure(quick, blas_threads):
     """Sections 1, 2, 3 and 6, in this process; returns a dict of figures."""
     import numba
     import tinyprune as tp
@@ -177,7 +184,7 @@ def _measure(quick):
                            if isinstance(layer, tp.Conv2d)]})
     figures["resized"] = r
 
-    figures["sparse"] = _sparse_figures(repeats, warmup)
+    figures["sparse"] = _sparse_figures(repeats, warmup, blas_threads)
     figures["numba_threading_layer"] = numba.threading_layer()
     return figures
 
@@ -210,7 +217,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 _MEASURE = """
 import json
 from tinyprune import bench
-print(json.dumps(bench._measure({quick})))
+print(json.dumps(bench._measure({quick}, {blas_threads})))
 """
 
 
@@ -293,7 +300,8 @@ def _report(fig):
               f"   warm Numba cache: {s['warm_s']:.1f} s   empty cache (compiling): {cold}",
               "5. peak resident memory, process training at batch 32",
               f"   {fig['peak_memory']['bytes'] / 2**20:.0f} MiB",
-              "6. pointwise convs of the model at batch 32, unstructured sparsity: CSR kernel vs dense BLAS",
+              f"6. pointwise convs of the model at batch 32, unstructured sparsity: CSR kernel vs dense BLAS "
+              f"({t['blas']} thread{'s' if t['blas'] > 1 else ''} each)",
               "   sparsity   dense ms    CSR ms   CSR speed-up"]
     for row in fig["sparse"]:
         lines.append(f"   {row['sparsity'] * 100:6.0f}%   {row['dense_s'] * 1e3:8.2f}  {row['csr_s'] * 1e3:8.2f}"
@@ -332,7 +340,7 @@ def main(argv=None):
 
     load_before = os.getloadavg()[0]
     env = _child_env(threads, args.blas_threads)
-    _, line = _run_child(_MEASURE.format(quick=args.quick), env)
+    _, line = _run_child(_MEASURE.format(quick=args.quick, blas_threads=args.blas_threads), env)
     figures = {"quick": args.quick,
                "threads": {"numba": threads, "blas": args.blas_threads},
                "machine": {"cpu_count": os.cpu_count(), "loadavg_before": load_before}}
