@@ -16,51 +16,12 @@ from tinyprune.propagate import channel_constants, prune_propagate, segments
 from tinyprune.prune import ChannelPrune, LevelPrune, keepprune, prune
 from tinyprune.resize import channel_counts, resize
 
+from helpers import assert_same_snapshot, give_statistics, relative_error, run, snapshot
+
 pytestmark = pytest.mark.resize
 
 TUTORIAL_INPUT = (1, 3, 96, 96)
 WEIGHTED = (Conv2d, DepthwiseConv2d, Dense)
-
-
-# ---------------------------------------------------------------------------
-# Helpers (the same as in test_propagate.py, so each chapter stands alone)
-# ---------------------------------------------------------------------------
-
-def give_statistics(model, rng, x):
-    """Random gamma and beta, then running statistics of one train-mode batch ``x``."""
-    for _, layer in model.named_layers():
-        if isinstance(layer, BatchNorm2d):
-            C = layer.channels
-            layer.weight[:] = rng.uniform(0.5, 1.5, C)
-            layer.bias[:] = rng.normal(0.0, 0.5, C)
-            layer.momentum = 1.0
-    model.train()(x)
-    for _, layer in model.named_layers():
-        if isinstance(layer, BatchNorm2d):
-            layer.momentum = 0.1
-    return model
-
-
-def run(model, x, training):
-    return model.copy().train(training)(x)
-
-
-def relative_error(a, b):
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-def snapshot(model):
-    masks = {key: mask.copy() for key, mask in model.mask_dict().items()}
-    return model.state_dict(), masks
-
-
-def assert_same_snapshot(a, b):
-    (state_a, masks_a), (state_b, masks_b) = a, b
-    assert state_a.keys() == state_b.keys() and masks_a.keys() == masks_b.keys()
-    for key in state_a:
-        np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
-    for key in masks_a:
-        np.testing.assert_array_equal(masks_a[key], masks_b[key], err_msg=key)
 
 
 def live_rows(layer):
