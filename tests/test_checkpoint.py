@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tinyprune import MobileNet, slopehtanh
-from tinyprune.checkpoint import CheckpointError, load, pretrained, read_metadata, save
+from tinyprune.checkpoint import PRETRAINED_FILE, CheckpointError, load, pretrained, read_metadata, save
 from tinyprune.data import SyntheticVWW, data_dir, to_float
 from tinyprune.layers import Activation, Chain, Dense, Layer
 from tinyprune.propagate import prune_propagate
@@ -259,3 +259,21 @@ def test_pretrained_says_how_to_make_a_missing_checkpoint(tmp_path, monkeypatch)
     assert data_dir() == tmp_path
     with pytest.raises(FileNotFoundError, match=r"mobilenet-synthetic\.npz is missing.*tinyprune\.pretrain"):
         pretrained()
+
+
+def test_an_installed_copy_is_found_when_the_data_folder_has_none(tmp_path, monkeypatch):
+    # A non-editable install has no data/ folder beside the package; setup.cfg's
+    # data_files put the checkpoint under <prefix>/share/tinyprune instead.
+    import tinyprune.checkpoint as ckpt
+    empty, prefix = tmp_path / "data", tmp_path / "prefix"
+    installed = prefix / "share" / "tinyprune" / PRETRAINED_FILE
+    installed.parent.mkdir(parents=True)
+    save(MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=3), installed)
+    monkeypatch.delenv("TINYPRUNE_DATA", raising=False)
+    monkeypatch.setattr(ckpt, "data_dir", lambda: empty)
+    monkeypatch.setattr(ckpt.sys, "prefix", str(prefix))
+    assert ckpt.pretrained_path() == installed
+    assert np.array_equal(pretrained()[0][0].weight, load(installed)[0][0].weight)
+    # TINYPRUNE_DATA means "this folder only": no fallback.
+    monkeypatch.setenv("TINYPRUNE_DATA", str(empty))
+    assert ckpt.pretrained_path() == empty / PRETRAINED_FILE

@@ -20,6 +20,7 @@ the file with ``allow_pickle=False``: opening a checkpoint cannot run code.
 
 import json
 import os
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -30,7 +31,8 @@ from .data import data_dir
 from .layers import (Activation, BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten,
                      GlobalMeanPool, HardTanh, Identity, ReLU, SlopeHTanh)
 
-__all__ = ["save", "load", "read_metadata", "pretrained", "CheckpointError", "PRETRAINED_FILE"]
+__all__ = ["save", "load", "read_metadata", "pretrained", "pretrained_path", "CheckpointError",
+           "PRETRAINED_FILE"]
 
 FORMAT_VERSION = 1
 PRETRAINED_FILE = "mobilenet-synthetic.npz"
@@ -264,14 +266,30 @@ def load(path):
     return model
 
 
+def pretrained_path():
+    """Where the shipped checkpoint is, as a Path (which may not exist).
+
+    A source checkout (or an editable install) keeps it in ``data/``, i.e.
+    ``data_dir() / "mobilenet-synthetic.npz"``.  A regular ``pip install .``
+    copies it to ``<prefix>/share/tinyprune/`` (see ``data_files`` in
+    setup.cfg), which is looked at second -- unless ``TINYPRUNE_DATA`` is
+    set, which means "use this folder and nothing else".
+    """
+    path = data_dir() / PRETRAINED_FILE
+    installed = Path(sys.prefix) / "share" / "tinyprune" / PRETRAINED_FILE
+    if not path.is_file() and not os.environ.get("TINYPRUNE_DATA") and installed.is_file():
+        return installed
+    return path
+
+
 def pretrained():
     """The shipped MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1) trained on SyntheticVWW.
 
-    Loaded from ``data_dir() / "mobilenet-synthetic.npz"`` in eval mode;
-    ``model.metadata`` holds its validation accuracy, training history and
-    the command that reproduces it.  FileNotFoundError if the file is missing.
+    Loaded from :func:`pretrained_path` in eval mode; ``model.metadata``
+    holds its validation accuracy, training history and the command that
+    reproduces it.  FileNotFoundError if the file is missing.
     """
-    path = data_dir() / PRETRAINED_FILE
+    path = pretrained_path()
     if not path.is_file():
         raise FileNotFoundError(
             f"the pretrained checkpoint {path} is missing; it ships with the source checkout, "

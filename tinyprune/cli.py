@@ -260,8 +260,7 @@ def _load_start_model(args):
     if args.model is not None:
         path = _existing_file(args.model, "the checkpoint")
     else:
-        from .data import data_dir
-        path = data_dir() / checkpoint.PRETRAINED_FILE
+        path = checkpoint.pretrained_path()
         if not path.is_file():
             raise UsageError(
                 f"the pretrained checkpoint {path} is missing. It ships with the source "

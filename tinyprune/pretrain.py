@@ -24,7 +24,7 @@ import sys
 import time
 
 from .activations import slopehtanh
-from .checkpoint import PRETRAINED_FILE, load, save
+from .checkpoint import PRETRAINED_FILE, load, pretrained_path, save
 from .count import compute_dot_prods
 from .data import SyntheticVWW, data_dir
 from .layers import BatchNorm2d
@@ -96,7 +96,7 @@ def check(path=None, progress=True):
     """Print the acceptance figures for the checkpoint at ``path``; returns True if all hold."""
     import tinyprune   # prune, keepprune, prune_propagate and resize live in their own modules
 
-    path = path or data_dir() / PRETRAINED_FILE
+    path = path or pretrained_path()
     model = load(path)
     meta = model.metadata
     print(f"checkpoint: {path}")
@@ -144,9 +144,9 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true", help="check the checkpoint instead of training")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    out = args.out or str(data_dir() / PRETRAINED_FILE)
     if args.check:
-        return 0 if check(out, progress=not args.no_progress) else 1
+        return 0 if check(args.out, progress=not args.no_progress) else 1
+    out = args.out or str(data_dir() / PRETRAINED_FILE)
     train_checkpoint(args.epochs, out, lr=args.lr, decay_epochs=args.decay_epochs, seed=args.seed,
                      progress=not args.no_progress, bn_gamma=args.bn_gamma)
     return 0
