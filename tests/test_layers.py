@@ -212,6 +212,23 @@ def test_backward_overwrites_gradients_instead_of_adding():
     np.testing.assert_array_equal(dense.grads["weight"], first)
 
 
+def test_a_model_casts_the_incoming_gradient_to_its_own_dtype():
+    rng = np.random.default_rng(16)
+    model = Chain(Conv2d(2, 3, 3, pad=1, rng=rng), BatchNorm2d(3), SlopeHTanh(), DepthwiseConv2d(3, 3, rng=rng),
+                  GlobalMeanPool(), Flatten(), Dense(3, 1, rng=rng))
+    x = rng.random((4, 2, 6, 6)).astype(np.float32)
+    dy = rng.standard_normal((4, 1))                       # float64, as a user's loss might give
+    model(x)
+    dx = model.backward(dy)
+    assert dx.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in model.grad_dict().values())
+    grads = {k: g.copy() for k, g in model.grad_dict().items()}
+    model(x)
+    model.backward(dy.astype(np.float32))                  # the same numbers as float32
+    for key, g in model.grad_dict().items():
+        np.testing.assert_array_equal(g, grads[key])
+
+
 # ---------------------------------------------------------------------------
 # Forward values against the definitions
 # ---------------------------------------------------------------------------

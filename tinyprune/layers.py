@@ -766,6 +766,10 @@ class Chain(Layer):
         return x
 
     def backward(self, dy):
+        # A model is a Chain, so this is where a user's gradient enters: give it the
+        # model's dtype (float64 dlogits must not turn a float32 model's backward
+        # pass into a slower float64 one) and make it contiguous for the kernels.
+        dy = np.ascontiguousarray(dy, dtype=self.dtype or np.asarray(dy).dtype)
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
         return dy
