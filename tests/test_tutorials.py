@@ -71,6 +71,21 @@ def test_pruning_tutorial_reports_accuracy_before_after_and_finetuned(pruning_ou
         assert 0 <= acc <= 100
 
 
+def test_pruning_tutorial_measures_the_zero_skipping_kernel_and_draws_its_figures(pruning_output):
+    rows = re.findall(r"^ *(\d+)% zeros: dense +([\d.]+) ms, CSR +([\d.]+) ms, speed-up +([\d.]+)x$",
+                      pruning_output, re.MULTILINE)
+    assert [int(r[0]) for r in rows] == [0, 50, 80, 90, 95, 99]
+    for _, dense, csr, speedup in rows:
+        assert float(dense) > 0 and float(csr) > 0
+        assert abs(float(speedup) - float(dense) / float(csr)) <= 0.01 * float(speedup) + 0.01
+    written = re.findall(r"(\S+\.png)", "\n".join(l for l in pruning_output.splitlines()
+                                                   if l.startswith("wrote ")))
+    assert len(written) == 6
+    for path in written:
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
 def test_layers_tutorial_checks_every_gradient_and_catches_the_bug(tmp_path):
     output = run_tutorial("layers.py", tmp_path)
     errors = dict(re.findall(r"^(.+?) +worst relative error (\S+)", output, re.MULTILINE))

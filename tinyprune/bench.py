@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 
-__all__ = ["main"]
+__all__ = ["main", "time_sparse_pointwise"]
 
 BATCH_TRAIN = 32
 BATCH_INFER = 64
@@ -107,35 +107,40 @@ def _resized_model(model):
     return tp.resize(tp.prune_propagate(tp.keepprune(tp.prune(tp.ChannelPrune(0.5), model))))
 
 
-def _sparse_figures(repeats, warmup, threads):
-    """Dense BLAS against CSR on every pointwise conv of the model, at batch 32.
+def time_sparse_pointwise(model, sparsities=SPARSITIES, batch=BATCH_TRAIN, repeats=5, warmup=1,
+                          csr_threads=None):
+    """Dense BLAS against a zero-skipping CSR kernel on every pointwise conv of ``model``.
 
-    Each pointwise weight is pruned to the given sparsity by magnitude
-    (unstructured); the time is the sum over the 13 layers.  The CSR kernel
-    runs on ``threads`` Numba threads, the BLAS thread count, so both sides
-    get the same number of cores.
+    At each sparsity, every pointwise weight is pruned by magnitude
+    (unstructured) to that fraction of zeros and multiplied with a random
+    input of the layer's shape at ``batch`` images, once by the dense matrix
+    product (zeros included) and once by ``kernels.csr_pointwise``, which
+    only visits the weights left.  Returns one dict per sparsity: the
+    median seconds of each, summed over the layers, and their ratio
+    ``csr_speedup`` = dense / CSR (above 1: skipping zeros pays).
+    ``csr_threads`` caps the Numba threads of the CSR kernel (to match the
+    BLAS thread count, core for core); None leaves them as they are.
     """
     import numba
     import numpy as np
-    import tinyprune as tp
     from tinyprune import kernels
-    model = _tutorial_model()
-    shape = (BATCH_TRAIN,) + IMAGE
+    from tinyprune.layers import Conv2d
+    shape = (batch,) + IMAGE
     layers = []
-    for path, layer in model.named_layers():
-        if isinstance(layer, tp.Conv2d) and layer.pointwise:
-            x = np.random.default_rng(len(layers)).random((shape[0], layer.c_in, shape[2] * shape[3]),
+    for _, layer in model.named_layers():
+        if isinstance(layer, Conv2d) and layer.pointwise:
+            x = np.random.default_rng(len(layers)).random((batch, layer.c_in, shape[2] * shape[3]),
                                                          dtype=np.float32)
             layers.append((layer.weight.reshape(layer.c_out, layer.c_in), x))
         shape = layer.output_shape(shape)
     rows = []
-    for sparsity in SPARSITIES:
+    for sparsity in sparsities:
         work = []
         for w, x in layers:
-            w = w.copy()
+            w = w.astype(np.float32)                  # a copy, pruned below
             n_zero = int(round(sparsity * w.size))
             w.reshape(-1)[np.argsort(np.abs(w), axis=None)[:n_zero]] = 0.0
-            out = np.empty((x.shape[0], w.shape[0], x.shape[2]), np.float32)
+            out = np.empty((batch, w.shape[0], x.shape[2]), np.float32)
             work.append((w, kernels.to_csr(w), x, out))
 
         def dense():
@@ -147,11 +152,20 @@ def _sparse_figures(repeats, warmup, threads):
                 kernels.csr_pointwise(*csr, x, out)
         d = _median_seconds(dense, repeats, warmup)
         all_threads = numba.get_num_threads()
-        numba.set_num_threads(min(threads, all_threads))
-        s = _median_seconds(sparse, repeats, warmup)
-        numba.set_num_threads(all_threads)
+        if csr_threads is not None:
+            numba.set_num_threads(min(csr_threads, all_threads))
+        try:
+            s = _median_seconds(sparse, repeats, warmup)
+        finally:
+            numba.set_num_threads(all_threads)
         rows.append({"sparsity": sparsity, "dense_s": d, "csr_s": s, "csr_speedup": d / s})
     return rows
+
+
+def _sparse_figures(repeats, warmup, threads):
+    """Section 6 on the tutorial's model at batch 32; the CSR kernel gets the BLAS thread count."""
+    return time_sparse_pointwise(_tutorial_model(), SPARSITIES, BATCH_TRAIN, repeats, warmup,
+                                 csr_threads=threads)
 
 
 def _measure(quick, blas_threads):
