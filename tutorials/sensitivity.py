@@ -29,7 +29,7 @@ from tinyprune import plots
 from tinyprune.data import SyntheticVWW, to_float
 
 QUICK = os.environ.get("TINYPRUNE_QUICK") == "1"
-LEVELS = [0.5, 0.9] if QUICK else [0.1, 0.3, 0.5, 0.7, 0.9]
+LEVELS = [0.5, 0.9] if QUICK else [k / 10 for k in range(1, 10)]    # 10%, 20%, ..., 90%
 VAL_IMAGES = 32 if QUICK else 500
 BISECTION_STEPS = 4 if QUICK else 8     # 8 halvings of [0, 0.95] find p to within 0.004
 TOLERANCE = 0.01           # accuracy a layer may lose in the plan (1 point)
