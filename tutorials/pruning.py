@@ -316,13 +316,17 @@ print(f"accuracy after ChannelPrune(0.2), propagate, resize: {acc_pruned:.1%} "
 # Finetuning: `trainer(model, epochs)` trains with Adam at a learning rate of
 # 1e-3 on batches of 32 augmented images, and evaluates on the validation
 # set after every epoch. It trains in place and returns the model; its
-# per-epoch figures are kept in `model.history`.
+# per-epoch figures are kept in `model.history`. A one-epoch history is a
+# single point, so we also collect the loss of every batch through the
+# trainer's `callback` and draw that curve.
 
 # %%
-finetuned = trainer(trained_pruned.copy(), 1, data=(train_set, val_set))
+batch_losses = []                  # trainer calls back after every batch: keep its loss
+finetuned = trainer(trained_pruned.copy(), 1, data=(train_set, val_set),
+                    callback=lambda epoch, batch, loss: batch_losses.append(loss))
 acc_after = finetuned.history.val_accuracy[-1]
 print(f"accuracy after one epoch of finetuning: {acc_after:.1%}")
-figure = plots.plot_history(finetuned.history, title="Finetuning the pruned model",
+figure = plots.plot_history(finetuned.history, batch_losses, title="Finetuning the pruned model",
                            save=OUT / "pruning-finetune.png")
 print(f"wrote {OUT / 'pruning-finetune.png'}")
 figure
