@@ -53,21 +53,23 @@ def calm_start(model, bn_gamma):
     return model
 
 
-def train_checkpoint(epochs, out, lr=1e-3, decay_epochs=2, seed=0, progress=True, bn_gamma=0.5):
+def train_checkpoint(epochs, out, lr=1e-3, decay_epochs=2, seed=0, progress=True, bn_gamma=0.5,
+                     decay_factor=10.0):
     """Train from scratch and save after every epoch; returns the model.
 
-    The lr is ``lr`` for ``epochs - decay_epochs`` epochs, then ``lr / 10``.
+    The lr is ``lr`` for ``epochs - decay_epochs`` epochs, then
+    ``lr / decay_factor``.
     Each epoch is one ``trainer`` call sharing one Adam (so its running
     averages carry over) with its own shuffling seed.  BatchNorm gammas
     start at ``bn_gamma`` (see :func:`calm_start`).
     """
-    command = (f"python -m tinyprune.pretrain --epochs {epochs} --lr {lr} "
-               f"--decay-epochs {decay_epochs} --seed {seed} --bn-gamma {bn_gamma} --out {out}")
+    command = (f"python -m tinyprune.pretrain --epochs {epochs} --lr {lr} --decay-epochs {decay_epochs} "
+               f"--decay-factor {decay_factor:g} --seed {seed} --bn-gamma {bn_gamma} --out {out}")
     train_set, val_set = SyntheticVWW("train"), SyntheticVWW("val")
     model = calm_start(MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed), bn_gamma)
     optimizer = Adam(model, lr=lr)
     for epoch in range(epochs):
-        optimizer.lr = lr if epoch < epochs - decay_epochs else lr / 10
+        optimizer.lr = lr if epoch < epochs - decay_epochs else lr / decay_factor
         trainer(model, 1, optimizer=optimizer, data=(train_set, val_set),
                 seed=seed * 1000 + epoch, progress=progress)
         history = model.history
@@ -136,7 +138,9 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=12, help="epochs to train (default 12)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 1e-3)")
     parser.add_argument("--decay-epochs", type=int, default=2,
-                        help="train the last this many epochs at lr/10 (default 2)")
+                        help="train the last this many epochs at lr/decay-factor (default 2)")
+    parser.add_argument("--decay-factor", type=float, default=10.0,
+                        help="divide the lr by this for the last --decay-epochs (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
     parser.add_argument("--bn-gamma", type=float, default=0.5,
                         help="starting BatchNorm gamma (default 0.5; Flux's 1 starts chaotic)")
@@ -148,7 +152,7 @@ def main(argv=None):
         return 0 if check(args.out, progress=not args.no_progress) else 1
     out = args.out or str(data_dir() / PRETRAINED_FILE)
     train_checkpoint(args.epochs, out, lr=args.lr, decay_epochs=args.decay_epochs, seed=args.seed,
-                     progress=not args.no_progress, bn_gamma=args.bn_gamma)
+                     progress=not args.no_progress, bn_gamma=args.bn_gamma, decay_factor=args.decay_factor)
     return 0
 
 
