@@ -302,3 +302,37 @@ def test_trainer_rejects_a_model_with_more_than_one_output(tiny_set):
     model = MobileNet(slopehtanh, 0.25, fcsize=16, nclasses=2, seed=0)
     with pytest.raises(ValueError, match=r"one logit per image.*\(2, 2\)"):
         trainer(model, 1, data=(tiny_set, tiny_set), augment=False, progress=False)
+
+
+# ---------------------------------------------------------------------------
+# The recipe that trains the shipped checkpoint (python -m tinyprune.pretrain)
+# ---------------------------------------------------------------------------
+
+def test_pretrain_recipe_decays_the_lr_saves_every_epoch_and_records_the_command(tmp_path, monkeypatch):
+    from tinyprune import pretrain
+    from tinyprune.checkpoint import load
+    from tinyprune.data import SyntheticVWW
+
+    class Small(SyntheticVWW):              # the recipe's data sets, shrunk to seconds
+        def __init__(self, subset):
+            super().__init__(subset, size=32 if subset == "train" else 16)
+    monkeypatch.setattr(pretrain, "SyntheticVWW", Small)
+    out = tmp_path / "ckpt.npz"
+    model = pretrain.train_checkpoint(3, str(out), lr=2e-3, decay_epochs=1, decay_factor=2,
+                                      progress=False, bn_gamma=0.5)
+    assert model.history.lr == [2e-3, 2e-3, 1e-3]
+    saved = load(out)
+    meta = saved.metadata
+    assert meta["epochs_trained"] == 3 and meta["history"]["lr"] == [2e-3, 2e-3, 1e-3]
+    assert "--epochs 3 --lr 0.002 --decay-epochs 1 --decay-factor 2 " in meta["command"]
+    _, acc = evaluate(saved, Small("val"))
+    assert acc == meta["val_accuracy"]
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(saved.state_dict()[key], value)
+
+
+def test_calm_start_sets_every_batchnorm_gamma():
+    from tinyprune.pretrain import calm_start
+    model = calm_start(MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=1), 0.5)
+    gammas = [layer.weight for _, layer in model.named_layers() if isinstance(layer, BatchNorm2d)]
+    assert len(gammas) == 27 and all(np.all(g == 0.5) for g in gammas)
