@@ -254,6 +254,14 @@ def test_pretrained_is_the_tutorial_model_trained_on_the_current_data():
     assert logits.shape == (16, 1) and np.isfinite(logits).all()
 
 
+def test_pretrained_reaches_90_percent_on_the_validation_set_as_its_metadata_says():
+    from tinyprune.train import evaluate
+    m = pretrained()
+    _, acc = evaluate(m, SyntheticVWW("val"))       # all 2,000 validation images
+    assert acc >= 0.90
+    assert acc == m.metadata["val_accuracy"]
+
+
 def test_pretrained_says_how_to_make_a_missing_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYPRUNE_DATA", str(tmp_path))
     assert data_dir() == tmp_path
