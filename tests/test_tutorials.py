@@ -75,9 +75,10 @@ def test_pruning_tutorial_measures_the_zero_skipping_kernel_and_draws_its_figure
     rows = re.findall(r"^ *(\d+)% zeros: dense +([\d.]+) ms, CSR +([\d.]+) ms, speed-up +([\d.]+)x$",
                       pruning_output, re.MULTILINE)
     assert [int(r[0]) for r in rows] == [0, 50, 80, 90, 95, 99]
-    for _, dense, csr, speedup in rows:
-        assert float(dense) > 0 and float(csr) > 0
-        assert abs(float(speedup) - float(dense) / float(csr)) <= 0.01 * float(speedup) + 0.01
+    for _, dense, csr, speedup in rows:         # printed to 0.001 ms and 0.01x: allow that rounding
+        dense, csr, speedup = float(dense), float(csr), float(speedup)
+        assert dense > 0 and csr > 0.0005
+        assert (dense - 0.0005) / (csr + 0.0005) - 0.005 <= speedup <= (dense + 0.0005) / (csr - 0.0005) + 0.005
     written = re.findall(r"(\S+\.png)", "\n".join(l for l in pruning_output.splitlines()
                                                    if l.startswith("wrote ")))
     assert len(written) == 6

@@ -273,8 +273,8 @@ for name, model in [("unpruned", m), ("LevelPrune(0.2)", m_lv_pruned),
 SPARSITY_LEVELS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)
 rows = time_sparse_pointwise(m, SPARSITY_LEVELS, batch=TIMING_BATCH, repeats=repeats)
 for row in rows:
-    print(f"{row['sparsity']:4.0%} zeros: dense {1000 * row['dense_s']:6.2f} ms, "
-          f"CSR {1000 * row['csr_s']:6.2f} ms, speed-up {row['csr_speedup']:5.2f}x")
+    print(f"{row['sparsity']:4.0%} zeros: dense {1000 * row['dense_s']:7.3f} ms, "
+          f"CSR {1000 * row['csr_s']:7.3f} ms, speed-up {row['csr_speedup']:5.2f}x")
 figure = plots.plot_sparse_speedup([r["sparsity"] for r in rows], [1000 * r["dense_s"] for r in rows],
                                    [1000 * r["csr_s"] for r in rows],
                                    title="Pointwise convs of MobileNet: dense vs zero-skipping (CSR)",
