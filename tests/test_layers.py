@@ -229,6 +229,25 @@ def test_a_model_casts_the_incoming_gradient_to_its_own_dtype():
         np.testing.assert_array_equal(g, grads[key])
 
 
+@pytest.mark.parametrize("c_in,direct", [(3, True), (4, False)])   # 27 rows <= 32 < 36 rows
+def test_conv2d_eval_mode_gives_the_train_mode_output_whichever_way_it_computes(c_in, direct):
+    # In eval mode a conv with thin columns skips im2col (kernels.conv_direct);
+    # the numbers must not depend on that, nor may the gradients of a backward pass.
+    conv = Conv2d(c_in, 5, 3, stride=2, pad=1, bias=True, rng=np.random.default_rng(17))
+    conv.bias[:] = np.arange(5)
+    assert (c_in * 9 <= Conv2d.DIRECT_MAX_ROWS) == direct
+    x = np.random.default_rng(18).standard_normal((3, c_in, 11, 10)).astype(np.float32)
+    dy = np.random.default_rng(19).standard_normal((3, 5, 6, 5)).astype(np.float32)
+    y_train = conv.train()(x)
+    dx_train = conv.backward(dy)
+    grads_train = {k: g.copy() for k, g in conv.grads.items()}
+    y_eval = conv.eval()(x)
+    np.testing.assert_allclose(y_eval, y_train, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv.backward(dy), dx_train, rtol=1e-6, atol=1e-6)
+    for key, g in conv.grads.items():
+        np.testing.assert_allclose(g, grads_train[key], rtol=1e-6, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # Forward values against the definitions
 # ---------------------------------------------------------------------------

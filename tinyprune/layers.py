@@ -297,7 +297,15 @@ class Conv2d(Layer):
     The forward pass unfolds receptive fields into columns (im2col) and does
     one matrix product per image; a 1x1, stride-1, unpadded convolution (a
     "pointwise" one) needs no unfolding: the image already is the columns.
+    In eval mode, a convolution whose columns would be thin (at most
+    ``DIRECT_MAX_ROWS`` = C_in*KH*KW rows, like MobileNet's first conv with
+    27) is computed straight from the image (``kernels.conv_direct``): the
+    backward pass will not need the columns, and writing them out costs more
+    than the little arithmetic they feed (measured at batch 64: 5.7 ms
+    against 6.6 ms for 8 output channels, 4.0 against 5.5 ms for 4).
     """
+
+    DIRECT_MAX_ROWS = 32
 
     def __init__(self, c_in, c_out, kernel, stride=1, pad=0, bias=False, rng=None, dtype=np.float32):
         super().__init__()
@@ -338,6 +346,13 @@ class Conv2d(Layer):
         kh, kw = self.kernel
         HO = _conv_output_size(H, kh, self.stride, self.pad)
         WO = _conv_output_size(W, kw, self.stride, self.pad)
+        if not self.training and not self.pointwise and C * kh * kw <= self.DIRECT_MAX_ROWS:
+            y = np.empty((N, self.c_out, HO, WO), x.dtype)
+            kernels.conv_direct(x, np.ascontiguousarray(self.effective("weight")), self.stride, self.pad, y)
+            if self.bias is not None:
+                y += self.effective("bias")[:, None, None]
+            self._cache = (x.shape, None, x)        # no columns: an eval-mode backward unfolds x
+            return y
         if self.pointwise:
             cols = x.reshape(N, C, H * W)
         else:
@@ -347,15 +362,19 @@ class Conv2d(Layer):
         y = np.matmul(w, cols)                      # (N, C_out, HO*WO): one BLAS call per image
         if self.bias is not None:
             y += self.effective("bias")[:, None]
-        self._cache = (x.shape, cols)
+        self._cache = (x.shape, cols, None)
         return y.reshape(N, self.c_out, HO, WO)
 
     def backward(self, dy):
         # y[n] = Wm @ cols[n] + b  =>  dWm = sum_n dy[n] @ cols[n]^T,
         # dcols[n] = Wm^T @ dy[n],  db = sum over n and pixels of dy,
         # and dx = col2im(dcols), the adjoint of the unfolding.
-        x_shape, cols = self._cache
+        x_shape, cols, x = self._cache
         N = dy.shape[0]
+        kh, kw = self.kernel
+        if cols is None:                            # the forward pass went direct: unfold now
+            cols = np.empty((N, x_shape[1] * kh * kw, dy.shape[2] * dy.shape[3]), x.dtype)
+            kernels.im2col(x, kh, kw, self.stride, self.pad, cols)
         g = np.ascontiguousarray(dy).reshape(N, self.c_out, -1)
         w = self.effective("weight").reshape(self.c_out, -1)
         # One product per image, then the sum over images: faster than
@@ -368,7 +387,6 @@ class Conv2d(Layer):
         if self.pointwise:
             return dcols.reshape(x_shape)
         dx = np.empty(x_shape, dy.dtype)
-        kh, kw = self.kernel
         kernels.col2im(dcols, kh, kw, self.stride, self.pad, dx)
         return dx
 
