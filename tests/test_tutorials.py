@@ -108,3 +108,7 @@ def test_sensitivity_tutorial_scans_plots_and_compares_with_uniform_pruning(tmp_
     uniform = parse(r"^uniform: +([\d.]+)% at ([\d,]+) multiplies", output)
     assert unpruned[1] == 7505600
     assert planned[1] <= unpruned[1] and uniform[1] <= unpruned[1]
+    for name in ("planned", "uniform"):
+        [acc, images] = parse(rf"^{name}: +([\d.]+)% after recalibrating BatchNorm on ([\d,]+) training images",
+                              output)
+        assert 0 <= acc <= 100 and images == 64
