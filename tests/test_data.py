@@ -129,10 +129,14 @@ def test_cache_file_is_named_by_version_subset_seed_and_size(tmp_path):
 def test_cached_set_is_loaded_not_regenerated(tmp_path, monkeypatch):
     first = SyntheticVWW("train", seed=0, size=8, cache_dir=tmp_path)
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("generated again despite a cache file")
+    draw = SyntheticVWW.generate
 
-    monkeypatch.setattr(SyntheticVWW, "generate", staticmethod(refuse))
+    def refuse_all_but_a_spot_check(subset, seed, size, first=None):
+        if first is None or first >= size:
+            raise AssertionError("generated again despite a cache file")
+        return draw(subset, seed, size, first)
+
+    monkeypatch.setattr(SyntheticVWW, "generate", staticmethod(refuse_all_but_a_spot_check))
     second = SyntheticVWW("train", seed=0, size=8, cache_dir=tmp_path)
     assert second.images.tobytes() == first.images.tobytes()
     assert np.array_equal(second.labels, first.labels)
@@ -148,6 +152,20 @@ def test_corrupt_cache_is_regenerated_with_a_warning(tmp_path, damage):
     assert again.images.tobytes() == fresh.images.tobytes()
     # ... and the repaired file is good again: the next load is silent.
     np.load(again.cache_path, allow_pickle=False).close()
+
+
+@pytest.mark.data
+def test_cache_drawn_by_other_generator_code_is_regenerated(tmp_path):
+    # Same file name, shapes and labels, other pixels: what a generator change
+    # without a VERSION bump leaves behind.
+    fresh = SyntheticVWW("train", seed=0, size=8, cache_dir=tmp_path)
+    np.savez(fresh.cache_path, images=255 - fresh.images, labels=fresh.labels)
+    with pytest.warns(UserWarning, match="drawn by a different version of the generator"):
+        again = SyntheticVWW("train", seed=0, size=8, cache_dir=tmp_path)
+    assert again.images.tobytes() == fresh.images.tobytes()
+    first, labels = SyntheticVWW.generate("train", 0, 8, first=3)
+    assert first.shape == (3, 3, 96, 96) and np.array_equal(first, fresh.images[:3])
+    assert np.array_equal(labels, fresh.labels)
 
 
 @pytest.mark.data

@@ -727,7 +727,8 @@ class SyntheticVWW:
     Generated sets are cached as
     ``<cache_dir>/synthetic-vww-v{VERSION}-{subset}-seed{seed}-n{size}.npz``
     (``cache_dir`` defaults to ``data_dir() / "cache"``); a damaged cache
-    file is regenerated with a warning.
+    file, or one whose first images this code does not draw the same way,
+    is regenerated with a warning.
     """
 
     VERSION = 4  # bump whenever generation changes, so old caches are not reused
@@ -755,11 +756,13 @@ class SyntheticVWW:
         return f"SyntheticVWW(subset={self.subset!r}, seed={self.seed}, size={self.size})"
 
     @staticmethod
-    def generate(subset: str, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def generate(subset: str, seed: int, size: int, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw a set without touching the cache.
 
         Returns (images uint8 (size, 3, 96, 96), labels int64 (size,)), with
-        exactly size // 2 labels equal to 1, in a random order.
+        exactly size // 2 labels equal to 1, in a random order.  With
+        ``first``, only the first ``first`` images are drawn (the labels are
+        all there): enough to check that a cached set came from this code.
         """
         stream = _SUBSETS.index(subset)
         # spawn_key gives train and val independent child streams of one seed.
@@ -767,15 +770,24 @@ class SyntheticVWW:
         labels = np.zeros(size, dtype=np.int64)
         labels[: size // 2] = 1
         labels = rng.permutation(labels)
-        images = np.empty((size, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-        for i, label in enumerate(labels):
-            images[i] = _draw_example(rng, int(label))
+        count = size if first is None else min(first, size)
+        images = np.empty((count, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+        for i in range(count):
+            images[i] = _draw_example(rng, int(labels[i]))
         return images, labels
 
     def _load_or_generate(self) -> tuple[np.ndarray, np.ndarray]:
         if self.cache_path.is_file():
             try:
-                return self._load(self.cache_path)
+                images, labels = self._load(self.cache_path)
+                # A cache written by other drawing code (changed without a VERSION
+                # bump) would silently be another data set: redraw two images and
+                # compare, a few milliseconds.
+                fresh, fresh_labels = self.generate(self.subset, self.seed, self.size, first=2)
+                if np.array_equal(labels, fresh_labels) and np.array_equal(images[:2], fresh):
+                    return images, labels
+                warnings.warn(f"regenerating {self.cache_path}: it was drawn by a different version of "
+                              "the generator", stacklevel=3)
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
                 warnings.warn(f"regenerating damaged cache file {self.cache_path}: {error}", stacklevel=3)
         images, labels = self.generate(self.subset, self.seed, self.size)
