@@ -216,3 +216,10 @@ def test_save_into_a_missing_folder_fails_and_writes_nothing(tmp_path, level):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         plots.plot_sparsity(level, save=tmp_path / "missing" / "sparsity.png")
     assert os.listdir(tmp_path) == []
+
+
+def test_history_accuracy_axis_spans_ten_points_for_a_short_run():
+    fig = plots.plot_history({"loss": [0.26], "val_loss": [0.27], "train_accuracy": [0.897],
+                              "val_accuracy": [0.895]})
+    low, high = fig.axes[1].get_ylim()
+    assert high - low == pytest.approx(10) and low <= 89.5 and high >= 89.7

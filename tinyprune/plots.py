@@ -466,6 +466,10 @@ def plot_history(history, batch_losses=None, title=None, save=None):
     loss_ax.set_title("Loss")
     acc_ax.set_ylabel("accuracy (%)")
     acc_ax.set_title("Accuracy")
+    low, high = acc_ax.get_ylim()
+    if high - low < 10:                  # a short run: keep a 0.2-point wobble from filling the panel
+        low = min(max(0.0, (low + high) / 2 - 5), 90.0)
+        acc_ax.set_ylim(low, low + 10)
     if title:
         fig.suptitle(title)
     return _finish(fig, save)
