@@ -271,7 +271,9 @@ for name, model in [("unpruned", m), ("LevelPrune(0.2)", m_lv_pruned),
 
 # %%
 SPARSITY_LEVELS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)
-rows = time_sparse_pointwise(m, SPARSITY_LEVELS, batch=TIMING_BATCH, repeats=repeats)
+# One thread each: tinyprune runs NumPy's BLAS on one thread (tinyprune/blas.py),
+# so the CSR kernel gets one too, core for core.
+rows = time_sparse_pointwise(m, SPARSITY_LEVELS, batch=TIMING_BATCH, repeats=repeats, csr_threads=1)
 for row in rows:
     print(f"{row['sparsity']:4.0%} zeros: dense {1000 * row['dense_s']:7.3f} ms, "
           f"CSR {1000 * row['csr_s']:7.3f} ms, speed-up {row['csr_speedup']:5.2f}x")
