@@ -1,4 +1,4 @@
-"""Helpers shared by the propagate and resize chapters' tests."""
+"""Helpers shared by the prune, propagate and resize chapters' tests."""
 
 import numpy as np
 

@@ -17,6 +17,8 @@ from tinyprune.prune import (ChannelPrune, GlobalLevelPrune, LevelPrune, Thresho
                              keepprune, l1, prune, sparsity)
 from tinyprune.train import Adam
 
+from helpers import assert_same_snapshot, snapshot
+
 pytestmark = pytest.mark.prune
 
 TUTORIAL_INPUT = (1, 3, 96, 96)
@@ -45,21 +47,6 @@ def small_model():
 
 def weighted_layers(model):
     return [(path, layer) for path, layer in model.named_layers() if isinstance(layer, WEIGHTED)]
-
-
-def snapshot(model):
-    """Everything a call could change: parameters, buffers and masks (copies)."""
-    masks = {key: mask.copy() for key, mask in model.mask_dict().items()}
-    return model.state_dict(), masks
-
-
-def assert_same_snapshot(before, after):
-    (state0, masks0), (state1, masks1) = before, after
-    assert state0.keys() == state1.keys() and masks0.keys() == masks1.keys()
-    for key in state0:
-        np.testing.assert_array_equal(state0[key], state1[key], err_msg=key)
-    for key in masks0:
-        np.testing.assert_array_equal(masks0[key], masks1[key], err_msg=key)
 
 
 # ---------------------------------------------------------------------------
