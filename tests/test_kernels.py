@@ -53,6 +53,20 @@ def reference_depthwise(x, w, stride, pad):
     return y
 
 
+def reference_conv(x, w, stride, pad):
+    """y[n,o,i,j] = sum_cab w[o,c,a,b] xp[n,c,i*s+a,j*s+b], straight from the definition."""
+    N, C, H, W = x.shape
+    O, _, KH, KW = w.shape
+    xp = padded(x.astype(np.float64), pad)
+    HO, WO = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
+    y = np.zeros((N, O, HO, WO))
+    for a in range(KH):
+        for b in range(KW):
+            patch = xp[:, :, a:a + stride * (HO - 1) + 1:stride, b:b + stride * (WO - 1) + 1:stride]
+            y += np.einsum("oc,ncij->noij", w[:, :, a, b], patch)
+    return y
+
+
 def both(name):
     """The compiled kernel and the plain function it was compiled from."""
     return [getattr(kernels, name), getattr(kernels, "_" + name)]
@@ -117,17 +131,9 @@ def test_im2col_columns_hold_the_receptive_fields(kernel, stride, pad, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
 def test_conv_direct_matches_the_definition(kernel, stride, pad, dtype):
-    # y[n,o,i,j] = sum_{c,a,b} w[o,c,a,b] xp[n,c,i*s+a,j*s+b]
     x = random((2, 3, 7, 6), dtype, 16)
     w = random((4, 3) + kernel, dtype, 17)
-    KH, KW = kernel
-    HO, WO = out_size(7, KH, stride, pad), out_size(6, KW, stride, pad)
-    xp = padded(x.astype(np.float64), pad)
-    expected = np.zeros((2, 4, HO, WO))
-    for a in range(KH):
-        for b in range(KW):
-            field = xp[:, :, a:a + stride * (HO - 1) + 1:stride, b:b + stride * (WO - 1) + 1:stride]
-            expected += np.einsum("oc,ncij->noij", w[:, :, a, b], field)
+    expected = reference_conv(x, w, stride, pad)
     for fn in both("conv_direct"):
         out = np.full(expected.shape, np.nan, dtype)
         fn(x, w, stride, pad, out)
