@@ -351,30 +351,34 @@ class Conv2d(Layer):
             kernels.conv_direct(x, np.ascontiguousarray(self.effective("weight")), self.stride, self.pad, y)
             if self.bias is not None:
                 y += self.effective("bias")[:, None, None]
-            self._cache = (x.shape, None, x)        # no columns: an eval-mode backward unfolds x
+            self._cache = (x, None)                 # no columns: an eval-mode backward unfolds x
             return y
-        if self.pointwise:
-            cols = x.reshape(N, C, H * W)
-        else:
-            cols = np.empty((N, C * kh * kw, HO * WO), x.dtype)
-            kernels.im2col(x, kh, kw, self.stride, self.pad, cols)
+        cols = self._columns(x, HO, WO)
         w = self.effective("weight").reshape(self.c_out, -1)
         y = np.matmul(w, cols)                      # (N, C_out, HO*WO): one BLAS call per image
         if self.bias is not None:
             y += self.effective("bias")[:, None]
-        self._cache = (x.shape, cols, None)
+        self._cache = (x, cols)
         return y.reshape(N, self.c_out, HO, WO)
+
+    def _columns(self, x, HO, WO):
+        """The receptive fields of ``x`` as columns, (N, C_in*KH*KW, HO*WO)."""
+        N, C, H, W = x.shape
+        if self.pointwise:
+            return x.reshape(N, C, H * W)
+        kh, kw = self.kernel
+        cols = np.empty((N, C * kh * kw, HO * WO), x.dtype)
+        kernels.im2col(x, kh, kw, self.stride, self.pad, cols)
+        return cols
 
     def backward(self, dy):
         # y[n] = Wm @ cols[n] + b  =>  dWm = sum_n dy[n] @ cols[n]^T,
         # dcols[n] = Wm^T @ dy[n],  db = sum over n and pixels of dy,
         # and dx = col2im(dcols), the adjoint of the unfolding.
-        x_shape, cols, x = self._cache
-        N = dy.shape[0]
-        kh, kw = self.kernel
+        x, cols = self._cache
         if cols is None:                            # the forward pass went direct: unfold now
-            cols = np.empty((N, x_shape[1] * kh * kw, dy.shape[2] * dy.shape[3]), x.dtype)
-            kernels.im2col(x, kh, kw, self.stride, self.pad, cols)
+            cols = self._columns(x, dy.shape[2], dy.shape[3])
+        N = dy.shape[0]
         g = np.ascontiguousarray(dy).reshape(N, self.c_out, -1)
         w = self.effective("weight").reshape(self.c_out, -1)
         # One product per image, then the sum over images: faster than
@@ -385,9 +389,9 @@ class Conv2d(Layer):
             self.set_grad("bias", g.sum(axis=(0, 2)))
         dcols = np.matmul(w.T, g)                   # (N, C_in*KH*KW, HO*WO)
         if self.pointwise:
-            return dcols.reshape(x_shape)
-        dx = np.empty(x_shape, dy.dtype)
-        kernels.col2im(dcols, kh, kw, self.stride, self.pad, dx)
+            return dcols.reshape(x.shape)
+        dx = np.empty(x.shape, dy.dtype)
+        kernels.col2im(dcols, *self.kernel, self.stride, self.pad, dx)
         return dx
 
 
@@ -787,7 +791,7 @@ class Chain(Layer):
         # A model is a Chain, so this is where a user's gradient enters: give it the
         # model's dtype (float64 dlogits must not turn a float32 model's backward
         # pass into a slower float64 one) and make it contiguous for the kernels.
-        dy = np.ascontiguousarray(dy, dtype=self.dtype or np.asarray(dy).dtype)
+        dy = np.ascontiguousarray(dy, dtype=self.dtype)      # dtype None (no parameters): kept
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
         return dy
