@@ -21,6 +21,7 @@ Accelerate) nothing is found and nothing changes.
 """
 
 import ctypes
+import functools
 import glob
 import os
 
@@ -34,6 +35,7 @@ _SET = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "ope
 _GET = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
 
 
+@functools.cache                         # NumPy loads one BLAS per process: look for it once
 def _openblas():
     """The OpenBLAS that NumPy loaded, as a ctypes library, or None."""
     numpy_dir = os.path.dirname(np.__file__)
