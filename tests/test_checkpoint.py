@@ -265,7 +265,7 @@ def test_pretrained_reaches_90_percent_on_the_validation_set_as_its_metadata_say
 def test_pretrained_says_how_to_make_a_missing_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYPRUNE_DATA", str(tmp_path))
     assert data_dir() == tmp_path
-    with pytest.raises(FileNotFoundError, match=r"mobilenet-synthetic\.npz is missing.*tinyprune\.pretrain"):
+    with pytest.raises(FileNotFoundError, match=r"mobilenet-synthetic\.npz is missing.*tinyprune pretrain"):
         pretrained()
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 import tinyprune as tp
 from tinyprune import checkpoint
-from tinyprune.cli import main
+from tinyprune.tools.cli import main
 
 pytestmark = pytest.mark.tutorials
 
@@ -164,9 +164,9 @@ def test_prune_without_a_step_is_refused(fresh_checkpoint, tmp_path):
 
 def test_bench_hands_the_rest_of_the_line_to_the_benchmark(monkeypatch):
     seen = []
-    fake = type(sys)("tinyprune.bench")
+    fake = type(sys)("tinyprune.tools.bench")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "tinyprune.bench", fake)
+    monkeypatch.setitem(sys.modules, "tinyprune.tools.bench", fake)
     monkeypatch.setattr(tp, "bench", fake, raising=False)
     assert main(["bench", "--quick", "--help"]) == 0
     assert seen == [["--quick", "--help"]]
@@ -201,7 +201,7 @@ def test_a_missing_pretrained_checkpoint_fails_with_a_clear_message(tmp_path, mo
     code, stdout, stderr = run(["--quick", "--out", str(tmp_path / "out")])
     assert code == 2
     assert "the pretrained checkpoint" in stderr and "is missing" in stderr
-    assert "python -m tinyprune.pretrain" in stderr
+    assert "tinyprune pretrain" in stderr
     assert stdout == "" and os.listdir(tmp_path) == []
 
 

@@ -244,7 +244,7 @@ def test_csr_pointwise_equals_the_dense_product(sparsity, dtype):
 
 def test_bench_quick_writes_positive_figures_under_the_documented_keys(tmp_path):
     path = tmp_path / "bench.json"
-    run = subprocess.run([sys.executable, "-m", "tinyprune.bench", "--quick", "--json", str(path)],
+    run = subprocess.run([sys.executable, "-m", "tinyprune.tools.bench", "--quick", "--json", str(path)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     figures = json.loads(path.read_text())

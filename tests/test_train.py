@@ -305,11 +305,11 @@ def test_trainer_rejects_a_model_with_more_than_one_output(tiny_set):
 
 
 # ---------------------------------------------------------------------------
-# The recipe that trains the shipped checkpoint (python -m tinyprune.pretrain)
+# The recipe that trains the shipped checkpoint (tinyprune pretrain)
 # ---------------------------------------------------------------------------
 
 def test_pretrain_recipe_decays_the_lr_saves_every_epoch_and_records_the_command(tmp_path, monkeypatch):
-    from tinyprune import pretrain
+    from tinyprune.tools import pretrain
     from tinyprune.checkpoint import load
     from tinyprune.data import SyntheticVWW
 
@@ -332,7 +332,7 @@ def test_pretrain_recipe_decays_the_lr_saves_every_epoch_and_records_the_command
 
 
 def test_calm_start_sets_every_batchnorm_gamma():
-    from tinyprune.pretrain import calm_start
+    from tinyprune.tools.pretrain import calm_start
     model = calm_start(MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=1), 0.5)
     gammas = [layer.weight for _, layer in model.named_layers() if isinstance(layer, BatchNorm2d)]
     assert len(gammas) == 27 and all(np.all(g == 0.5) for g in gammas)

@@ -1,7 +1,7 @@
-"""``python -m tinyprune`` runs the ``tinyprune`` command (see :mod:`tinyprune.cli`)."""
+"""``python -m tinyprune`` runs the ``tinyprune`` command (see :mod:`tinyprune.tools.cli`)."""
 
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 sys.exit(main())

@@ -293,5 +293,5 @@ def pretrained():
     if not path.is_file():
         raise FileNotFoundError(
             f"the pretrained checkpoint {path} is missing; it ships with the source checkout, "
-            "or make it with: python -m tinyprune.pretrain --out " + str(path))
+            "or make it with: tinyprune pretrain --out " + str(path))
     return load(path).eval()

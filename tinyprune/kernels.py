@@ -44,38 +44,10 @@ of the thread team, however many images are in the batch.
 """
 
 import math
-import os
 
 import numba
 import numpy as np
 from numba import prange
-
-# Threads.  Numba runs the prange loops below on a team of OpenMP threads
-# (unless the TBB library is installed).  Between two parallel loops, a
-# thread that has finished its share waits for the next one, and how it
-# waits matters:
-#
-# * spinning (busy-waiting, OpenMP's default for a while after each loop)
-#   answers the next loop at once, but when other programs share the cores,
-#   the spinning eats the very time slices that the thread still computing
-#   needs: beside two busy programs, a training step took 1.1 s instead
-#   of 0.26 s;
-# * sleeping (OMP_WAIT_POLICY=PASSIVE) costs a wake-up of ~30 microseconds
-#   per loop, which adds up in a forward pass of ~60 loops: 4.1 ms instead
-#   of 2.6 ms for one image.
-#
-# So tinyprune asks for both: spin briefly (GOMP_SPINCOUNT, GNU OpenMP's
-# spin budget, about a microsecond per thousand), enough to catch the next
-# kernel of the same forward pass, then sleep.  Measured on 2 cores, idle:
-# 2.8 ms per image and 0.13 s per training step; beside two busy programs:
-# 7 ms and 0.18-0.26 s (sleeping alone: 6-9 ms and 0.26-0.30 s).  Other
-# OpenMP runtimes ignore GOMP_SPINCOUNT and simply sleep.  OpenMP reads the
-# variables when Numba first starts its threads, at the first kernel call,
-# so setting them at import is in time; values you set yourself are left
-# alone.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.environ["GOMP_SPINCOUNT"] = "1000"
 
 # Compilation options.  ``_parallel`` kernels split their outer prange loop
 # over Numba's threads; ``_parallel_sums`` kernels also accumulate sums and

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyprune import plots
-from tinyprune.bench import time_sparse_pointwise
+from tinyprune.tools.bench import time_sparse_pointwise
 from tinyprune import (ChannelPrune, LevelPrune, MobileNet, compute_dot_prods, evaluate, keepprune,
                        pretrained, prune, prune_propagate, resize, slopehtanh, sparsity, trainer)
 from tinyprune.data import SyntheticVWW
@@ -271,7 +271,7 @@ for name, model in [("unpruned", m), ("LevelPrune(0.2)", m_lv_pruned),
 
 # %%
 SPARSITY_LEVELS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)
-# One thread each: tinyprune runs NumPy's BLAS on one thread (tinyprune/blas.py),
+# One thread each: tinyprune runs NumPy's BLAS on one thread (tinyprune/threads.py),
 # so the CSR kernel gets one too, core for core.
 rows = time_sparse_pointwise(m, SPARSITY_LEVELS, batch=TIMING_BATCH, repeats=repeats, csr_threads=1)
 for row in rows:

@@ -1,4 +1,4 @@
-"""How fast is tinyprune?  ``python -m tinyprune bench`` (or ``python -m tinyprune.bench``).
+"""How fast is tinyprune?  ``python -m tinyprune.tools.bench`` (or ``python -m tinyprune.tools.bench``).
 
 Times the tutorial's model, ``MobileNet(slopehtanh, 0.25, fcsize=64,
 nclasses=1)`` on 96x96 images, and prints:
@@ -220,7 +220,7 @@ print(time.perf_counter() - start)
 
 _PEAK = """
 import resource
-from tinyprune import bench
+from tinyprune.tools import bench
 step = bench._train_step_fn(bench._tutorial_model(), {batch})
 for _ in range({steps}):
     step()
@@ -229,7 +229,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 _MEASURE = """
 import json
-from tinyprune import bench
+from tinyprune.tools import bench
 print(json.dumps(bench._measure({quick}, {blas_threads})))
 """
 
@@ -330,7 +330,7 @@ def _write_json(figures, path):
 
 
 def main(argv=None):
-    """Run the benchmark; ``argv`` as for ``python -m tinyprune.bench`` (see ``--help``)."""
+    """Run the benchmark; ``argv`` as for ``python -m tinyprune.tools.bench`` (see ``--help``)."""
     parser = argparse.ArgumentParser(
         prog="tinyprune bench",
         description="Time the tutorial's MobileNet: a training step, inference, the resized model, "

@@ -4,6 +4,7 @@
     tinyprune count MODEL.npz [--rule R] [--input-shape N,C,H,W]
     tinyprune prune MODEL.npz [--level P] [--channel-level P] [--propagate] [--resize] --out OUT.npz
     tinyprune bench [ARGS...]
+    tinyprune pretrain [ARGS...]
 
 Every command checks its arguments, its input files and its output folder
 before doing any long work, so a typo costs seconds, not a training run.
@@ -58,6 +59,7 @@ commands:
   count MODEL.npz    print the per-layer dot-product table of a checkpoint
   prune MODEL.npz    prune / propagate / resize a checkpoint into --out OUT.npz
   bench [ARGS...]    time the kernels (see: tinyprune bench --help)
+  pretrain [ARGS...] train or check the shipped checkpoint (see: tinyprune pretrain --help)
 
 examples:
   tinyprune --quick --out /tmp/tp          # a few seconds, small data subsets
@@ -199,6 +201,8 @@ def build_parser():
 
     commands.add_parser("bench", help="time the kernels; arguments go to the benchmark",
                         add_help=False)
+    commands.add_parser("pretrain", help="train or check the shipped checkpoint; arguments go to it",
+                        add_help=False)
     return parser
 
 
@@ -211,7 +215,7 @@ RULES = ("reference", "sparse", "dense")
 
 def _counts(model, shape=SEED_INPUT):
     """``{rule: (mults, adds)}`` for all three counting rules."""
-    from .count import compute_dot_prods
+    from ..count import compute_dot_prods
     return {rule: compute_dot_prods(model, shape, rule)[:2] for rule in RULES}
 
 
@@ -256,7 +260,7 @@ def stage_table(rows, images):
 
 def _load_start_model(args):
     """The model to start from: ``--model`` or the shipped checkpoint; UsageError if missing."""
-    from . import checkpoint
+    from .. import checkpoint
     if args.model is not None:
         path = _existing_file(args.model, "the checkpoint")
     else:
@@ -264,7 +268,7 @@ def _load_start_model(args):
         if not path.is_file():
             raise UsageError(
                 f"the pretrained checkpoint {path} is missing. It ships with the source "
-                "checkout; rebuild it with `python -m tinyprune.pretrain`, or pass "
+                "checkout; rebuild it with `tinyprune pretrain`, or pass "
                 "--model MODEL.npz (set TINYPRUNE_DATA to use another data folder)")
     try:
         return checkpoint.load(path).eval(), path
@@ -273,7 +277,7 @@ def _load_start_model(args):
 
 
 def _data(quick):
-    from .data import SyntheticVWW
+    from ..data import SyntheticVWW
     print("loading the synthetic data set (drawn on first use, then cached)", flush=True)
     if quick:
         # Small sets drawn on their own (a few seconds, cached), not slices of the full ones.
@@ -287,10 +291,10 @@ def run_pipeline(args):
     model, source = _load_start_model(args)
     _writable_folder(out)                       # last check, so a failed run writes nothing
 
-    from .prune import ChannelPrune, LevelPrune, keepprune, prune
-    from .propagate import prune_propagate
-    from .resize import resize
-    from .train import evaluate, trainer
+    from ..prune import ChannelPrune, LevelPrune, keepprune, prune
+    from ..propagate import prune_propagate
+    from ..resize import resize
+    from ..train import evaluate, trainer
 
     started = time.perf_counter()
     stages = [("baseline", model)]
@@ -342,8 +346,8 @@ def run_pipeline(args):
 
 def _write_outputs(out, args, stages, finetuned, batch_losses, table, rows, source):
     """Figures, summary and checkpoint, each written whole or not at all; returns the paths."""
-    from . import plots
-    from .checkpoint import save
+    from .. import plots
+    from ..checkpoint import save
     baseline, level, propagated, resized = (stages[i][1] for i in (0, 1, 3, 4))
     figures = {
         "macs.png": lambda: plots.plot_macs(stages, SEED_INPUT, rule=args.rule),
@@ -383,7 +387,7 @@ def _write_outputs(out, args, stages, finetuned, batch_losses, table, rows, sour
 # ---------------------------------------------------------------------------
 
 def _load_checkpoint(path):
-    from .checkpoint import CheckpointError, load
+    from ..checkpoint import CheckpointError, load
     path = _existing_file(path, "the checkpoint")
     try:
         return load(path)
@@ -399,7 +403,7 @@ def _check_shape(model, shape):
 
 
 def run_count(args):
-    from .count import dot_prod_table
+    from ..count import dot_prod_table
     model = _load_checkpoint(args.model)
     _check_shape(model, args.input_shape)
     rules = RULES if args.rule == "all" else (args.rule,)
@@ -411,11 +415,11 @@ def run_count(args):
 
 
 def run_prune(args):
-    from .checkpoint import save
-    from .count import compute_dot_prods
-    from .prune import ChannelPrune, LevelPrune, keepprune, prune
-    from .propagate import prune_propagate
-    from .resize import resize
+    from ..checkpoint import save
+    from ..count import compute_dot_prods
+    from ..prune import ChannelPrune, LevelPrune, keepprune, prune
+    from ..propagate import prune_propagate
+    from ..resize import resize
     if args.level is None and args.channel_level is None and not (args.propagate or args.resize):
         raise UsageError("prune: nothing to do; give --level, --channel-level, --propagate or --resize")
     out = Path(args.out)
@@ -455,10 +459,10 @@ def run_prune(args):
 def main(argv=None):
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
-        # The benchmark has its own options and --help; hand it everything after "bench".
-        from . import bench
-        return bench.main(argv[1:]) or 0
+    if argv[:1] in (["bench"], ["pretrain"]):
+        # The two tools have their own options and --help: hand them everything after their name.
+        from importlib import import_module
+        return import_module(f"tinyprune.tools.{argv[0]}").main(argv[1:]) or 0
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = " ".join(["tinyprune"] + argv)   # recorded in the checkpoints written
