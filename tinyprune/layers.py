@@ -104,6 +104,22 @@ class Layer:
     param_names = ()   # trainable arrays, in state_dict order
     buffer_names = ()  # saved with the model but not trained
 
+    # Which arrays carry a channel, declared once per layer type and read by
+    # prune, propagate, resize and the checkpoint reader:
+    #
+    # mixes_channels  True: every output channel reads every input channel
+    #                 (Conv2d, Dense); False: channel j of the output is made
+    #                 from channel j of the input alone (BatchNorm2d,
+    #                 DepthwiseConv2d, activations, pooling, Flatten);
+    #                 None: unknown, so channels cannot be followed through it.
+    # out_channel_arrays  {array name: axis}: slice j along that axis belongs
+    #                 to output channel j (for a per-channel layer, to channel j).
+    # in_channel_arrays   {array name: axis}: slice j belongs to input channel
+    #                 j (only for layers that mix channels).
+    mixes_channels = None
+    out_channel_arrays = {}
+    in_channel_arrays = {}
+
     def __init__(self):
         self.training = True
         self.grads = {}
@@ -306,6 +322,9 @@ class Conv2d(Layer):
     """
 
     DIRECT_MAX_ROWS = 32
+    mixes_channels = True
+    out_channel_arrays = {"weight": 0, "bias": 0}
+    in_channel_arrays = {"weight": 1}
 
     def __init__(self, c_in, c_out, kernel, stride=1, pad=0, bias=False, rng=None, dtype=np.float32):
         super().__init__()
@@ -402,6 +421,9 @@ class DepthwiseConv2d(Layer):
     Input (N, C, H, W) -> output (N, C, HO, WO).
     """
 
+    mixes_channels = False
+    out_channel_arrays = {"weight": 0}
+
     def __init__(self, channels, kernel, stride=1, pad=0, rng=None, dtype=np.float32):
         super().__init__()
         name = "DepthwiseConv2d"
@@ -461,6 +483,10 @@ class Dense(Layer):
     ``weight`` (out, in), ``bias`` (out,); input (N, in) -> output (N, out).
     """
 
+    mixes_channels = True
+    out_channel_arrays = {"weight": 0, "bias": 0}
+    in_channel_arrays = {"weight": 1}
+
     def __init__(self, n_in, n_out, bias=True, rng=None, dtype=np.float32):
         super().__init__()
         n_in = _positive_int(n_in, "n_in", "Dense")
@@ -514,6 +540,8 @@ class BatchNorm2d(Layer):
 
     param_names = ("weight", "bias")
     buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+    mixes_channels = False
+    out_channel_arrays = {"weight": 0, "bias": 0, "running_mean": 0, "running_var": 0}
 
     def __init__(self, channels, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
@@ -612,6 +640,8 @@ class Activation(Layer):
     ``Activation(np.tanh, lambda x: 1 - np.tanh(x) ** 2)``.
     """
 
+    mixes_channels = False     # elementwise: every channel stays apart
+
     def __init__(self, fn, derivative, name=None):
         super().__init__()
         self.fn = fn
@@ -693,6 +723,8 @@ def activation_layer(activation):
 class GlobalMeanPool(Layer):
     """Mean over the whole image: (N, C, H, W) -> (N, C, 1, 1)."""
 
+    mixes_channels = False
+
     def output_shape(self, shape, where="GlobalMeanPool"):
         _check_rank(shape, 4, where, "(N, C, H, W)")
         return (shape[0], shape[1], 1, 1)
@@ -708,7 +740,14 @@ class GlobalMeanPool(Layer):
 
 
 class Flatten(Layer):
-    """(N, C, H, W) -> (N, C*H*W), channel-major as in PyTorch."""
+    """(N, C, H, W) -> (N, C*H*W), channel-major as in PyTorch.
+
+    Channel j becomes the block of H*W features j*H*W ... (j+1)*H*W - 1, so
+    channels still do not mix; a Dense layer after it reads each channel
+    through a block of columns.
+    """
+
+    mixes_channels = False
 
     def output_shape(self, shape, where="Flatten"):
         if len(shape) < 2:
