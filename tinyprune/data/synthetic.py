@@ -33,6 +33,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from ..common import data_dir
+
 __all__ = [
     "IMAGE_SIZE",
     "data_dir",
@@ -53,29 +55,6 @@ _SUBSETS = ("train", "val")
 # ---------------------------------------------------------------------------
 # Where data lives
 # ---------------------------------------------------------------------------
-
-
-def data_dir() -> Path:
-    """The root data folder (generated caches go in its ``cache/`` subfolder).
-
-    Chosen in this order:
-
-    1. the environment variable ``TINYPRUNE_DATA``, if set;
-    2. ``<repo>/data`` when tinyprune runs from a source checkout (the folder
-       above the package holds ``setup.cfg``);
-    3. ``~/.cache/tinyprune`` otherwise (an installed package must not write
-       into site-packages).
-
-    Other modules find shipped files here, e.g. ``data_dir() /
-    "mobilenet-synthetic.npz"``. The folder is not created by this call.
-    """
-    from_env = os.environ.get("TINYPRUNE_DATA")
-    if from_env:
-        return Path(from_env).expanduser()
-    repo = Path(__file__).resolve().parents[1]
-    if (repo / "setup.cfg").is_file():
-        return repo / "data"
-    return Path.home() / ".cache" / "tinyprune"
 
 
 # ---------------------------------------------------------------------------
