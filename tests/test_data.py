@@ -223,7 +223,7 @@ def test_data_dir_is_repo_data_folder_in_a_checkout(monkeypatch):
 
 
 @pytest.mark.data
-def test_cache_file_is_readable_by_everyone(tmp_path):
+def test_cache_file_gets_the_usual_permissions_not_the_private_ones_of_a_temporary(tmp_path):
     # Not private like the temporary file it was written through: the usual
     # 0666 less the umask, which is 0644 (everyone reads) under umask 022.
     umask = os.umask(0)
