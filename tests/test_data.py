@@ -4,6 +4,7 @@ Small sizes throughout (64 synthetic images, tiny fake Visual Wake Words
 folders) so the whole chapter runs in seconds.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import tinyprune
 from tinyprune import data
 from tinyprune.data import (
     DataLoader,
     SyntheticVWW,
     VisualWakeWords,
     as_dataset,
+    augment,
     augment_batch,
-    save_grid,
+    shapes,
+    synthetic,
     to_float,
 )
 
@@ -109,10 +113,22 @@ def test_default_sizes_are_8000_train_and_2000_val():
 
 
 @pytest.mark.data
-@pytest.mark.parametrize("kwargs", [{"subset": "test"}, {"size": 0}, {"size": 2.5}, {"seed": -1}])
-def test_bad_synthetic_arguments_raise_value_error(kwargs, tmp_path):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"subset": "test"}, "SyntheticVWW: subset must be 'train' or 'val', got 'test'"),
+     ({"size": 0}, r"SyntheticVWW: size .*must be an integer >= 1, got 0"),
+     ({"seed": -1}, r"SyntheticVWW: seed must be an integer >= 0, got -1")],
+)
+def test_bad_synthetic_arguments_raise_value_error(kwargs, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
         SyntheticVWW(**{"size": 4, **kwargs}, cache_dir=tmp_path)
+
+
+@pytest.mark.data
+def test_a_fractional_synthetic_size_raises_type_error(tmp_path):
+    # A whole number is expected; 2.5 is not one (nor is 2.0: no silent conversion).
+    with pytest.raises(TypeError, match=r"SyntheticVWW: size .*must be an integer >= 1, got 2\.5"):
+        SyntheticVWW(size=2.5, cache_dir=tmp_path)
 
 
 # --- SyntheticVWW: the cache -------------------------------------------------
@@ -201,24 +217,28 @@ def test_default_cache_folder_is_data_dir_slash_cache(tmp_path, monkeypatch):
 @pytest.mark.data
 def test_data_dir_is_repo_data_folder_in_a_checkout(monkeypatch):
     monkeypatch.delenv("TINYPRUNE_DATA", raising=False)
-    repo = Path(data.__file__).resolve().parents[1]
+    repo = Path(tinyprune.__file__).resolve().parents[1]
     expected = repo / "data" if (repo / "setup.cfg").is_file() else Path.home() / ".cache" / "tinyprune"
     assert data.data_dir() == expected
 
 
 @pytest.mark.data
-def test_cache_file_is_readable_by_everyone(tmp_path):
+def test_cache_file_gets_the_usual_permissions_not_the_private_ones_of_a_temporary(tmp_path):
+    # Not private like the temporary file it was written through: the usual
+    # 0666 less the umask, which is 0644 (everyone reads) under umask 022.
+    umask = os.umask(0)
+    os.umask(umask)
     ds = SyntheticVWW("train", seed=0, size=4, cache_dir=tmp_path)
-    assert ds.cache_path.stat().st_mode & 0o777 == 0o644
+    assert ds.cache_path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 # --- the figure recipes ------------------------------------------------------
 
-_FIGURES = [data._person, data._clutter, *data._NEAR_MISSES]
+_FIGURES = [synthetic._person, synthetic._clutter, *synthetic._NEAR_MISSES]
 
 
 def _plan(seed):
-    return data._body_plan(np.random.default_rng(seed), np.zeros((2, 3)))
+    return synthetic._body_plan(np.random.default_rng(seed), np.zeros((2, 3)))
 
 
 def _part_counts(parts):
@@ -241,8 +261,8 @@ def test_every_figure_is_one_disc_one_box_and_eight_limb_segments(figure):
 def test_a_person_has_the_head_on_top_and_limbs_touching_the_torso():
     for seed in range(10):
         plan = _plan(seed)
-        parts = data._person(np.random.default_rng(seed), plan)
-        up = data._direction(plan.tilt)
+        parts = synthetic._person(np.random.default_rng(seed), plan)
+        up = shapes.direction(plan.tilt)
         head = next(p for p in parts if p.kind == "capsule" and np.array_equal(p.points[0], p.points[1]))
         torso = next(p for p in parts if p.kind == "box")
         assert (head.points[0] - torso.points[0]) @ up > plan.torso_half_length
@@ -255,9 +275,9 @@ def test_a_person_has_the_head_on_top_and_limbs_touching_the_torso():
 def test_a_misplaced_head_is_well_away_from_the_shoulders():
     for seed in range(10):
         plan = _plan(seed)
-        parts = data._head_misplaced(np.random.default_rng(seed), plan)
+        parts = synthetic._head_misplaced(np.random.default_rng(seed), plan)
         head = parts[-1]
-        right_spot = data._direction(plan.tilt) * (plan.torso_half_length + plan.head_radius)
+        right_spot = shapes.direction(plan.tilt) * (plan.torso_half_length + plan.head_radius)
         assert np.linalg.norm(head.points[0] - right_spot) > 2 * plan.head_radius
 
 
@@ -266,8 +286,8 @@ def test_a_person_may_leave_the_frame_at_the_sides_or_bottom_but_never_the_top()
     rng = np.random.default_rng(0)
     cut = 0
     for seed in range(300):
-        figure = data._person(rng, _plan(seed))
-        _, (y_min, y_max, x_min, x_max) = data._place(rng, figure)
+        figure = synthetic._person(rng, _plan(seed))
+        _, (y_min, y_max, x_min, x_max) = synthetic._place(rng, figure)
         if y_max - y_min <= 96:
             assert y_min >= 0
         cut += y_max > 96 or x_min < 0 or x_max > 96
@@ -278,8 +298,8 @@ def test_a_person_may_leave_the_frame_at_the_sides_or_bottom_but_never_the_top()
 def test_a_near_miss_stays_inside_the_frame():
     rng = np.random.default_rng(0)
     for seed in range(100):
-        figure = data._table(rng, _plan(seed))
-        _, (y_min, y_max, x_min, x_max) = data._place(rng, figure, may_leave_frame=False)
+        figure = synthetic._table(rng, _plan(seed))
+        _, (y_min, y_max, x_min, x_max) = synthetic._place(rng, figure, may_leave_frame=False)
         assert y_min >= 0 and x_min >= 0 and y_max <= 96 and x_max <= 96
 
 
@@ -288,19 +308,19 @@ def test_part_colours_stand_out_from_the_backdrop_in_colour_and_brightness():
     rng = np.random.default_rng(0)
     backdrop = np.array([[120.0, 130.0, 110.0], [100.0, 150.0, 140.0]])
     for _ in range(50):
-        colour = data._part_colour(rng, backdrop)
+        colour = synthetic._part_colour(rng, backdrop)
         assert colour.dtype == np.float32
         for seen in backdrop:
             assert np.linalg.norm(colour - seen) >= 80
-            assert abs(data._luma(colour) - data._luma(seen)) >= 50
+            assert abs(synthetic._luma(colour) - synthetic._luma(seen)) >= 50
 
 
 # --- the painting kernel -----------------------------------------------------
 
 
-def _painted(kernel, part):
+def _painted(part, kernel=shapes.paint_pixels):
     canvas = np.zeros((3, 20, 20), np.float32)
-    data._paint(canvas, part, kernel=kernel)
+    shapes.paint(canvas, part, kernel=kernel)
     return canvas
 
 
@@ -308,23 +328,23 @@ def _painted(kernel, part):
 @pytest.mark.parametrize(
     "part",
     [
-        data._disc((10.0, 10.0), 4.0, np.float32([255, 0, 0])),
-        data._capsule((3.0, 2.0), (15.0, 17.0), 1.5, np.float32([0, 255, 0])),
-        data._box((10.0, 9.0), 7.0, 3.0, 0.6, 1.0, np.float32([0, 0, 255])),
-        data._ellipse((9.0, 11.0), 8.0, 3.0, 2.0, np.float32([90, 90, 90])),
+        shapes.disc((10.0, 10.0), 4.0, np.float32([255, 0, 0])),
+        shapes.capsule((3.0, 2.0), (15.0, 17.0), 1.5, np.float32([0, 255, 0])),
+        shapes.box((10.0, 9.0), 7.0, 3.0, 0.6, 1.0, np.float32([0, 0, 255])),
+        shapes.ellipse((9.0, 11.0), 8.0, 3.0, 2.0, np.float32([90, 90, 90])),
     ],
     ids=["disc", "capsule", "box", "ellipse"],
 )
 def test_paint_kernel_plain_and_jitted_agree(part):
-    plain = _painted(data._paint_pixels, part)
-    jitted = _painted(data._paint_pixels_jit, part)
+    plain = _painted(part, kernel=shapes._paint_pixels)
+    jitted = _painted(part, kernel=shapes.paint_pixels)
     assert plain.max() > 0  # something was drawn
     np.testing.assert_allclose(plain, jitted, atol=1e-3)
 
 
 @pytest.mark.data
 def test_disc_covers_its_inside_fully_and_leaves_far_pixels_alone():
-    canvas = _painted(None, data._disc((10.0, 10.0), 4.0, np.float32([200, 100, 50])))
+    canvas = _painted(shapes.disc((10.0, 10.0), 4.0, np.float32([200, 100, 50])))
     assert canvas[:, 10, 10].tolist() == [200, 100, 50]  # centre: full colour
     assert canvas[:, 10, 13].tolist() == [200, 100, 50]  # 3 px from centre: inside
     assert canvas[:, 10, 16].tolist() == [0, 0, 0]  # 6 px from centre: untouched
@@ -378,14 +398,14 @@ def test_vww_resizes_to_96_and_converts_grey_and_rgba_to_rgb(tmp_path):
 
 @pytest.mark.data
 def test_vww_missing_list_file_raises_file_not_found_naming_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="val.txt"):
+    with pytest.raises(FileNotFoundError, match=r"VisualWakeWords: list file .*val\.txt not found"):
         VisualWakeWords(tmp_path, "val")
 
 
 @pytest.mark.data
 def test_vww_missing_image_names_the_file_and_line(tmp_path):
     _fake_vww(tmp_path, "a.png 1\nghost.png 0\n", {"a.png": _solid((96, 96), (1, 2, 3))})
-    with pytest.raises(FileNotFoundError, match=r"ghost\.png.*line 2"):
+    with pytest.raises(FileNotFoundError, match=r"VisualWakeWords: image .*ghost\.png.*line 2"):
         VisualWakeWords(tmp_path)
 
 
@@ -393,7 +413,7 @@ def test_vww_missing_image_names_the_file_and_line(tmp_path):
 def test_vww_unreadable_image_raises_value_error_naming_it(tmp_path):
     _fake_vww(tmp_path, "bad.png 1\n", {})
     (tmp_path / "train" / "bad.png").write_bytes(b"this is not a picture")
-    with pytest.raises(ValueError, match=r"bad\.png.*line 1"):
+    with pytest.raises(ValueError, match=r"VisualWakeWords: cannot read image .*bad\.png.*line 1"):
         VisualWakeWords(tmp_path)
 
 
@@ -401,7 +421,7 @@ def test_vww_unreadable_image_raises_value_error_naming_it(tmp_path):
 @pytest.mark.parametrize("line", ["a.png", "a.png 1 extra", "my picture.png 1"])
 def test_vww_line_without_exactly_two_fields_names_file_and_line(tmp_path, line):
     _fake_vww(tmp_path, f"a.png 1\n\n{line}\n", {"a.png": _solid((96, 96), (1, 2, 3))})
-    with pytest.raises(ValueError, match=r"train\.txt, line 3"):
+    with pytest.raises(ValueError, match=r"VisualWakeWords: list file .*train\.txt, line 3"):
         VisualWakeWords(tmp_path)
 
 
@@ -409,7 +429,7 @@ def test_vww_line_without_exactly_two_fields_names_file_and_line(tmp_path, line)
 @pytest.mark.parametrize("label", ["2", "-1", "yes", "1.0"])
 def test_vww_label_other_than_0_or_1_names_file_and_line(tmp_path, label):
     _fake_vww(tmp_path, f"a.png {label}\n", {"a.png": _solid((96, 96), (1, 2, 3))})
-    with pytest.raises(ValueError, match=r"train\.txt, line 1: label must be 0 or 1"):
+    with pytest.raises(ValueError, match=r"VisualWakeWords: list file .*train\.txt, line 1: label must be 0 or 1"):
         VisualWakeWords(tmp_path)
 
 
@@ -452,13 +472,19 @@ def test_as_dataset_accepts_float_images_in_unit_range():
     ],
 )
 def test_as_dataset_rejects_bad_arrays_with_a_clear_value_error(images, labels, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match="as_dataset: .*" + message):
         as_dataset((images, labels))
 
 
 @pytest.mark.data
+def test_as_dataset_errors_start_with_the_callers_name():
+    with pytest.raises(ValueError, match=r"^trainer: data\[0\]: 2 images but 3 labels"):
+        as_dataset((np.zeros((2, 3, 8, 8), np.uint8), [0, 1, 1]), "trainer: data[0]")
+
+
+@pytest.mark.data
 def test_as_dataset_rejects_other_objects_with_type_error():
-    with pytest.raises(TypeError, match="images"):
+    with pytest.raises(TypeError, match=r"as_dataset: expected a data set with \.images .*got ndarray"):
         as_dataset(np.zeros((2, 3, 8, 8)))
 
 
@@ -509,7 +535,7 @@ def _identity(n):
 @pytest.mark.data
 def test_augment_with_identity_parameters_equals_to_float(small_train):
     images = small_train[0][:3]
-    out = data._augment_with(images, **_identity(3))
+    out = augment._augment_with(images, **_identity(3))
     np.testing.assert_allclose(out, to_float(images), atol=1e-6)
 
 
@@ -518,7 +544,7 @@ def test_flip_alone_mirrors_left_right(small_train):
     images = small_train[0][:3]
     params = _identity(3)
     params["flips"] = np.array([True, False, True])
-    out = data._augment_with(images, **params)
+    out = augment._augment_with(images, **params)
     np.testing.assert_allclose(out[0], to_float(images[0, :, :, ::-1]), atol=1e-6)
     np.testing.assert_allclose(out[1], to_float(images[1]), atol=1e-6)
     np.testing.assert_allclose(out[2], to_float(images[2, :, :, ::-1]), atol=1e-6)
@@ -529,7 +555,7 @@ def test_whole_pixel_shift_moves_the_picture_and_repeats_the_edge():
     image = np.arange(3 * 96 * 96, dtype=np.float64).reshape(1, 3, 96, 96) / (3 * 96 * 96)
     params = _identity(1)
     params["shifts"] = np.array([[0.0, 5.0]])  # 5 pixels to the right
-    out = data._augment_with(image, **params)
+    out = augment._augment_with(image, **params)
     np.testing.assert_allclose(out[0, :, :, 5:], image[0, :, :, :-5], atol=1e-6)
     np.testing.assert_allclose(out[0, :, :, :5], np.repeat(image[0, :, :, :1], 5, axis=2), atol=1e-6)
 
@@ -540,7 +566,7 @@ def test_quarter_turn_rotates_anticlockwise():
     image[0, 0, 10, 48] = 255  # a dot near the top edge, in the middle
     params = _identity(1)
     params["angles"] = np.array([np.pi / 2])
-    out = data._augment_with(image, **params)
+    out = augment._augment_with(image, **params)
     # Anticlockwise on screen takes the top middle to the left middle.
     assert np.unravel_index(out[0, 0].argmax(), (96, 96)) == (47, 10)
 
@@ -548,7 +574,7 @@ def test_quarter_turn_rotates_anticlockwise():
 @pytest.mark.data
 def test_larger_images_are_centre_cropped_to_96():
     image = np.random.default_rng(0).integers(0, 256, (1, 3, 128, 128), dtype=np.uint8)
-    out = data._augment_with(image, **_identity(1))
+    out = augment._augment_with(image, **_identity(1))
     np.testing.assert_allclose(out[0], to_float(image[0, :, 16:112, 16:112]), atol=1e-6)
 
 
@@ -560,8 +586,8 @@ def test_warp_kernel_plain_and_jitted_agree():
         angles=np.radians([8.0, -5.0]), shifts=np.array([[0.4, -0.3], [1.0, 0.2]]),
         zooms=np.array([1.08, 0.93]), flips=np.array([True, False]),
     )
-    plain = data._augment_with(images, **params, out_size=10, kernel=data._warp_bilinear)
-    jitted = data._augment_with(images, **params, out_size=10, kernel=data._warp_bilinear_jit)
+    plain = augment._augment_with(images, **params, out_size=10, kernel=augment._warp_bilinear)
+    jitted = augment._augment_with(images, **params, out_size=10, kernel=augment.warp_bilinear)
     np.testing.assert_allclose(plain, jitted, atol=1e-6)
     assert plain.std() > 0.05  # a real picture came out, not a constant
 
@@ -660,26 +686,23 @@ def test_loader_augmentation_is_deterministic_and_changes_per_epoch(small_train)
 
 @pytest.mark.data
 def test_loader_rejects_a_batch_size_below_one():
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="DataLoader: batch_size must be an integer >= 1, got 0"):
         DataLoader(_numbered(4), batch_size=0)
 
 
-# --- save_grid ---------------------------------------------------------------------
+@pytest.mark.data
+def test_loader_rejects_a_negative_seed_before_the_first_epoch():
+    with pytest.raises(ValueError, match="DataLoader: seed must be an integer >= 0, got -1"):
+        DataLoader(_numbered(4), seed=-1)
 
 
 @pytest.mark.data
-def test_save_grid_writes_a_png_and_nothing_else(tmp_path, small_train):
-    images, labels = small_train
-    path = save_grid(images[:10], tmp_path / "grid.png", nrow=5, labels=labels[:10])
-    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
-    with Image.open(path) as picture:
-        assert picture.format == "PNG"
-        width, height = picture.size
-    assert width > height  # 5 columns by 2 rows
+def test_loader_errors_about_the_data_name_the_loader():
+    with pytest.raises(ValueError, match="DataLoader: images must have rank 4"):
+        DataLoader((np.zeros((2, 8, 8), np.uint8), [0, 1]))
 
 
 @pytest.mark.data
-def test_label_titles_name_the_classes():
-    assert data._label_title(1) == "person"
-    assert data._label_title(np.int64(0)) == "no person"
-    assert data._label_title(0.73) == "0.73"
+def test_augment_rejects_images_without_rank_4():
+    with pytest.raises(ValueError, match=r"augment_batch: images must have rank 4.*\(3, 96, 96\)"):
+        augment_batch(np.zeros((3, 96, 96), np.uint8), np.random.default_rng(0))
