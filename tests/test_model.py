@@ -35,8 +35,8 @@ def one_numba_thread():
     """Run this file's kernels on one thread.
 
     Most calls here are on small arrays (gradchecks repeat a forward pass
-    hundreds of times) and a second thread's wake-up costs more than it saves;
-    on a busy 2-core machine 20x more.  The compiled code is the same.
+    hundreds of times) and a second thread's wake-up costs more than it saves,
+    all the more on a busy machine.  The compiled code is the same.
     """
     before = numba.get_num_threads()
     numba.set_num_threads(1)

@@ -93,7 +93,7 @@ def accuracy(logits, labels):
 
 
 # ---------------------------------------------------------------------------
-# History and progress bar
+# What an epoch measures: History, running sums, the progress bar
 # ---------------------------------------------------------------------------
 
 class History:
@@ -152,11 +152,11 @@ class _RunningSums:
         self.seen += len(labels)
 
     @property
-    def loss(self):
+    def mean_loss(self):
         return self.loss_sum / max(self.seen, 1)
 
     @property
-    def accuracy(self):
+    def mean_accuracy(self):
         return self.correct / max(self.seen, 1)
 
     def text(self):
@@ -277,7 +277,7 @@ def evaluate(model, data, batch_size=64):
             logits = model(x)
             loss, _ = bce_with_logits(logits, y)
             sums.add(loss, logits, y)
-        return sums.loss, sums.accuracy
+        return sums.mean_loss, sums.mean_accuracy
     finally:
         model.train(was_training)
 
@@ -391,7 +391,7 @@ def _end_epoch(model, sums, bar, lr, val_set, val_batch_size, interrupted):
     else:
         val_loss, val_acc = evaluate(model, val_set, val_batch_size)
         model.train()
-    model.history.append(loss=sums.loss, train_accuracy=sums.accuracy, val_loss=val_loss,
+    model.history.append(loss=sums.mean_loss, train_accuracy=sums.mean_accuracy, val_loss=val_loss,
                          val_accuracy=val_acc, lr=lr, seconds=seconds,
                          images_per_second=sums.seen / seconds if seconds > 0 else 0.0)
     bar.close(f" | val loss {val_loss:.4f} acc {val_acc:.3f} | {seconds:.0f} s")
