@@ -11,28 +11,14 @@ import numpy as np
 import pytest
 
 from tinyprune import (BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten, GlobalMeanPool,
-                       HardTanh, Identity, MobileNet, ReLU, SlopeHTanh, compute_dot_prods, dot_prod_table,
-                       slopehtanh)
+                       HardTanh, Identity, MobileNet, ReLU, SlopeHTanh, TUTORIAL_INPUT, compute_dot_prods,
+                       dot_prod_table, slopehtanh)
+
+from mobilenet_table import CONFIG
 
 pytestmark = pytest.mark.count
 
 RULES = ("reference", "sparse", "dense")
-TUTORIAL_INPUT = (1, 3, 96, 96)
-
-# The reference's configuration table (original-semantics.md):
-# (depthwise separable?, output channels at width 1, stride, repeats).
-CONFIG = (
-    (False, 32, 2, 1),
-    (True, 64, 1, 1),
-    (True, 128, 2, 1),
-    (True, 128, 1, 1),
-    (True, 256, 2, 1),
-    (True, 256, 1, 1),
-    (True, 512, 2, 1),
-    (True, 512, 1, 5),
-    (True, 1024, 2, 1),
-    (True, 1024, 1, 1),
-)
 
 
 def closed_form(width, side, fcsize=64, nclasses=1, batch=1):
@@ -154,13 +140,6 @@ CONV_COUNTS = {"reference": (573, 544), "sparse": (528, 496), "dense": (864, 816
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_conv_counts_by_hand(rule):
-    mults, adds, out_shape = compute_dot_prods(Chain(conv_with_zeros()), (1, 2, 4, 4), rule=rule)
-    assert (mults, adds) == CONV_COUNTS[rule]
-    assert out_shape == (1, 3, 4, 4)
-
-
-@pytest.mark.parametrize("rule", RULES)
 def test_masked_weights_count_as_zero(rule):
     zeroed = conv_with_zeros()
     masked = Conv2d(2, 3, 3, pad=1, rng=np.random.default_rng(0))
@@ -191,13 +170,6 @@ def depthwise_with_zeros():
 DEPTHWISE_COUNTS = {"reference": (160, 144), "sparse": (144, 126), "dense": (243, 216)}
 
 
-@pytest.mark.parametrize("rule", RULES)
-def test_depthwise_counts_by_hand(rule):
-    mults, adds, out_shape = compute_dot_prods(Chain(depthwise_with_zeros()), (1, 3, 5, 5), rule=rule)
-    assert (mults, adds) == DEPTHWISE_COUNTS[rule]
-    assert out_shape == (1, 3, 3, 3)
-
-
 def dense_head_with_zeros():
     """Pool -> flatten -> Dense(4, 3): weight (3, 4), K = 4 inputs, C = 3 outputs.
 
@@ -219,11 +191,21 @@ def dense_head_with_zeros():
 DENSE_COUNTS = {"reference": (5, 6), "sparse": (5, 3), "dense": (12, 9)}
 
 
+# Each case: the model, the input shape, the output shape, the counts worked out above.
+HAND_CASES = {
+    "conv": (lambda: Chain(conv_with_zeros()), (1, 2, 4, 4), (1, 3, 4, 4), CONV_COUNTS),
+    "depthwise": (lambda: Chain(depthwise_with_zeros()), (1, 3, 5, 5), (1, 3, 3, 3), DEPTHWISE_COUNTS),
+    "dense": (dense_head_with_zeros, (1, 4, 5, 5), (1, 3), DENSE_COUNTS),
+}
+
+
 @pytest.mark.parametrize("rule", RULES)
-def test_dense_counts_by_hand(rule):
-    mults, adds, out_shape = compute_dot_prods(dense_head_with_zeros(), (1, 4, 5, 5), rule=rule)
-    assert (mults, adds) == DENSE_COUNTS[rule]
-    assert out_shape == (1, 3)
+@pytest.mark.parametrize("case", HAND_CASES)
+def test_counts_by_hand(case, rule):
+    build, input_shape, output_shape, counts = HAND_CASES[case]
+    mults, adds, out_shape = compute_dot_prods(build(), input_shape, rule=rule)
+    assert (mults, adds) == counts[rule]
+    assert out_shape == output_shape
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -318,19 +300,29 @@ def test_table_prints_aligned_columns_with_totals(tutorial):
 # Errors
 # ---------------------------------------------------------------------------
 
-def test_unknown_rule_raises_naming_the_rule_and_the_choices(tutorial):
+def test_unknown_rule_raises_naming_the_function_the_rule_and_the_choices(tutorial):
     message = r"unknown counting rule 'fast'; expected one of reference, sparse, dense"
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=r"compute_dot_prods: " + message):
         compute_dot_prods(tutorial, TUTORIAL_INPUT, rule="fast")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=r"dot_prod_table: " + message):
         dot_prod_table(tutorial, TUTORIAL_INPUT, rule="fast")
 
 
 def test_input_shape_that_does_not_fit_names_the_layer(tutorial):
     with pytest.raises(ValueError, match=r"model\[0\]\[0\]: Conv2d expects 3 input channels, got 1"):
         compute_dot_prods(tutorial, (1, 1, 96, 96))
-    with pytest.raises(ValueError, match=r"input_shape must be \(N, C, H, W\), got \(3, 96, 96\)"):
+    with pytest.raises(ValueError, match=r"compute_dot_prods: input_shape must be \(N, C, H, W\), "
+                                         r"got \(3, 96, 96\)"):
         compute_dot_prods(tutorial, (3, 96, 96))
+
+
+@pytest.mark.parametrize("input_shape,error,message", [
+    ((1, 3, 0, 96), ValueError, r"input_shape\[2\] must be an integer >= 1, got 0"),
+    ((1, 3, 96.5, 96), TypeError, r"input_shape\[2\] must be an integer >= 1, got 96.5"),
+])
+def test_input_shape_entries_must_be_positive_integers(tutorial, input_shape, error, message):
+    with pytest.raises(error, match=r"dot_prod_table: " + message):
+        dot_prod_table(tutorial, input_shape)
 
 
 def test_counting_does_not_change_the_model(tutorial):

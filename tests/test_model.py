@@ -1,9 +1,10 @@
 """Chapter 1 (continued): the MobileNet the tutorial prunes, as one model.
 
-Its architecture is checked against the reference configuration table, its
-gradients against finite differences, its float32 arithmetic against float64,
-its state_dict against PyTorch's key and layout conventions, and bad input
-against the error a student should see.
+Its architecture is checked against the configuration table (written out
+again in tests/mobilenet_table.py), its gradients against finite
+differences, its float32 arithmetic against float64, its state_dict against
+PyTorch's key and layout conventions, and bad input against the error a
+student should see.
 
 Run this chapter alone with ``python -m pytest -m layers``.
 """
@@ -13,27 +14,11 @@ import numpy as np
 import pytest
 
 from tinyprune import (BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten, GlobalMeanPool,
-                       MobileNet, SlopeHTanh, gradcheck, layer_at, slopehtanh)
+                       MobileNet, SlopeHTanh, TUTORIAL_INPUT, gradcheck, layer_at, slopehtanh)
+
+from mobilenet_table import CONFIG
 
 pytestmark = pytest.mark.layers
-
-TUTORIAL_INPUT = (1, 3, 96, 96)
-
-# The reference's configuration table (original-semantics.md), written out
-# here on its own so the test does not read the library's copy:
-# (depthwise separable?, output channels at width 1, stride, repeats).
-CONFIG = (
-    (False, 32, 2, 1),
-    (True, 64, 1, 1),
-    (True, 128, 2, 1),
-    (True, 128, 1, 1),
-    (True, 256, 2, 1),
-    (True, 256, 1, 1),
-    (True, 512, 2, 1),
-    (True, 512, 1, 5),
-    (True, 1024, 2, 1),
-    (True, 1024, 1, 1),
-)
 
 
 def unrolled_config(width):
@@ -50,8 +35,8 @@ def one_numba_thread():
     """Run this file's kernels on one thread.
 
     Most calls here are on small arrays (gradchecks repeat a forward pass
-    hundreds of times) and a second thread's wake-up costs more than it saves;
-    on a busy 2-core machine 20x more.  The compiled code is the same.
+    hundreds of times) and a second thread's wake-up costs more than it saves,
+    all the more on a busy machine.  The compiled code is the same.
     """
     before = numba.get_num_threads()
     numba.set_num_threads(1)
@@ -77,6 +62,10 @@ def trained_statistics(model, shape, steps=3, seed=100):
 # ---------------------------------------------------------------------------
 # Architecture
 # ---------------------------------------------------------------------------
+
+def test_tutorial_input_is_one_96_by_96_rgb_image_in_nchw():
+    assert TUTORIAL_INPUT == (1, 3, 96, 96)
+
 
 def test_width_quarter_channels_follow_the_configuration_table():
     channels = [c for _, c, _ in unrolled_config(0.25)]
@@ -415,35 +404,31 @@ def assert_state_unchanged(model, before):
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
 
 
-def test_load_state_dict_rejects_a_missing_key_naming_it(tutorial):
-    model = tutorial.copy()
-    before = model.state_dict()
-    state = tutorial_model(seed=9).state_dict()
+def without_a_running_var(state):
     del state["0.7.running_var"]
-    with pytest.raises(ValueError, match=r"missing key\(s\) \['0\.7\.running_var'\]"):
-        model.load_state_dict(state)
-    assert_state_unchanged(model, before)
 
 
-def test_load_state_dict_rejects_an_extra_key_naming_it(tutorial):
-    model = tutorial.copy()
-    before = model.state_dict()
-    state = tutorial_model(seed=9).state_dict()
+def with_an_extra_weight(state):
     state["1.5.weight"] = np.zeros((1, 1), np.float32)
-    with pytest.raises(ValueError, match=r"unexpected key\(s\) \['1\.5\.weight'\]"):
-        model.load_state_dict(state)
-    assert_state_unchanged(model, before)
 
 
-def test_load_state_dict_rejects_a_shape_mismatch_naming_the_key(tutorial):
+def with_a_transposed_weight(state):
+    state["1.2.weight"] = state["1.2.weight"].T               # (256, 64) instead of (64, 256)
+
+
+@pytest.mark.parametrize("spoil,message", [
+    (without_a_running_var, r"missing key\(s\) \['0\.7\.running_var'\]"),
+    (with_an_extra_weight, r"unexpected key\(s\) \['1\.5\.weight'\]"),
+    (with_a_transposed_weight, r"key '1\.2\.weight' has shape \(256, 64\), the model expects \(64, 256\)"),
+], ids=["missing key", "extra key", "shape mismatch"])
+def test_load_state_dict_rejects_a_bad_key_naming_it_and_copies_nothing(tutorial, spoil, message):
     model = tutorial.copy()
     before = model.state_dict()
     state = tutorial_model(seed=9).state_dict()
-    state["1.2.weight"] = state["1.2.weight"].T               # (256, 64) instead of (64, 256)
-    with pytest.raises(ValueError, match=r"key '1\.2\.weight' has shape \(256, 64\), "
-                                         r"the model expects \(64, 256\)"):
+    spoil(state)
+    with pytest.raises(ValueError, match=message):
         model.load_state_dict(state)
-    # Keys before the bad one were not copied in either.
+    # Not even the keys before the bad one were copied in.
     assert_state_unchanged(model, before)
 
 
@@ -470,20 +455,26 @@ def test_grad_dict_before_backward_names_the_missing_gradient():
 # Bad arguments and bad input
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(width_mult=0), r"MobileNet: width_mult must be a positive number, got 0"),
-    (dict(width_mult=-0.5), r"MobileNet: width_mult must be a positive number, got -0.5"),
-    (dict(width_mult=0.01), r"MobileNet: width_mult 0.01 leaves a layer with 32 channels at width 1 with none"),
-    (dict(fcsize=0), r"MobileNet: fcsize must be a positive integer, got 0"),
-    (dict(nclasses=-1), r"MobileNet: nclasses must be a positive integer, got -1"),
-    (dict(inchannels=0), r"MobileNet: inchannels must be a positive integer, got 0"),
-    (dict(activation="swish"), r"unknown activation 'swish'; expected one of slopehtanh, relu, hardtanh, "
-                               r"identity"),
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(width_mult=0), ValueError, r"MobileNet: width_mult must be a finite number in \(0, inf\], got 0.0"),
+    (dict(width_mult=-0.5), ValueError, r"MobileNet: width_mult must be a finite number in \(0, inf\], got -0.5"),
+    (dict(width_mult=float("inf")), ValueError, r"MobileNet: width_mult must be a finite number in \(0, inf\], "
+                                                r"got inf"),
+    (dict(width_mult="0.25"), TypeError, r"MobileNet: width_mult must be a number, got '0.25'"),
+    (dict(width_mult=0.01), ValueError, r"MobileNet: width_mult 0.01 leaves a layer with 32 channels at width 1 "
+                                        r"with none"),
+    (dict(fcsize=0), ValueError, r"MobileNet: fcsize must be an integer >= 1, got 0"),
+    (dict(fcsize=64.0), TypeError, r"MobileNet: fcsize must be an integer >= 1, got 64.0"),
+    (dict(nclasses=-1), ValueError, r"MobileNet: nclasses must be an integer >= 1, got -1"),
+    (dict(nclasses=True), TypeError, r"MobileNet: nclasses must be an integer >= 1, got True"),
+    (dict(inchannels=0), ValueError, r"MobileNet: inchannels must be an integer >= 1, got 0"),
+    (dict(activation="swish"), ValueError, r"unknown activation 'swish'; expected one of slopehtanh, relu, "
+                                           r"hardtanh, identity"),
 ])
-def test_bad_mobilenet_arguments_raise_naming_the_argument(kwargs, message):
+def test_bad_mobilenet_arguments_raise_naming_the_argument(kwargs, error, message):
     args = dict(activation=slopehtanh, width_mult=0.25, fcsize=64, nclasses=1)
     args.update(kwargs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         MobileNet(**args)
 
 
@@ -491,7 +482,7 @@ def test_bad_mobilenet_arguments_raise_naming_the_argument(kwargs, message):
     ((1, 1, 96, 96), np.float32, r"model\[0\]\[0\]: Conv2d expects 3 input channels, got 1 "
                                  r"\(input shape \(1, 1, 96, 96\)\)"),
     ((3, 96, 96), np.float32, r"model\[0\]\[0\]: expected a rank-4 input \(N, C, H, W\), got shape \(3, 96, 96\)"),
-    ((1, 3, 96, 96), np.uint8, r"model: expected floating-point input, got uint8"),
+    (TUTORIAL_INPUT, np.uint8, r"model: expected floating-point input, got uint8"),
     # Batch 1 at 32x32 reaches a 1x1 map at model[0][70]: one value per channel.
     ((1, 3, 32, 32), np.float32, r"model\[0\]\[70\]: train-mode BatchNorm2d needs more than one value per "
                                  r"channel, got input shape \(1, 128, 1, 1\)"),

@@ -10,7 +10,8 @@ import pytest
 from tinyprune import MobileNet, slopehtanh
 from tinyprune.data import to_float
 from tinyprune.layers import BatchNorm2d, Chain, Conv2d, Dense, Flatten, GlobalMeanPool, ReLU
-from tinyprune.train import SGD, Adam, StepLR, accuracy, bce_with_logits, evaluate, trainer
+from tinyprune.optim import SGD, Adam, StepLR
+from tinyprune.train import accuracy, bce_with_logits, evaluate, trainer
 
 pytestmark = pytest.mark.train
 
@@ -160,6 +161,25 @@ def test_optimizer_notices_a_resized_parameter():
         opt.step()
 
 
+@pytest.mark.parametrize("make,error,message", [
+    (lambda m: Adam(m, lr=0), ValueError, r"Adam: lr must be a finite number in \(0, inf\], got 0.0"),
+    (lambda m: SGD(m, lr=float("nan")), ValueError, r"SGD: lr must be a finite number in \(0, inf\], got nan"),
+    (lambda m: Adam(m, lr="0.1"), TypeError, r"Adam: lr must be a number, got '0.1'"),
+    (lambda m: Adam(m, betas=(0.9, 1.0)), ValueError, r"Adam: betas\[1\] must be a finite number in \[0, 1\), got 1.0"),
+    (lambda m: Adam(m, eps=-1e-8), ValueError, r"Adam: eps must be a finite number in \[0, inf\], got -1e-08"),
+    (lambda m: SGD(m, 0.1, momentum=1), ValueError, r"SGD: momentum must be a finite number in \[0, 1\), got 1.0"),
+    (lambda m: SGD(m, 0.1, weight_decay=-0.1), ValueError, r"SGD: weight_decay must be a finite number in "
+                                                            r"\[0, inf\], got -0.1"),
+    (lambda m: StepLR(SGD(m, 0.1), [4, 0]), ValueError, r"StepLR: milestones\[1\] must be an integer >= 1, got 0"),
+    (lambda m: StepLR(SGD(m, 0.1), [4], gamma=0), ValueError, r"StepLR: gamma must be a finite number in "
+                                                               r"\(0, inf\], got 0.0"),
+], ids=["lr 0", "lr nan", "lr string", "beta2 1", "eps negative", "momentum 1", "weight_decay negative",
+        "milestone 0", "gamma 0"])
+def test_bad_optimiser_arguments_raise_naming_the_class_and_argument(make, error, message):
+    with pytest.raises(error, match=message):
+        make(Dense(2, 1))
+
+
 @pytest.mark.parametrize("make_optimizer", [lambda m: Adam(m, lr=0.05),
                                             lambda m: SGD(m, lr=0.05, momentum=0.9, weight_decay=0.1)],
                          ids=["Adam", "SGD"])
@@ -296,6 +316,35 @@ def test_trainer_rejects_bad_tuple_data_naming_the_argument(tiny_set, small_mobi
         evaluate(model, (images, labels + 1))
     after = model.state_dict()
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(epochs=-1), ValueError, r"trainer: epochs must be an integer >= 0, got -1"),
+    (dict(epochs=1.5), TypeError, r"trainer: epochs must be an integer >= 0, got 1.5"),
+    (dict(batch_size=0), ValueError, r"trainer: batch_size must be an integer >= 1, got 0"),
+    # Checked before training, not after the first epoch when validation starts:
+    (dict(val_batch_size=0), ValueError, r"trainer: val_batch_size must be an integer >= 1, got 0"),
+    (dict(optimizer=Adam(Dense(2, 1))), ValueError, r"trainer: the optimizer is bound to a different model"),
+])
+def test_trainer_rejects_bad_numbers_naming_the_argument_before_training(tiny_set, small_mobilenet, kwargs,
+                                                                         error, message):
+    model = small_mobilenet.copy()
+    before = model.state_dict()
+    args = dict(epochs=1, data=(tiny_set, tiny_set), augment=False, progress=False)
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        trainer(model, **args)
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert not hasattr(model, "history")
+
+
+def test_evaluate_rejects_a_bad_batch_size_and_an_empty_set_naming_them(tiny_set, small_mobilenet):
+    images, labels = tiny_set
+    with pytest.raises(ValueError, match=r"evaluate: batch_size must be an integer >= 1, got 0"):
+        evaluate(small_mobilenet, tiny_set, batch_size=0)
+    with pytest.raises(ValueError, match=r"evaluate: data holds no images"):
+        evaluate(small_mobilenet, (images[:0], labels[:0]))
 
 
 def test_trainer_rejects_a_model_with_more_than_one_output(tiny_set):

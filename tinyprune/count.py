@@ -32,6 +32,7 @@ Three rules:
 
 import numpy as np
 
+from .common import check_int, format_table
 from .layers import Conv2d, Dense, DepthwiseConv2d
 
 __all__ = ["compute_dot_prods", "dot_prod_table", "DotProdTable", "RULES"]
@@ -39,9 +40,17 @@ __all__ = ["compute_dot_prods", "dot_prod_table", "DotProdTable", "RULES"]
 RULES = ("reference", "sparse", "dense")
 
 
-def _check_rule(rule):
+def _check_rule(rule, where):
     if rule not in RULES:
-        raise ValueError(f"unknown counting rule {rule!r}; expected one of {', '.join(RULES)}")
+        raise ValueError(f"{where}: unknown counting rule {rule!r}; expected one of {', '.join(RULES)}")
+
+
+def _check_input_shape(input_shape, where):
+    """``input_shape`` as a tuple of four positive ints (N, C, H, W), or an error naming the bad entry."""
+    shape = tuple(input_shape)
+    if len(shape) != 4:
+        raise ValueError(f"{where}: input_shape must be (N, C, H, W), got {shape}")
+    return tuple(check_int(size, f"input_shape[{i}]", where) for i, size in enumerate(shape))
 
 
 def layer_dot_prods(layer, patches, rule):
@@ -79,17 +88,10 @@ class DotProdTable(list):
         return sum(row[4] for row in self)
 
     def __str__(self):
-        header = ("layer", "type", "output shape", "mults", "adds")
-        body = [(p, t, str(s), f"{m:,}", f"{a:,}") for p, t, s, m, a in self]
-        body.append(("total", "", "", f"{self.mults:,}", f"{self.adds:,}"))
-        widths = [max(len(str(r[i])) for r in [header] + body) for i in range(5)]
-        lines = [f"dot products, rule {self.rule!r}"]
-        for k, row in enumerate([header] + body):
-            if k == 1 or k == len(body):
-                lines.append("  ".join("-" * w for w in widths))
-            cells = [str(c).ljust(w) if i < 3 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
-            lines.append("  ".join(cells).rstrip())
-        return "\n".join(lines)
+        rows = [(path, kind, str(shape), f"{mults:,}", f"{adds:,}") for path, kind, shape, mults, adds in self]
+        return format_table(("layer", "type", "output shape", "mults", "adds"), rows, left=3,
+                            total=("total", "", "", f"{self.mults:,}", f"{self.adds:,}"),
+                            title=f"dot products, rule {self.rule!r}")
 
 
 def dot_prod_table(model, input_shape, rule="reference"):
@@ -98,10 +100,28 @@ def dot_prod_table(model, input_shape, rule="reference"):
     Layers that do no dot products appear with zero counts.  Prints as an
     aligned table with totals; ``.mults`` and ``.adds`` hold the totals.
     """
-    _check_rule(rule)
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4:
-        raise ValueError(f"compute_dot_prods: input_shape must be (N, C, H, W), got {tuple(input_shape)}")
+    return _count(model, input_shape, rule, "dot_prod_table")
+
+
+def compute_dot_prods(model, input_shape, rule="reference"):
+    """``(mults, adds, output_shape)`` of one forward pass on a batch of ``input_shape`` (NCHW).
+
+    The tutorial's model on its input, one 96 x 96 RGB image; an unpruned
+    model has no zero weights, so every rule gives the same counts::
+
+        >>> from tinyprune import MobileNet, TUTORIAL_INPUT, slopehtanh
+        >>> compute_dot_prods(MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1), TUTORIAL_INPUT)
+        (7505600, 7273983, (1, 1))
+    """
+    table = _count(model, input_shape, rule, "compute_dot_prods")
+    out_shape = table[-1][2] if table else tuple(input_shape)
+    return table.mults, table.adds, out_shape
+
+
+def _count(model, input_shape, rule, where):
+    """The DotProdTable of ``model`` on ``input_shape``; ``where`` names the caller in errors."""
+    _check_rule(rule, where)
+    shape = _check_input_shape(input_shape, where)
     rows = []
     for path, layer in model.named_layers():
         shape = layer.output_shape(shape, f"model{path}")
@@ -112,14 +132,3 @@ def dot_prod_table(model, input_shape, rule="reference"):
             mults, adds = shape[0] * mults, shape[0] * adds
         rows.append((path, type(layer).__name__, shape, int(mults), int(adds)))
     return DotProdTable(rows, rule)
-
-
-def compute_dot_prods(model, input_shape, rule="reference"):
-    """``(mults, adds, output_shape)`` of one forward pass on a batch of ``input_shape`` (NCHW).
-
-    ``compute_dot_prods(MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1), (1, 3, 96, 96))``
-    gives 7,505,600 multiplies and 7,273,983 adds under every rule.
-    """
-    table = dot_prod_table(model, input_shape, rule)
-    out_shape = table[-1][2] if table else tuple(input_shape)
-    return table.mults, table.adds, out_shape

@@ -14,10 +14,13 @@ about 1/9 + 1/C_out of its multiplies, which is why MobileNet is cheap.
 
 import numpy as np
 
+from .common import check_int, check_number
 from .layers import (BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten,
                      GlobalMeanPool, activation_layer)
 
-__all__ = ["MobileNet", "MOBILENET_CONFIG"]
+__all__ = ["MobileNet", "MOBILENET_CONFIG", "TUTORIAL_INPUT"]
+
+TUTORIAL_INPUT = (1, 3, 96, 96)   # the tutorial's input: a batch of one 96 x 96 RGB image, NCHW
 
 # (depthwise separable?, output channels at width 1, stride, repeats)
 MOBILENET_CONFIG = (
@@ -39,15 +42,15 @@ def MobileNet(activation="slopehtanh", width_mult=1.0, fcsize=1024, nclasses=100
     """Build MobileNet v1 with every channel count scaled by ``width_mult`` (truncated).
 
     ``MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1)`` is the tutorial's
-    model: 224,048 conv and dense weights, (N, 3, 96, 96) -> (N, 1) logits.
+    model: 224,048 conv and dense weights, (N, 3, 96, 96) -> (N, 1) logits
+    (``TUTORIAL_INPUT`` is the batch of one image the tutorial uses).
     ``seed`` or ``rng`` (a ``numpy.random.Generator``) makes the Glorot
     initialisation reproducible.  New models start in train mode.
     """
-    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not width_mult > 0:
-        raise ValueError(f"MobileNet: width_mult must be a positive number, got {width_mult!r}")
-    for name, value in (("fcsize", fcsize), ("nclasses", nclasses), ("inchannels", inchannels)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"MobileNet: {name} must be a positive integer, got {value!r}")
+    check_number(width_mult, "width_mult", "MobileNet", low=0, low_open=True)
+    check_int(fcsize, "fcsize", "MobileNet")
+    check_int(nclasses, "nclasses", "MobileNet")
+    check_int(inchannels, "inchannels", "MobileNet")
     activation_layer(activation)  # fail early on an unknown activation
     rng = rng if rng is not None else np.random.default_rng(seed)
 

@@ -1,18 +1,17 @@
-"""Training: the loss, two optimisers, a step schedule, the trainer and evaluation.
+"""Training: the loss, the trainer and evaluation.
 
 This is the tutorial's ``trainer(m, epochs)`` taken apart so each piece can
 be read on its own:
 
 * ``bce_with_logits`` -- binary cross-entropy on logits and its gradient;
 * ``accuracy`` -- how often the sign of the logit matches the label;
-* ``Adam`` and ``SGD`` -- update rules bound to a model, PyTorch's semantics,
-  that keep pruned (masked) weights at exactly zero;
-* ``StepLR`` -- multiply the learning rate by ``gamma`` at chosen epochs;
 * ``trainer`` -- epochs of shuffled, augmented batches, a progress bar, a
   validation pass after each epoch, a ``History``, and a clean stop on Ctrl-C;
 * ``evaluate`` -- loss and accuracy on a data set in eval mode.
 
-One training step is the whole of backpropagation in four lines::
+The optimisers (``Adam``, ``SGD``) and the step schedule (``StepLR``) are in
+``tinyprune/optim.py``.  One training step is the whole of backpropagation
+in four lines::
 
     logits = model(x)                               # forward, (B, 1)
     loss, dlogits = bce_with_logits(logits, y)      # dL/dlogits, (B, 1)
@@ -22,7 +21,6 @@ One training step is the whole of backpropagation in four lines::
 Shapes: images NCHW float32 in [0, 1], logits (N, 1) or (N,), labels (N,).
 """
 
-import math
 import signal
 import sys
 import threading
@@ -30,9 +28,11 @@ import time
 
 import numpy as np
 
-from .data import DataLoader, SyntheticVWW, as_dataset
+from .common import check_int
+from .data import IMAGE_SIZE, DataLoader, SyntheticVWW, as_dataset
+from .optim import Adam, Optimizer, StepLR
 
-__all__ = ["bce_with_logits", "accuracy", "Adam", "SGD", "StepLR", "History", "trainer", "evaluate"]
+__all__ = ["bce_with_logits", "accuracy", "History", "trainer", "evaluate"]
 
 
 # ---------------------------------------------------------------------------
@@ -93,171 +93,7 @@ def accuracy(logits, labels):
 
 
 # ---------------------------------------------------------------------------
-# Optimisers
-# ---------------------------------------------------------------------------
-
-class _Optimizer:
-    """What Adam and SGD share: the list of parameters, masks, and the lr.
-
-    An optimiser is bound to one model: at construction it lists every
-    trainable array (``model.named_parameters()``), and ``step()`` reads the
-    gradients the last ``model.backward`` left in each ``layer.grads``.
-    """
-
-    def __init__(self, model, lr):
-        if not (isinstance(lr, (int, float, np.floating)) and lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"{type(self).__name__}: lr must be a positive number, got {lr!r}")
-        self.model = model
-        self.lr = float(lr)
-        self.params = list(model.named_parameters())   # (key, layer, name)
-        self.shapes = {key: getattr(layer, name).shape for key, layer, name in self.params}
-        if not self.params:
-            raise ValueError(f"{type(self).__name__}: the model has no trainable parameters")
-
-    def _grads(self):
-        """Yield ``(key, layer, name, parameter, gradient)``, checked before anything moves."""
-        checked = []
-        for key, layer, name in self.params:
-            p = getattr(layer, name)
-            if p.shape != self.shapes[key]:
-                raise ValueError(
-                    f"{type(self).__name__}.step: parameter {key!r} changed shape from "
-                    f"{self.shapes[key]} to {p.shape} (was the model resized?); make a new optimiser")
-            if name not in layer.grads:
-                raise RuntimeError(f"{type(self).__name__}.step: no gradient for {key!r}; "
-                                   "run model.backward first")
-            checked.append((key, layer, name, p, layer.grads[name]))
-        return checked
-
-    @staticmethod
-    def _apply_mask(layer, name, p):
-        # The gradient of a masked entry is already zero, but the update could
-        # still move it (weight decay, old momentum, a weight never zeroed);
-        # multiplying afterwards makes "pruned stays exactly 0.0" a guarantee.
-        mask = layer.masks.get(name)
-        if mask is not None:
-            p *= mask
-
-
-class Adam(_Optimizer):
-    """Adam (Kingma & Ba), exactly as ``torch.optim.Adam`` without weight decay.
-
-    For each parameter p with gradient g, at step t = 1, 2, ...::
-
-        m = beta1 * m + (1 - beta1) * g          # running mean of g
-        v = beta2 * v + (1 - beta2) * g**2       # running mean of g**2
-        m_hat = m / (1 - beta1**t)               # both start at 0, so early
-        v_hat = v / (1 - beta2**t)               # averages are scaled up
-        p = p - lr * m_hat / (sqrt(v_hat) + eps)
-
-    ``eps`` is added outside the square root, as PyTorch does.  The state
-    (m, v, t) has the parameters' dtype; masked entries end every step at 0.
-    """
-
-    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
-        super().__init__(model, lr)
-        beta1, beta2 = betas
-        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-            raise ValueError(f"Adam: betas must lie in [0, 1), got {betas!r}")
-        if not eps >= 0:
-            raise ValueError(f"Adam: eps must be non-negative, got {eps!r}")
-        self.betas = (float(beta1), float(beta2))
-        self.eps = float(eps)
-        self.t = 0
-        self.m = {key: np.zeros_like(getattr(layer, name)) for key, layer, name in self.params}
-        self.v = {key: np.zeros_like(getattr(layer, name)) for key, layer, name in self.params}
-
-    def step(self):
-        """Move every parameter by one Adam update, using the gradients in ``layer.grads``."""
-        grads = self._grads()
-        self.t += 1
-        beta1, beta2 = self.betas
-        correction1 = 1 - beta1 ** self.t
-        correction2 = 1 - beta2 ** self.t
-        for key, layer, name, p, g in grads:
-            m, v = self.m[key], self.v[key]
-            m *= beta1
-            m += (1 - beta1) * g
-            v *= beta2
-            v += (1 - beta2) * g * g
-            denom = np.sqrt(v / correction2) + self.eps
-            p -= ((self.lr / correction1) * m / denom).astype(p.dtype, copy=False)
-            self._apply_mask(layer, name, p)
-
-
-class SGD(_Optimizer):
-    """Stochastic gradient descent with momentum and weight decay, as ``torch.optim.SGD``.
-
-    For each parameter p with gradient g::
-
-        d = g + weight_decay * p                 # L2 penalty's gradient added
-        b = d                 on the first step  # the momentum buffer
-        b = momentum * b + d  afterwards
-        p = p - lr * b
-
-    (PyTorch's defaults: no dampening, no Nesterov.)  ``momentum=0`` is plain
-    gradient descent.  Masked entries end every step at exactly 0.
-    """
-
-    def __init__(self, model, lr, momentum=0.9, weight_decay=0.0):
-        super().__init__(model, lr)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"SGD: momentum must lie in [0, 1), got {momentum!r}")
-        if not weight_decay >= 0:
-            raise ValueError(f"SGD: weight_decay must be non-negative, got {weight_decay!r}")
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
-        self.buffers = {}   # key -> momentum buffer, created on the first step
-
-    def step(self):
-        """Move every parameter by one SGD update, using the gradients in ``layer.grads``."""
-        for key, layer, name, p, g in self._grads():
-            d = g + self.weight_decay * p if self.weight_decay else g
-            if self.momentum:
-                if key not in self.buffers:
-                    self.buffers[key] = np.array(d, dtype=p.dtype, copy=True)
-                else:
-                    self.buffers[key] *= self.momentum
-                    self.buffers[key] += d
-                d = self.buffers[key]
-            p -= (self.lr * d).astype(p.dtype, copy=False)
-            self._apply_mask(layer, name, p)
-
-
-class StepLR:
-    """Multiply the optimiser's learning rate by ``gamma`` at each milestone epoch.
-
-    Call ``step()`` once at the end of every epoch.  After ``epoch`` calls the
-    learning rate is ``base_lr * gamma ** k``, k = number of milestones that
-    are <= epoch (PyTorch's ``MultiStepLR``).  With ``milestones=[8]`` and
-    ``gamma=0.1``, epochs 0-7 run at base_lr and epochs 8 on at base_lr / 10.
-    """
-
-    def __init__(self, optimizer, milestones, gamma=0.1):
-        milestones = sorted(int(m) for m in milestones)
-        if any(m < 1 for m in milestones):
-            raise ValueError(f"StepLR: milestones must be epochs >= 1, got {milestones}")
-        if not gamma > 0:
-            raise ValueError(f"StepLR: gamma must be positive, got {gamma!r}")
-        self.optimizer = optimizer
-        self.milestones = milestones
-        self.gamma = float(gamma)
-        self.base_lr = optimizer.lr
-        self.epoch = 0
-
-    def lr_at(self, epoch):
-        """The learning rate used during ``epoch`` (counting from 0)."""
-        passed = sum(1 for m in self.milestones if m <= epoch)
-        return self.base_lr * self.gamma ** passed
-
-    def step(self):
-        """End an epoch: set the learning rate for the next one."""
-        self.epoch += 1
-        self.optimizer.lr = self.lr_at(self.epoch)
-
-
-# ---------------------------------------------------------------------------
-# History and progress bar
+# What an epoch measures: History, running sums, the progress bar
 # ---------------------------------------------------------------------------
 
 class History:
@@ -297,6 +133,36 @@ class History:
 
     def __repr__(self):
         return f"History({len(self)} epochs, val_accuracy={self.val_accuracy})"
+
+
+class _RunningSums:
+    """Loss and accuracy summed over batches, each weighted by its size, and the time since the start.
+
+    ``bce_with_logits`` and ``accuracy`` give batch means; multiplying by the
+    batch size before summing makes a short last batch count for what it is.
+    """
+
+    def __init__(self):
+        self.loss_sum = self.correct = self.seen = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, loss, logits, labels):
+        self.loss_sum += loss * len(labels)
+        self.correct += accuracy(logits, labels) * len(labels)
+        self.seen += len(labels)
+
+    @property
+    def mean_loss(self):
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def mean_accuracy(self):
+        return self.correct / max(self.seen, 1)
+
+    def text(self):
+        """Loss, accuracy and images per second so far, for the progress bar."""
+        rate = self.seen / (time.perf_counter() - self.start)
+        return f"loss {self.loss_sum / self.seen:.4f} acc {self.correct / self.seen:.3f} {rate:.0f} img/s"
 
 
 class _ProgressBar:
@@ -399,21 +265,19 @@ def evaluate(model, data, batch_size=64):
     afterwards, even on an error.  Returns ``(loss, accuracy)`` as floats.
     """
     data = _dataset(data, "evaluate: data")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"evaluate: batch_size must be a positive integer, got {batch_size!r}")
+    check_int(batch_size, "batch_size", "evaluate")
+    if len(data.labels) == 0:
+        raise ValueError("evaluate: data holds no images; a loss and an accuracy need at least one")
     _check_model_input(model, data.images.shape[1:], "evaluate: data")
     was_training = model.training
     model.eval()
     try:
-        total_loss = 0.0
-        correct = 0.0
+        sums = _RunningSums()
         for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
             logits = model(x)
             loss, _ = bce_with_logits(logits, y)
-            total_loss += loss * len(y)        # the loss is a batch mean: undo it
-            correct += accuracy(logits, y) * len(y)
-        n = len(data.labels)
-        return total_loss / n, correct / n
+            sums.add(loss, logits, y)
+        return sums.mean_loss, sums.mean_accuracy
     finally:
         model.train(was_training)
 
@@ -450,64 +314,84 @@ def trainer(model, epochs, optimizer=None, lr=1e-3, batch_size=32, data=None, se
     ``model.history.interrupted`` set.  Errors in the arguments are raised
     before the model is touched.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"trainer: epochs must be a non-negative integer, got {epochs!r}")
+    train_set, val_set = _checked_data(model, epochs, batch_size, val_batch_size, data, augment)
+    opt = _bound_optimizer(model, optimizer, lr)
+    schedule = StepLR(opt, milestones, gamma)
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, seed=seed, augment=augment)
+    _start_history(model)
+    model.train()
+    with _StopOnInterrupt() as interrupt:
+        for epoch in range(epochs):
+            bar = _ProgressBar(len(loader), f"epoch {epoch + 1}/{epochs}", progress)
+            sums = _RunningSums()
+            for batch, (x, y) in enumerate(loader):
+                logits = model(x)                               # forward, (B, 1)
+                loss, dlogits = bce_with_logits(logits, y)      # dL/dlogits, (B, 1)
+                model.backward(dlogits)                         # fills layer.grads
+                opt.step()                                      # moves every parameter
+                sums.add(loss, logits, y)
+                bar.update(batch + 1, sums.text())
+                if callback is not None:
+                    callback(epoch, batch, loss)
+                if interrupt.requested:
+                    break
+            _end_epoch(model, sums, bar, opt.lr, val_set, val_batch_size, interrupt.requested)
+            if interrupt.requested:
+                model.history.interrupted = True
+                break
+            schedule.step()
+    return model
+
+
+def _checked_data(model, epochs, batch_size, val_batch_size, data, augment):
+    """trainer's ``(train_set, val_set)``, once its arguments are known to fit each other and the model."""
+    check_int(epochs, "epochs", "trainer", minimum=0)
+    check_int(batch_size, "batch_size", "trainer")
+    check_int(val_batch_size, "val_batch_size", "trainer")
     if data is None:
         data = (SyntheticVWW("train"), SyntheticVWW("val"))
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"trainer: data must be a pair (train, val), got {type(data).__name__}")
     train_set = _dataset(data[0], "trainer: data[0] (the training set)")
     val_set = _dataset(data[1], "trainer: data[1] (the validation set)")
-    train_shape = (train_set.images.shape[1], 96, 96) if augment else train_set.images.shape[1:]
+    # The augmentation crops every image to IMAGE_SIZE x IMAGE_SIZE, whatever its stored size.
+    channels = train_set.images.shape[1]
+    train_shape = (channels, IMAGE_SIZE, IMAGE_SIZE) if augment else train_set.images.shape[1:]
     _check_model_input(model, train_shape, "trainer: data[0] (the training set)")
     _check_model_input(model, val_set.images.shape[1:], "trainer: data[1] (the validation set)")
+    return train_set, val_set
 
+
+def _bound_optimizer(model, optimizer, lr):
+    """trainer's ``optimizer`` argument as an optimiser bound to ``model`` (Adam when None)."""
     if optimizer is None:
         optimizer = Adam
-    opt = optimizer if isinstance(optimizer, _Optimizer) else optimizer(model, lr=lr)
+    opt = optimizer if isinstance(optimizer, Optimizer) else optimizer(model, lr=lr)
     if opt.model is not model:
         raise ValueError("trainer: the optimizer is bound to a different model")
-    schedule = StepLR(opt, milestones, gamma)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, seed=seed, augment=augment)
-    history = getattr(model, "history", None)
-    if not isinstance(history, History):
-        history = History()
-    model.history = history
-    history.interrupted = False
+    return opt
 
-    model.train()
-    with _StopOnInterrupt() as interrupt:
-        for epoch in range(epochs):
-            bar = _ProgressBar(len(loader), f"epoch {epoch + 1}/{epochs}", progress)
-            loss_sum = correct = seen = 0.0
-            start = time.perf_counter()
-            for batch, (x, y) in enumerate(loader):
-                logits = model(x)
-                loss, dlogits = bce_with_logits(logits, y)
-                model.backward(dlogits)
-                opt.step()
-                loss_sum += loss * len(y)
-                correct += accuracy(logits, y) * len(y)
-                seen += len(y)
-                rate = seen / (time.perf_counter() - start)
-                bar.update(batch + 1, f"loss {loss_sum / seen:.4f} acc {correct / seen:.3f} "
-                                      f"{rate:.0f} img/s")
-                if callback is not None:
-                    callback(epoch, batch, loss)
-                if interrupt.requested:
-                    break
-            seconds = time.perf_counter() - start
-            if interrupt.requested:
-                val_loss = val_acc = float("nan")
-            else:
-                val_loss, val_acc = evaluate(model, val_set, val_batch_size)
-                model.train()
-            history.append(loss=loss_sum / max(seen, 1), train_accuracy=correct / max(seen, 1),
-                           val_loss=val_loss, val_accuracy=val_acc, lr=opt.lr, seconds=seconds,
-                           images_per_second=seen / seconds if seconds > 0 else 0.0)
-            bar.close(f" | val loss {val_loss:.4f} acc {val_acc:.3f} | {seconds:.0f} s")
-            if interrupt.requested:
-                history.interrupted = True
-                break
-            schedule.step()
-    return model
+
+def _start_history(model):
+    """Give ``model`` a History to append to (its own, if it has one) and clear the interrupted flag."""
+    if not isinstance(getattr(model, "history", None), History):
+        model.history = History()
+    model.history.interrupted = False
+
+
+def _end_epoch(model, sums, bar, lr, val_set, val_batch_size, interrupted):
+    """Validate, record the epoch in ``model.history`` and close its progress bar.
+
+    An interrupted epoch is partial, so it is not validated: its validation
+    figures are nan, and the time is the training batches' alone either way.
+    """
+    seconds = time.perf_counter() - sums.start
+    if interrupted:
+        val_loss = val_acc = float("nan")
+    else:
+        val_loss, val_acc = evaluate(model, val_set, val_batch_size)
+        model.train()
+    model.history.append(loss=sums.mean_loss, train_accuracy=sums.mean_accuracy, val_loss=val_loss,
+                         val_accuracy=val_acc, lr=lr, seconds=seconds,
+                         images_per_second=sums.seen / seconds if seconds > 0 else 0.0)
+    bar.close(f" | val loss {val_loss:.4f} acc {val_acc:.3f} | {seconds:.0f} s")
