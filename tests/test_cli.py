@@ -1,4 +1,4 @@
-"""Chapter 10: the ``tinyprune`` command.
+"""Chapter 10: the tutorial's pipeline (``tinyprune.pipeline``) and the ``tinyprune`` command.
 
 The main job runs once (``--quick``, module fixture) and several tests read
 what it printed and wrote.  Bad input must fail fast with one clear line on
@@ -7,6 +7,7 @@ stderr, exit code 2, and nothing written.
 
 import contextlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -18,12 +19,13 @@ from PIL import Image
 
 import tinyprune as tp
 from tinyprune import checkpoint
-from tinyprune.tools.cli import main
+from tinyprune.pipeline import TUTORIAL_INPUT, prune_and_resize, tutorial_model, tutorial_stages
+from tinyprune.tools import bench, pretrain
+from tinyprune.tools.cli import build_parser, main
 
 pytestmark = pytest.mark.tutorials
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEED_INPUT = (1, 3, 96, 96)
 FIGURES = {"macs.png", "sparsity-level.png", "sparsity-propagated.png", "channels.png",
            "weights-pw7.png", "history.png"}
 
@@ -55,7 +57,40 @@ def quick_run(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------
-# Help
+# The pipeline
+# ---------------------------------------------------------------------------
+
+def test_tutorial_stages_are_the_course_stages_with_their_counts():
+    model = tutorial_model(seed=3)
+    stages = tutorial_stages(model, level=0.2, channel_level=0.2)
+    assert list(stages) == ["baseline", "level", "channel", "propagated", "resized"]
+    assert [s.label for s in stages.values()] == ["baseline", "LevelPrune(0.2)", "ChannelPrune(0.2)",
+                                                  "propagated", "resized"]
+    assert stages["baseline"].model is model
+    totals = {key: {rule: (t.mults, t.adds) for rule, t in s.counts.items()} for key, s in stages.items()}
+    assert totals["baseline"] == {rule: (7505600, 7273983) for rule in ("reference", "sparse", "dense")}
+    assert totals["level"]["reference"] == (7460806, 7273983)
+    assert totals["channel"]["reference"] == (6105200, 5915181)
+    assert totals["propagated"]["sparse"] == totals["resized"]["reference"]   # resize removes only zeros
+    assert len(set(totals["resized"].values())) == 1          # no zeros left for the rules to disagree on
+    for stage in stages.values():
+        assert (stage.counts["reference"].mults, stage.counts["reference"].adds) == \
+            tp.compute_dot_prods(stage.model, TUTORIAL_INPUT)[:2]
+
+
+def test_prune_and_resize_returns_three_models_computing_the_same_function():
+    model = tutorial_model(seed=1).eval()
+    pruned, propagated, resized = prune_and_resize(model, tp.ChannelPrune(0.3))
+    assert model[0][0].masks == {}                            # the model itself is left alone
+    assert pruned[0][0].masks and not propagated[0][0].masks  # keepprune baked the masks in
+    assert resized[0][0].c_out < model[0][0].c_out
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    assert np.allclose(resized(x), pruned(x), atol=1e-5)
+    assert np.allclose(propagated(x), pruned(x), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Help and argument types
 # ---------------------------------------------------------------------------
 
 def test_help_documents_every_option_and_command():
@@ -64,6 +99,24 @@ def test_help_documents_every_option_and_command():
     for word in ("--out", "--epochs", "--level", "--channel-level", "--rule", "--quick", "--seed",
                  "count MODEL.npz", "prune MODEL.npz", "bench", "reference", "sparse", "dense"):
         assert word in stdout, word
+
+
+def test_epochs_accept_zero_and_refuse_negative_numbers(capsys):
+    assert build_parser().parse_args(["--epochs", "0"]).epochs == 0          # 0 skips finetuning
+    for option, value in (("--epochs", "-1"), ("--seed", "-2"), ("--epochs", "1.5")):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([option, value])
+        assert f"argument {option}: expected a whole number >= 0, got '{value}'" in capsys.readouterr().err
+
+
+def test_bench_and_pretrain_refuse_bad_numbers_before_any_work(capsys):
+    for tool, argv, message in ((bench, ["--threads", "0"], "argument --threads: expected a whole number >= 1"),
+                                (pretrain, ["--epochs", "0"], "argument --epochs: expected a whole number >= 1"),
+                                (pretrain, ["--lr", "0"], "argument --lr: expected a number > 0, got '0'")):
+        with pytest.raises(SystemExit) as stop:
+            tool.main(argv)
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_python_dash_m_tinyprune_is_the_command():
@@ -111,13 +164,28 @@ def test_quick_run_writes_figures_summary_and_checkpoint(quick_run):
             assert image.format == "PNG" and image.size[0] > 600
     assert (out / "summary.txt").read_text() in stdout
     finetuned = checkpoint.load(out / "finetuned.npz")
-    mults, adds, _ = tp.compute_dot_prods(finetuned, SEED_INPUT)
+    mults, adds, _ = tp.compute_dot_prods(finetuned, TUTORIAL_INPUT)
     printed = re.search(r"Resized MobileNet Mults (\d+) Adds (\d+)", stdout)
     assert (mults, adds) == (int(printed[1]), int(printed[2]))       # finetuning keeps the shapes
     assert finetuned.metadata["command"] == f"tinyprune --quick --out {out} --no-progress"
     stages = finetuned.metadata["stages"]
     assert [s["stage"] for s in stages][:2] == ["baseline", "LevelPrune(0.2)"]
     assert stages[0]["counts"]["reference"] == [7505600, 7273983]
+
+
+def test_zero_epochs_skip_finetuning_and_its_figure(tmp_path, fresh_checkpoint):
+    out = tmp_path / "results"
+    code, stdout, stderr = run(["--quick", "--epochs", "0", "--model", str(fresh_checkpoint),
+                                "--out", str(out), "--no-progress"])
+    assert code == 0, stderr
+    assert "finetuning" not in stdout
+    assert set(os.listdir(out)) == (FIGURES - {"history.png"}) | {"finetuned.npz", "summary.txt",
+                                                                   "stages.json"}
+    stages = json.loads((out / "stages.json").read_text())
+    assert "history" not in stages and stages["epochs"] == 0
+    resized, finetuned = stages["stages"][4], stages["stages"][5]
+    assert finetuned["stage"] == "finetuned (0 epochs)"
+    assert (finetuned["counts"], finetuned["val_accuracy"]) == (resized["counts"], resized["val_accuracy"])
 
 
 # ---------------------------------------------------------------------------
@@ -149,7 +217,7 @@ def test_prune_subcommand_saves_the_resized_model(fresh_checkpoint, tmp_path):
     assert re.search(r"ChannelPrune\(0.2\) +Mults 6105200 Adds 5915181", stdout)
     resized_line = re.search(r"resize +Mults (\d+) Adds (\d+)", stdout)
     model = checkpoint.load(small)
-    assert tp.compute_dot_prods(model, SEED_INPUT)[:2] == (int(resized_line[1]), int(resized_line[2]))
+    assert tp.compute_dot_prods(model, TUTORIAL_INPUT)[:2] == (int(resized_line[1]), int(resized_line[2]))
     assert model[0][0].c_out < 8                       # conv1 lost channels: it really is smaller
     x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
     pruned = tp.prune(tp.ChannelPrune(0.2), checkpoint.load(fresh_checkpoint))

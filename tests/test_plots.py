@@ -15,12 +15,12 @@ from PIL import Image
 
 import tinyprune as tp
 from tinyprune import plots
+from tinyprune.pipeline import TUTORIAL_INPUT
 from tinyprune.prune import ChannelPrune, LevelPrune, prune, sparsity
 
 pytestmark = pytest.mark.plots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEED_INPUT = (1, 3, 96, 96)
 
 # Output channels of MobileNet(width 0.25, fcsize 64, nclasses 1), conv/dense layers in order.
 MOBILENET_CHANNELS = ([8]                                    # conv1
@@ -78,6 +78,16 @@ def test_sparsity_bars_split_channel_zeros_from_scattered_zeros(channel):
     assert f"{100 * table.fraction:.1f}% of 224,048" in ax.get_title()
 
 
+def test_sparsity_from_a_table_draws_what_the_model_draws(channel):
+    from_model = plots.plot_sparsity(channel).axes[0]
+    from_table = plots.plot_sparsity(sparsity(channel), labels=plots.layer_labels(channel)).axes[0]
+    assert bar_heights(from_table) == bar_heights(from_model)
+    assert [t.get_text() for t in from_table.get_xticklabels()] == plots.layer_labels(channel)
+    assert from_table.get_title() == from_model.get_title()
+    by_path = plots.plot_sparsity(sparsity(channel)).axes[0]
+    assert [t.get_text() for t in by_path.get_xticklabels()] == [row.path for row in sparsity(channel)]
+
+
 def test_sparsity_of_level_pruning_is_all_scattered(level):
     ax = plots.plot_sparsity(level).axes[0]
     heights = bar_heights(ax)
@@ -88,11 +98,11 @@ def test_sparsity_of_level_pruning_is_all_scattered(level):
 def test_macs_bars_are_the_per_layer_counts_and_totals_match_the_seed(model, level, channel):
     seed_channel = prune(ChannelPrune(0.2), model)
     stages = [("baseline", model), ("level", level), ("channel", seed_channel)]
-    fig = plots.plot_macs(stages, SEED_INPUT)
+    fig = plots.plot_macs(stages, TUTORIAL_INPUT)
     left, right = fig.axes
     drawn = bar_heights(left)
     for k, (_, m) in enumerate(stages):
-        table = tp.dot_prod_table(m, SEED_INPUT)
+        table = tp.dot_prod_table(m, TUTORIAL_INPUT)
         per_layer = [row[3] for row in table if row[1] in ("Conv2d", "DepthwiseConv2d", "Dense")]
         assert drawn[29 * k: 29 * (k + 1)] == per_layer
     assert bar_heights(right) == [7505600, 7460806, 6105200]
@@ -102,15 +112,37 @@ def test_macs_bars_are_the_per_layer_counts_and_totals_match_the_seed(model, lev
     assert "'reference'" in left.get_title()
 
 
+def test_macs_from_counted_tables_draw_what_the_models_draw(model, level):
+    tables = [("baseline", tp.dot_prod_table(model, TUTORIAL_INPUT)),
+              ("level", tp.dot_prod_table(level, TUTORIAL_INPUT))]
+    from_models = plots.plot_macs([("baseline", model), ("level", level)], TUTORIAL_INPUT)
+    from_tables = plots.plot_macs(tables, labels=plots.layer_labels(model))
+    for drawn, expected in zip(from_tables.axes, from_models.axes):
+        assert bar_heights(drawn) == bar_heights(expected)
+        assert [t.get_text() for t in drawn.get_xticklabels()] == \
+            [t.get_text() for t in expected.get_xticklabels()]
+        assert drawn.get_ylabel() == expected.get_ylabel()
+    assert from_tables.axes[0].get_ylabel() == "multiplies per image"     # the batch N read from the table
+    unlabelled = plots.plot_macs(tables).axes[0]               # no model to name the layers: their paths
+    assert [t.get_text() for t in unlabelled.get_xticklabels()][:3] == ["[0][0]", "[0][3]", "[0][6]"]
+
+
+def test_macs_refuse_a_table_counted_under_another_rule(model):
+    with pytest.raises(ValueError, match="counts under the rule 'sparse', expected 'reference'"):
+        plots.plot_macs([("baseline", tp.dot_prod_table(model, TUTORIAL_INPUT, "sparse"))])
+    with pytest.raises(ValueError, match="got 2 labels for 29 conv/dense layers"):
+        plots.plot_macs([("baseline", model)], labels=["a", "b"])
+
+
 def test_macs_under_the_dense_rule_ignore_zeros(model, level):
-    right = plots.plot_macs({"baseline": model, "level": level}, SEED_INPUT, rule="dense").axes[1]
+    right = plots.plot_macs({"baseline": model, "level": level}, TUTORIAL_INPUT, rule="dense").axes[1]
     assert bar_heights(right) == [7505600, 7505600]
 
 
 def test_macs_refuse_models_with_different_layer_sequences(model):
     other = tp.Chain(tp.Conv2d(3, 4, 3))
     with pytest.raises(ValueError, match="model 'tiny' has 1 conv/dense layers"):
-        plots.plot_macs([("baseline", model), ("tiny", other)], SEED_INPUT)
+        plots.plot_macs([("baseline", model), ("tiny", other)], TUTORIAL_INPUT)
 
 
 def test_weight_histogram_draws_the_nonzero_weights_and_counts_the_zeros(model, level):
@@ -223,3 +255,28 @@ def test_history_accuracy_axis_spans_ten_points_for_a_short_run():
                               "val_accuracy": [0.895]})
     low, high = fig.axes[1].get_ylim()
     assert high - low == pytest.approx(10) and low <= 89.5 and high >= 89.7
+
+
+def test_save_grid_writes_a_png_of_the_grid_size_and_nothing_else(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (10, 3, 96, 96), dtype=np.uint8)
+    path = plots.save_grid(images, tmp_path / "grid.png", nrow=5, labels=[0, 1] * 5)
+    assert path == tmp_path / "grid.png"
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+    with Image.open(path) as picture:
+        assert picture.format == "PNG"
+        width, height = picture.size
+    assert width > height                                  # 5 columns by 2 rows
+    assert (width, height) == (round(1.25 * 5 * 100), round(1.45 * 2 * 100))   # inches x 100 dpi
+
+
+def test_save_grid_draws_grey_images_and_leaves_spare_cells_empty(tmp_path):
+    grey = np.linspace(0, 1, 3 * 16 * 16, dtype=np.float32).reshape(3, 1, 16, 16)
+    path = plots.save_grid(grey, tmp_path / "sub" / "grey.png", nrow=4)     # the folder is created
+    with Image.open(path) as picture:
+        assert picture.size == (500, 145)                  # one row of 4 cells, the last one empty
+
+
+def test_label_titles_name_the_classes():
+    assert plots._label_title(1) == "person"
+    assert plots._label_title(np.int64(0)) == "no person"
+    assert plots._label_title(0.73) == "0.73"

@@ -9,6 +9,13 @@ module, so matplotlib is only loaded by those who draw::
     from tinyprune import plots
     plots.plot_sparsity(model, save="sparsity.png")
 
+The figures draw tables: dot-product counts (:func:`tinyprune.dot_prod_table`),
+sparsity (:func:`tinyprune.sparsity`), a training history, a sensitivity
+scan.  Where a table is computed from a model, the function also accepts
+the model and computes the table itself; a program that has the tables
+already (the ``tinyprune`` command) hands them over, so nothing is counted
+twice.  :func:`save_grid` draws a grid of data set images.
+
 Layers are named on the axes by short labels, one counter per kind, in the
 order the forward pass meets them (:func:`layer_labels`):
 
@@ -24,25 +31,27 @@ these layers, which works because pruning, propagating and resizing never
 add or remove a layer, only channels.
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from .count import dot_prod_table
+from .common import atomic_write
+from .count import DotProdTable, dot_prod_table
+from .data import to_float
 from .layers import Conv2d, Dense, DepthwiseConv2d, layer_at, parse_path
-from .prune import sparsity
+from .pipeline import TUTORIAL_INPUT
+from .prune import SparsityTable, sparsity
 
 __all__ = [
     "save_figure", "dot_layers", "layer_labels",
     "plot_sparsity", "plot_macs", "plot_weight_histogram", "plot_channels",
-    "plot_sensitivity", "plot_history", "plot_sparse_speedup",
+    "plot_sensitivity", "plot_history", "plot_sparse_speedup", "save_grid",
 ]
 
 DOT_LAYERS = (Conv2d, DepthwiseConv2d, Dense)
+DOT_TYPES = tuple(kind.__name__ for kind in DOT_LAYERS)     # as a DotProdTable names them
 # One colour per stage or model, in order; the colour-blind-safe "tab10" start.
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
@@ -52,30 +61,16 @@ COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 # ---------------------------------------------------------------------------
 
 def save_figure(fig, path, dpi=120):
-    """Write ``fig`` as a PNG at ``path``, via a temporary file renamed into place.
+    """Write ``fig`` as a PNG at ``path`` with ``common.atomic_write``; returns the path.
 
     A reader of ``path`` therefore sees either the old file or the whole new
-    one, never half a picture.  The folder must exist.  Returns the path.
+    one, never half a picture.  The folder must exist: a figure is the end
+    of a run, and a mistyped folder should fail, not appear.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"save_figure: folder {str(path.parent)!r} does not exist")
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write(path, lambda stream: fig.savefig(stream, format="png", dpi=dpi))
 
 
 def _finish(fig, save):
@@ -109,10 +104,13 @@ def layer_labels(model):
 
 
 def _named_models(models, what):
-    """A model, a dict {name: model} or a list of (name, model) -> list of (name, model)."""
+    """A model, a dict {name: model} or a list of (name, model) -> list of (name, model).
+
+    "Model" here may also be a model's table (a ``DotProdTable``).
+    """
     if isinstance(models, dict):
         pairs = list(models.items())
-    elif isinstance(models, (list, tuple)):
+    elif isinstance(models, (list, tuple)) and not isinstance(models, DotProdTable):
         pairs = list(models)
         for i, pair in enumerate(pairs):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
@@ -125,16 +123,28 @@ def _named_models(models, what):
     return [(str(name), model) for name, model in pairs]
 
 
-def _same_layer_sequence(pairs, what):
-    """Check every model has the conv/dense layers of the first one, same kinds in the same order."""
-    kinds = [_kind(layer) for _, layer in dot_layers(pairs[0][1])]
-    for name, model in pairs[1:]:
-        other = [_kind(layer) for _, layer in dot_layers(model)]
+def _same_layer_sequence(sequences, what):
+    """Check every model has the conv/dense layers of the first one, same kinds in the same order.
+
+    ``sequences``: ``[(name, [kind of each conv/dense layer])]``, one per model.
+    """
+    first, kinds = sequences[0]
+    for name, other in sequences[1:]:
         if other != kinds:
             raise ValueError(
                 f"{what}: model {name!r} has {len(other)} conv/dense layers ({' '.join(other[:6])} ...), "
-                f"model {pairs[0][0]!r} has {len(kinds)} ({' '.join(kinds[:6])} ...); "
+                f"model {first!r} has {len(kinds)} ({' '.join(kinds[:6])} ...); "
                 "layers are compared by position, so the sequences must match")
+
+
+def _axis_labels(labels, model, paths, what):
+    """``labels`` if given, else the short labels of ``model``, else (a table was given) ``paths``."""
+    if labels is None:
+        labels = paths if isinstance(model, (DotProdTable, SparsityTable)) else layer_labels(model)
+    labels = [str(label) for label in labels]
+    if len(labels) != len(paths):
+        raise ValueError(f"{what}: got {len(labels)} labels for {len(paths)} conv/dense layers")
+    return labels
 
 
 def _label_layer_axis(ax, labels):
@@ -158,8 +168,12 @@ def _millions(value, _position=None):
 # Sparsity
 # ---------------------------------------------------------------------------
 
-def plot_sparsity(model, title=None, save=None):
+def plot_sparsity(model, title=None, save=None, labels=None):
     """Per-layer share of zero weights (%), split into whole-channel and scattered zeros.
+
+    ``model``: a model, or its table ``tinyprune.sparsity(model)``.
+    ``labels``: the names under the bars; by default the model's short labels
+    (:func:`layer_labels`), or the layer paths when a table is given.
 
     Each bar is one conv or dense layer's weight array.  Its lower part is the
     percentage of that layer's weights lying in output channels that are all
@@ -170,7 +184,7 @@ def plot_sparsity(model, title=None, save=None):
     (masked weights count as zero, as in the forward pass); a dense layer's
     zeros are all drawn as scattered.
     """
-    table = sparsity(model)
+    table = model if isinstance(model, SparsityTable) else sparsity(model)
     if not table:
         raise ValueError("plot_sparsity: the model has no conv or dense layer")
     weights = np.array([r.weights for r in table], dtype=float)
@@ -187,7 +201,7 @@ def plot_sparsity(model, title=None, save=None):
     x = np.arange(len(table))
     ax.bar(x, channel_pct, color=COLOURS[3], label="in all-zero output channels (structured)")
     ax.bar(x, scattered_pct, bottom=channel_pct, color=COLOURS[0], label="scattered (unstructured)")
-    _label_layer_axis(ax, layer_labels(model))
+    _label_layer_axis(ax, _axis_labels(labels, model, [row.path for row in table], "plot_sparsity"))
     ax.set_ylabel("zero weights (% of the layer's weights)")
     ax.set_ylim(0, 118)                      # room above 100% for the legend
     ax.set_yticks(np.arange(0, 101, 20))
@@ -203,25 +217,37 @@ def plot_sparsity(model, title=None, save=None):
 # Multiplies per stage
 # ---------------------------------------------------------------------------
 
-def plot_macs(stages, input_shape=(1, 3, 96, 96), rule="reference", title=None, save=None):
+def _dot_rows(item, input_shape, rule, name):
+    """The conv/dense rows of ``item``'s DotProdTable under ``rule`` (``item``: a model or its table)."""
+    if not isinstance(item, DotProdTable):
+        item = dot_prod_table(item, input_shape, rule)
+    elif item.rule != rule:
+        raise ValueError(f"plot_macs: the table of {name!r} counts under the rule {item.rule!r}, "
+                         f"expected {rule!r}")
+    return [row for row in item if row[1] in DOT_TYPES]
+
+
+def plot_macs(stages, input_shape=TUTORIAL_INPUT, rule="reference", title=None, save=None, labels=None):
     """Multiplies per layer for each stage (grouped bars), and the totals with the % saved.
 
     ``stages``: ``{name: model}`` or ``[(name, model), ...]`` in pipeline order,
     e.g. baseline, level, channel, propagated, resized.  Counts are those of
-    :func:`tinyprune.compute_dot_prods` under ``rule`` for one forward pass on
-    a batch of ``input_shape`` (NCHW).  Left panel: one group of bars per
-    layer, one bar per stage.  Right panel: each stage's total, labelled
-    with the percentage of the first stage's multiplies it saves.
+    :func:`tinyprune.dot_prod_table` under ``rule`` for one forward pass on
+    a batch of ``input_shape`` (NCHW).  Instead of a model a stage may be
+    given as its ``DotProdTable`` under ``rule``, counted already (then
+    ``input_shape`` is not used).  ``labels``: the names under the bars; by
+    default the first model's short labels, or the layer paths when a table
+    comes first.  Left panel: one group of bars per layer, one bar per
+    stage.  Right panel: each stage's total, labelled with the percentage of
+    the first stage's multiplies it saves.
     """
     pairs = _named_models(stages, "plot_macs")
-    _same_layer_sequence(pairs, "plot_macs")
-    per_stage = []
-    for name, model in pairs:
-        table = dot_prod_table(model, input_shape, rule)
-        per_stage.append([row[3] for row in table if row[1] in ("Conv2d", "DepthwiseConv2d", "Dense")])
-    labels = layer_labels(pairs[0][1])
+    rows = [_dot_rows(item, input_shape, rule, name) for name, item in pairs]
+    _same_layer_sequence([(name, [row[1] for row in r]) for (name, _), r in zip(pairs, rows)], "plot_macs")
+    labels = _axis_labels(labels, pairs[0][1], [row[0] for row in rows[0]], "plot_macs")
+    per_stage = [[row[3] for row in r] for r in rows]
     totals = [sum(m) for m in per_stage]
-    batch = int(input_shape[0])
+    batch = int(rows[0][0][2][0]) if rows[0] else 1           # N of the counted batch (NCHW)
     unit = "per image" if batch == 1 else f"for a batch of {batch}"
 
     fig = Figure(figsize=(14, 5), layout="constrained")
@@ -332,7 +358,8 @@ def plot_channels(before, after, names=("before resize", "after resize"), title=
     totals.
     """
     pairs = [(names[0], before), (names[1], after)]
-    _same_layer_sequence(pairs, "plot_channels")
+    _same_layer_sequence([(name, [_kind(layer) for _, layer in dot_layers(m)]) for name, m in pairs],
+                         "plot_channels")
     counts = [[layer.weight.shape[0] for _, layer in dot_layers(m)] for _, m in pairs]
     labels = layer_labels(before)
 
@@ -512,3 +539,43 @@ def plot_sparse_speedup(sparsities, dense_ms, sparse_ms, title=None, save=None):
         fig.suptitle(title)
     return _finish(fig, save)
 
+
+# ---------------------------------------------------------------------------
+# Data set images
+# ---------------------------------------------------------------------------
+
+def save_grid(images, path, nrow=8, labels=None):
+    """Write a PNG of images in a grid, ``nrow`` images per row; returns the path as a Path.
+
+    images: (N, C, H, W), uint8 or float in [0, 1]; C is 3 (RGB) or 1 (grey).
+    labels: optional (N,); 0/1 are titled "no person" / "person", other
+    values (scores, names) printed as they are.  Each image gets 1.25 x 1.45
+    inches at 100 dots per inch, room for a title.  Missing folders are
+    created, and the file is written with ``common.atomic_write``, so a
+    reader never sees half a picture.
+    """
+    pictures = to_float(images)
+    count = len(pictures)
+    rows = max(1, -(-count // nrow))
+    figure = Figure(figsize=(1.25 * nrow, 1.45 * rows), dpi=100)
+    axes = figure.subplots(rows, nrow, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k >= count:
+            continue
+        picture = pictures[k].transpose(1, 2, 0)  # CHW -> HWC for imshow
+        if picture.shape[2] == 1:
+            ax.imshow(picture[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(np.clip(picture, 0, 1), interpolation="nearest")
+        if labels is not None:
+            ax.set_title(_label_title(labels[k]), fontsize=8)
+    figure.tight_layout(pad=0.3)
+    return atomic_write(path, lambda stream: figure.savefig(stream, format="png"))
+
+
+def _label_title(label):
+    """"person" / "no person" for 1 / 0; anything else (a score, a name) as is."""
+    if isinstance(label, (int, np.integer, float, np.floating)) and label in (0, 1):
+        return "person" if label == 1 else "no person"
+    return str(label)

@@ -20,7 +20,8 @@
 #
 # Set the environment variable `TINYPRUNE_QUICK=1` to run everything on tiny
 # data in seconds (that is what the test suite does); the numbers of steps
-# 1 to 3 do not depend on it.
+# 1 to 3 do not depend on it. The last cell gathers every number in a dict,
+# `results`, which the tests check.
 
 # %%
 import os
@@ -34,6 +35,7 @@ from tinyprune.tools.bench import time_sparse_pointwise
 from tinyprune import (ChannelPrune, LevelPrune, MobileNet, compute_dot_prods, evaluate, keepprune,
                        pretrained, prune, prune_propagate, resize, slopehtanh, sparsity, trainer)
 from tinyprune.data import SyntheticVWW
+from tinyprune.pipeline import TUTORIAL_INPUT, prune_and_resize
 
 QUICK = os.environ.get("TINYPRUNE_QUICK") == "1"
 TRAIN_IMAGES = 64 if QUICK else None    # None = the full synthetic sets: 8,000 train,
@@ -54,11 +56,11 @@ OUT.mkdir(parents=True, exist_ok=True)
 # `compute_dot_prods` walks the layers and adds up the multiplies and adds of
 # every convolution and dense layer for one input batch. tinyprune is NCHW,
 # so the course's `(96, 96, 3, 1)` (Julia's width, height, channels, batch)
-# is `(1, 3, 96, 96)` here.
+# is `(1, 3, 96, 96)` here, `TUTORIAL_INPUT`.
 
 # %%
 m = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1)
-mults, adds, output_size = compute_dot_prods(m, (1, 3, 96, 96))  # one RGB image of 96 x 96
+mults, adds, output_size = compute_dot_prods(m, TUTORIAL_INPUT)  # one RGB image of 96 x 96
 print("MobileNet Mults", mults, "Adds", adds)
 
 # %% [markdown]
@@ -74,7 +76,7 @@ print("MobileNet Mults", mults, "Adds", adds)
 
 # %%
 m_lv_pruned = prune(LevelPrune(0.2), m)
-mults, adds, output_size = compute_dot_prods(m_lv_pruned, (1, 3, 96, 96))
+mults, adds, output_size = compute_dot_prods(m_lv_pruned, TUTORIAL_INPUT)
 print("MobileNet Mults", mults, "Adds", adds)
 
 # %% [markdown]
@@ -94,7 +96,7 @@ print("MobileNet Mults", mults, "Adds", adds)
 
 # %%
 m_ch_pruned = prune(ChannelPrune(0.2), m)
-mults, adds, output_size = compute_dot_prods(m_ch_pruned, (1, 3, 96, 96))
+mults, adds, output_size = compute_dot_prods(m_ch_pruned, TUTORIAL_INPUT)
 print("MobileNet Mults", mults, "Adds", adds)
 
 # %% [markdown]
@@ -131,7 +133,7 @@ figure
 # %%
 m_pruned = keepprune(m_ch_pruned)
 m_prop = prune_propagate(m_pruned)
-mults, adds, output_size = compute_dot_prods(m_prop, (1, 3, 96, 96))
+mults, adds, output_size = compute_dot_prods(m_prop, TUTORIAL_INPUT)
 print("Propagated MobileNet Mults", mults, "Adds", adds)
 
 # %% [markdown]
@@ -149,7 +151,7 @@ print("Propagated MobileNet Mults", mults, "Adds", adds)
 
 # %%
 m_resized = resize(m_prop)
-mults, adds, output_size = compute_dot_prods(m_resized, (1, 3, 96, 96))
+mults, adds, output_size = compute_dot_prods(m_resized, TUTORIAL_INPUT)
 print("Resized MobileNet Mults", mults, "Adds", adds)
 
 # %% [markdown]
@@ -165,7 +167,8 @@ print("Resized MobileNet Mults", mults, "Adds", adds)
 x = np.random.default_rng(0).random((4, 3, 96, 96), dtype=np.float32)
 y_pruned = m_ch_pruned.eval()(x)
 y_resized = m_resized.eval()(x)
-print("largest difference in the logits:", float(np.abs(y_pruned - y_resized).max()))
+logit_difference = float(np.abs(y_pruned - y_resized).max())
+print("largest difference in the logits:", logit_difference)
 print(f"conv and dense weights: {sparsity(m_prop).weights:,} before resize, "
       f"{sparsity(m_resized).weights:,} after")
 
@@ -197,17 +200,18 @@ figure
 stages = [("baseline", m), ("LevelPrune(0.2)", m_lv_pruned), ("ChannelPrune(0.2)", m_ch_pruned),
           ("propagated", m_prop), ("resized", m_resized)]
 rules = ("reference", "sparse", "dense")
+counts = {name: {rule: compute_dot_prods(model, TUTORIAL_INPUT, rule)[:2] for rule in rules}
+          for name, model in stages}             # {stage: {rule: (mults, adds)}}
 print(f"{'multiplies per image':<20}" + "".join(f"{rule:>13}" for rule in rules))
-for name, model in stages:
-    counts = [compute_dot_prods(model, (1, 3, 96, 96), rule)[0] for rule in rules]
-    print(f"{name:<20}" + "".join(f"{c:>13,}" for c in counts))
+for name, by_rule in counts.items():
+    print(f"{name:<20}" + "".join(f"{by_rule[rule][0]:>13,}" for rule in rules))
 
 # %% [markdown]
 # The same story per layer, under the course's rule: grouped bars for every
 # stage, and the totals with the share saved.
 
 # %%
-figure = plots.plot_macs(stages, (1, 3, 96, 96), rule="reference", save=OUT / "pruning-macs.png")
+figure = plots.plot_macs(stages, TUTORIAL_INPUT, rule="reference", save=OUT / "pruning-macs.png")
 print(f"wrote {OUT / 'pruning-macs.png'}")
 figure
 
@@ -243,10 +247,12 @@ def forward_ms(model, batch, repeats):
 batch = np.random.default_rng(1).random((TIMING_BATCH, 3, 96, 96), dtype=np.float32)
 repeats = 1 if QUICK else 5
 baseline_ms = forward_ms(m, batch, repeats)
+timings = {}                                     # milliseconds per image, by model
 for name, model in [("unpruned", m), ("LevelPrune(0.2)", m_lv_pruned),
                     ("propagated", m_prop), ("resized", m_resized)]:
     ms = baseline_ms if model is m else forward_ms(model, batch, repeats)
-    dense = compute_dot_prods(model, (1, 3, 96, 96), "dense")[0]
+    timings[name] = ms
+    dense = compute_dot_prods(model, TUTORIAL_INPUT, "dense")[0]
     print(f"{name:<16} {ms:6.2f} ms per image ({ms / baseline_ms:4.0%} of unpruned), "
           f"dense-rule multiplies {dense / 1e6:.2f} M")
 
@@ -299,7 +305,11 @@ figure
 # switch to the trained model shipped with tinyprune: the same architecture,
 # trained on a synthetic stand-in for Visual Wake Words (drawn stick figures
 # versus the same parts jumbled; the real data set cannot be downloaded
-# here). We run the same pipeline on it.
+# here). We run the same pipeline on it, this time in one call:
+# `tinyprune.pipeline.prune_and_resize` does prune, keepprune,
+# prune_propagate and resize in the order of sections 2b to 3b (the
+# `tinyprune` command calls it too), and returns the three models along the
+# way; we keep the last.
 
 # %%
 train_set = SyntheticVWW("train", size=TRAIN_IMAGES)
@@ -307,8 +317,8 @@ val_set = SyntheticVWW("val", size=VAL_IMAGES)
 trained = pretrained()
 _, acc_before = evaluate(trained, val_set)
 
-trained_pruned = resize(prune_propagate(keepprune(prune(ChannelPrune(0.2), trained))))
-mults, adds, output_size = compute_dot_prods(trained_pruned, (1, 3, 96, 96))
+trained_pruned = prune_and_resize(trained, ChannelPrune(0.2)).resized
+mults, adds, output_size = compute_dot_prods(trained_pruned, TUTORIAL_INPUT)
 _, acc_pruned = evaluate(trained_pruned, val_set)
 print(f"accuracy before pruning: {acc_before:.1%}")
 print(f"accuracy after ChannelPrune(0.2), propagate, resize: {acc_pruned:.1%} "
@@ -337,6 +347,28 @@ figure
 # One epoch usually wins back most of what pruning cost. (With
 # `TINYPRUNE_QUICK=1` it trains on 64 images only, so do not read much into
 # the quick numbers.)
+#
+# ## The numbers in one place
+#
+# Everything this tutorial measured, gathered in one dict: the test suite
+# checks these numbers, and you can compare them between runs or machines.
+
+# %%
+results = {
+    "counts": counts,                          # {stage: {rule: (mults, adds)}}
+    "largest_logit_difference": logit_difference,
+    "weights": {"propagated": sparsity(m_prop).weights, "resized": sparsity(m_resized).weights},
+    "ms_per_image": timings,                   # the dense forward pass of each model
+    "sparse_kernel": rows,                     # per sparsity: dense_s, csr_s, csr_speedup
+    "pruned_mults": mults,                     # the trained model after prune_and_resize
+    "accuracy": {"before": acc_before, "pruned": acc_pruned, "finetuned": acc_after},
+    "validation_images": len(val_set),
+    "figures": [OUT / name for name in ("pruning-sparsity-level.png", "pruning-sparsity-channel.png",
+                                        "pruning-channels.png", "pruning-macs.png",
+                                        "pruning-sparse-speedup.png", "pruning-finetune.png")],
+}
+
+# %% [markdown]
 #
 # ## Where to go from here
 #

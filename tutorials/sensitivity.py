@@ -14,7 +14,8 @@
 # Run as a script (`python tutorials/sensitivity.py`, several minutes: 270
 # pruned models are evaluated) or as a notebook. With `TINYPRUNE_QUICK=1` it
 # scans four layers at two levels on 32 images, in seconds; the quick
-# numbers only show that the code runs.
+# numbers only show that the code runs. The last cell gathers the numbers in
+# a dict, `results`, which the tests check.
 
 # %%
 import os
@@ -23,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from tinyprune import (BatchNorm2d, ChannelPrune, Conv2d, Dense, DepthwiseConv2d, LevelPrune,
-                       accuracy, compute_dot_prods, keepprune, parse_path, pretrained, prune,
-                       prune_propagate, resize)
+                       accuracy, compute_dot_prods, parse_path, pretrained, prune)
 from tinyprune import plots
 from tinyprune.data import SyntheticVWW, to_float
+from tinyprune.pipeline import TUTORIAL_INPUT, prune_and_resize
 
 QUICK = os.environ.get("TINYPRUNE_QUICK") == "1"
 LEVELS = [0.5, 0.9] if QUICK else [k / 10 for k in range(1, 10)]    # 10%, 20%, ..., 90%
@@ -143,24 +144,28 @@ def plan_level(accuracies):
 
 
 plan = [[None] * len(model[0]), [None] * len(model[1])]     # mirrors Chain(backbone, head)
+plan_levels = {}                                             # layer name -> its level in the plan
 for _, path, name in convs:
     p = plan_level(scans["ChannelPrune"][name])
+    plan_levels[name] = p
     chain, index = parse_path(path)                          # "[0][3]" -> (0, 3)
     plan[chain][index] = ChannelPrune(p) if p > 0 else None
     print(f"{name:<5} ChannelPrune({p})" if p > 0 else f"{name:<5} left alone")
 
 # %% [markdown]
 # Prune with the plan, then propagate and resize as in the pruning tutorial,
-# and count:
+# and count. `tinyprune.pipeline.prune_and_resize` runs those steps (prune,
+# keepprune, prune_propagate, resize) and returns the three models along the
+# way; we keep the last, the small one.
 
 # %%
 def pipeline(strategy):
     """Prune, propagate and resize the trained model; returns the small model."""
-    return resize(prune_propagate(keepprune(prune(strategy, model))))
+    return prune_and_resize(model, strategy).resized
 
 
 def mults(m):
-    return compute_dot_prods(m, (1, 3, 96, 96))[0]
+    return compute_dot_prods(m, TUTORIAL_INPUT)[0]
 
 
 planned = pipeline(plan)
@@ -190,7 +195,8 @@ print(f"uniform ChannelPrune({uniform_p:.3f}): {mults(uniform):,} multiplies per
 # %%
 planned_acc = accuracy_from([layer for _, layer in planned.named_layers()], x)
 uniform_acc = accuracy_from([layer for _, layer in uniform.named_layers()], x)
-print(f"unpruned: {baseline:.1%} at {mults(model):,} multiplies")
+unpruned_mults = mults(model)
+print(f"unpruned: {baseline:.1%} at {unpruned_mults:,} multiplies")
 print(f"planned:  {planned_acc:.1%} at {planned_mults:,} multiplies")
 print(f"uniform:  {uniform_acc:.1%} at {mults(uniform):,} multiplies")
 
@@ -222,9 +228,11 @@ def recalibrate(m, images, batch=50):
 
 train_images = (SyntheticVWW("train", size=CALIBRATION_IMAGES) if QUICK else SyntheticVWW("train")).images
 calibration = to_float(train_images[:CALIBRATION_IMAGES])
+recalibrated = {}                          # accuracy after recalibrating, by model
 for name, m in (("planned", planned), ("uniform", uniform)):
     recalibrate(m, calibration)
     acc = accuracy_from([layer for _, layer in m.named_layers()], x)
+    recalibrated[name] = acc
     print(f"{name + ':':<9} {acc:.1%} after recalibrating BatchNorm on {len(calibration):,} training images")
 
 # %% [markdown]
@@ -245,3 +253,24 @@ for name, m in (("planned", planned), ("uniform", uniform)):
 #    `rule="sparse"`. Why does `resize` not help there?
 # 3. Finetune both the planned and the uniform model for one epoch with
 #    `trainer` and compare again.
+
+# %% [markdown]
+# ## The numbers in one place
+#
+# Everything the scan and the comparison measured, in one dict: the test
+# suite checks these numbers, and you can compare them between runs.
+
+# %%
+results = {
+    "levels": LEVELS,
+    "validation_images": len(x),
+    "baseline": baseline,                      # unpruned accuracy, a fraction
+    "scans": scans,                            # {strategy: {layer: [accuracy at each level]}}
+    "plan": plan_levels,                       # {layer: ChannelPrune level, 0 = left alone}
+    "uniform_level": uniform_p,
+    "mults": {"unpruned": unpruned_mults, "planned": planned_mults, "uniform": mults(uniform)},
+    "accuracy": {"planned": planned_acc, "uniform": uniform_acc},
+    "recalibrated": recalibrated,
+    "calibration_images": len(calibration),
+    "figure": OUT / "sensitivity.png",
+}

@@ -1,4 +1,4 @@
-"""How fast is tinyprune?  ``python -m tinyprune.tools.bench`` (or ``python -m tinyprune.tools.bench``).
+"""How fast is tinyprune?  ``tinyprune bench`` (or ``python -m tinyprune.tools.bench``).
 
 Times the tutorial's model, ``MobileNet(slopehtanh, 0.25, fcsize=64,
 nclasses=1)`` on 96x96 images, and prints:
@@ -30,7 +30,7 @@ programs share the cores).  The load average is recorded with the figures:
 on a busy machine they mean less.
 
 ``--json PATH`` writes the same figures as JSON; ``--quick`` is a smoke run
-of a few seconds (one repetition, no cold start), for tests.
+(one repetition, no cold start) for tests: its figures are rough.
 """
 
 import argparse
@@ -41,12 +41,16 @@ import sys
 import tempfile
 import time
 
+from ..common import atomic_write, format_table
+from ..pipeline import TUTORIAL_INPUT, prune_and_resize, tutorial_model
+from .cli import whole_number
+
 __all__ = ["main", "time_sparse_pointwise"]
 
 BATCH_TRAIN = 32
 BATCH_INFER = 64
 SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)
-IMAGE = (3, 96, 96)
+IMAGE = TUTORIAL_INPUT[1:]
 
 
 # ---------------------------------------------------------------------------
@@ -64,11 +68,6 @@ def _median_seconds(fn, repeats, warmup):
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
-
-
-def _tutorial_model(seed=0):
-    import tinyprune as tp
-    return tp.MobileNet(tp.slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed)
 
 
 def _images(batch, seed):
@@ -99,12 +98,6 @@ def _inference_figures(model, repeats, warmup):
     s64 = _median_seconds(lambda: model(x64), repeats, warmup)
     s1 = _median_seconds(lambda: model(x1), repeats * 10, warmup * 10)
     return {"batch64_s": s64, "batch64_images_per_s": BATCH_INFER / s64, "batch1_ms": s1 * 1e3}
-
-
-def _resized_model(model):
-    """The tutorial's pipeline at ChannelPrune(0.5): prune, keepprune, propagate, resize."""
-    import tinyprune as tp
-    return tp.resize(tp.prune_propagate(tp.keepprune(tp.prune(tp.ChannelPrune(0.5), model))))
 
 
 def time_sparse_pointwise(model, sparsities=SPARSITIES, batch=BATCH_TRAIN, repeats=5, warmup=1,
@@ -163,7 +156,7 @@ def time_sparse_pointwise(model, sparsities=SPARSITIES, batch=BATCH_TRAIN, repea
 
 def _sparse_figures(repeats, warmup, threads):
     """Section 6 on the tutorial's model at batch 32; the CSR kernel gets the BLAS thread count."""
-    return time_sparse_pointwise(_tutorial_model(), SPARSITIES, BATCH_TRAIN, repeats, warmup,
+    return time_sparse_pointwise(tutorial_model(), SPARSITIES, BATCH_TRAIN, repeats, warmup,
                                  csr_threads=threads)
 
 
@@ -174,18 +167,18 @@ def _measure(quick, blas_threads):
     repeats, warmup = (1, 1) if quick else (10, 3)
     figures = {}
 
-    model = _tutorial_model()
+    model = tutorial_model()
     step = _train_step_fn(model, BATCH_TRAIN)
     s = _median_seconds(step, repeats, warmup)
     figures["train_step"] = {"batch": BATCH_TRAIN, "seconds": s, "images_per_s": BATCH_TRAIN / s,
                              "optimizer": "Adam(lr=1e-3)"}
 
-    model = _tutorial_model()
+    model = tutorial_model()
     figures["inference"] = _inference_figures(model, repeats, warmup)
 
-    resized = _resized_model(_tutorial_model())
-    full_mults = tp.compute_dot_prods(model, (1,) + IMAGE, "dense")[0]
-    resized_mults = tp.compute_dot_prods(resized, (1,) + IMAGE, "dense")[0]
+    resized = prune_and_resize(tutorial_model(), tp.ChannelPrune(0.5)).resized
+    full_mults = tp.compute_dot_prods(model, TUTORIAL_INPUT, "dense")[0]
+    resized_mults = tp.compute_dot_prods(resized, TUTORIAL_INPUT, "dense")[0]
     r = _inference_figures(resized, repeats, warmup)
     mult_saving = 1 - resized_mults / full_mults
     time_saving = 1 - r["batch64_s"] / figures["inference"]["batch64_s"]
@@ -210,8 +203,9 @@ _STARTUP = """
 import time
 start = time.perf_counter()
 import numpy as np
-import tinyprune as tp
-m = tp.MobileNet(tp.slopehtanh, 0.25, fcsize=64, nclasses=1, seed=0)
+import tinyprune
+from tinyprune.pipeline import tutorial_model
+m = tutorial_model()
 x = np.random.default_rng(0).random((32, 3, 96, 96), dtype=np.float32)
 y = m(x)
 m.backward(np.ones_like(y) / y.size)
@@ -221,7 +215,8 @@ print(time.perf_counter() - start)
 _PEAK = """
 import resource
 from tinyprune.tools import bench
-step = bench._train_step_fn(bench._tutorial_model(), {batch})
+from tinyprune.pipeline import tutorial_model
+step = bench._train_step_fn(tutorial_model(), {batch})
 for _ in range({steps}):
     step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -236,7 +231,8 @@ print(json.dumps(bench._measure({quick}, {blas_threads})))
 
 def _child_env(threads, blas_threads, cache_dir=None):
     env = dict(os.environ)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The folder holding the tinyprune package (tinyprune/tools/bench.py is two levels down).
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env["NUMBA_NUM_THREADS"] = str(threads)
     for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
@@ -314,19 +310,13 @@ def _report(fig):
               "5. peak resident memory, process training at batch 32",
               f"   {fig['peak_memory']['bytes'] / 2**20:.0f} MiB",
               f"6. pointwise convs of the model at batch 32, unstructured sparsity: CSR kernel vs dense BLAS "
-              f"({t['blas']} thread{'s' if t['blas'] > 1 else ''} each)",
-              "   sparsity   dense ms    CSR ms   CSR speed-up"]
-    for row in fig["sparse"]:
-        lines.append(f"   {row['sparsity'] * 100:6.0f}%   {row['dense_s'] * 1e3:8.2f}  {row['csr_s'] * 1e3:8.2f}"
-                     f"   {row['csr_speedup']:6.2f}x")
+              f"({t['blas']} thread{'s' if t['blas'] > 1 else ''} each)"]
+    table = format_table(["sparsity", "dense ms", "CSR ms", "CSR speed-up"],
+                         [[f"{row['sparsity']:.0%}", f"{row['dense_s'] * 1e3:.2f}",
+                           f"{row['csr_s'] * 1e3:.2f}", f"{row['csr_speedup']:.2f}x"]
+                          for row in fig["sparse"]], left=0)
+    lines += ["   " + line for line in table.splitlines()]
     return "\n".join(lines)
-
-
-def _write_json(figures, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(figures, f, indent=1)
-    os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -336,20 +326,17 @@ def main(argv=None):
         description="Time the tutorial's MobileNet: a training step, inference, the resized model, "
                     "start-up, peak memory, and a sparse (CSR) kernel against dense BLAS. "
                     "Measurements run in child processes with the thread counts below.")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=whole_number(1), default=None,
                         help="Numba threads for tinyprune's kernels (default: NUMBA_NUM_THREADS or all cores)")
-    parser.add_argument("--blas-threads", type=int, default=1,
+    parser.add_argument("--blas-threads", type=whole_number(1), default=1,
                         help="threads for NumPy's BLAS matrix products (default 1)")
-    parser.add_argument("--quick", action="store_true", help="a rough smoke run of a few seconds")
+    parser.add_argument("--quick", action="store_true", help="a rough smoke run: one repetition, no cold start")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = parser.parse_args(argv)
     threads = args.threads
     if threads is None:
         import numba
         threads = numba.config.NUMBA_NUM_THREADS
-    for name, value in (("--threads", threads), ("--blas-threads", args.blas_threads)):
-        if value < 1:
-            parser.error(f"{name} must be a positive number of threads, got {value}")
 
     load_before = os.getloadavg()[0]
     env = _child_env(threads, args.blas_threads)
@@ -363,7 +350,7 @@ def main(argv=None):
     figures["machine"]["loadavg_after"] = os.getloadavg()[0]
     print(_report(figures))
     if args.json:
-        _write_json(figures, args.json)
+        atomic_write(args.json, lambda stream: json.dump(figures, stream, indent=1), binary=False)
     return 0
 
 

@@ -21,9 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..common import atomic_write, check_int, check_number, format_table
+from ..count import RULES
+from ..pipeline import TUTORIAL_INPUT, bake_and_propagate, count_rules, finetune, tutorial_stages
+
 __all__ = ["main"]
 
-SEED_INPUT = (1, 3, 96, 96)      # the tutorial counts one 96 x 96 RGB image
 QUICK_TRAIN, QUICK_VAL = 64, 32   # images per set under --quick: two training batches
 
 
@@ -62,7 +65,7 @@ commands:
   pretrain [ARGS...] train or check the shipped checkpoint (see: tinyprune pretrain --help)
 
 examples:
-  tinyprune --quick --out /tmp/tp          # a few seconds, small data subsets
+  tinyprune --quick --out /tmp/tp          # a smoke run on small data subsets
   tinyprune --channel-level 0.4 --epochs 2
   tinyprune count tinyprune-out/finetuned.npz --rule sparse
   tinyprune prune model.npz --channel-level 0.3 --resize --out small.npz
@@ -70,37 +73,43 @@ examples:
 
 
 # ---------------------------------------------------------------------------
-# Argument checks
+# Argument types (bench and pretrain use them too)
 # ---------------------------------------------------------------------------
 
-def _level(text):
-    """argparse type: a pruning level, a fraction in [0, 1)."""
+def fraction_below_one(text):
+    """argparse type: a pruning level, a fraction in [0, 1); 1 would prune everything."""
     try:
-        value = float(text)
+        return check_number(float(text), "the level", "tinyprune", 0.0, 1.0, high_open=True)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(
-            f"expected a fraction in [0, 1) (0.2 prunes 20%), got {text!r}")
-    return value
+            f"expected a fraction in [0, 1) (0.2 prunes 20%), got {text!r}") from None
 
 
-def _positive_int(text):
+def whole_number(minimum):
+    """An argparse type that accepts a whole number >= ``minimum``: ``type=whole_number(0)``."""
+    def parse(text):
+        try:
+            return check_int(int(text), "the value", "tinyprune", minimum)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number >= {minimum}, got {text!r}") from None
+    return parse
+
+
+def positive_number(text):
+    """argparse type: a finite number > 0, such as a learning rate or a factor."""
     try:
-        value = int(text)
+        return check_number(float(text), "the value", "tinyprune", low=0.0, low_open=True)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
 
 
 def _input_shape(text):
     try:
-        shape = tuple(int(part) for part in text.split(","))
+        shape = tuple(check_int(int(part), "a size", "--input-shape") for part in text.split(","))
     except ValueError:
         shape = ()
-    if len(shape) != 4 or min(shape) < 1:
+    if len(shape) != 4:
         raise argparse.ArgumentTypeError(f"expected N,C,H,W (e.g. 1,3,96,96), got {text!r}")
     return shape
 
@@ -130,21 +139,6 @@ def _existing_file(path, what):
     return path
 
 
-def _write_text(path, text):
-    """Write ``text`` to ``path`` through a temporary file renamed into place."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes the file private; give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------
 # The parser
 # ---------------------------------------------------------------------------
@@ -155,19 +149,19 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="tinyprune-out", metavar="DIR",
                         help="folder for the figures, summary and checkpoint (default ./tinyprune-out)")
-    parser.add_argument("--epochs", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--epochs", type=whole_number(0), default=1, metavar="N",
                         help="finetuning epochs for the resized model (default 1; 0 skips finetuning)")
-    parser.add_argument("--level", type=_level, default=0.2, metavar="P",
+    parser.add_argument("--level", type=fraction_below_one, default=0.2, metavar="P",
                         help="LevelPrune fraction: zero this share of each layer's weights (default 0.2)")
-    parser.add_argument("--channel-level", type=_level, default=0.2, metavar="P",
+    parser.add_argument("--channel-level", type=fraction_below_one, default=0.2, metavar="P",
                         help="ChannelPrune fraction: zero this share of each conv's output "
                              "channels (default 0.2)")
     parser.add_argument("--rule", choices=("reference", "sparse", "dense"), default="reference",
                         help="counting rule of the course-style lines and the figure (default reference)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"seconds instead of minutes, for CI: {QUICK_TRAIN} training and "
-                             f"{QUICK_VAL} validation images")
-    parser.add_argument("--seed", type=int, default=0,
+                        help=f"a smoke run on small data subsets (for CI): {QUICK_TRAIN} training "
+                             f"and {QUICK_VAL} validation images")
+    parser.add_argument("--seed", type=whole_number(0), default=0,
                         help="seed of the batch order and augmentation (default 0)")
     parser.add_argument("--model", metavar="MODEL.npz", default=None,
                         help="start from this checkpoint instead of the shipped pretrained one")
@@ -179,7 +173,7 @@ def build_parser():
     count.add_argument("model", metavar="MODEL.npz", help="a checkpoint written by tinyprune")
     count.add_argument("--rule", choices=("reference", "sparse", "dense", "all"), default="reference",
                        help="counting rule, or 'all' for one table per rule (default reference)")
-    count.add_argument("--input-shape", type=_input_shape, default=SEED_INPUT, metavar="N,C,H,W",
+    count.add_argument("--input-shape", type=_input_shape, default=TUTORIAL_INPUT, metavar="N,C,H,W",
                        help="input batch shape, NCHW (default 1,3,96,96)")
 
     prune = commands.add_parser(
@@ -187,16 +181,16 @@ def build_parser():
         description="Prune a saved model and save the result. Steps run in this order: "
                     "LevelPrune, ChannelPrune, then keepprune + prune_propagate, then resize.")
     prune.add_argument("model", metavar="MODEL.npz", help="the checkpoint to prune (left unchanged)")
-    prune.add_argument("--level", type=_level, default=None, metavar="P",
+    prune.add_argument("--level", type=fraction_below_one, default=None, metavar="P",
                        help="LevelPrune(P): zero this share of each conv/dense layer's weights")
-    prune.add_argument("--channel-level", type=_level, default=None, metavar="P",
+    prune.add_argument("--channel-level", type=fraction_below_one, default=None, metavar="P",
                        help="ChannelPrune(P): zero this share of each conv's output channels")
     prune.add_argument("--propagate", action="store_true",
                        help="bake the masks in (keepprune) and propagate the zeros (prune_propagate)")
     prune.add_argument("--resize", action="store_true",
                        help="cut the dead channels out (implies --propagate)")
     prune.add_argument("--out", required=True, metavar="OUT.npz", help="where to save the result")
-    prune.add_argument("--input-shape", type=_input_shape, default=SEED_INPUT, metavar="N,C,H,W",
+    prune.add_argument("--input-shape", type=_input_shape, default=TUTORIAL_INPUT, metavar="N,C,H,W",
                        help="input shape for the printed counts (default 1,3,96,96)")
 
     commands.add_parser("bench", help="time the kernels; arguments go to the benchmark",
@@ -207,51 +201,43 @@ def build_parser():
 
 
 # ---------------------------------------------------------------------------
-# Counting
+# What the main job prints
 # ---------------------------------------------------------------------------
 
-RULES = ("reference", "sparse", "dense")
+# The course text's five lines, in order: the stage each counts, and the word before "MobileNet".
+COURSE_LINES = (("baseline", ""), ("level", ""), ("channel", ""),
+                ("propagated", "Propagated"), ("resized", "Resized"))
 
 
-def _counts(model, shape=SEED_INPUT):
-    """``{rule: (mults, adds)}`` for all three counting rules."""
-    from ..count import compute_dot_prods
-    return {rule: compute_dot_prods(model, shape, rule)[:2] for rule in RULES}
+def seed_line(label, table):
+    """The course text's line: ``MobileNet Mults 7505600 Adds 7273983`` (label first if any).
 
-
-def seed_line(label, counts):
-    """The course text's line: ``MobileNet Mults 7505600 Adds 7273983`` (label first if any)."""
-    mults, adds = counts
-    return f"{label + ' ' if label else ''}MobileNet Mults {mults} Adds {adds}"
+    ``table``: the model's ``DotProdTable`` under the chosen rule.
+    """
+    return f"{label + ' ' if label else ''}MobileNet Mults {table.mults} Adds {table.adds}"
 
 
 def stage_table(rows, images):
     """Aligned text: one row per stage, mults and adds under each rule, and the accuracy.
 
-    ``rows``: ``[(stage, {rule: (mults, adds)}, accuracy or None)]``.
+    ``rows``: ``[(stage, {rule: DotProdTable}, accuracy or None)]``.
     """
     header = ["stage"] + ["mults", "adds"] * len(RULES) + ["val acc"]
     body = []
     for stage, counts, acc in rows:
         cells = [stage]
         for rule in RULES:
-            cells += [f"{counts[rule][0]:,}", f"{counts[rule][1]:,}"]
+            cells += [f"{counts[rule].mults:,}", f"{counts[rule].adds:,}"]
         cells.append("-" if acc is None else f"{100 * acc:.1f}%")
         body.append(cells)
-    widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    # Each rule's name is centred over its pair of columns.
+    table = format_table(header, body)
+    # Each counting rule is named over its pair of columns; the dashes under the header give the widths.
+    widths = [len(dashes) for dashes in table.splitlines()[1].split("  ")]
     spans = [widths[1 + 2 * k] + 2 + widths[2 + 2 * k] for k in range(len(RULES))]
-    lines = [" " * widths[0] + "  " + "  ".join(f"{rule} rule".center(w) for rule, w in zip(RULES, spans)),
-             line(header),
-             "  ".join("-" * w for w in widths)]
-    lines += [line(cells) for cells in body]
-    lines.append(f"(multiplies and adds per {SEED_INPUT[2]}x{SEED_INPUT[3]} image; "
-                 f"accuracy on {images:,} validation images)")
-    return "\n".join(text.rstrip() for text in lines)
+    over = " " * widths[0] + "  " + "  ".join(f"{rule} rule".center(w) for rule, w in zip(RULES, spans))
+    note = (f"(multiplies and adds per {TUTORIAL_INPUT[2]}x{TUTORIAL_INPUT[3]} image; "
+            f"accuracy on {images:,} validation images)")
+    return "\n".join([over.rstrip(), table, note])
 
 
 # ---------------------------------------------------------------------------
@@ -280,9 +266,30 @@ def _data(quick):
     from ..data import SyntheticVWW
     print("loading the synthetic data set (drawn on first use, then cached)", flush=True)
     if quick:
-        # Small sets drawn on their own (a few seconds, cached), not slices of the full ones.
+        # Small sets drawn on their own (cached), not slices of the full ones.
         return SyntheticVWW("train", size=QUICK_TRAIN), SyntheticVWW("val", size=QUICK_VAL)
     return SyntheticVWW("train"), SyntheticVWW("val")
+
+
+def _evaluate(stages, val_set):
+    """``{stage key: validation accuracy}``, printed one stage at a time as it is measured."""
+    from ..train import evaluate
+    print(f"validation accuracy on {len(val_set):,} images:", flush=True)
+    accuracy = {}
+    for key, stage in stages.items():
+        accuracy[key] = evaluate(stage.model, val_set)[1]
+        print(f"  {stage.label:<20} {100 * accuracy[key]:5.1f}%", flush=True)
+    return accuracy
+
+
+def _finetune(args, resized, train_set, val_set):
+    """The finetuned copy of the resized model and the loss of every batch (none for --epochs 0)."""
+    if args.epochs == 0:
+        return resized.copy(), []
+    print(f"\nfinetuning the resized model for {args.epochs} epoch(s) on "
+          f"{len(train_set):,} images", flush=True)
+    return finetune(resized, args.epochs, (train_set, val_set), seed=args.seed,
+                    progress=not args.no_progress)
 
 
 def run_pipeline(args):
@@ -291,95 +298,81 @@ def run_pipeline(args):
     model, source = _load_start_model(args)
     _writable_folder(out)                       # last check, so a failed run writes nothing
 
-    from ..prune import ChannelPrune, LevelPrune, keepprune, prune
-    from ..propagate import prune_propagate
-    from ..resize import resize
-    from ..train import evaluate, trainer
-
     started = time.perf_counter()
-    stages = [("baseline", model)]
-    stages.append((f"LevelPrune({args.level})", prune(LevelPrune(args.level), model)))
-    channel = prune(ChannelPrune(args.channel_level), model)
-    stages.append((f"ChannelPrune({args.channel_level})", channel))
-    propagated = prune_propagate(keepprune(channel))
-    stages.append(("propagated", propagated))
-    resized = resize(propagated)
-    stages.append(("resized", resized))
-
-    counts = {name: _counts(m) for name, m in stages}
-    labels = ["", "", "", "Propagated", "Resized"]
-    for label, (name, _) in zip(labels, stages):
-        print(seed_line(label, counts[name][args.rule]), flush=True)
-
+    stages = tutorial_stages(model, args.level, args.channel_level)
+    for key, label in COURSE_LINES:
+        print(seed_line(label, stages[key].counts[args.rule]), flush=True)
     # The course lines above come first, so they can be compared with the text line by line.
     print(f"\nstarted from {source}; results go to {out.resolve()}", flush=True)
     train_set, val_set = _data(args.quick)
-    print(f"validation accuracy on {len(val_set):,} images:", flush=True)
-    accuracy = {}
-    for name, m in stages:
-        accuracy[name] = evaluate(m, val_set)[1]
-        print(f"  {name:<20} {100 * accuracy[name]:5.1f}%", flush=True)
+    accuracy = _evaluate(stages, val_set)
+    finetuned, batch_losses = _finetune(args, stages["resized"].model, train_set, val_set)
+    tuned_accuracy = finetuned.history.val_accuracy[-1] if args.epochs > 0 else accuracy["resized"]
 
-    finetuned = resized.copy()
-    batch_losses = []
-    if args.epochs > 0:
-        print(f"\nfinetuning the resized model for {args.epochs} epoch(s) on "
-              f"{len(train_set):,} images", flush=True)
-        trainer(finetuned, args.epochs, data=(train_set, val_set), seed=args.seed,
-                progress=not args.no_progress,
-                callback=lambda epoch, batch, loss: batch_losses.append(float(loss)))
-        accuracy["finetuned"] = finetuned.history.val_accuracy[-1]
-    else:
-        accuracy["finetuned"] = accuracy["resized"]
+    rows = [(stage.label, stage.counts, accuracy[key]) for key, stage in stages.items()]
     tuned_name = f"finetuned ({args.epochs} epoch{'s' if args.epochs != 1 else ''})"
-    rows = [(name, counts[name], accuracy[name]) for name, _ in stages]
-    rows.append((tuned_name, _counts(finetuned), accuracy["finetuned"]))
+    rows.append((tuned_name, count_rules(finetuned), tuned_accuracy))
     table = stage_table(rows, len(val_set))
     print("\n" + table, flush=True)
 
-    written = _write_outputs(out, args, stages, finetuned, batch_losses, table, rows, source)
+    written = _draw_figures(out, stages, args.rule, finetuned, batch_losses)
+    written += _write_records(out, finetuned, table, _metadata(args, source, rows, finetuned))
     print(f"\nwrote {len(written)} files to {out.resolve()} in {time.perf_counter() - started:.0f} s:")
     for path in written:
         print(f"  {path.name}")
     return 0
 
 
-def _write_outputs(out, args, stages, finetuned, batch_losses, table, rows, source):
-    """Figures, summary and checkpoint, each written whole or not at all; returns the paths."""
+def _draw_figures(out, stages, rule, finetuned, batch_losses):
+    """The PNG figures of a run, each drawn and saved in turn; returns their paths.
+
+    The plots get the counts and sparsities as tables, so nothing is counted twice.
+    """
     from .. import plots
-    from ..checkpoint import save
-    baseline, level, propagated, resized = (stages[i][1] for i in (0, 1, 3, 4))
+    from ..prune import sparsity
+    labels = plots.layer_labels(stages["baseline"].model)
+    level, channel = stages["level"], stages["channel"]
     figures = {
-        "macs.png": lambda: plots.plot_macs(stages, SEED_INPUT, rule=args.rule),
+        "macs.png": lambda: plots.plot_macs([(s.label, s.counts[rule]) for s in stages.values()],
+                                            rule=rule, labels=labels),
         "sparsity-level.png": lambda: plots.plot_sparsity(
-            level, title=f"After {stages[1][0]}: weight sparsity per layer"),
+            sparsity(level.model), labels=labels,
+            title=f"After {level.label}: weight sparsity per layer"),
         "sparsity-propagated.png": lambda: plots.plot_sparsity(
-            propagated, title=f"After {stages[2][0]} and propagation: weight sparsity per layer"),
-        "channels.png": lambda: plots.plot_channels(propagated, resized),
-        "weights-pw7.png": lambda: plots.plot_weight_histogram(baseline, "pw7", after=level),
+            sparsity(stages["propagated"].model), labels=labels,
+            title=f"After {channel.label} and propagation: weight sparsity per layer"),
+        "channels.png": lambda: plots.plot_channels(stages["propagated"].model, stages["resized"].model),
+        "weights-pw7.png": lambda: plots.plot_weight_histogram(stages["baseline"].model, "pw7",
+                                                               after=level.model),
     }
-    if args.epochs > 0:
+    if hasattr(finetuned, "history"):
         figures["history.png"] = lambda: plots.plot_history(
             finetuned.history, batch_losses, title="Finetuning the resized model")
-    written = []
-    for name, draw in figures.items():
-        written.append(plots.save_figure(draw(), out / name))
+    return [plots.save_figure(draw(), out / name) for name, draw in figures.items()]
 
+
+def _metadata(args, source, rows, finetuned):
+    """What the run did, for ``stages.json`` and the finetuned checkpoint."""
     metadata = {
         "command": args.command_line, "started_from": str(source),
         "level": args.level, "channel_level": args.channel_level, "epochs": args.epochs,
         "quick": args.quick, "seed": args.seed,
-        "stages": [{"stage": stage, "counts": {r: list(c[r]) for r in RULES}, "val_accuracy": acc}
+        "stages": [{"stage": stage, "counts": {r: [c[r].mults, c[r].adds] for r in RULES},
+                    "val_accuracy": acc}
                    for stage, c, acc in rows],
     }
-    if args.epochs > 0:
+    if hasattr(finetuned, "history"):
         metadata["history"] = finetuned.history.as_dict()
-    written.append(save(finetuned, out / "finetuned.npz", metadata=metadata))
-    _write_text(out / "summary.txt", table + "\n")
-    written.append(out / "summary.txt")
-    _write_text(out / "stages.json", json.dumps(metadata, indent=2) + "\n")
-    written.append(out / "stages.json")
-    return written
+    return metadata
+
+
+def _write_records(out, finetuned, table, metadata):
+    """The finetuned checkpoint, the summary table and the stages as JSON; returns the paths."""
+    from ..checkpoint import save
+    return [save(finetuned, out / "finetuned.npz", metadata=metadata),
+            atomic_write(out / "summary.txt", lambda f: f.write(table + "\n"), binary=False),
+            atomic_write(out / "stages.json", lambda f: f.write(json.dumps(metadata, indent=2) + "\n"),
+                         binary=False)]
 
 
 # ---------------------------------------------------------------------------
@@ -417,8 +410,7 @@ def run_count(args):
 def run_prune(args):
     from ..checkpoint import save
     from ..count import compute_dot_prods
-    from ..prune import ChannelPrune, LevelPrune, keepprune, prune
-    from ..propagate import prune_propagate
+    from ..prune import ChannelPrune, LevelPrune, prune
     from ..resize import resize
     if args.level is None and args.channel_level is None and not (args.propagate or args.resize):
         raise UsageError("prune: nothing to do; give --level, --channel-level, --propagate or --resize")
@@ -441,7 +433,7 @@ def run_prune(args):
         model = prune(ChannelPrune(args.channel_level), model)
         report(f"ChannelPrune({args.channel_level})", model)
     if args.propagate or args.resize:
-        model = prune_propagate(keepprune(model))
+        model = bake_and_propagate(model)
         report("keepprune + prune_propagate", model)
     if args.resize:
         model = resize(model)

@@ -24,13 +24,15 @@ import argparse
 import sys
 import time
 
-from ..activations import slopehtanh
 from ..checkpoint import PRETRAINED_FILE, load, pretrained_path, save
+from ..common import data_dir
 from ..count import compute_dot_prods
-from ..data import SyntheticVWW, data_dir
+from ..data import SyntheticVWW
 from ..layers import BatchNorm2d
-from ..model import MobileNet
-from ..train import Adam, trainer, evaluate
+from ..pipeline import TUTORIAL_INPUT, finetune, prune_and_resize, tutorial_model
+from ..prune import ChannelPrune
+from ..train import Adam, evaluate, trainer
+from .cli import positive_number, whole_number
 
 __all__ = []   # a script: nothing to import from here
 
@@ -42,11 +44,11 @@ def calm_start(model, bn_gamma):
     inputs, so about a third of all units start beyond +-1, where the slope
     flips to -1/4.  Twenty-seven such folds in a row make the untrained
     network chaotic: a tiny change of an early weight reshuffles the output,
-    the gradients of the first layers are ~100x their weights, and Adam's
-    steps find nothing to follow (measured: at chance after 6 epochs, in
-    tinyprune and in PyTorch alike).  With gamma = 0.5 most units start in
-    the linear middle of slopehtanh and training leaves chance at once; the
-    gammas are trained like any weight from there on.
+    the gradients of the first layers dwarf their weights, and Adam's steps
+    find nothing to follow, so training stays at chance (the README gives
+    the measurements).  With gamma = 0.5 most units start in the linear
+    middle of slopehtanh and training leaves chance at once; the gammas are
+    trained like any weight from there on.
     """
     for _, layer in model.named_layers():
         if isinstance(layer, BatchNorm2d):
@@ -68,7 +70,7 @@ def train_checkpoint(epochs=26, out=None, lr=2e-3, decay_epochs=0, seed=0, progr
     command = (f"tinyprune pretrain --epochs {epochs} --lr {lr} --decay-epochs {decay_epochs} "
                f"--decay-factor {decay_factor:g} --seed {seed} --bn-gamma {bn_gamma} --out {out}")
     train_set, val_set = SyntheticVWW("train"), SyntheticVWW("val")
-    model = calm_start(MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed), bn_gamma)
+    model = calm_start(tutorial_model(seed), bn_gamma)
     optimizer = Adam(model, lr=lr)
     for epoch in range(epochs):
         optimizer.lr = lr if epoch < epochs - decay_epochs else lr / decay_factor
@@ -98,8 +100,6 @@ def train_checkpoint(epochs=26, out=None, lr=2e-3, decay_epochs=0, seed=0, progr
 
 def check(path=None, progress=True):
     """Print the acceptance figures for the checkpoint at ``path``; returns True if all hold."""
-    import tinyprune   # prune, keepprune, prune_propagate and resize live in their own modules
-
     path = path or pretrained_path()
     model = load(path)
     meta = model.metadata
@@ -109,21 +109,18 @@ def check(path=None, progress=True):
     start = time.perf_counter()
     loss, acc = evaluate(model, val_set)
     print(f"  validation accuracy {acc:.4f} (loss {loss:.4f}, stored {meta.get('val_accuracy')}); "
-          f"evaluated 2,000 images in {time.perf_counter() - start:.1f} s")
+          f"evaluated {len(val_set):,} images in {time.perf_counter() - start:.1f} s")
     ok = acc >= 0.90
 
-    mults, adds, _ = compute_dot_prods(model, (1, 3, 96, 96))
-    pruned = tinyprune.prune(tinyprune.ChannelPrune(0.2), model)
-    pruned = tinyprune.resize(tinyprune.prune_propagate(tinyprune.keepprune(pruned)))
-    p_mults, p_adds, _ = compute_dot_prods(pruned, (1, 3, 96, 96))
+    mults, adds, _ = compute_dot_prods(model, TUTORIAL_INPUT)
+    pruned = prune_and_resize(model, ChannelPrune(0.2)).resized
+    p_mults, p_adds, _ = compute_dot_prods(pruned, TUTORIAL_INPUT)
     _, pruned_acc = evaluate(pruned, val_set)
     print(f"ChannelPrune(0.2) -> keepprune -> prune_propagate -> resize: "
           f"mults {mults:,} -> {p_mults:,}, adds {adds:,} -> {p_adds:,}")
     print(f"  accuracy right after pruning {pruned_acc:.4f}")
-    if hasattr(pruned, "history"):
-        del pruned.history   # count the finetuning epoch on its own
-    trainer(pruned, 1, progress=progress)
-    history = pruned.history
+    tuned, _ = finetune(pruned, 1, (SyntheticVWW("train"), val_set), progress=progress)
+    history = tuned.history
     tuned_acc = history.val_accuracy[-1]
     drop = acc - tuned_acc
     print(f"  after trainer(m, 1): accuracy {tuned_acc:.4f} ({100 * drop:+.2f} points below the "
@@ -137,14 +134,14 @@ def check(path=None, progress=True):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tinyprune pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=26, help="epochs to train (default 26)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate (default 2e-3)")
-    parser.add_argument("--decay-epochs", type=int, default=0,
+    parser.add_argument("--epochs", type=whole_number(1), default=26, help="epochs to train (default 26)")
+    parser.add_argument("--lr", type=positive_number, default=2e-3, help="Adam's learning rate (default 2e-3)")
+    parser.add_argument("--decay-epochs", type=whole_number(0), default=0,
                         help="train the last this many epochs at lr/decay-factor (default 0)")
-    parser.add_argument("--decay-factor", type=float, default=10.0,
+    parser.add_argument("--decay-factor", type=positive_number, default=10.0,
                         help="divide the lr by this for the last --decay-epochs (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
-    parser.add_argument("--bn-gamma", type=float, default=0.5,
+    parser.add_argument("--seed", type=whole_number(0), default=0, help="initialisation and shuffling seed")
+    parser.add_argument("--bn-gamma", type=positive_number, default=0.5,
                         help="starting BatchNorm gamma (default 0.5; Flux's 1 starts chaotic)")
     parser.add_argument("--out", default=None, help=f"where to save (default data/{PRETRAINED_FILE})")
     parser.add_argument("--check", action="store_true", help="check the checkpoint instead of training")
