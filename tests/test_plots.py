@@ -280,3 +280,9 @@ def test_label_titles_name_the_classes():
     assert plots._label_title(1) == "person"
     assert plots._label_title(np.int64(0)) == "no person"
     assert plots._label_title(0.73) == "0.73"
+
+
+def test_save_grid_is_still_reachable_from_the_top_level_package():
+    assert tp.save_grid is plots.save_grid
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        tp.not_a_name

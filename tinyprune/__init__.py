@@ -20,6 +20,15 @@ from .optim import *  # noqa: F401,F403
 from .train import *  # noqa: F401,F403
 from .checkpoint import *  # noqa: F401,F403
 from .gradcheck import *  # noqa: F401,F403
+from . import pipeline  # noqa: F401  (the tutorial's stages, written once: tinyprune.pipeline)
 # tinyprune.plots is imported on demand: it loads matplotlib.
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # save_grid draws with matplotlib, which `import tinyprune` does not load: fetch it on first use.
+    if name == "save_grid":
+        from .plots import save_grid
+        return save_grid
+    raise AttributeError(f"module 'tinyprune' has no attribute {name!r}")

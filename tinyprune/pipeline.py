@@ -29,7 +29,7 @@ from collections import namedtuple
 
 from .activations import slopehtanh
 from .count import RULES, dot_prod_table
-from .model import MobileNet
+from .model import TUTORIAL_INPUT, MobileNet
 from .propagate import prune_propagate
 from .prune import ChannelPrune, LevelPrune, keepprune, prune
 from .resize import resize
@@ -38,7 +38,6 @@ from .train import trainer
 __all__ = ["TUTORIAL_INPUT", "Stage", "ChannelStages", "tutorial_model", "count_rules",
            "bake_and_propagate", "prune_and_resize", "tutorial_stages", "finetune"]
 
-TUTORIAL_INPUT = (1, 3, 96, 96)    # NCHW: the tutorial counts one RGB image of 96 x 96
 
 Stage = namedtuple("Stage", "label model counts")
 Stage.__doc__ = """One stage of the tutorial.
