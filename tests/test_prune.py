@@ -26,10 +26,10 @@ TUTORIAL_INPUT = (1, 3, 96, 96)
 SMALL_INPUT = (2, 3, 32, 32)
 WEIGHTED = (Conv2d, DepthwiseConv2d, Dense)
 
-# The tutorial model at 96x96, worked out by hand from the architecture:
-# the first conv outputs 48x48, then each of the 13
-# groups (a depthwise conv at [0][3+6g], a pointwise one at [0][6+6g]) keeps
-# or halves the side with its stride 1,2,1,2,1,2,1,1,1,1,1,2,1.
+# The tutorial model at 96x96, worked out by hand from the architecture: the
+# first conv outputs 48x48, then each of the 13 groups (a depthwise conv at
+# [0][3+6g], a pointwise one at [0][6+6g]) keeps or halves the side with its
+# stride 1,2,1,2,1,2,1,1,1,1,1,2,1.
 GROUP_SIDES = (48, 24, 24, 12, 12, 6, 6, 6, 6, 6, 6, 3, 3)
 PATCHES = {"[0][0]": 48 * 48, "[1][2]": 1, "[1][4]": 1}
 for _g, _side in enumerate(GROUP_SIDES):
