@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tinyprune import BatchNorm2d, MobileNet, slopehtanh
+from tinyprune import BatchNorm2d, Layer, MobileNet, slopehtanh
 
 
 def give_statistics(model, rng, x):
@@ -88,3 +88,18 @@ def assert_float32_costs_no_more_than_rounding(transform, model, x):
         exact = run(model, x, training)
         own = relative_error(run(model32, x32, training), exact)
         assert relative_error(run(transformed32, x32, training), exact) < 3 * own + 1e-6
+
+
+class ChannelScale(Layer):
+    """A user's per-channel layer, y[:, j] = scale[j] * x[:, j]: it only declares its channels."""
+
+    param_names = ("scale",)
+    mixes_channels = False
+    out_channel_arrays = {"scale": 0}
+
+    def __init__(self, channels):
+        super().__init__()
+        self.scale = np.linspace(0.5, 1.5, channels)
+
+    def forward(self, x):
+        return x * self.effective("scale")[:, None, None]

@@ -18,7 +18,7 @@ from tinyprune.prune import (ChannelPrune, GlobalLevelPrune, LevelPrune, Pruning
                              iterativeprune, keepprune, l1, prune, sparsity)
 from tinyprune.train import Adam
 
-from helpers import assert_same_snapshot, snapshot
+from helpers import ChannelScale, assert_same_snapshot, snapshot
 
 pytestmark = pytest.mark.prune
 
@@ -236,6 +236,15 @@ def test_repeated_channel_prune_ranks_dead_channels_lowest_whatever_the_magnitud
     dead_twice = ~twice[0].masks["weight"].reshape(8, -1).all(axis=1)
     assert np.count_nonzero(dead_once) == 2 and np.count_nonzero(dead_twice) == 4
     assert np.all(dead_twice[dead_once])
+
+
+def test_channel_prune_masks_what_a_new_per_channel_layer_declares():
+    model = Chain(Conv2d(2, 4, 1, rng=np.random.default_rng(4)), ChannelScale(4), ReLU())
+    pruned = prune(ChannelPrune(0.5), model)
+    kept = pruned[0].masks["weight"].reshape(4, -1).all(axis=1)
+    assert np.count_nonzero(kept) == 2
+    np.testing.assert_array_equal(pruned[1].masks["scale"], kept)
+    assert np.all(pruned[1].scale[~kept] == 0.0)
 
 
 def test_channel_prune_also_masks_a_conv_bias_so_the_channel_outputs_zero():

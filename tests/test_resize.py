@@ -16,7 +16,7 @@ from tinyprune.propagate import channel_constants, prune_propagate, segments
 from tinyprune.prune import ChannelPrune, LevelPrune, keepprune, prune
 from tinyprune.resize import channel_counts, resize
 
-from helpers import (assert_float32_costs_no_more_than_rounding, assert_returns_a_new_model_and_leaves_its_argument_alone,
+from helpers import (ChannelScale, assert_float32_costs_no_more_than_rounding, assert_returns_a_new_model_and_leaves_its_argument_alone,
                      assert_same_function, assert_same_snapshot, give_statistics, relative_error, run, snapshot,
                      trained_looking_mobilenet)
 
@@ -424,6 +424,18 @@ def test_random_chains_cover_every_case():
 # ---------------------------------------------------------------------------
 # Corner cases and errors
 # ---------------------------------------------------------------------------
+
+def test_a_new_per_channel_layer_is_followed_through_its_declaration_alone():
+    rng = np.random.default_rng(13)
+    model = Chain(Conv2d(2, 4, 1, rng=rng), BatchNorm2d(4), ChannelScale(4), ReLU(),
+                  Conv2d(4, 3, 1, rng=rng)).to(np.float64)
+    model[4].weight[:, 1] = 0                     # channel 1 is read by nobody
+    result = resize(prune_propagate(model))
+    np.testing.assert_array_equal(result[2].scale, model[2].scale[[0, 2, 3]])
+    assert result[0].c_out == result[1].channels == result[4].c_in == 3
+    assert ("[2]", "ChannelScale", 4, 4) in channel_counts(model)
+    assert_same_function(result, model, rng.normal(size=(2, 2, 3, 3)), 1e-12)
+
 
 def test_a_segment_nobody_reads_keeps_one_channel():
     rng = np.random.default_rng(4)

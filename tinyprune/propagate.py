@@ -123,7 +123,7 @@ __all__ = ["prune_propagate", "Segment", "segments", "channel_constants"]
 # Reading the layers' channel declarations
 # ---------------------------------------------------------------------------
 
-def channel_arrays(layer, declared, parameters_only=False):
+def held_arrays(layer, declared, parameters_only=False):
     """``[(name, axis)]``: the arrays of ``declared`` ({name: axis}) that ``layer`` holds.
 
     ``declared`` is ``layer.out_channel_arrays`` or ``layer.in_channel_arrays``.
@@ -138,7 +138,7 @@ def channel_arrays(layer, declared, parameters_only=False):
 
 def channel_count(layer, declared):
     """How many channels the ``declared`` arrays of ``layer`` carry; None if it holds none."""
-    for name, axis in channel_arrays(layer, declared):
+    for name, axis in held_arrays(layer, declared):
         return getattr(layer, name).shape[axis]
     return None
 
@@ -210,8 +210,9 @@ class Segment:
 
         KH*KW for a conv, 1 or H*W for a dense layer.
         """
+        out_axis, _, _ = self._reading_axes()
         w = getattr(self.consumer, self.reading_array)
-        return w.size // (w.shape[self._reading_axes()[0]] * self.channels)
+        return w.size // (w.shape[out_axis] * self.channels)
 
     def consumer_index(self, channels):
         """Index into the consumer's reading array selecting every entry that reads ``channels``.
@@ -247,7 +248,7 @@ class Segment:
         """
         layers = [self.producer] + [layer for _, layer in self.inner]
         return [(layer, name, axis) for layer in layers
-                for name, axis in channel_arrays(layer, layer.out_channel_arrays, parameters_only)]
+                for name, axis in held_arrays(layer, layer.out_channel_arrays, parameters_only)]
 
     def __repr__(self):
         return (f"Segment(model{self.producer_path} -> {len(self.inner)} per-channel layers "
