@@ -102,8 +102,9 @@ class PruningStrategy:
       weights, ``"channels"`` if it keeps or prunes whole output channels
       ``w[c]``.  For a channel strategy ``prune`` also masks the pruned
       channels' other parameters -- the layer's bias and the channel
-      parameters of the per-channel layer right after it (a BatchNorm's gamma
-      and beta) -- so that a pruned channel outputs exactly zero.
+      parameters of the per-channel layer right after it, unless the strategy
+      prunes that one itself (a BatchNorm's gamma and beta, not a depthwise
+      filter) -- so that a pruned channel outputs exactly zero.
     * ``whole_model``: True if the strategy ranks the weights of all the
       layers it prunes together, called once on them as one flat array of
       entries (``GlobalLevelPrune``); it is then given to ``prune`` on its
