@@ -97,7 +97,8 @@ def test_round_trip_keeps_the_arguments_of_every_layer_type(tmp_path):
                   Dense(4, 2, bias=False), SlopeHTanh())
     loaded = load(save(model, tmp_path / "every.npz"))
     assert [repr(layer) for layer in loaded] == [repr(layer) for layer in model]
-    assert "bias=True" in repr(loaded[0]) and "momentum=0.2" in repr(loaded[1]) and "bias=False" in repr(loaded[8])
+    assert "bias=True" in repr(loaded[0]) and "momentum=0.2" in repr(loaded[1])
+    assert "bias=False" in repr(loaded[8])
     assert _same_arrays(model, loaded)
 
 

@@ -15,9 +15,9 @@ from tinyprune import (BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatt
 from tinyprune.propagate import channel_constants, prune_propagate, segments
 from tinyprune.prune import ChannelPrune, keepprune, prune
 
-from helpers import (assert_float32_costs_no_more_than_rounding, assert_returns_a_new_model_and_leaves_its_argument_alone,
-                     assert_same_function, assert_same_snapshot, relative_error, run, snapshot,
-                     trained_looking_mobilenet)
+from helpers import (assert_float32_costs_no_more_than_rounding,
+                     assert_returns_a_new_model_and_leaves_its_argument_alone, assert_same_function,
+                     assert_same_snapshot, relative_error, run, snapshot, trained_looking_mobilenet)
 
 pytestmark = pytest.mark.propagate
 

@@ -291,7 +291,7 @@ def test_pruned_channels_output_exactly_zero_after_their_batchnorm(small_model, 
 
 
 class FirstChannels(PruningStrategy):
-    """A user's strategy: keep the first ``n`` output channels of every Conv2d, or ``n`` entries of each row."""
+    """A user's strategy for Conv2d: keep the first ``n`` output channels, or ``n`` entries of each row."""
 
     def __init__(self, n, structure):
         self.n = n
@@ -343,7 +343,8 @@ def test_a_channel_strategy_that_keeps_part_of_a_channel_is_refused():
         def __call__(self, w, keep=None):
             return super().__call__(w, keep) & (np.arange(w.shape[1]) == 0).reshape(1, -1, 1, 1)
 
-    with pytest.raises(ValueError, match=r"model\[0\]: HalfRows.*keeps only part of output channel\(s\) \[0, 1\]"):
+    words = r"model\[0\]: HalfRows.*keeps only part of output channel\(s\) \[0, 1\]"
+    with pytest.raises(ValueError, match=words):
         prune(HalfRows(2, "channels"), conv_bn_relu_with_statistics())
     with pytest.raises(ValueError, match=r"has structure 'rows', expected 'entries' or 'channels'"):
         prune(FirstChannels(2, "rows"), conv_bn_relu_with_statistics())

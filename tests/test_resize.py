@@ -16,8 +16,9 @@ from tinyprune.propagate import channel_constants, prune_propagate, segments
 from tinyprune.prune import ChannelPrune, LevelPrune, keepprune, prune
 from tinyprune.resize import channel_counts, resize
 
-from helpers import (ChannelScale, assert_float32_costs_no_more_than_rounding, assert_returns_a_new_model_and_leaves_its_argument_alone,
-                     assert_same_function, assert_same_snapshot, give_statistics, relative_error, run, snapshot,
+from helpers import (ChannelScale, assert_float32_costs_no_more_than_rounding,
+                     assert_returns_a_new_model_and_leaves_its_argument_alone, assert_same_function,
+                     assert_same_snapshot, give_statistics, relative_error, run, snapshot,
                      trained_looking_mobilenet)
 
 pytestmark = pytest.mark.resize

@@ -31,7 +31,8 @@ from .activations import identity
 from .common import check_int, format_table
 from .layers import Chain, Dense, Layer, layer_at, parse_path
 from .strategies import WEIGHTED_LAYERS, PruningStrategy
-from .strategies import ChannelPrune, GlobalLevelPrune, LevelPrune, ThresholdPrune, l1, l2  # noqa: F401 (re-exported)
+# re-exported, so that ``from tinyprune.prune import LevelPrune`` keeps working
+from .strategies import ChannelPrune, GlobalLevelPrune, LevelPrune, ThresholdPrune, l1, l2  # noqa: F401
 
 __all__ = [
     "PruningStrategy", "LevelPrune", "ThresholdPrune", "ChannelPrune", "GlobalLevelPrune",
