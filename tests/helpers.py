@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tinyprune import BatchNorm2d
+from tinyprune import BatchNorm2d, Layer, MobileNet, slopehtanh
 
 
 def give_statistics(model, rng, x):
@@ -48,3 +48,58 @@ def assert_same_snapshot(a, b):
         np.testing.assert_array_equal(state_a[key], state_b[key], err_msg=key)
     for key in masks_a:
         np.testing.assert_array_equal(masks_a[key], masks_b[key], err_msg=key)
+
+
+def trained_looking_mobilenet(seed):
+    """The tutorial's MobileNet in float64, with random gamma, beta and running statistics.
+
+    ``seed`` draws both the weights and the statistics.
+    """
+    rng = np.random.default_rng(seed)
+    model = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed).to(np.float64)
+    return give_statistics(model, rng, rng.uniform(0, 1, (4, 3, 32, 32)))
+
+
+def assert_returns_a_new_model_and_leaves_its_argument_alone(function, model):
+    before = snapshot(model)
+    result = function(model)
+    assert result is not model
+    assert_same_snapshot(before, snapshot(model))
+
+
+def assert_same_function(model, reference, x, tolerance):
+    """``model`` computes what ``reference`` computes on ``x``, in eval and in train mode."""
+    for training in (False, True):
+        assert relative_error(run(model, x, training), run(reference, x, training)) < tolerance, \
+            "train mode" if training else "eval mode"
+
+
+def assert_float32_costs_no_more_than_rounding(transform, model, x):
+    """``transform`` run in float32 adds no more error than float32 itself makes.
+
+    ``model`` and ``x`` are float64.  A random network amplifies rounding,
+    so its own float32 output is the bar: the transformed float32 model
+    must stay within three times that error of the exact float64 output.
+    """
+    model32 = model.copy().to(np.float32)
+    transformed32 = transform(model32)
+    x32 = x.astype(np.float32)
+    for training in (False, True):
+        exact = run(model, x, training)
+        own = relative_error(run(model32, x32, training), exact)
+        assert relative_error(run(transformed32, x32, training), exact) < 3 * own + 1e-6
+
+
+class ChannelScale(Layer):
+    """A user's per-channel layer, y[:, j] = scale[j] * x[:, j]: it only declares its channels."""
+
+    param_names = ("scale",)
+    mixes_channels = False
+    out_channel_arrays = {"scale": 0}
+
+    def __init__(self, channels):
+        super().__init__()
+        self.scale = np.linspace(0.5, 1.5, channels)
+
+    def forward(self, x):
+        return x * self.effective("scale")[:, None, None]

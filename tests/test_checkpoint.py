@@ -9,8 +9,10 @@ import pytest
 
 from tinyprune import MobileNet, slopehtanh
 from tinyprune.checkpoint import PRETRAINED_FILE, CheckpointError, load, pretrained, read_metadata, save
-from tinyprune.data import SyntheticVWW, data_dir, to_float
-from tinyprune.layers import Activation, Chain, Dense, Layer
+from tinyprune.common import data_dir
+from tinyprune.data import SyntheticVWW, to_float
+from tinyprune.layers import (Activation, BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten,
+                              GlobalMeanPool, HardTanh, Identity, Layer, ReLU, SlopeHTanh)
 from tinyprune.propagate import prune_propagate
 from tinyprune.prune import ChannelPrune, LevelPrune, keepprune, prune
 from tinyprune.resize import resize
@@ -87,6 +89,17 @@ def test_round_trip_of_a_resized_model(model, x, tmp_path):
            [repr(layer) for _, layer in small.named_layers()]
     assert _same_arrays(small, loaded)
     assert np.array_equal(small(x), loaded(x))
+
+
+def test_round_trip_keeps_the_arguments_of_every_layer_type(tmp_path):
+    model = Chain(Conv2d(3, 4, (3, 1), stride=2, pad=1, bias=True), BatchNorm2d(4, eps=1e-3, momentum=0.2),
+                  ReLU(), DepthwiseConv2d(4, 3, pad=1), HardTanh(), Identity(), GlobalMeanPool(), Flatten(),
+                  Dense(4, 2, bias=False), SlopeHTanh())
+    loaded = load(save(model, tmp_path / "every.npz"))
+    assert [repr(layer) for layer in loaded] == [repr(layer) for layer in model]
+    assert "bias=True" in repr(loaded[0]) and "momentum=0.2" in repr(loaded[1])
+    assert "bias=False" in repr(loaded[8])
+    assert _same_arrays(model, loaded)
 
 
 def test_save_replaces_an_existing_file_without_leftovers(model, tmp_path):
@@ -172,58 +185,43 @@ def test_a_plain_npy_is_not_a_checkpoint(tmp_path):
         load(path)
 
 
-def test_missing_parameter(saved, tmp_path):
-    path = tmp_path / "missing.npz"
-    _rewrite(saved, path, lambda a: a.pop("state/0.4.running_var"))
-    with pytest.raises(CheckpointError, match=r"missing\.npz: missing array.*state/0\.4\.running_var"):
-        load(path)
-
-
-def test_extra_parameter(saved, tmp_path):
-    path = tmp_path / "extra.npz"
-    _rewrite(saved, path, lambda a: a.update({"state/9.weight": np.zeros(2, np.float32)}))
-    with pytest.raises(CheckpointError, match=r"extra\.npz: .*state/9\.weight.*no place"):
-        load(path)
-
-
-def test_wrong_shape(saved, tmp_path):
-    path = tmp_path / "shape.npz"
-    _rewrite(saved, path, lambda a: a.update({"state/1.4.weight": np.zeros((1, 15), np.float32)}))
-    with pytest.raises(CheckpointError, match=r"shape\.npz: array 'state/1\.4\.weight' has shape \(1, 15\), "
-                                              r"the architecture expects \(1, 16\)"):
-        load(path)
-
-
-def test_mask_of_the_wrong_type(saved, tmp_path):
-    path = tmp_path / "mask.npz"
-    _rewrite(saved, path, lambda a: a.update({"mask/1.4.weight": np.ones((1, 16), np.float32)}))
-    with pytest.raises(CheckpointError, match=r"mask\.npz: mask 'mask/1\.4\.weight' is float32"):
-        load(path)
-
-
-def test_missing_architecture(saved, tmp_path):
-    path = tmp_path / "noarch.npz"
-    _rewrite(saved, path, lambda a: a.pop("architecture"))
-    with pytest.raises(CheckpointError, match=r"noarch\.npz: missing the 'architecture' entry"):
-        load(path)
-
-
-def test_unknown_layer_type(saved, tmp_path):
-    def rename_first_layer(arrays):
+def _first_layer_edited(edit):
+    """A change of a checkpoint's arrays: ``edit`` the description of the model's first layer."""
+    def change(arrays):
         arch = json.loads(str(arrays["architecture"]))
-        arch["model"]["layers"][0]["layers"][0]["type"] = "Conv3d"
+        edit(arch["model"]["layers"][0]["layers"][0])
         arrays["architecture"] = np.array(json.dumps(arch))
-
-    path = tmp_path / "conv3d.npz"
-    _rewrite(saved, path, rename_first_layer)
-    with pytest.raises(CheckpointError, match=r"conv3d\.npz: .*model\[0\]\[0\]: unknown layer type 'Conv3d'"):
-        load(path)
+    return change
 
 
-def test_garbled_architecture_json(saved, tmp_path):
-    path = tmp_path / "garbled.npz"
-    _rewrite(saved, path, lambda a: a.update({"architecture": np.array("{not json")}))
-    with pytest.raises(CheckpointError, match=r"garbled\.npz: the 'architecture' entry is not valid JSON"):
+BROKEN = {   # what is done to a good file, and what the error must say after the file's name
+    "missing parameter": (lambda a: a.pop("state/0.4.running_var"),
+                          r": missing array.*state/0\.4\.running_var"),
+    "extra parameter": (lambda a: a.update({"state/9.weight": np.zeros(2, np.float32)}),
+                        r": .*state/9\.weight.*no place"),
+    "wrong shape": (lambda a: a.update({"state/1.4.weight": np.zeros((1, 15), np.float32)}),
+                    r": array 'state/1\.4\.weight' has shape \(1, 15\), the architecture expects \(1, 16\)"),
+    "mask of the wrong type": (lambda a: a.update({"mask/1.4.weight": np.ones((1, 16), np.float32)}),
+                               r": mask 'mask/1\.4\.weight' is float32"),
+    "mask of no parameter": (lambda a: a.update({"mask/0.1.running_mean": np.ones(8, bool)}),
+                             r": mask 'mask/0\.1\.running_mean' belongs to no parameter"),
+    "unexpected entry": (lambda a: a.update({"notes": np.array("hi")}), r": unexpected entries \['notes'\]"),
+    "missing architecture": (lambda a: a.pop("architecture"), r": missing the 'architecture' entry"),
+    "unknown layer type": (_first_layer_edited(lambda spec: spec.update(type="Conv3d")),
+                           r": .*model\[0\]\[0\]: unknown layer type 'Conv3d'"),
+    "missing argument": (_first_layer_edited(lambda spec: spec.pop("c_in")),
+                         r": .*model\[0\]\[0\]: the Conv2d description lacks 'c_in'"),
+    "garbled architecture": (lambda a: a.update({"architecture": np.array("{not json")}),
+                             r": the 'architecture' entry is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("problem", BROKEN)
+def test_a_broken_file_is_refused_naming_the_file_and_the_problem(saved, tmp_path, problem):
+    change, words = BROKEN[problem]
+    path = tmp_path / "broken.npz"
+    _rewrite(saved, path, change)
+    with pytest.raises(CheckpointError, match=r"broken\.npz" + words):
         load(path)
 
 

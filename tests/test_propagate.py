@@ -15,7 +15,9 @@ from tinyprune import (BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatt
 from tinyprune.propagate import channel_constants, prune_propagate, segments
 from tinyprune.prune import ChannelPrune, keepprune, prune
 
-from helpers import assert_same_snapshot, give_statistics, relative_error, run, snapshot
+from helpers import (assert_float32_costs_no_more_than_rounding,
+                     assert_returns_a_new_model_and_leaves_its_argument_alone, assert_same_function,
+                     assert_same_snapshot, relative_error, run, snapshot, trained_looking_mobilenet)
 
 pytestmark = pytest.mark.propagate
 
@@ -60,10 +62,7 @@ def batch():
 @pytest.fixture(scope="module")
 def masked():
     """ChannelPrune(0.2) of a float64 tutorial MobileNet with trained-looking statistics (masks kept)."""
-    rng = np.random.default_rng(1)
-    model = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=1).to(np.float64)
-    give_statistics(model, rng, rng.uniform(0, 1, (4, 3, 32, 32)))
-    return prune(ChannelPrune(0.2), model)
+    return prune(ChannelPrune(0.2), trained_looking_mobilenet(1))
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +76,7 @@ def propagated(pruned):
 
 
 def test_returns_a_new_model_and_leaves_its_argument_unchanged(pruned):
-    before = snapshot(pruned)
-    result = prune_propagate(pruned)
-    assert result is not pruned
-    assert_same_snapshot(before, snapshot(pruned))
+    assert_returns_a_new_model_and_leaves_its_argument_alone(prune_propagate, pruned)
 
 
 def test_propagation_zeroes_more_weights_than_pruning(pruned, propagated):
@@ -109,16 +105,7 @@ def test_folds_are_needed_in_eval_mode(pruned, propagated, batch):
 
 
 def test_float32_propagation_costs_no_more_than_float32_rounding(pruned, batch):
-    # This random network amplifies rounding: its own float32 output is only
-    # good to about 1e-4 of the float64 one.  Propagating in float32 must not
-    # add more than that.
-    pruned32 = pruned.copy().to(np.float32)
-    propagated32 = prune_propagate(pruned32)
-    x32 = batch.astype(np.float32)
-    for training in (False, True):
-        exact = run(pruned, batch, training)
-        own = relative_error(run(pruned32, x32, training), exact)
-        assert relative_error(run(propagated32, x32, training), exact) < 3 * own + 1e-6
+    assert_float32_costs_no_more_than_rounding(prune_propagate, pruned, batch)
 
 
 def test_dead_channels_are_the_union_of_producer_and_depthwise_pruning(masked, propagated):
@@ -155,8 +142,7 @@ def test_masks_only_lose_entries_and_lose_every_zeroed_one(masked, batch):
         assert not np.any(new & zeroed), key                        # zeroed => masked
         lost += int(np.count_nonzero(old & ~new))
     assert lost > 100
-    for training in (False, True):
-        assert relative_error(run(result, batch, training), run(masked, batch, training)) < 1e-9
+    assert_same_function(result, masked, batch, 1e-9)
 
 
 # ---------------------------------------------------------------------------
@@ -240,8 +226,7 @@ def test_constant_channel_is_folded_into_the_next_batchnorm():
     assert not result[3].weight[:, 1].any()                    # the slice is gone
     assert result[1].weight[1] == 0 and result[1].bias[1] == 0  # and, read by nobody, its BN
     x = np.random.default_rng(0).normal(size=(3, 2, 5, 5))
-    for training in (False, True):
-        assert relative_error(run(result, x, training), run(model, x, training)) < 1e-12
+    assert_same_function(result, model, x, 1e-12)
 
 
 def test_running_mean_after_a_fold_tracks_the_shifted_batch_mean():
@@ -273,15 +258,23 @@ def test_depthwise_without_padding_passes_a_constant_on():
     np.testing.assert_allclose(result[5].running_mean, expected, rtol=1e-12)
     assert not result[3].weight[2].any() and not result[4].weight[:, 2].any()
     x = rng.normal(size=(2, 2, 6, 6))
-    for training in (False, True):
-        assert relative_error(run(result, x, training), run(model, x, training)) < 1e-12
+    assert_same_function(result, model, x, 1e-12)
+
+
+def dense_chain(seed):
+    """Dense(4, 3) -> ReLU -> Dense(3, 2), float64, row 2 zero with bias 0.7; and the generator it used.
+
+    Channel 2 is then the constant 0.7 in both modes.
+    """
+    rng = np.random.default_rng(seed)
+    model = f64(Dense(4, 3, rng=rng), ReLU(), Dense(3, 2, rng=rng))
+    model[0].weight[2] = 0
+    model[0].bias[:] = [0.1, -0.2, 0.7]
+    return model, rng
 
 
 def test_equal_constants_are_folded_into_a_dense_bias():
-    rng = np.random.default_rng(5)
-    model = f64(Dense(4, 3, rng=rng), ReLU(), Dense(3, 2, rng=rng))
-    model[0].weight[2] = 0
-    model[0].bias[:] = [0.1, -0.2, 0.7]       # row 2 outputs 0.7 in both modes
+    model, rng = dense_chain(5)
     model[2].bias[:] = [0.05, -0.05]
     result = prune_propagate(model)
     np.testing.assert_allclose(result[2].bias, model[2].bias + 0.7 * model[2].weight[:, 2], rtol=1e-12)
@@ -322,8 +315,7 @@ def test_a_padded_consumer_keeps_a_constant_channel():
     np.testing.assert_array_equal(result[3].weight, model[3].weight)
     np.testing.assert_array_equal(result[4].running_mean, model[4].running_mean)
     x = np.random.default_rng(0).normal(size=(3, 2, 5, 5))
-    for training in (False, True):
-        assert relative_error(run(result, x, training), run(model, x, training)) < 1e-12
+    assert_same_function(result, model, x, 1e-12)
     # What the original does -- zero the slice anyway -- changes the output in
     # both modes: the border pixels see the padding, so no constant absorbs it.
     naive = model.copy()
@@ -362,8 +354,7 @@ def test_an_unread_channel_is_zeroed_back_to_its_producer():
         assert bn.weight[2] == 0 and bn.bias[2] == 0
     assert result[0].weight[:2].all() and result[3].weight[:2].all()
     x = rng.normal(size=(2, 2, 5, 5))
-    for training in (False, True):
-        assert relative_error(run(result, x, training), run(model, x, training)) < 1e-12
+    assert_same_function(result, model, x, 1e-12)
 
 
 def test_a_batchnorm_with_zero_gamma_outputs_its_beta_whatever_it_is_fed():
@@ -378,15 +369,11 @@ def test_a_batchnorm_with_zero_gamma_outputs_its_beta_whatever_it_is_fed():
     assert not result[3].weight[:, 1:].any() and result[3].weight[:, 0].all()
     assert not result[0].weight[1:].any()
     x = rng.normal(size=(2, 2, 4, 4))
-    for training in (False, True):
-        assert relative_error(run(result, x, training), run(model, x, training)) < 1e-12
+    assert_same_function(result, model, x, 1e-12)
 
 
 def test_no_fold_into_a_masked_bias_entry_that_would_need_it():
-    rng = np.random.default_rng(12)
-    model = f64(Dense(4, 3, rng=rng), ReLU(), Dense(3, 2, rng=rng))
-    model[0].weight[2] = 0
-    model[0].bias[:] = [0.1, -0.2, 0.7]
+    model, _ = dense_chain(12)
     model[2].masks["bias"] = np.array([True, False])   # bias 1 is pruned: o[1] has nowhere to go
     model[2].bias[1] = 0
     result = prune_propagate(model)

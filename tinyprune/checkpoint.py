@@ -6,8 +6,9 @@ A checkpoint holds everything needed to rebuild a model exactly:
   constructor arguments, chains nested as lists, e.g.
   ``{"type": "Conv2d", "c_in": 3, "c_out": 8, "kernel": [3, 3], "stride": 2,
   "pad": 1, "bias": false}``.  The arguments are read off the layer's
-  public attributes, so a resized model (whose sizes are read off its
-  sliced weights) is described with its new sizes.
+  attributes of the same names (``bias`` as whether there is one), so a
+  resized model (whose sizes are read off its sliced weights) is described
+  with its new sizes.
 * ``state/<key>`` -- every parameter and BatchNorm statistic, keyed as in
   ``model.state_dict()`` (``0.1.running_mean``), in its own dtype.
 * ``mask/<key>`` -- the pruning masks (boolean, True = kept).
@@ -18,16 +19,16 @@ Only arrays of numbers, booleans and text are stored, so ``np.load`` reads
 the file with ``allow_pickle=False``: opening a checkpoint cannot run code.
 """
 
+import inspect
 import json
 import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .data import data_dir
+from .common import atomic_write, data_dir
 from .layers import (Activation, BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten,
                      GlobalMeanPool, HardTanh, Identity, ReLU, SlopeHTanh)
 
@@ -36,6 +37,13 @@ __all__ = ["save", "load", "read_metadata", "pretrained", "pretrained_path", "Ch
 
 FORMAT_VERSION = 1
 PRETRAINED_FILE = "mobilenet-synthetic.npz"
+
+# The layer types a checkpoint can describe.  Each is described by its type
+# name and its constructor arguments, read off the layer's attributes of the
+# same names; a new layer type needs only to be listed here.
+LAYER_TYPES = (Chain, Conv2d, DepthwiseConv2d, Dense, BatchNorm2d, SlopeHTanh, ReLU, HardTanh,
+               Identity, GlobalMeanPool, Flatten)
+_BY_NAME = {kind.__name__: kind for kind in LAYER_TYPES}
 
 
 class CheckpointError(ValueError):
@@ -46,65 +54,64 @@ class CheckpointError(ValueError):
 # Architecture <-> JSON
 # ---------------------------------------------------------------------------
 
+def _arguments(kind):
+    """The constructor arguments a description holds: all but ``rng`` and ``dtype``.
+
+    ``rng`` only initialises weights that loading overwrites, and the arrays
+    are stored in their own dtype.
+    """
+    return [name for name in inspect.signature(kind).parameters if name not in ("rng", "dtype")]
+
+
+def _argument(value):
+    """A layer's attribute as the constructor argument that makes it.
+
+    An optional array (``bias``) comes from a flag, so it is stored as
+    whether it is there; a tuple (``kernel``) as a JSON list.
+    """
+    if value is None or isinstance(value, np.ndarray):
+        return value is not None
+    return list(value) if isinstance(value, tuple) else value
+
+
 def layer_to_json(layer, where="model"):
     """The JSON description of ``layer`` (a dict); ValueError naming ``where`` if unknown."""
     kind = type(layer)
     if kind is Chain:
         return {"type": "Chain",
                 "layers": [layer_to_json(child, f"{where}[{i}]") for i, child in enumerate(layer)]}
-    if kind is Conv2d:
-        return {"type": "Conv2d", "c_in": layer.c_in, "c_out": layer.c_out,
-                "kernel": list(layer.kernel), "stride": layer.stride, "pad": layer.pad,
-                "bias": layer.bias is not None}
-    if kind is DepthwiseConv2d:
-        return {"type": "DepthwiseConv2d", "channels": layer.channels, "kernel": list(layer.kernel),
-                "stride": layer.stride, "pad": layer.pad}
-    if kind is Dense:
-        return {"type": "Dense", "n_in": layer.n_in, "n_out": layer.n_out,
-                "bias": layer.bias is not None}
-    if kind is BatchNorm2d:
-        return {"type": "BatchNorm2d", "channels": layer.channels, "eps": layer.eps,
-                "momentum": layer.momentum}
-    if kind in (SlopeHTanh, ReLU, HardTanh, Identity, GlobalMeanPool, Flatten):
-        return {"type": kind.__name__}
+    if kind in LAYER_TYPES:
+        return {"type": kind.__name__, **{name: _argument(getattr(layer, name)) for name in _arguments(kind)}}
     if isinstance(layer, Activation):
         raise ValueError(f"save: {where} is an activation with a custom function ({layer.name}); "
                          "only slopehtanh, relu, hardtanh and identity can be saved")
     raise ValueError(f"save: {where} is a {kind.__name__}, which checkpoints do not know; "
-                     "known: Chain, Conv2d, DepthwiseConv2d, Dense, BatchNorm2d, SlopeHTanh, "
-                     "ReLU, HardTanh, Identity, GlobalMeanPool, Flatten")
+                     f"known: {', '.join(_BY_NAME)}")
 
 
 def layer_from_json(spec, where="model"):
     """Build a freshly initialised layer (or chain) from its JSON description."""
     if not isinstance(spec, dict) or "type" not in spec:
         raise ValueError(f"{where}: expected a layer description with a 'type', got {spec!r}")
-    kind = spec["type"]
-    try:
-        if kind == "Chain":
-            return Chain(*[layer_from_json(child, f"{where}[{i}]")
-                           for i, child in enumerate(spec["layers"])])
+    kind = _BY_NAME.get(spec["type"]) if isinstance(spec["type"], str) else None
+    if kind is None:
+        raise ValueError(f"{where}: unknown layer type {spec['type']!r}")
+    names = ["layers"] if kind is Chain else _arguments(kind)
+    missing = [name for name in names if name not in spec]
+    if missing:
+        raise ValueError(f"{where}: the {kind.__name__} description lacks {missing[0]!r}")
+    if kind is Chain:
+        if not isinstance(spec["layers"], list):
+            raise ValueError(f"{where}: bad Chain description {spec!r}: 'layers' must be a list")
+        return Chain(*[layer_from_json(child, f"{where}[{i}]") for i, child in enumerate(spec["layers"])])
+    arguments = {name: spec[name] for name in names}
+    if "rng" in inspect.signature(kind).parameters:
         # The weights are overwritten on loading; a fixed seed only saves entropy.
-        rng = np.random.default_rng(0)
-        if kind == "Conv2d":
-            return Conv2d(spec["c_in"], spec["c_out"], tuple(spec["kernel"]), stride=spec["stride"],
-                          pad=spec["pad"], bias=spec["bias"], rng=rng)
-        if kind == "DepthwiseConv2d":
-            return DepthwiseConv2d(spec["channels"], tuple(spec["kernel"]), stride=spec["stride"],
-                                   pad=spec["pad"], rng=rng)
-        if kind == "Dense":
-            return Dense(spec["n_in"], spec["n_out"], bias=spec["bias"], rng=rng)
-        if kind == "BatchNorm2d":
-            return BatchNorm2d(spec["channels"], eps=spec["eps"], momentum=spec["momentum"])
-        simple = {"SlopeHTanh": SlopeHTanh, "ReLU": ReLU, "HardTanh": HardTanh, "Identity": Identity,
-                  "GlobalMeanPool": GlobalMeanPool, "Flatten": Flatten}
-        if kind in simple:
-            return simple[kind]()
-    except KeyError as missing:
-        raise ValueError(f"{where}: the {kind} description lacks {missing}") from None
-    except TypeError as error:
-        raise ValueError(f"{where}: bad {kind} description {spec!r}: {error}") from None
-    raise ValueError(f"{where}: unknown layer type {kind!r}")
+        arguments["rng"] = np.random.default_rng(0)
+    try:
+        return kind(**arguments)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: bad {kind.__name__} description {spec!r}: {error}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -129,9 +136,10 @@ def save(model, path, metadata=None):
     model (NumPy scalars are converted), read back by :func:`read_metadata`
     or as ``load(path).metadata``.
 
-    The file is written to a temporary name in the same folder and then
-    renamed over ``path`` (``os.replace``), so a crash mid-write leaves either
-    the old file or no file, never half of one.  Returns ``path`` as a Path.
+    The file is written with :func:`tinyprune.common.atomic_write`: to a
+    temporary name in the same folder, then renamed over ``path``, so a
+    crash mid-write leaves either the old file or no file, never half of
+    one.  Returns ``path`` as a Path.
     """
     path = Path(path)
     architecture = {"format": FORMAT_VERSION, "training": bool(model.training),
@@ -145,28 +153,11 @@ def save(model, path, metadata=None):
         arrays["state/" + key] = value
     for key, mask in model.mask_dict().items():
         arrays["mask/" + key] = np.asarray(mask, dtype=bool)
-
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=path.name + ".", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # Temporary files are private (0600); give the checkpoint the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(handle.name, 0o666 & ~umask)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
 
 # ---------------------------------------------------------------------------
-# Loading
+# Loading: read, build, check everything, and only then fill the model in
 # ---------------------------------------------------------------------------
 
 def _read_arrays(path):
@@ -198,6 +189,84 @@ def read_metadata(path):
     return _json_entry(_read_arrays(path), "metadata", Path(path))
 
 
+def _read(path):
+    """The arrays, architecture and metadata of the checkpoint at ``path``, its format checked."""
+    arrays = _read_arrays(path)
+    architecture = _json_entry(arrays, "architecture", path)
+    metadata = _json_entry(arrays, "metadata", path)
+    if not isinstance(architecture, dict) or architecture.get("format") != FORMAT_VERSION:
+        found = architecture.get("format") if isinstance(architecture, dict) else architecture
+        raise CheckpointError(f"{path}: checkpoint format {found!r}, this tinyprune reads "
+                              f"format {FORMAT_VERSION}")
+    return arrays, architecture, metadata
+
+
+def _build(architecture, path):
+    """A freshly initialised model of the saved architecture: it says which arrays to expect."""
+    try:
+        return layer_from_json(architecture.get("model"))
+    except ValueError as error:
+        raise CheckpointError(f"{path}: cannot rebuild the architecture: {error}") from None
+
+
+def _check_state(arrays, model, path):
+    """``{"state/<key>": (layer, name)}`` for every parameter and statistic of ``model``.
+
+    CheckpointError unless the file holds exactly those arrays, each of
+    numbers and of the shape the architecture gives it.
+    """
+    places = {"state/" + key: (layer, name)
+              for key, layer, name in list(model.named_parameters()) + list(model.named_buffers())}
+    stored = {key for key in arrays if key.startswith("state/")}
+    missing = sorted(set(places) - stored)
+    extra = sorted(stored - set(places))
+    if missing:
+        raise CheckpointError(f"{path}: missing array(s) {missing[:5]} that the architecture needs")
+    if extra:
+        raise CheckpointError(f"{path}: array(s) {extra[:5]} that the architecture has no place for")
+    for key, (layer, name) in places.items():
+        value, shape = arrays[key], np.shape(getattr(layer, name))
+        if value.shape != shape:
+            raise CheckpointError(f"{path}: array '{key}' has shape {value.shape}, "
+                                  f"the architecture expects {shape}")
+        if value.dtype.kind not in "fi":
+            raise CheckpointError(f"{path}: array '{key}' has dtype {value.dtype}, expected numbers")
+    return places
+
+
+def _check_masks(arrays, model, path):
+    """``{"mask/<key>": (layer, name)}`` for the masks in the file, each checked to fit its parameter.
+
+    Also refuses entries that are neither a state array, a mask, the
+    architecture nor the metadata.
+    """
+    places = {"mask/" + key: (layer, name) for key, layer, name in model.named_parameters()}
+    for key in arrays:
+        if not key.startswith("mask/"):
+            continue
+        if key not in places:
+            raise CheckpointError(f"{path}: mask '{key}' belongs to no parameter")
+        layer, name = places[key]
+        shape = np.shape(getattr(layer, name))
+        if arrays[key].shape != shape or arrays[key].dtype != bool:
+            raise CheckpointError(f"{path}: mask '{key}' is {arrays[key].dtype} {arrays[key].shape}, "
+                                  f"expected bool {shape}")
+    unknown = sorted(key for key in arrays
+                     if key not in ("architecture", "metadata") and not key.startswith(("state/", "mask/")))
+    if unknown:
+        raise CheckpointError(f"{path}: unexpected entries {unknown[:5]}")
+    return {key: place for key, place in places.items() if key in arrays}
+
+
+def _fill(model, arrays, state, masks):
+    """Copy the checked arrays into ``model``: every parameter and statistic, then the masks."""
+    for key, (layer, name) in state.items():
+        setattr(layer, name, np.array(arrays[key], copy=True))
+    for key, (layer, name) in masks.items():
+        layer.masks[name] = np.array(arrays[key], copy=True)
+    return model
+
+
 def load(path):
     """Rebuild the model saved at ``path``; returns it with ``model.metadata`` set.
 
@@ -210,57 +279,11 @@ def load(path):
     :class:`CheckpointError` naming the file and the problem.
     """
     path = Path(path)
-    arrays = _read_arrays(path)
-    architecture = _json_entry(arrays, "architecture", path)
-    metadata = _json_entry(arrays, "metadata", path)
-    if not isinstance(architecture, dict) or architecture.get("format") != FORMAT_VERSION:
-        found = architecture.get("format") if isinstance(architecture, dict) else architecture
-        raise CheckpointError(f"{path}: checkpoint format {found!r}, this tinyprune reads "
-                              f"format {FORMAT_VERSION}")
-    try:
-        model = layer_from_json(architecture.get("model"))
-    except ValueError as error:
-        raise CheckpointError(f"{path}: cannot rebuild the architecture: {error}") from None
-
-    expected = {}   # "state/<key>" or "mask/<key>" -> (layer, name, shape, kind)
-    for key, layer, name in list(model.named_parameters()) + list(model.named_buffers()):
-        expected["state/" + key] = (layer, name, np.shape(getattr(layer, name)))
-    stored = {k for k in arrays if k.startswith("state/")}
-    missing = sorted(set(expected) - stored)
-    extra = sorted(stored - set(expected))
-    if missing:
-        raise CheckpointError(f"{path}: missing array(s) {missing[:5]} that the architecture needs")
-    if extra:
-        raise CheckpointError(f"{path}: array(s) {extra[:5]} that the architecture has no place for")
-    for key, (layer, name, shape) in expected.items():
-        value = arrays[key]
-        if value.shape != shape:
-            raise CheckpointError(f"{path}: array '{key}' has shape {value.shape}, "
-                                  f"the architecture expects {shape}")
-        if value.dtype.kind not in "fi":
-            raise CheckpointError(f"{path}: array '{key}' has dtype {value.dtype}, expected numbers")
-
-    params = {"mask/" + key: (layer, name) for key, layer, name in model.named_parameters()}
-    for key in arrays:
-        if key.startswith("mask/"):
-            if key not in params:
-                raise CheckpointError(f"{path}: mask '{key}' belongs to no parameter")
-            layer, name = params[key]
-            shape = np.shape(getattr(layer, name))
-            if arrays[key].shape != shape or arrays[key].dtype != bool:
-                raise CheckpointError(f"{path}: mask '{key}' is {arrays[key].dtype} {arrays[key].shape}, "
-                                      f"expected bool {shape}")
-    unknown = sorted(k for k in arrays
-                     if k not in ("architecture", "metadata") and not k.startswith(("state/", "mask/")))
-    if unknown:
-        raise CheckpointError(f"{path}: unexpected entries {unknown[:5]}")
-
-    # Everything checked: now fill the model in.
-    for key, (layer, name, _) in expected.items():
-        setattr(layer, name, np.array(arrays[key], copy=True))
-    for key, (layer, name) in params.items():
-        if key in arrays:
-            layer.masks[name] = np.array(arrays[key], copy=True)
+    arrays, architecture, metadata = _read(path)
+    model = _build(architecture, path)
+    state = _check_state(arrays, model, path)       # everything is checked before anything is filled
+    masks = _check_masks(arrays, model, path)
+    _fill(model, arrays, state, masks)
     model.train(bool(architecture.get("training", False)))
     model.metadata = metadata if isinstance(metadata, dict) else {"value": metadata}
     return model

@@ -9,11 +9,12 @@ so without changing what the model computes, in train mode or in eval mode.
 
 Segments
 --------
-Only two kinds of layer mix channels: ``Conv2d`` and ``Dense``.  Every other
-layer in the library acts on each channel by itself: ``BatchNorm2d``, the
-activations, ``DepthwiseConv2d`` (channel c of the output sees only channel c
-of the input), ``GlobalMeanPool`` and ``Flatten``.  So the flat list of leaf
-layers cuts into *segments*::
+Every layer type says whether it mixes channels (``mixes_channels``, see
+:class:`tinyprune.layers.Layer`).  In the library only ``Conv2d`` and
+``Dense`` do.  Every other layer acts on each channel by itself:
+``BatchNorm2d``, the activations, ``DepthwiseConv2d`` (channel c of the output
+sees only channel c of the input), ``GlobalMeanPool`` and ``Flatten``.  So the
+flat list of leaf layers cuts into *segments*::
 
     producer (Conv2d/Dense) -> per-channel layers ... -> consumer (Conv2d/Dense)
 
@@ -24,6 +25,9 @@ the producer's row j to the consumer's input slice j, and streams of one
 segment never meet.  After ``GlobalMeanPool`` and ``Flatten`` channel j is one
 column of the dense weight; after ``Flatten`` alone it is a block of H*W
 columns (``Flatten`` is channel-major), which we find as ``n_in / C``.
+Which arrays carry channel j, and along which axis, each layer type declares
+too (``out_channel_arrays``, ``in_channel_arrays``): the backward sweep and
+``resize`` read those declarations rather than knowing the layer types.
 
 What a channel carries
 ----------------------
@@ -37,7 +41,7 @@ without looking at the input:
 * *live*: anything else.
 
 The rules, one per layer type (x is the incoming constant, t/e its train and
-eval values):
+eval values; the code is in the ``_through_*`` functions below):
 
 * producer row j all zero: the constant ``bias[j]`` (0 without a bias);
 * ``BatchNorm2d``: in train mode a constant input equals its batch mean, so
@@ -110,16 +114,45 @@ either way).  For the eval statistics:
 
 import numpy as np
 
-from .layers import (Activation, BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, Flatten,
-                     GlobalMeanPool, Layer)
+from .layers import Activation, BatchNorm2d, Dense, DepthwiseConv2d, Flatten, GlobalMeanPool, Layer
 
 __all__ = ["prune_propagate", "Segment", "segments", "channel_constants"]
 
-# Layers that mix channels: each one ends a segment (as its consumer) and
-# starts the next one (as its producer).
-MIXING_LAYERS = (Conv2d, Dense)
-# Layers that act on every channel by itself, so they live inside a segment.
-PER_CHANNEL_LAYERS = (BatchNorm2d, Activation, DepthwiseConv2d, GlobalMeanPool, Flatten)
+
+# ---------------------------------------------------------------------------
+# Reading the layers' channel declarations
+# ---------------------------------------------------------------------------
+
+def held_arrays(layer, declared, parameters_only=False):
+    """``[(name, axis)]``: the arrays of ``declared`` ({name: axis}) that ``layer`` holds.
+
+    ``declared`` is ``layer.out_channel_arrays`` or ``layer.in_channel_arrays``.
+    A conv without a bias declares "bias" but holds None there, so it is
+    left out; ``parameters_only`` also leaves out what is not trained (a
+    BatchNorm's running statistics).
+    """
+    return [(name, axis) for name, axis in declared.items()
+            if getattr(layer, name, None) is not None
+            and (name in layer.param_names or not parameters_only)]
+
+
+def channel_count(layer, declared):
+    """How many channels the ``declared`` arrays of ``layer`` carry; None if it holds none."""
+    for name, axis in held_arrays(layer, declared):
+        return getattr(layer, name).shape[axis]
+    return None
+
+
+def channel_index(axis, channels, run=1):
+    """Index selecting ``channels`` (one number or an array) along ``axis``.
+
+    Each channel is ``run`` consecutive entries of that axis: one for a
+    conv's input channel, H*W columns for a dense layer after a Flatten
+    (channel j is then the columns j*run ... (j+1)*run - 1).
+    """
+    if run > 1:
+        channels = (np.atleast_1d(channels)[:, None] * run + np.arange(run)).ravel()
+    return (slice(None),) * axis + (channels,)
 
 
 # ---------------------------------------------------------------------------
@@ -129,13 +162,16 @@ PER_CHANNEL_LAYERS = (BatchNorm2d, Activation, DepthwiseConv2d, GlobalMeanPool, 
 class Segment:
     """The channels from one producer to one consumer, and the layers they cross.
 
-    ``producer``  Conv2d (weight (C, C_in, KH, KW)) or Dense (weight (C, n_in))
-                  whose C output rows start the channels
+    ``producer``  a layer that mixes channels (Conv2d, Dense) whose C output
+                  channels start the segment
     ``inner``     ``[(path, layer)]``: the per-channel layers in between
-    ``consumer``  Conv2d (weight (O, C, KH, KW)) or Dense (weight (O, C*block))
-                  that reads them
+    ``consumer``  the next layer that mixes channels, reading the C channels
+                  through its ``in_channel_arrays`` (a conv's ``W[:, j]``,
+                  a dense layer's columns)
     ``after_consumer``  the leaf layer right after the consumer, or None
 
+    Which arrays carry channel j, and along which axis, is read from each
+    layer's declaration (``out_channel_arrays``, ``in_channel_arrays``).
     Paths are the ``named_layers`` ones ("[0][3]"); messages write them as
     "model[0][3]".
     """
@@ -151,39 +187,68 @@ class Segment:
     @property
     def channels(self):
         """C, the number of channels (the producer's output channels)."""
-        return self.producer.weight.shape[0]
+        return channel_count(self.producer, self.producer.out_channel_arrays)
+
+    @property
+    def reading_array(self):
+        """The name of the consumer's array that reads the channels (its weight)."""
+        return next(iter(self.consumer.in_channel_arrays))
+
+    def _reading_axes(self):
+        """(output axis, input axis, run) of the reading array.
+
+        ``run`` is how many entries of the input axis one channel takes.
+        """
+        name = self.reading_array
+        axis = self.consumer.in_channel_arrays[name]
+        run = getattr(self.consumer, name).shape[axis] // self.channels
+        return self.consumer.out_channel_arrays[name], axis, run
 
     @property
     def block(self):
-        """Consumer input entries per channel: KH*KW for a conv, 1 or H*W for a dense layer."""
-        if isinstance(self.consumer, Conv2d):
-            return self.consumer.kernel[0] * self.consumer.kernel[1]
-        return self.consumer.n_in // self.channels
+        """Consumer entries with which one output reads one channel.
+
+        KH*KW for a conv, 1 or H*W for a dense layer.
+        """
+        out_axis, _, _ = self._reading_axes()
+        w = getattr(self.consumer, self.reading_array)
+        return w.size // (w.shape[out_axis] * self.channels)
 
     def consumer_index(self, channels):
-        """Index into the consumer's weight selecting every entry that reads ``channels``.
+        """Index into the consumer's reading array selecting every entry that reads ``channels``.
 
         ``channels`` is one channel number or an array of them.  For a conv
         that is the input slice ``W[:, j]``; for a dense layer the columns
-        ``j*block ... (j+1)*block - 1`` of each channel j.
+        ``j*run ... (j+1)*run - 1`` of each channel j (run = H*W after a
+        Flatten, 1 after pooling).
         """
-        if isinstance(self.consumer, Conv2d):
-            return (slice(None), channels)
-        b = self.block
-        columns = (np.atleast_1d(channels)[:, None] * b + np.arange(b)).ravel()
-        return (slice(None), columns)
+        _, axis, run = self._reading_axes()
+        return channel_index(axis, channels, run)
 
     def reading_weights(self):
         """The consumer's weights as the forward pass uses them, as (O, C, block) float64.
 
         Entry [i, j, :] holds every weight with which output i reads channel j.
         """
-        w = self.consumer.effective("weight").astype(np.float64)
-        return w.reshape(w.shape[0], self.channels, self.block)
+        out_axis, in_axis, _ = self._reading_axes()
+        w = self.consumer.effective(self.reading_array).astype(np.float64)
+        w = np.moveaxis(w, (out_axis, in_axis), (0, 1))
+        return w.reshape(w.shape[0], self.channels, -1)
 
     def unread(self):
         """(C,) bool: True for channels whose consumer input slice is entirely zero."""
         return ~self.reading_weights().any(axis=(0, 2))
+
+    def channel_arrays(self, parameters_only=False):
+        """``[(layer, name, axis)]``: every array that makes the channels, producer to consumer.
+
+        The producer's output-channel arrays and those of every per-channel
+        layer in between (``parameters_only``: the trained ones, which decide
+        the values; running statistics only describe them).
+        """
+        layers = [self.producer] + [layer for _, layer in self.inner]
+        return [(layer, name, axis) for layer in layers
+                for name, axis in held_arrays(layer, layer.out_channel_arrays, parameters_only)]
 
     def __repr__(self):
         return (f"Segment(model{self.producer_path} -> {len(self.inner)} per-channel layers "
@@ -194,56 +259,67 @@ def _check_segment(seg):
     """ValueError naming the layer if the segment's channel counts do not agree."""
     C = seg.channels
     for path, layer in seg.inner:
-        if isinstance(layer, (BatchNorm2d, DepthwiseConv2d)) and layer.channels != C:
+        count = channel_count(layer, layer.out_channel_arrays)
+        if count is not None and count != C:
             raise ValueError(
-                f"model{path}: {type(layer).__name__} has {layer.channels} channels, but "
+                f"model{path}: {type(layer).__name__} has {count} channels, but "
                 f"model{seg.producer_path} before it makes {C}")
     consumer = seg.consumer
+    kind = type(consumer).__name__
     where = f"model{seg.consumer_path}"
-    if isinstance(consumer, Conv2d) and consumer.c_in != C:
-        raise ValueError(f"{where}: Conv2d reads {consumer.c_in} input channels, but "
-                         f"model{seg.producer_path} makes {C}")
-    if isinstance(consumer, Dense):
-        flattened = isinstance(seg.producer, Dense) or any(
-            isinstance(layer, Flatten) for _, layer in seg.inner)
-        if not flattened:
-            raise ValueError(f"{where}: Dense reads the (N, C, H, W) output of "
-                             f"model{seg.producer_path} with no Flatten in between")
-        if consumer.n_in % C != 0:
-            raise ValueError(f"{where}: Dense reads {consumer.n_in} features, which is not a "
-                             f"whole number of pixels for each of the {C} channels of "
-                             f"model{seg.producer_path}")
+    if len(consumer.in_channel_arrays) != 1:
+        raise ValueError(f"{where}: {kind} declares the input-channel arrays "
+                         f"{sorted(consumer.in_channel_arrays)}; propagation follows channels "
+                         "into exactly one (its weight)")
+    flattened = any(isinstance(layer, Flatten) for _, layer in seg.inner)
+    # A shape rule rather than a channel one: a dense layer reads flat
+    # features, so a conv's (N, C, H, W) output must pass a Flatten first.
+    if isinstance(consumer, Dense) and not isinstance(seg.producer, Dense) and not flattened:
+        raise ValueError(f"{where}: Dense reads the (N, C, H, W) output of "
+                         f"model{seg.producer_path} with no Flatten in between")
+    name = seg.reading_array
+    reads = getattr(consumer, name).shape[consumer.in_channel_arrays[name]]
+    if reads == C or (flattened and reads % C == 0):    # after a Flatten: a block of columns a channel
+        return
+    if flattened:
+        raise ValueError(f"{where}: {kind} reads {reads} features, which is not a whole number of "
+                         f"pixels for each of the {C} channels of model{seg.producer_path}")
+    raise ValueError(f"{where}: {kind} reads {reads} input channels, but "
+                     f"model{seg.producer_path} makes {C}")
 
 
 def segments(model):
     """Cut ``model``'s leaf layers into :class:`Segment` s, producer to consumer.
 
+    Each leaf says whether it mixes channels (``mixes_channels``): a layer
+    that does ends one segment as its consumer and starts the next as its
+    producer; one that keeps each channel apart joins the open segment.
     Only segments with both a producer and a consumer are returned: the
-    layers before the first Conv2d/Dense see the raw input, and those after
-    the last one make the model's output; neither is ever changed.
-    A layer that is neither a channel mixer (Conv2d, Dense) nor a known
-    per-channel layer raises a ValueError naming its path: we cannot tell
-    whether its channels stay apart.
+    layers before the first mixing layer see the raw input, and those after
+    the last one make the model's output; neither is ever changed.  A layer
+    that does not say (``mixes_channels = None``) raises a ValueError naming
+    its path: we cannot tell whether its channels stay apart.
     """
     leaves = list(model.named_layers())
     found = []
     current = None    # the open segment, None before the first producer
     for i, (path, layer) in enumerate(leaves):
-        if isinstance(layer, MIXING_LAYERS):
-            if current is not None:
-                current.consumer_path, current.consumer = path, layer
-                current.after_consumer = leaves[i + 1][1] if i + 1 < len(leaves) else None
-                _check_segment(current)
-                found.append(current)
-            current = Segment(path, layer)
-        elif isinstance(layer, PER_CHANNEL_LAYERS):
+        if layer.mixes_channels is None:
+            raise ValueError(
+                f"model{path}: cannot follow channels through a {type(layer).__name__}: it does not "
+                "declare mixes_channels (True for a layer whose outputs read every input channel, "
+                "like Conv2d and Dense; False for one that keeps each channel apart, like "
+                "BatchNorm2d, activations, DepthwiseConv2d, GlobalMeanPool and Flatten)")
+        if not layer.mixes_channels:
             if current is not None:
                 current.inner.append((path, layer))
-        else:
-            raise ValueError(
-                f"model{path}: cannot follow channels through a {type(layer).__name__}; "
-                "known are Conv2d and Dense (which mix channels) and BatchNorm2d, activations, "
-                "DepthwiseConv2d, GlobalMeanPool and Flatten (which keep each channel apart)")
+            continue
+        if current is not None:
+            current.consumer_path, current.consumer = path, layer
+            current.after_consumer = leaves[i + 1][1] if i + 1 < len(leaves) else None
+            _check_segment(current)
+            found.append(current)
+        current = Segment(path, layer)
     return found
 
 
@@ -268,11 +344,64 @@ def _zero(layer, name, index):
     return changed
 
 
-def _effective64(layer, name):
-    """Parameter ``name`` as the forward pass uses it, in float64 (zeros if absent)."""
+def _effective64(layer, name, channels):
+    """Parameter ``name`` as the forward pass uses it, in float64 (``channels`` zeros if absent)."""
     if getattr(layer, name, None) is None:
-        return np.zeros(layer.weight.shape[0])
+        return np.zeros(channels)
     return layer.effective(name).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------
+# The value rules: what a per-channel layer makes of a constant channel
+# ---------------------------------------------------------------------------
+#
+# Each rule takes and returns ``(constant, c_train, c_eval)``, arrays of shape
+# (C,) (see "What a channel carries" above).  They are semantics, one per
+# layer type; which arrays carry the channels is the layers' declaration.
+
+def _through_batchnorm(bn, constant, c_train, c_eval):
+    # Train mode: a constant equals its batch mean, so it normalises to 0.
+    # gamma = 0 gives beta whatever comes in, in both modes.
+    gamma = _effective64(bn, "weight", len(constant))
+    beta = _effective64(bn, "bias", len(constant))
+    inv_std = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    c_eval = gamma * (c_eval - bn.running_mean.astype(np.float64)) * inv_std + beta
+    return constant | (gamma == 0), beta.copy(), c_eval
+
+
+def _through_activation(act, constant, c_train, c_eval):
+    c_train = np.asarray(act.fn(c_train), dtype=np.float64)
+    return constant, c_train, np.asarray(act.fn(c_eval), dtype=np.float64)
+
+
+def _through_depthwise(conv, constant, c_train, c_eval):
+    filters = conv.effective("weight").reshape(len(constant), -1).astype(np.float64)
+    if conv.pad == 0:
+        # Every output pixel is sum_k w[j, k] * x = x * sum(w[j]).
+        c_train = c_train * filters.sum(axis=1)
+        c_eval = c_eval * filters.sum(axis=1)
+    else:
+        # Borders see the zero padding: only a zero constant stays constant.
+        constant = constant & (c_train == 0) & (c_eval == 0)
+    silent = ~filters.any(axis=1)           # an all-zero filter outputs zero
+    return constant | silent, np.where(silent, 0.0, c_train), np.where(silent, 0.0, c_eval)
+
+
+def _through(layer, constant, c_train, c_eval):
+    """``layer``'s value rule: known for the library's per-channel layers.
+
+    A per-channel layer without a rule makes every channel live, which is
+    always safe: a live channel is never zeroed or folded.
+    """
+    if isinstance(layer, BatchNorm2d):
+        return _through_batchnorm(layer, constant, c_train, c_eval)
+    if isinstance(layer, Activation):
+        return _through_activation(layer, constant, c_train, c_eval)
+    if isinstance(layer, DepthwiseConv2d):
+        return _through_depthwise(layer, constant, c_train, c_eval)
+    if isinstance(layer, (GlobalMeanPool, Flatten)):
+        return constant, c_train, c_eval     # every value stays as it is
+    return np.zeros_like(constant), c_train, c_eval
 
 
 # ---------------------------------------------------------------------------
@@ -288,39 +417,14 @@ def channel_constants(seg):
     channels, a placeholder).  The rules are in the module docstring.
     """
     C = seg.channels
-    rows = seg.producer.effective("weight").reshape(C, -1)
+    w = seg.producer.effective("weight")
+    rows = np.moveaxis(w, seg.producer.out_channel_arrays["weight"], 0).reshape(C, -1)
     constant = ~rows.any(axis=1)                    # a zero row outputs just its bias
-    bias = _effective64(seg.producer, "bias")
+    bias = _effective64(seg.producer, "bias", C)
     c_train = np.where(constant, bias, 0.0)
     c_eval = c_train.copy()
-
     for _, layer in seg.inner:
-        if isinstance(layer, BatchNorm2d):
-            gamma = _effective64(layer, "weight")
-            beta = _effective64(layer, "bias")
-            inv_std = 1.0 / np.sqrt(layer.running_var.astype(np.float64) + layer.eps)
-            # Train mode: a constant equals its batch mean, so it normalises to 0.
-            # gamma = 0 gives beta whatever comes in, in both modes.
-            c_eval = gamma * (c_eval - layer.running_mean.astype(np.float64)) * inv_std + beta
-            c_train = beta.copy()
-            constant = constant | (gamma == 0)
-        elif isinstance(layer, Activation):
-            c_train = np.asarray(layer.fn(c_train), dtype=np.float64)
-            c_eval = np.asarray(layer.fn(c_eval), dtype=np.float64)
-        elif isinstance(layer, DepthwiseConv2d):
-            filters = layer.effective("weight").reshape(C, -1).astype(np.float64)
-            if layer.pad == 0:
-                # Every output pixel is sum_k w[j, k] * x = x * sum(w[j]).
-                c_train = c_train * filters.sum(axis=1)
-                c_eval = c_eval * filters.sum(axis=1)
-            else:
-                # Borders see the zero padding: only a zero constant stays constant.
-                constant = constant & (c_train == 0) & (c_eval == 0)
-            silent = ~filters.any(axis=1)
-            constant = constant | silent
-            c_train = np.where(silent, 0.0, c_train)
-            c_eval = np.where(silent, 0.0, c_eval)
-        # GlobalMeanPool and Flatten leave every value as it is.
+        constant, c_train, c_eval = _through(layer, constant, c_train, c_eval)
         c_train = np.where(constant, c_train, 0.0)   # keep the placeholders of live channels at 0
         c_eval = np.where(constant, c_eval, 0.0)
     return constant, c_train, c_eval
@@ -340,10 +444,10 @@ def _forward(seg):
     read = reading.any(axis=(0, 2))
     consumer = seg.consumer
     O = reading.shape[0]
-    padded = isinstance(consumer, Conv2d) and consumer.pad > 0
-    bn = seg.after_consumer if isinstance(consumer, Conv2d) else None
+    padded = getattr(consumer, "pad", 0) > 0       # its borders read zeros as well as the channel
+    bn = seg.after_consumer
     bn = bn if isinstance(bn, BatchNorm2d) and bn.channels == O else None
-    has_bias = consumer.bias is not None
+    has_bias = getattr(consumer, "bias", None) is not None
     bias_kept = consumer.masks.get("bias", np.ones(O, bool)) if has_bias else None
 
     running_mean_shift = np.zeros(O)     # accumulated in float64, written once
@@ -362,7 +466,7 @@ def _forward(seg):
                 bias_shift += sums * c_train[j]
             else:
                 continue                  # nowhere to put it: leave the channel live
-        changed |= _zero(consumer, "weight", seg.consumer_index(j))
+        changed |= _zero(consumer, seg.reading_array, seg.consumer_index(j))
     if running_mean_shift.any():
         bn.running_mean = (bn.running_mean - running_mean_shift).astype(bn.running_mean.dtype)
     if bias_shift.any():
@@ -375,17 +479,15 @@ def _forward(seg):
 # ---------------------------------------------------------------------------
 
 def _backward(seg):
-    """Zero everything that makes a channel the consumer no longer reads; True if changed."""
+    """Zero everything that makes a channel the consumer no longer reads; True if changed.
+
+    That is every trained array carrying the channel from the producer on:
+    the producer's row and bias, a depthwise filter, BatchNorm gamma and beta.
+    """
     changed = False
     for j in np.flatnonzero(seg.unread()):
-        changed |= _zero(seg.producer, "weight", j)
-        changed |= _zero(seg.producer, "bias", j)
-        for _, layer in seg.inner:
-            if isinstance(layer, DepthwiseConv2d):
-                changed |= _zero(layer, "weight", j)
-            elif isinstance(layer, BatchNorm2d):
-                changed |= _zero(layer, "weight", j)
-                changed |= _zero(layer, "bias", j)
+        for layer, name, axis in seg.channel_arrays(parameters_only=True):
+            changed |= _zero(layer, name, channel_index(axis, j))
     return changed
 
 

@@ -29,8 +29,8 @@ from collections import namedtuple
 
 import numpy as np
 
-from .layers import BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, Layer
-from .propagate import segments
+from .layers import Layer
+from .propagate import channel_count, channel_index, segments
 
 __all__ = ["resize", "channel_counts", "ChannelCount", "ResizedLayer"]
 
@@ -46,30 +46,28 @@ ResizedLayer.__doc__ = """One layer's channel counts before and after ``resize``
 def channel_counts(model):
     """Per-layer channel counts: a list of :class:`ChannelCount`, in ``named_layers`` order.
 
-    One row for every Conv2d, DepthwiseConv2d, Dense and BatchNorm2d (the
-    layers whose size is a channel count); activations, pooling and flatten
-    have no size of their own and are left out.  For a plot::
+    One row for every layer that holds arrays carrying its output channels
+    (Conv2d, DepthwiseConv2d, Dense, BatchNorm2d: the layers whose size is a
+    channel count); activations, pooling and flatten have no size of their
+    own and are left out.  A layer that keeps channels apart has as many
+    input channels as output channels.  For a plot::
 
         rows = channel_counts(model)
         plt.bar([r.path for r in rows], [r.c_out for r in rows])
     """
     rows = []
     for path, layer in model.named_layers():
-        if isinstance(layer, Conv2d):
-            rows.append(ChannelCount(path, "Conv2d", layer.c_in, layer.c_out))
-        elif isinstance(layer, Dense):
-            rows.append(ChannelCount(path, "Dense", layer.n_in, layer.n_out))
-        elif isinstance(layer, (DepthwiseConv2d, BatchNorm2d)):
-            rows.append(ChannelCount(path, type(layer).__name__, layer.channels, layer.channels))
+        c_out = channel_count(layer, layer.out_channel_arrays)
+        if c_out is None:
+            continue
+        c_in = channel_count(layer, layer.in_channel_arrays) if layer.mixes_channels else c_out
+        rows.append(ChannelCount(path, type(layer).__name__, c_in, c_out))
     return rows
 
 
 def _take(layer, name, index):
     """Replace ``layer.<name>`` (and its mask) by the entries at ``index``, as a fresh array."""
-    value = getattr(layer, name, None)
-    if value is None:
-        return
-    setattr(layer, name, np.ascontiguousarray(value[index]))
+    setattr(layer, name, np.ascontiguousarray(getattr(layer, name)[index]))
     if name in layer.masks:
         layer.masks[name] = np.ascontiguousarray(layer.masks[name][index])
     layer.grads = {}       # old gradients have the old shapes
@@ -84,15 +82,17 @@ def resize(model, return_record=False):
     result computes exactly what ``model`` computes, in train and in eval
     mode; parameters, running statistics and masks of the surviving channels
     are kept as they were.  If no channel of a segment is read, its first
-    channel is kept so that every layer keeps at least one.
+    channel is kept so that every layer keeps at least one.  Which arrays
+    to cut, and along which axis, every layer declares
+    (``out_channel_arrays``, ``in_channel_arrays``).
 
     With ``return_record=True`` returns ``(resized, rows)``, ``rows`` a list of
     :class:`ResizedLayer` (path, type, c_in/c_out before, c_in/c_out after) for
     every conv, depthwise, dense and BatchNorm layer.
 
     Raises ValueError naming the layer (``model[0][7]``) for a layer whose
-    channels it cannot follow (an unknown layer type) or channel counts that
-    do not fit together.
+    channels it cannot follow (one that does not declare whether it mixes
+    channels) or channel counts that do not fit together.
     """
     if not isinstance(model, Layer):
         raise TypeError(f"resize: expected a model (a Layer or Chain), got {type(model).__name__}")
@@ -100,8 +100,8 @@ def resize(model, return_record=False):
     before = channel_counts(resized)
 
     # Decide everything on the unchanged copy first: a layer is the consumer
-    # of one segment (cut along axis 1) and the producer of the next (axis 0),
-    # and each cut must be computed from the original shapes.
+    # of one segment (cut along its input axis) and the producer of the next
+    # (its output axis), and each cut must be computed from the original shapes.
     cuts = []
     for seg in segments(resized):
         unread = seg.unread()
@@ -113,15 +113,9 @@ def resize(model, return_record=False):
         cuts.append((seg, keep, seg.consumer_index(keep)))
 
     for seg, keep, consumer_index in cuts:
-        _take(seg.producer, "weight", keep)
-        _take(seg.producer, "bias", keep)
-        for _, layer in seg.inner:
-            if isinstance(layer, DepthwiseConv2d):
-                _take(layer, "weight", keep)
-            elif isinstance(layer, BatchNorm2d):
-                for name in ("weight", "bias", "running_mean", "running_var"):
-                    _take(layer, name, keep)
-        _take(seg.consumer, "weight", consumer_index)
+        for layer, name, axis in seg.channel_arrays():
+            _take(layer, name, channel_index(axis, keep))
+        _take(seg.consumer, seg.reading_array, consumer_index)
 
     if not return_record:
         return resized
