@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tinyprune import (Activation, BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten,
-                       GlobalMeanPool, HardTanh, Identity, ReLU, SlopeHTanh, activation_layer,
+                       GlobalMeanPool, HardTanh, Identity, Layer, ReLU, SlopeHTanh, activation_layer,
                        gradcheck, hardtanh, identity, relu, slopehtanh)
 
 pytestmark = pytest.mark.layers
@@ -520,25 +520,29 @@ def test_eval_and_train_switch_every_nested_layer():
 # Bad arguments and bad input: clear ValueErrors naming what and where
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make,message", [
-    (lambda: Conv2d(0, 3, 3), r"Conv2d: c_in must be a positive integer, got 0"),
-    (lambda: Conv2d(3, -2, 3), r"Conv2d: c_out must be a positive integer, got -2"),
-    (lambda: Conv2d(3, 3, 0), r"Conv2d: kernel size must be a positive integer, got 0"),
-    (lambda: Conv2d(3, 3, (3, 3, 3)), r"Conv2d: kernel must be an int or a pair"),
-    (lambda: Conv2d(3, 3, 3, stride=0), r"Conv2d: stride must be a positive integer, got 0"),
-    (lambda: Conv2d(3, 3, 3, pad=-1), r"Conv2d: pad must be a non-negative integer, got -1"),
-    (lambda: Conv2d(2.5, 3, 3), r"Conv2d: c_in must be a positive integer, got 2.5"),
-    (lambda: DepthwiseConv2d(0, 3), r"DepthwiseConv2d: channels must be a positive integer, got 0"),
-    (lambda: DepthwiseConv2d(4, 3, stride=-1), r"DepthwiseConv2d: stride must be a positive integer, got -1"),
-    (lambda: Dense(0, 2), r"Dense: n_in must be a positive integer, got 0"),
-    (lambda: Dense(2, 0), r"Dense: n_out must be a positive integer, got 0"),
-    (lambda: BatchNorm2d(0), r"BatchNorm2d: channels must be a positive integer, got 0"),
-    (lambda: BatchNorm2d(3, eps=0), r"BatchNorm2d: eps must be positive, got 0"),
-    (lambda: BatchNorm2d(3, momentum=1.5), r"BatchNorm2d: momentum must lie in \[0, 1\], got 1.5"),
-    (lambda: activation_layer("swish"), r"unknown activation 'swish'; expected one of slopehtanh, relu"),
+@pytest.mark.parametrize("make,error,message", [
+    (lambda: Conv2d(0, 3, 3), ValueError, r"Conv2d: c_in must be an integer >= 1, got 0"),
+    (lambda: Conv2d(3, -2, 3), ValueError, r"Conv2d: c_out must be an integer >= 1, got -2"),
+    (lambda: Conv2d(3, 3, 0), ValueError, r"Conv2d: kernel size must be an integer >= 1, got 0"),
+    (lambda: Conv2d(3, 3, (3, 3, 3)), ValueError, r"Conv2d: kernel must be an int or a pair"),
+    (lambda: Conv2d(3, 3, 3, stride=0), ValueError, r"Conv2d: stride must be an integer >= 1, got 0"),
+    (lambda: Conv2d(3, 3, 3, pad=-1), ValueError, r"Conv2d: pad must be an integer >= 0, got -1"),
+    (lambda: Conv2d(2.5, 3, 3), TypeError, r"Conv2d: c_in must be an integer >= 1, got 2.5"),
+    (lambda: DepthwiseConv2d(0, 3), ValueError, r"DepthwiseConv2d: channels must be an integer >= 1, got 0"),
+    (lambda: DepthwiseConv2d(4, 3, stride=-1), ValueError,
+     r"DepthwiseConv2d: stride must be an integer >= 1, got -1"),
+    (lambda: Dense(0, 2), ValueError, r"Dense: n_in must be an integer >= 1, got 0"),
+    (lambda: Dense(2, 0), ValueError, r"Dense: n_out must be an integer >= 1, got 0"),
+    (lambda: BatchNorm2d(0), ValueError, r"BatchNorm2d: channels must be an integer >= 1, got 0"),
+    (lambda: BatchNorm2d(3, eps=0), ValueError, r"BatchNorm2d: eps must be a finite number in \(0.0, inf\], got 0"),
+    (lambda: BatchNorm2d(3, momentum=1.5), ValueError,
+     r"BatchNorm2d: momentum must be a finite number in \[0.0, 1.0\], got 1.5"),
+    (lambda: activation_layer("swish"), ValueError,
+     r"unknown activation 'swish'; expected one of slopehtanh, relu"),
 ])
-def test_bad_constructor_arguments_raise_naming_the_argument(make, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_constructor_arguments_raise_naming_the_argument(make, error, message):
+    # A wrong value is a ValueError; a value of the wrong type (2.5 channels) a TypeError.
+    with pytest.raises(error, match=message):
         make()
 
 
@@ -580,3 +584,55 @@ def test_bad_input_raises_naming_the_layer_and_leaves_the_model_alone(shape, dty
 def test_a_single_layer_called_on_bad_input_names_its_type(layer, shape, message):
     with pytest.raises(ValueError, match=message):
         layer(np.zeros(shape, np.float32))
+
+
+# ---------------------------------------------------------------------------
+# The contract is enough: a layer that writes only forward and backward
+# inherits modes, state dicts, masks by key, dtype and copies (tinyprune.module)
+# ---------------------------------------------------------------------------
+
+class Shift(Layer):
+    """y = x + shift[c]: the smallest layer with a parameter, written to the contract only."""
+
+    param_names = ("shift",)
+    mixes_channels = False
+    out_channel_arrays = {"shift": 0}
+
+    def __init__(self, channels):
+        super().__init__()
+        self.shift = np.arange(channels, dtype=np.float32)
+
+    def forward(self, x):
+        return x + self.effective("shift")[:, None, None]
+
+    def backward(self, dy):
+        self.set_grad("shift", dy.sum(axis=(0, 2, 3)))
+        return dy
+
+
+def test_a_layer_written_to_the_contract_gets_state_dict_masks_dtype_and_copies():
+    model = Chain(Shift(3), Chain(ReLU(), Shift(3)))
+    assert list(model.state_dict()) == ["0.shift", "1.1.shift"]
+    assert [key for key, _, _ in model.named_parameters()] == ["0.shift", "1.1.shift"]
+    with pytest.raises(RuntimeError, match=r"grad_dict: no gradient for '0.shift'; run backward first"):
+        model.grad_dict()
+    model[1][1].masks["shift"] = np.array([True, False, True])
+    assert list(model.mask_dict()) == ["1.1.shift"]
+    y = model(np.zeros((2, 3, 1, 1), np.float32))
+    np.testing.assert_array_equal(y[0, :, 0, 0], [0, 1, 4])     # relu(0 + c), then + shift with [1] masked
+    model.backward(np.ones_like(y))
+    np.testing.assert_array_equal(model.grad_dict()["1.1.shift"], [2, 0, 2])
+    wide = model.copy().to(np.float64)
+    assert wide.dtype == np.float64 and model.dtype == np.float32
+    assert all(not layer.grads for _, layer in wide.named_layers())   # to() drops the old gradients
+    assert not model.eval().training and not model[1][1].training
+
+
+def test_a_failed_load_state_dict_leaves_every_array_as_it_was():
+    model = Chain(Shift(3), Shift(3))
+    state = model.state_dict()
+    state["0.shift"] = np.full(3, 7.0)
+    state["1.shift"] = np.zeros(4)                               # the wrong shape
+    with pytest.raises(ValueError, match=r"key '1.shift' has shape \(4,\), the model expects \(3,\)"):
+        model.load_state_dict(state)
+    np.testing.assert_array_equal(model[0].shift, [0, 1, 2])     # the good key was not copied either

@@ -43,6 +43,8 @@ def identity(x):
 
 # The derivatives, as functions of the input.  At the kinks (0 for relu,
 # +-1 for the others) we take the value from the inside of the interval.
+# slopehtanh's is derived where the layer uses it, in SlopeHTanh.backward
+# (tinyprune/layers.py).
 
 def slopehtanh_derivative(x):
     return np.where(np.abs(x) <= 1, 1.0, -0.25).astype(x.dtype, copy=False)

@@ -192,10 +192,11 @@ depthwise_backward = numba.njit(**_parallel_sums)(_depthwise_backward)
 # im2col copies every receptive field of the input into a column, so that
 #   y[n] = W.reshape(C_out, C_in*KH*KW) @ cols[n]
 # is one BLAS call per image.  Rows of cols are ordered (c, a, b), the same
-# order in which an OIHW weight is flattened.  col2im is its adjoint: it adds
-# every column entry back onto the pixel it was copied from, which is exactly
-# the backward pass of the copy.  Both work on a zero-padded scratch copy of
-# each plane, as the depthwise kernels do.
+# order in which an OIHW weight is flattened; column i*WO + j is output
+# pixel (i, j).  col2im is its adjoint: it adds every column entry back onto
+# the pixel it was copied from, which is exactly the backward pass of the
+# copy.  Both work on a zero-padded scratch copy of each plane, as the
+# depthwise kernels do.
 # ---------------------------------------------------------------------------
 
 def _im2col(x, KH, KW, stride, pad, cols):
@@ -207,23 +208,20 @@ def _im2col(x, KH, KW, stride, pad, cols):
                                zero where the field hangs over the border
     """
     N, C, H, W = x.shape
-    HP, WP = H + 2 * pad, W + 2 * pad
-    HO = (HP - KH) // stride + 1
-    WO = (WP - KW) // stride + 1
+    HO, WO = (H + 2 * pad - KH) // stride + 1, (W + 2 * pad - KW) // stride + 1
     for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        xp = np.zeros((HP, WP), x.dtype)
-        for r in range(H):
-            for q in range(W):
-                xp[r + pad, q + pad] = x[n, c, r, q]
+        n, c = nc // C, nc % C
+        xp = np.zeros((H + 2 * pad, W + 2 * pad), x.dtype)
+        xp[pad:pad + H, pad:pad + W] = x[n, c]
         for a in range(KH):
             for b in range(KW):
                 col_row = cols[n, (c * KH + a) * KW + b]
                 for i in range(HO):
                     x_row = xp[i * stride + a]
                     first = i * WO
-                    if stride == 2:              # the same copy with the step as a literal: vectorised
+                    # The same copy twice: with the step as the literal 2 (MobileNet's
+                    # strided conv) the compiler turns it into vector instructions.
+                    if stride == 2:
                         for j in range(WO):
                             col_row[first + j] = x_row[2 * j + b]
                     else:
@@ -234,27 +232,22 @@ def _im2col(x, KH, KW, stride, pad, cols):
 def _col2im(cols, KH, KW, stride, pad, dx):
     """Fold columns back onto the image, adding overlapping entries.
 
-    cols (N, C*KH*KW, HO*WO)
+    cols (N, C*KH*KW, HO*WO)   laid out as im2col writes them
     dx   (N, C, H, W)          overwritten with the folded sum (what fell on
                                the padding is dropped)
     """
     N, C, H, W = dx.shape
-    HP, WP = H + 2 * pad, W + 2 * pad
-    HO = (HP - KH) // stride + 1
-    WO = (WP - KW) // stride + 1
+    HO, WO = (H + 2 * pad - KH) // stride + 1, (W + 2 * pad - KW) // stride + 1
     for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        dxp = np.zeros((HP, WP), dx.dtype)
+        n, c = nc // C, nc % C
+        dxp = np.zeros((H + 2 * pad, W + 2 * pad), dx.dtype)
         for a in range(KH):
             for b in range(KW):
                 row = (c * KH + a) * KW + b
                 for i in range(HO):
                     for j in range(WO):
                         dxp[i * stride + a, j * stride + b] += cols[n, row, i * WO + j]
-        for r in range(H):
-            for q in range(W):
-                dx[n, c, r, q] = dxp[r + pad, q + pad]
+        dx[n, c] = dxp[pad:pad + H, pad:pad + W]
 
 
 im2col = numba.njit(**_parallel)(_im2col)
@@ -281,7 +274,8 @@ col2im = numba.njit(**_parallel)(_col2im)
 # The taps are visited phase by phase (a = da*s + u, b = db*s + v), so that
 # every index is built from loop counters by additions and multiplications
 # only: with a % or // inside, Numba must allow for a negative index and
-# the loop is no longer turned into vector instructions (measured: 6x slower).
+# the loop is no longer turned into vector instructions, which is what makes
+# this kernel worth having.
 # For the same reason each tap's input is taken as a slice, indexed by the
 # bare counter t.
 # ---------------------------------------------------------------------------
@@ -343,11 +337,7 @@ conv_direct = numba.njit(**_parallel)(_conv_direct)
 #
 # Forward (train):  mu = mean(x),  var = mean((x - mu)^2),
 #                   xhat = (x - mu) / sqrt(var + eps),  y = gamma*xhat + beta.
-# Backward, with M = N*H*W values per channel (every xhat depends on every x
-# of its channel through mu and var):
-#   dbeta  = sum(dy)
-#   dgamma = sum(dy * xhat)
-#   dx     = gamma / sqrt(var + eps) / M * (M*dy - dbeta - xhat*dgamma)
+# The backward formula is derived in BatchNorm2d.backward (layers.py).
 # Both directions end with one affine map per channel, x * scale + shift,
 # whose two numbers are worked out once in float64.
 # ---------------------------------------------------------------------------
@@ -462,7 +452,7 @@ batchnorm_eval_forward = numba.njit(**_parallel)(_batchnorm_eval_forward)
 #        = -1 - (x + 1)/4    for x < -1
 # All three cases are  h - (x - h)/4  with h = x clamped to [-1, 1], which
 # needs no branch (inside, x - h is exactly 0), so the loop vectorises.
-#   f'(x) = 1 inside [-1, 1], -1/4 outside.
+# The derivative is derived in SlopeHTanh.backward (layers.py).
 # ---------------------------------------------------------------------------
 
 def _slopehtanh_forward(x, y):
@@ -497,7 +487,7 @@ slopehtanh_backward = numba.njit(**_parallel)(_slopehtanh_backward)
 # The kernel then does one multiply-add pass over an input row per non-zero
 # weight and none for the zeros.  Whether that beats a dense BLAS product,
 # which multiplies the zeros too but is far better tuned, is measured by
-# `python -m tinyprune.bench` (section "sparse").
+# `tinyprune bench` (its unstructured-sparsity figures).
 # ---------------------------------------------------------------------------
 
 def to_csr(w):

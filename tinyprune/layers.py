@@ -19,6 +19,14 @@ Calling a layer, ``layer(x)``, checks the input's shape against the whole
 layer first (every error names the layer's position, e.g. ``model[0][7]``)
 and then runs ``forward``; inside a chain, children are run by ``forward``
 directly, so the check happens once per call.
+
+Where things are: ``Layer`` (the contract every layer keeps), ``Dense``,
+``BatchNorm2d``, the activations, pooling, ``Flatten`` and ``Chain`` are
+below; the convolutions are in :mod:`tinyprune.conv` (imported here, so
+``from tinyprune.layers import Conv2d`` works); what every layer inherits
+(modes, state dicts, masks by key, dtype, copies) is in
+:mod:`tinyprune.module`; the loops the layers call are in
+:mod:`tinyprune.kernels`.
 """
 
 import copy
@@ -27,6 +35,8 @@ import numpy as np
 
 from . import activations as act
 from . import kernels
+from .common import check_int, check_number
+from .module import Module
 
 __all__ = [
     "Layer", "Conv2d", "DepthwiseConv2d", "Dense", "BatchNorm2d",
@@ -37,69 +47,44 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------
-# Helpers
+# Helpers (also used by tinyprune.conv)
 # ---------------------------------------------------------------------------
-
-def _rng(rng=None, seed=None):
-    if rng is not None:
-        return rng
-    return np.random.default_rng(seed)
-
 
 def glorot_uniform(shape, fan_in, fan_out, rng=None, dtype=np.float32):
     """Uniform on [-l, l] with l = sqrt(6 / (fan_in + fan_out)), as Flux initialises."""
     limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return _rng(rng).uniform(-limit, limit, size=shape).astype(dtype)
+    rng = rng if rng is not None else np.random.default_rng()
+    return rng.uniform(-limit, limit, size=shape).astype(dtype)
 
 
-def _positive_int(value, what, layer):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{layer}: {what} must be a positive integer, got {value!r}")
-    return int(value)
+_LAYOUTS = {2: "(N, features)", 4: "(N, C, H, W)"}
 
 
-def _kernel_size(kernel, layer):
-    if isinstance(kernel, (tuple, list)):
-        if len(kernel) != 2:
-            raise ValueError(f"{layer}: kernel must be an int or a pair (kh, kw), got {kernel!r}")
-        return tuple(_positive_int(k, "kernel size", layer) for k in kernel)
-    k = _positive_int(kernel, "kernel size", layer)
-    return (k, k)
-
-
-def _non_negative_int(value, what, layer):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{layer}: {what} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _conv_output_size(size, k, stride, pad):
-    return (size + 2 * pad - k) // stride + 1
-
-
-def _check_rank(shape, rank, where, what):
+def check_shape(shape, rank, where, size=None, layer="", what=""):
+    """A ValueError naming ``where`` unless ``shape`` has ``rank`` axes and,
+    if ``size`` is given, ``size`` entries along axis 1 (``what`` says what
+    they are: "channels", "input features"; ``layer`` names the layer type).
+    """
     if len(shape) != rank:
-        raise ValueError(f"{where}: expected a rank-{rank} input {what}, got shape {tuple(shape)}")
-
-
-def _check_spatial(shape, kh, kw, stride, pad, where):
-    """Output (HO, WO) of a convolution, or a ValueError if the image is too small."""
-    H, W = shape[2], shape[3]
-    HO = _conv_output_size(H, kh, stride, pad)
-    WO = _conv_output_size(W, kw, stride, pad)
-    if HO < 1 or WO < 1:
-        raise ValueError(
-            f"{where}: input of {H}x{W} pixels is too small for a {kh}x{kw} kernel "
-            f"with padding {pad}; it needs at least {kh - 2 * pad}x{kw - 2 * pad}")
-    return HO, WO
+        raise ValueError(f"{where}: expected a rank-{rank} input {_LAYOUTS[rank]}, got shape {tuple(shape)}")
+    if size is not None and shape[1] != size:
+        raise ValueError(f"{where}: {layer} expects {size} {what}, got {shape[1]} "
+                         f"(input shape {tuple(shape)})")
 
 
 # ---------------------------------------------------------------------------
-# The base class
+# The contract
 # ---------------------------------------------------------------------------
 
-class Layer:
-    """Base class: mode switching, parameters, masks, state dicts, copies."""
+class Layer(Module):
+    """What every layer computes: forward, backward, and the input shapes it accepts.
+
+    A layer type names its trainable arrays in ``param_names`` (state_dict
+    order) and its saved statistics in ``buffer_names``, declares which
+    arrays carry a channel (below), and writes ``output_shape``, ``forward``
+    and ``backward``.  Modes, state dicts, masks by key, dtype and copies are
+    inherited from :class:`tinyprune.module.Module`.
+    """
 
     param_names = ()   # trainable arrays, in state_dict order
     buffer_names = ()  # saved with the model but not trained
@@ -121,34 +106,21 @@ class Layer:
     in_channel_arrays = {}
 
     def __init__(self):
-        self.training = True
-        self.grads = {}
-        self.masks = {}
-        self._cache = None  # what forward keeps for backward
-
-    # -- running -----------------------------------------------------------
+        self.training = True  # train or eval mode: see train() and eval()
+        self.grads = {}       # parameter name -> its gradient from the last backward
+        self.masks = {}       # parameter name -> boolean array, True = kept
+        self._cache = None    # what forward keeps for backward
 
     def __call__(self, x):
+        """Check ``x`` against the whole layer (``prepare_input``), then run ``forward``."""
         return self.forward(self.prepare_input(x))
 
-    def prepare_input(self, x, where=None):
-        """Check ``x`` against this layer (or chain) and cast it to its dtype."""
-        where = where or type(self).__name__
-        x = np.asarray(x)
-        if x.dtype.kind not in "fiub":
-            raise ValueError(f"{where}: expected a numeric array, got dtype {x.dtype}")
-        if x.dtype.kind != "f":
-            raise ValueError(
-                f"{where}: expected floating-point input, got {x.dtype}; "
-                "scale images to [0, 1] first (tinyprune.data.to_float)")
-        self.check_input(x.shape, where)
-        dtype = self.dtype or x.dtype
-        return np.ascontiguousarray(x, dtype=dtype)
-
     def forward(self, x):
+        """The output for input ``x``; keeps in ``self._cache`` what backward needs."""
         raise NotImplementedError
 
     def backward(self, dy):
+        """dL/d(input) from ``dy`` = dL/d(output); parameter gradients go to ``set_grad``."""
         raise NotImplementedError
 
     def output_shape(self, shape, where="model"):
@@ -163,44 +135,6 @@ class Layer:
         """``output_shape`` plus what only running the layer now requires (its mode)."""
         return self.output_shape(shape, where)
 
-    # -- modes ---------------------------------------------------------------
-
-    def train(self, mode=True):
-        """Switch to training mode (batch statistics in BatchNorm); returns self."""
-        self.training = bool(mode)
-        for child in self.children():
-            child.train(mode)
-        return self
-
-    def eval(self):
-        """Switch to evaluation mode (running statistics in BatchNorm); returns self."""
-        return self.train(False)
-
-    # -- structure -----------------------------------------------------------
-
-    def children(self):
-        return ()
-
-    def named_layers(self, path=""):
-        """Yield ``(path, layer)`` for every leaf layer, e.g. ``("[0][3]", bn)``."""
-        yield path, self
-
-    def named_parameters(self, prefix=""):
-        """Yield ``(key, layer, name)`` for every trainable array (state_dict keys)."""
-        for name in self.param_names:
-            yield prefix + name, self, name
-
-    def named_buffers(self, prefix=""):
-        for name in self.buffer_names:
-            yield prefix + name, self, name
-
-    @property
-    def dtype(self):
-        """The floating-point type of the parameters (None for a parameter-free layer)."""
-        for _, layer, name in self.named_parameters():
-            return getattr(layer, name).dtype
-        return None
-
     def effective(self, name):
         """Parameter ``name`` as the forward pass uses it: masked entries read as zero."""
         value = getattr(self, name)
@@ -208,274 +142,21 @@ class Layer:
         return value if mask is None else value * mask
 
     def set_grad(self, name, grad):
+        """Store the gradient of parameter ``name``; masked entries get zero."""
         mask = self.masks.get(name)
         self.grads[name] = grad if mask is None else grad * mask
 
-    # -- state ---------------------------------------------------------------
 
-    def state_dict(self):
-        """Flat dict of copies of all parameters and buffers, keyed like PyTorch.
+# ---------------------------------------------------------------------------
+# Convolutions (tinyprune/conv.py builds them on Layer and the helpers above)
+# ---------------------------------------------------------------------------
 
-        The layouts match ``torch.nn.Conv2d/Linear/BatchNorm2d``, so an
-        ``nn.Sequential`` of the same nesting loads it unchanged.  Masks are
-        not included (see :meth:`mask_dict`).
-        """
-        out = {}
-        for key, layer, name in self.named_parameters():
-            out[key] = getattr(layer, name).copy()
-        for key, layer, name in self.named_buffers():
-            out[key] = np.array(getattr(layer, name), copy=True)
-        return out
-
-    def load_state_dict(self, state):
-        """Inverse of :meth:`state_dict`: copies every array in; checks keys and shapes."""
-        expected = {}
-        for key, layer, name in self.named_parameters():
-            expected[key] = (layer, name)
-        for key, layer, name in self.named_buffers():
-            expected[key] = (layer, name)
-        missing = [k for k in expected if k not in state]
-        extra = [k for k in state if k not in expected]
-        if missing:
-            raise ValueError(f"load_state_dict: missing key(s) {missing}")
-        if extra:
-            raise ValueError(f"load_state_dict: unexpected key(s) {extra}")
-        for key, (layer, name) in expected.items():
-            old = np.asarray(getattr(layer, name))
-            new = np.asarray(state[key])
-            if new.shape != old.shape:
-                raise ValueError(
-                    f"load_state_dict: key {key!r} has shape {new.shape}, "
-                    f"the model expects {old.shape}")
-        for key, (layer, name) in expected.items():
-            old = np.asarray(getattr(layer, name))
-            setattr(layer, name, np.array(state[key], dtype=old.dtype, copy=True))
-        return self
-
-    def grad_dict(self):
-        """Gradients of the last backward pass, keyed like the trainable state_dict entries."""
-        out = {}
-        for key, layer, name in self.named_parameters():
-            if name not in layer.grads:
-                raise RuntimeError(f"grad_dict: no gradient for {key!r}; run backward first")
-            out[key] = layer.grads[name]
-        return out
-
-    def mask_dict(self):
-        """The pruning masks, keyed like the state_dict entries they belong to."""
-        out = {}
-        for key, layer, name in self.named_parameters():
-            if name in layer.masks:
-                out[key] = layer.masks[name]
-        return out
-
-    def to(self, dtype):
-        """Convert parameters and statistics to ``dtype`` in place; returns self."""
-        dtype = np.dtype(dtype)
-        if dtype.kind != "f":
-            raise ValueError(f"{type(self).__name__}.to: expected a floating-point dtype, got {dtype}")
-        for _, layer, name in list(self.named_parameters()) + list(self.named_buffers()):
-            value = getattr(layer, name)
-            if value.dtype.kind == "f":
-                setattr(layer, name, value.astype(dtype))
-        for _, layer in self.named_layers():
-            layer.grads = {}
-            layer._cache = None
-        return self
-
-    def copy(self):
-        """A deep copy (parameters, buffers, masks and mode), without forward caches."""
-        return copy.deepcopy(self)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
-
-    def extra_repr(self):
-        return ""
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.extra_repr()})"
+from .conv import Conv2d, DepthwiseConv2d  # noqa: E402  (conv.py needs Layer defined first)
 
 
 # ---------------------------------------------------------------------------
-# Convolutions and dense layers
+# Dense layers
 # ---------------------------------------------------------------------------
-
-class Conv2d(Layer):
-    """Full 2-D convolution (cross-correlation, as in PyTorch and Flux's CrossCor).
-
-    ``weight`` (C_out, C_in, KH, KW), optional ``bias`` (C_out,).
-    Input (N, C_in, H, W) -> output (N, C_out, HO, WO) with
-    HO = (H + 2*pad - KH) // stride + 1 (likewise WO).
-
-    The forward pass unfolds receptive fields into columns (im2col) and does
-    one matrix product per image; a 1x1, stride-1, unpadded convolution (a
-    "pointwise" one) needs no unfolding: the image already is the columns.
-    In eval mode, a convolution whose columns would be thin (at most
-    ``DIRECT_MAX_ROWS`` = C_in*KH*KW rows, like MobileNet's first conv with
-    27) is computed straight from the image (``kernels.conv_direct``): the
-    backward pass will not need the columns, and writing them out costs more
-    than the little arithmetic they feed (measured at batch 64: 5.7 ms
-    against 6.6 ms for 8 output channels, 4.0 against 5.5 ms for 4).
-    """
-
-    DIRECT_MAX_ROWS = 32
-    mixes_channels = True
-    out_channel_arrays = {"weight": 0, "bias": 0}
-    in_channel_arrays = {"weight": 1}
-
-    def __init__(self, c_in, c_out, kernel, stride=1, pad=0, bias=False, rng=None, dtype=np.float32):
-        super().__init__()
-        name = "Conv2d"
-        c_in = _positive_int(c_in, "c_in", name)
-        c_out = _positive_int(c_out, "c_out", name)
-        kh, kw = _kernel_size(kernel, name)
-        self.stride = _positive_int(stride, "stride", name)
-        self.pad = _non_negative_int(pad, "pad", name)
-        self.weight = glorot_uniform((c_out, c_in, kh, kw), c_in * kh * kw, c_out * kh * kw, rng, dtype)
-        self.bias = np.zeros(c_out, dtype) if bias else None
-        self.param_names = ("weight", "bias") if bias else ("weight",)
-
-    # Sizes are read off the weight, so slicing the weight (resize) keeps them true.
-    c_out = property(lambda self: self.weight.shape[0])
-    c_in = property(lambda self: self.weight.shape[1])
-    kernel = property(lambda self: self.weight.shape[2:])
-
-    @property
-    def pointwise(self):
-        return self.kernel == (1, 1) and self.stride == 1 and self.pad == 0
-
-    def extra_repr(self):
-        kh, kw = self.kernel
-        return (f"{self.c_in}, {self.c_out}, kernel=({kh}, {kw}), stride={self.stride}, "
-                f"pad={self.pad}, bias={self.bias is not None}")
-
-    def output_shape(self, shape, where="Conv2d"):
-        _check_rank(shape, 4, where, "(N, C, H, W)")
-        if shape[1] != self.c_in:
-            raise ValueError(f"{where}: Conv2d expects {self.c_in} input channels, got {shape[1]} "
-                             f"(input shape {tuple(shape)})")
-        HO, WO = _check_spatial(shape, *self.kernel, self.stride, self.pad, where)
-        return (shape[0], self.c_out, HO, WO)
-
-    def forward(self, x):
-        N, C, H, W = x.shape
-        kh, kw = self.kernel
-        HO = _conv_output_size(H, kh, self.stride, self.pad)
-        WO = _conv_output_size(W, kw, self.stride, self.pad)
-        if not self.training and not self.pointwise and C * kh * kw <= self.DIRECT_MAX_ROWS:
-            y = np.empty((N, self.c_out, HO, WO), x.dtype)
-            kernels.conv_direct(x, np.ascontiguousarray(self.effective("weight")), self.stride, self.pad, y)
-            if self.bias is not None:
-                y += self.effective("bias")[:, None, None]
-            self._cache = (x, None)                 # no columns: an eval-mode backward unfolds x
-            return y
-        cols = self._columns(x, HO, WO)
-        w = self.effective("weight").reshape(self.c_out, -1)
-        y = np.matmul(w, cols)                      # (N, C_out, HO*WO): one BLAS call per image
-        if self.bias is not None:
-            y += self.effective("bias")[:, None]
-        self._cache = (x, cols)
-        return y.reshape(N, self.c_out, HO, WO)
-
-    def _columns(self, x, HO, WO):
-        """The receptive fields of ``x`` as columns, (N, C_in*KH*KW, HO*WO)."""
-        N, C, H, W = x.shape
-        if self.pointwise:
-            return x.reshape(N, C, H * W)
-        kh, kw = self.kernel
-        cols = np.empty((N, C * kh * kw, HO * WO), x.dtype)
-        kernels.im2col(x, kh, kw, self.stride, self.pad, cols)
-        return cols
-
-    def backward(self, dy):
-        # y[n] = Wm @ cols[n] + b  =>  dWm = sum_n dy[n] @ cols[n]^T,
-        # dcols[n] = Wm^T @ dy[n],  db = sum over n and pixels of dy,
-        # and dx = col2im(dcols), the adjoint of the unfolding.
-        x, cols = self._cache
-        if cols is None:                            # the forward pass went direct: unfold now
-            cols = self._columns(x, dy.shape[2], dy.shape[3])
-        N = dy.shape[0]
-        g = np.ascontiguousarray(dy).reshape(N, self.c_out, -1)
-        w = self.effective("weight").reshape(self.c_out, -1)
-        # One product per image, then the sum over images: faster than
-        # gathering all images into one long product, which needs transposed copies.
-        dw = np.matmul(g, cols.transpose(0, 2, 1)).sum(axis=0)
-        self.set_grad("weight", dw.reshape(self.weight.shape))
-        if self.bias is not None:
-            self.set_grad("bias", g.sum(axis=(0, 2)))
-        dcols = np.matmul(w.T, g)                   # (N, C_in*KH*KW, HO*WO)
-        if self.pointwise:
-            return dcols.reshape(x.shape)
-        dx = np.empty(x.shape, dy.dtype)
-        kernels.col2im(dcols, *self.kernel, self.stride, self.pad, dx)
-        return dx
-
-
-class DepthwiseConv2d(Layer):
-    """Depthwise convolution: channel c of the output sees only channel c of the input.
-
-    ``weight`` (C, 1, KH, KW) (PyTorch's layout for ``groups=C``), no bias.
-    Input (N, C, H, W) -> output (N, C, HO, WO).
-    """
-
-    mixes_channels = False
-    out_channel_arrays = {"weight": 0}
-
-    def __init__(self, channels, kernel, stride=1, pad=0, rng=None, dtype=np.float32):
-        super().__init__()
-        name = "DepthwiseConv2d"
-        channels = _positive_int(channels, "channels", name)
-        kh, kw = _kernel_size(kernel, name)
-        self.stride = _positive_int(stride, "stride", name)
-        self.pad = _non_negative_int(pad, "pad", name)
-        # Flux counts a grouped conv's fans per group: fan_in = KH*KW*1, fan_out = KH*KW*C.
-        self.weight = glorot_uniform((channels, 1, kh, kw), kh * kw, channels * kh * kw, rng, dtype)
-        self.param_names = ("weight",)
-
-    channels = property(lambda self: self.weight.shape[0])
-    c_in = channels
-    c_out = channels
-    kernel = property(lambda self: self.weight.shape[2:])
-
-    def extra_repr(self):
-        kh, kw = self.kernel
-        return f"{self.channels}, kernel=({kh}, {kw}), stride={self.stride}, pad={self.pad}"
-
-    def output_shape(self, shape, where="DepthwiseConv2d"):
-        _check_rank(shape, 4, where, "(N, C, H, W)")
-        if shape[1] != self.channels:
-            raise ValueError(f"{where}: DepthwiseConv2d expects {self.channels} input channels, "
-                             f"got {shape[1]} (input shape {tuple(shape)})")
-        HO, WO = _check_spatial(shape, *self.kernel, self.stride, self.pad, where)
-        return (shape[0], self.channels, HO, WO)
-
-    def _filters(self):
-        kh, kw = self.kernel
-        return np.ascontiguousarray(self.effective("weight").reshape(self.channels, kh, kw))
-
-    def forward(self, x):
-        N, C, H, W = x.shape
-        kh, kw = self.kernel
-        out = np.empty((N, C, _conv_output_size(H, kh, self.stride, self.pad),
-                        _conv_output_size(W, kw, self.stride, self.pad)), x.dtype)
-        kernels.depthwise_forward(x, self._filters(), self.stride, self.pad, out)
-        self._cache = x
-        return out
-
-    def backward(self, dy):
-        # With xp the zero-padded input, y[n,c,i,j] = sum_ab w[c,a,b] xp[n,c,i*s+a,j*s+b], so
-        # dxp[n,c,i*s+a,j*s+b] += w[c,a,b] dy[n,c,i,j] and dw[c,a,b] = sum_nij dy[n,c,i,j] xp[n,c,i*s+a,j*s+b];
-        # the kernel does both and drops the gradient that falls on the padding.
-        x = self._cache
-        dx = np.empty_like(x)
-        dw = np.empty((self.channels,) + tuple(self.kernel), x.dtype)
-        kernels.depthwise_backward(x, self._filters(), np.ascontiguousarray(dy), self.stride, self.pad, dx, dw)
-        self.set_grad("weight", dw.reshape(self.weight.shape))
-        return dx
-
 
 class Dense(Layer):
     """Fully connected layer: y = x @ weight.T + bias.
@@ -489,8 +170,8 @@ class Dense(Layer):
 
     def __init__(self, n_in, n_out, bias=True, rng=None, dtype=np.float32):
         super().__init__()
-        n_in = _positive_int(n_in, "n_in", "Dense")
-        n_out = _positive_int(n_out, "n_out", "Dense")
+        n_in = check_int(n_in, "n_in", "Dense")
+        n_out = check_int(n_out, "n_out", "Dense")
         self.weight = glorot_uniform((n_out, n_in), n_in, n_out, rng, dtype)
         self.bias = np.zeros(n_out, dtype) if bias else None
         self.param_names = ("weight", "bias") if bias else ("weight",)
@@ -502,10 +183,7 @@ class Dense(Layer):
         return f"{self.n_in}, {self.n_out}, bias={self.bias is not None}"
 
     def output_shape(self, shape, where="Dense"):
-        _check_rank(shape, 2, where, "(N, features)")
-        if shape[1] != self.n_in:
-            raise ValueError(f"{where}: Dense expects {self.n_in} input features, got {shape[1]} "
-                             f"(input shape {tuple(shape)})")
+        check_shape(shape, 2, where, self.n_in, "Dense", "input features")
         return (shape[0], self.n_out)
 
     def forward(self, x):
@@ -545,13 +223,9 @@ class BatchNorm2d(Layer):
 
     def __init__(self, channels, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
-        channels = _positive_int(channels, "channels", "BatchNorm2d")
-        if not eps > 0:
-            raise ValueError(f"BatchNorm2d: eps must be positive, got {eps!r}")
-        if not 0 <= momentum <= 1:
-            raise ValueError(f"BatchNorm2d: momentum must lie in [0, 1], got {momentum!r}")
-        self.eps = float(eps)
-        self.momentum = float(momentum)
+        channels = check_int(channels, "channels", "BatchNorm2d")
+        self.eps = check_number(eps, "eps", "BatchNorm2d", low=0.0, low_open=True)
+        self.momentum = check_number(momentum, "momentum", "BatchNorm2d", 0.0, 1.0)
         self.weight = np.ones(channels, dtype)
         self.bias = np.zeros(channels, dtype)
         self.running_mean = np.zeros(channels, dtype)
@@ -564,10 +238,7 @@ class BatchNorm2d(Layer):
         return f"{self.channels}, eps={self.eps}, momentum={self.momentum}"
 
     def output_shape(self, shape, where="BatchNorm2d"):
-        _check_rank(shape, 4, where, "(N, C, H, W)")
-        if shape[1] != self.channels:
-            raise ValueError(f"{where}: BatchNorm2d expects {self.channels} channels, got {shape[1]} "
-                             f"(input shape {tuple(shape)})")
+        check_shape(shape, 4, where, self.channels, "BatchNorm2d", "channels")
         return tuple(shape)
 
     def check_input(self, shape, where="BatchNorm2d"):
@@ -607,6 +278,19 @@ class BatchNorm2d(Layer):
         return y
 
     def backward(self, dy):
+        # Per channel c, over its M = N*L values x3[:, c, :] (x3 and dy3 are (N, C, L)):
+        #   y = gamma * xhat + beta,  xhat = (x - mu) * inv,  inv = 1 / sqrt(var + eps).
+        # In either mode dbeta = sum(dy) and dgamma = sum(dy * xhat).
+        # Train mode: mu = mean(x) and var = mean((x - mu)^2) move with every x of
+        # the channel, so x reaches the loss three ways.  With dxhat = gamma * dy:
+        #   dL/dvar = sum(dxhat * (x - mu)) * (-inv^3 / 2)  = -gamma * inv^2 * dgamma / 2
+        #   dL/dmu  = sum(dxhat) * (-inv)                   = -gamma * inv * dbeta
+        #             (mu's path through var adds nothing: sum(x - mu) = 0)
+        #   dx = dxhat * inv + dL/dvar * 2 (x - mu) / M + dL/dmu / M
+        #      = gamma * inv / M * (M * dy - dbeta - xhat * dgamma)
+        # (kernels.batchnorm_train_backward: two sums per channel, then this line.)
+        # Eval mode: mu and var are the running statistics, constants, so only
+        # the direct way is left: dx = gamma * inv * dy.
         x3, mean, var = self._cache
         N, C, L = x3.shape
         dy3 = np.ascontiguousarray(dy).reshape(N, C, L)
@@ -617,8 +301,6 @@ class BatchNorm2d(Layer):
             kernels.batchnorm_train_backward(x3, dy3, self.effective("weight"), mean, var, self.eps,
                                              dx, dgamma, dbeta)
         else:
-            # Eval mode is a fixed affine map per channel: y = gamma * xhat + beta
-            # with xhat = (x - running_mean) / sqrt(running_var + eps).
             inv = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
             xhat = (x3 - self.running_mean[:, None]) * inv[:, None]
             dgamma = (dy3 * xhat).sum(axis=(0, 2))
@@ -672,6 +354,12 @@ class SlopeHTanh(Activation):
         return y
 
     def backward(self, dy):
+        # f(x) = slopehtanh(x) = h - (x - h)/4 with h = x clipped to [-1, 1].
+        # Inside [-1, 1], h = x, so f(x) = x and f'(x) = 1; outside, h is the
+        # constant +-1, so f'(x) = -1/4.  The chain rule, entry by entry (x, dy
+        # and dx all have the input's shape):
+        #   dx = dy * f'(x) = dy * (1 if |x| <= 1 else -1/4)
+        # At the kinks x = +-1 we take the inside slope, as act.slopehtanh_derivative does.
         x = self._cache
         dx = np.empty_like(x)
         kernels.slopehtanh_backward(x.reshape(-1), np.ascontiguousarray(dy).reshape(-1), dx.reshape(-1))
@@ -726,7 +414,7 @@ class GlobalMeanPool(Layer):
     mixes_channels = False
 
     def output_shape(self, shape, where="GlobalMeanPool"):
-        _check_rank(shape, 4, where, "(N, C, H, W)")
+        check_shape(shape, 4, where)
         return (shape[0], shape[1], 1, 1)
 
     def forward(self, x):

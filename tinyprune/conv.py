@@ -1,0 +1,212 @@
+"""The convolutions: ``Conv2d`` (every output channel reads every input channel)
+and ``DepthwiseConv2d`` (channel c reads channel c alone).
+
+Both follow the contract of :class:`tinyprune.layers.Layer` and are imported
+from there (``from tinyprune.layers import Conv2d`` works).  Their loops are
+in :mod:`tinyprune.kernels`; here are the shapes, the choices between the
+loops, and the backward passes derived from the forward ones.
+
+Shapes: input (N, C_in, H, W), output (N, C_out, HO, WO) with
+``HO = (H + 2*pad - KH) // stride + 1`` (likewise WO); weights OIHW.
+"""
+
+import numpy as np
+
+from . import kernels
+from .common import check_int
+from .layers import Layer, check_shape, glorot_uniform
+
+__all__ = ["Conv2d", "DepthwiseConv2d"]
+
+
+def _kernel_size(kernel, layer):
+    """``kernel`` (an int or a pair) as a pair ``(KH, KW)`` of positive ints."""
+    if isinstance(kernel, (tuple, list)):
+        if len(kernel) != 2:
+            raise ValueError(f"{layer}: kernel must be an int or a pair (kh, kw), got {kernel!r}")
+        return tuple(check_int(k, "kernel size", layer) for k in kernel)
+    k = check_int(kernel, "kernel size", layer)
+    return (k, k)
+
+
+def _conv_output_size(size, k, stride, pad):
+    return (size + 2 * pad - k) // stride + 1
+
+
+def _check_spatial(shape, kh, kw, stride, pad, where):
+    """Output (HO, WO) of a convolution, or a ValueError if the image is too small."""
+    H, W = shape[2], shape[3]
+    HO = _conv_output_size(H, kh, stride, pad)
+    WO = _conv_output_size(W, kw, stride, pad)
+    if HO < 1 or WO < 1:
+        raise ValueError(
+            f"{where}: input of {H}x{W} pixels is too small for a {kh}x{kw} kernel "
+            f"with padding {pad}; it needs at least {kh - 2 * pad}x{kw - 2 * pad}")
+    return HO, WO
+
+
+class Conv2d(Layer):
+    """Full 2-D convolution (cross-correlation, as in PyTorch and Flux's CrossCor).
+
+    ``weight`` (C_out, C_in, KH, KW), optional ``bias`` (C_out,).
+    Input (N, C_in, H, W) -> output (N, C_out, HO, WO) with
+    HO = (H + 2*pad - KH) // stride + 1 (likewise WO).
+
+    The forward pass unfolds receptive fields into columns (im2col) and does
+    one matrix product per image; a 1x1, stride-1, unpadded convolution (a
+    "pointwise" one) needs no unfolding: the image already is the columns.
+    In eval mode, a convolution whose columns would be thin (at most
+    ``DIRECT_MAX_ROWS`` = C_in*KH*KW rows, like MobileNet's first conv with
+    27) is computed straight from the image (``kernels.conv_direct``): the
+    backward pass will not need the columns, and writing thin columns out
+    and reading them back costs more than the little arithmetic they feed.
+    """
+
+    DIRECT_MAX_ROWS = 32
+    mixes_channels = True
+    out_channel_arrays = {"weight": 0, "bias": 0}
+    in_channel_arrays = {"weight": 1}
+
+    def __init__(self, c_in, c_out, kernel, stride=1, pad=0, bias=False, rng=None, dtype=np.float32):
+        super().__init__()
+        name = "Conv2d"
+        c_in = check_int(c_in, "c_in", name)
+        c_out = check_int(c_out, "c_out", name)
+        kh, kw = _kernel_size(kernel, name)
+        self.stride = check_int(stride, "stride", name)
+        self.pad = check_int(pad, "pad", name, minimum=0)
+        self.weight = glorot_uniform((c_out, c_in, kh, kw), c_in * kh * kw, c_out * kh * kw, rng, dtype)
+        self.bias = np.zeros(c_out, dtype) if bias else None
+        self.param_names = ("weight", "bias") if bias else ("weight",)
+
+    # Sizes are read off the weight, so slicing the weight (resize) keeps them true.
+    c_out = property(lambda self: self.weight.shape[0])
+    c_in = property(lambda self: self.weight.shape[1])
+    kernel = property(lambda self: self.weight.shape[2:])
+
+    @property
+    def pointwise(self):
+        return self.kernel == (1, 1) and self.stride == 1 and self.pad == 0
+
+    def extra_repr(self):
+        kh, kw = self.kernel
+        return (f"{self.c_in}, {self.c_out}, kernel=({kh}, {kw}), stride={self.stride}, "
+                f"pad={self.pad}, bias={self.bias is not None}")
+
+    def output_shape(self, shape, where="Conv2d"):
+        check_shape(shape, 4, where, self.c_in, "Conv2d", "input channels")
+        HO, WO = _check_spatial(shape, *self.kernel, self.stride, self.pad, where)
+        return (shape[0], self.c_out, HO, WO)
+
+    def forward(self, x):
+        N, C, H, W = x.shape
+        kh, kw = self.kernel
+        HO = _conv_output_size(H, kh, self.stride, self.pad)
+        WO = _conv_output_size(W, kw, self.stride, self.pad)
+        if not self.training and not self.pointwise and C * kh * kw <= self.DIRECT_MAX_ROWS:
+            y = np.empty((N, self.c_out, HO, WO), x.dtype)
+            kernels.conv_direct(x, np.ascontiguousarray(self.effective("weight")), self.stride, self.pad, y)
+            if self.bias is not None:
+                y += self.effective("bias")[:, None, None]
+            self._cache = (x, None)                 # no columns: an eval-mode backward unfolds x
+            return y
+        cols = self._columns(x, HO, WO)
+        w = self.effective("weight").reshape(self.c_out, -1)
+        y = np.matmul(w, cols)                      # (N, C_out, HO*WO): one BLAS call per image
+        if self.bias is not None:
+            y += self.effective("bias")[:, None]
+        self._cache = (x, cols)
+        return y.reshape(N, self.c_out, HO, WO)
+
+    def _columns(self, x, HO, WO):
+        """The receptive fields of ``x`` as columns, (N, C_in*KH*KW, HO*WO)."""
+        N, C, H, W = x.shape
+        if self.pointwise:
+            return x.reshape(N, C, H * W)
+        kh, kw = self.kernel
+        cols = np.empty((N, C * kh * kw, HO * WO), x.dtype)
+        kernels.im2col(x, kh, kw, self.stride, self.pad, cols)
+        return cols
+
+    def backward(self, dy):
+        # y[n] = Wm @ cols[n] + b  =>  dWm = sum_n dy[n] @ cols[n]^T,
+        # dcols[n] = Wm^T @ dy[n],  db = sum over n and pixels of dy,
+        # and dx = col2im(dcols), the adjoint of the unfolding.
+        x, cols = self._cache
+        if cols is None:                            # the forward pass went direct: unfold now
+            cols = self._columns(x, dy.shape[2], dy.shape[3])
+        N = dy.shape[0]
+        g = np.ascontiguousarray(dy).reshape(N, self.c_out, -1)
+        w = self.effective("weight").reshape(self.c_out, -1)
+        # One product per image, then the sum over images: gathering all images
+        # into one long product would first need transposed copies of g and cols.
+        dw = np.matmul(g, cols.transpose(0, 2, 1)).sum(axis=0)
+        self.set_grad("weight", dw.reshape(self.weight.shape))
+        if self.bias is not None:
+            self.set_grad("bias", g.sum(axis=(0, 2)))
+        dcols = np.matmul(w.T, g)                   # (N, C_in*KH*KW, HO*WO)
+        if self.pointwise:
+            return dcols.reshape(x.shape)
+        dx = np.empty(x.shape, dy.dtype)
+        kernels.col2im(dcols, *self.kernel, self.stride, self.pad, dx)
+        return dx
+
+
+class DepthwiseConv2d(Layer):
+    """Depthwise convolution: channel c of the output sees only channel c of the input.
+
+    ``weight`` (C, 1, KH, KW) (PyTorch's layout for ``groups=C``), no bias.
+    Input (N, C, H, W) -> output (N, C, HO, WO).
+    """
+
+    mixes_channels = False
+    out_channel_arrays = {"weight": 0}
+
+    def __init__(self, channels, kernel, stride=1, pad=0, rng=None, dtype=np.float32):
+        super().__init__()
+        name = "DepthwiseConv2d"
+        channels = check_int(channels, "channels", name)
+        kh, kw = _kernel_size(kernel, name)
+        self.stride = check_int(stride, "stride", name)
+        self.pad = check_int(pad, "pad", name, minimum=0)
+        # Flux counts a grouped conv's fans per group: fan_in = KH*KW*1, fan_out = KH*KW*C.
+        self.weight = glorot_uniform((channels, 1, kh, kw), kh * kw, channels * kh * kw, rng, dtype)
+        self.param_names = ("weight",)
+
+    channels = property(lambda self: self.weight.shape[0])
+    c_in = channels
+    c_out = channels
+    kernel = property(lambda self: self.weight.shape[2:])
+
+    def extra_repr(self):
+        kh, kw = self.kernel
+        return f"{self.channels}, kernel=({kh}, {kw}), stride={self.stride}, pad={self.pad}"
+
+    def output_shape(self, shape, where="DepthwiseConv2d"):
+        check_shape(shape, 4, where, self.channels, "DepthwiseConv2d", "input channels")
+        HO, WO = _check_spatial(shape, *self.kernel, self.stride, self.pad, where)
+        return (shape[0], self.channels, HO, WO)
+
+    def _filters(self):
+        kh, kw = self.kernel
+        return np.ascontiguousarray(self.effective("weight").reshape(self.channels, kh, kw))
+
+    def forward(self, x):
+        N, C, H, W = x.shape
+        kh, kw = self.kernel
+        out = np.empty((N, C, _conv_output_size(H, kh, self.stride, self.pad),
+                        _conv_output_size(W, kw, self.stride, self.pad)), x.dtype)
+        kernels.depthwise_forward(x, self._filters(), self.stride, self.pad, out)
+        self._cache = x
+        return out
+
+    def backward(self, dy):
+        # With xp the zero-padded input, y[n,c,i,j] = sum_ab w[c,a,b] xp[n,c,i*s+a,j*s+b], so
+        # dxp[n,c,i*s+a,j*s+b] += w[c,a,b] dy[n,c,i,j] and dw[c,a,b] = sum_nij dy[n,c,i,j] xp[n,c,i*s+a,j*s+b];
+        # the kernel does both and drops the gradient that falls on the padding.
+        x = self._cache
+        dx = np.empty_like(x)
+        dw = np.empty((self.channels,) + tuple(self.kernel), x.dtype)
+        kernels.depthwise_backward(x, self._filters(), np.ascontiguousarray(dy), self.stride, self.pad, dx, dw)
+        self.set_grad("weight", dw.reshape(self.weight.shape))
+        return dx
