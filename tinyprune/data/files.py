@@ -152,7 +152,8 @@ def read_image(path, where):
     """One image file as uint8 (3, 96, 96) RGB; ``where`` is the list line that named it."""
     Image = _pillow()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             # Pillow warns about a header declaring more than MAX_IMAGE_PIXELS
             # and raises beyond twice that; both are refused, before decoding.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -161,6 +162,9 @@ def read_image(path, where):
                 if picture.size != (IMAGE_SIZE, IMAGE_SIZE):
                     picture = picture.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
                 pixels = np.asarray(picture, dtype=np.uint8)  # (H, W, 3)
+        for warning in caught:  # Pillow's other warnings ("Truncated File Read", ...) name no file
+            warnings.warn(f"VisualWakeWords: image {path} (listed in {where}): {warning.message}",
+                          warning.category, stacklevel=3)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ValueError(f"VisualWakeWords: image {path} (listed in {where}) is too large to decode "
                          f"safely: {error} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)") from None
