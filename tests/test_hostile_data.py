@@ -51,7 +51,8 @@ def _png(pixels, color_type, width=None, height=None):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width or w, height or h, depth, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
 
 
 def _picture_bytes(size=(96, 96), colour=GREY, fmt="PNG"):
@@ -154,7 +155,8 @@ def test_a_16_bit_rgb_png_keeps_its_top_8_bits_per_channel(tmp_path):
 def test_pictures_without_a_known_white_level_are_refused_naming_file_and_line(tmp_path, values, message):
     root = _vww(tmp_path / "vww", "a.png 0\nodd.tif 1\n", {"a.png": _picture_bytes()})
     Image.fromarray(values).save(root / "train" / "odd.tif")
-    _refused(ValueError, rf"cannot read image .*odd\.tif \(listed in .*{_line(2)}\) as a picture: {message}", root)
+    _refused(ValueError, rf"cannot read image .*odd\.tif \(listed in .*{_line(2)}\) as a picture: {message}",
+             root)
 
 
 def test_8_bit_pictures_read_as_before(tmp_path):
@@ -180,7 +182,8 @@ def world(tmp_path):
 def test_a_name_leading_out_of_the_root_is_refused_naming_file_and_line(world, name):
     name = str(world.parent / "secret.png") if name == "ABSOLUTE" else name
     (world / "train.txt").write_text(f"a.png 1\n{name} 0\n")
-    error = _refused(ValueError, rf"VisualWakeWords: list file .*{_line(2)}: .*leads outside the data root", world)
+    error = _refused(ValueError, rf"VisualWakeWords: list file .*{_line(2)}: .*leads outside the data root",
+                     world)
     assert "image names must stay inside it" in str(error)
 
 
@@ -267,7 +270,8 @@ def test_pillows_warnings_about_a_picture_name_its_file_and_line(world):
     palette.putpalette([7, 8, 9] * 256)
     palette.save(world / "train" / "p.png", transparency=bytes([0, 128] + [255] * 254))  # Pillow warns
     (world / "train.txt").write_text("a.png 1\np.png 0\n")
-    with pytest.warns(UserWarning, match=rf"^VisualWakeWords: image .*p\.png \(listed in .*{_line(2)}\): Palette"):
+    expected = rf"^VisualWakeWords: image .*p\.png \(listed in .*{_line(2)}\): Palette"
+    with pytest.warns(UserWarning, match=expected):
         images = VisualWakeWords(world).images
     assert images[1, :, 0, 0].tolist() == [7, 8, 9]
 
@@ -417,9 +421,11 @@ def test_bad_subsets_name_the_argument(tmp_path, subset):
 
 
 @pytest.mark.parametrize("images, labels, message", [
-    (np.zeros((2, 0, 4, 4), np.uint8), [0, 1], r"images must have at least one channel, row and column; got shape \(2, 0, 4, 4\)"),
+    (np.zeros((2, 0, 4, 4), np.uint8), [0, 1],
+     r"images must have at least one channel, row and column; got shape \(2, 0, 4, 4\)"),
     (np.zeros((2, 3, 0, 4), np.uint8), [0, 1], r"images must have at least one channel, row and column"),
-    (np.zeros((2, 3, 4, 4), np.uint8), np.array([1, 0], complex), r"labels must be numbers 0 or 1; got dtype complex"),
+    (np.zeros((2, 3, 4, 4), np.uint8), np.array([1, 0], complex),
+     r"labels must be numbers 0 or 1; got dtype complex"),
     (np.zeros((2, 3, 4, 4), np.uint8), [[0], [1, 1]], r"labels cannot be made into one array"),
     (np.zeros((2, 3, 4, 4), np.uint8), [0, np.nan], r"labels must be 0 or 1; found \[nan\]"),
     (np.full((2, 3, 4, 4), np.inf, np.float32), [0, 1], r"float images must lie in \[0, 1\]"),
@@ -430,7 +436,8 @@ def test_more_bad_arrays_are_refused_naming_what_is_wrong(images, labels, messag
 
 
 @pytest.mark.parametrize("images, message", [
-    (np.full((1, 3, 2, 2), 200, np.int32), r"images must be uint8 in \[0, 255\] or float in \[0, 1\]; got dtype int32"),
+    (np.full((1, 3, 2, 2), 200, np.int32),
+     r"images must be uint8 in \[0, 255\] or float in \[0, 1\]; got dtype int32"),
     (None, r"images must be uint8 .*got dtype object"),
     ([[0.5], [0.5, 0.5]], r"images cannot be made into one array"),
     (np.full((1, 3, 2, 2), 7.0), r"float images must lie in \[0, 1\]; got values from 7\.0"),
@@ -574,8 +581,8 @@ _DTYPES = [np.uint8, np.int8, np.int32, np.float16, np.float32, np.float64, np.c
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.sampled_from(_DTYPES), st.lists(st.integers(0, 3), min_size=3, max_size=5), st.sampled_from([0.0, 0.5, 1.0, 2.0, -1.0]),
-       st.sampled_from(_DTYPES), st.integers(0, 4))
+@given(st.sampled_from(_DTYPES), st.lists(st.integers(0, 3), min_size=3, max_size=5),
+       st.sampled_from([0.0, 0.5, 1.0, 2.0, -1.0]), st.sampled_from(_DTYPES), st.integers(0, 4))
 def test_fuzz_arrays_given_as_a_data_set(image_dtype, shape, fill, label_dtype, n_labels):
     images = np.full(shape, fill).astype(image_dtype)
     labels = (np.arange(n_labels) % 2).astype(label_dtype)
