@@ -9,7 +9,8 @@ order:
    have no internet): stick-and-block people versus the same parts jumbled;
    ``shapes.py`` holds the shapes it draws with and their painting kernel.
 2. ``datasets.py``: ``SyntheticVWW`` keeps the drawn set in a cache file,
-   ``VisualWakeWords`` reads the real data set from its usual folder layout,
+   ``VisualWakeWords`` reads the real data set from its usual folder layout
+   (``files.py`` reads its list files and pictures, refusing hostile ones),
    ``as_dataset`` lets you bring your own arrays instead, and ``to_float``
    turns stored bytes into model input (the validation transform).
 3. ``augment.py``: ``augment_batch``, the training transform (a random

@@ -14,6 +14,7 @@ validation.  Pixel coordinates are (row, column) with rows pointing down.
 import numba
 import numpy as np
 
+from .datasets import as_pixels
 from .synthetic import IMAGE_SIZE
 
 __all__ = ["augment_batch"]
@@ -97,6 +98,10 @@ def _augment_with(images, angles, shifts, zooms, flips, out_size=IMAGE_SIZE, ker
     matrices = _augment_matrices((height, width), (out_size, out_size), angles, shifts, zooms, flips)
     out = np.empty((n, channels, out_size, out_size), dtype=np.float32)
     scale = 1 / 255 if images.dtype == np.uint8 else 1.0
+    if images.dtype not in (np.uint8, np.float32, np.float64):
+        # The kernel is compiled for native uint8, float32 and float64; it
+        # computes in float64, so float16 or big-endian input loses nothing.
+        images = images.astype(np.float64)
     kernel(np.ascontiguousarray(images), matrices, scale, out)
     return out
 
@@ -104,7 +109,7 @@ def _augment_with(images, angles, shifts, zooms, flips, out_size=IMAGE_SIZE, ker
 def augment_batch(images, rng):
     """The training transform: random geometry per image, then scaling.
 
-    images: (N, C, H, W) uint8 (or float in [0, 1]).
+    images: (N, C, H, W) uint8 (or float in [0, 1]); H and W at least 1.
     rng: a numpy Generator; the same Generator state gives the same result.
     Per image, independently: rotation uniform in +-10 degrees, translation
     uniform in +-5 % of the height / width per axis, zoom uniform in
@@ -113,10 +118,16 @@ def augment_batch(images, rng):
     bilinearly, with edge pixels repeated outside the frame.
     Returns float32 (N, C, 96, 96) in [0, 1].
     """
-    images = np.asarray(images)
+    images = as_pixels(images, "augment_batch")
     if images.ndim != 4:
         raise ValueError(f"augment_batch: images must have rank 4, N x C x H x W; got shape {images.shape}")
     n, _, height, width = images.shape
+    if height == 0 or width == 0:  # the kernel would read outside the array
+        raise ValueError(f"augment_batch: images must have at least one row and column; got shape "
+                         f"{images.shape}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"augment_batch: rng must be a numpy Generator (np.random.default_rng(seed)), "
+                        f"got {type(rng).__name__}")
     angles = np.radians(rng.uniform(-10, 10, size=n))
     shifts = rng.uniform(-0.05, 0.05, size=(n, 2)) * np.array([height, width])
     zooms = rng.uniform(0.9, 1.1, size=n)

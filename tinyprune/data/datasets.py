@@ -9,12 +9,14 @@ of tinyprune asks of one (``as_dataset`` accepts anything that has them):
 
 * ``SyntheticVWW`` draws the stand-in with ``synthetic.draw_example`` and
   keeps it in a cache file, so it is drawn once per machine;
-* ``VisualWakeWords`` reads the real data set from its usual folder layout;
+* ``VisualWakeWords`` reads the real data set from its usual folder layout
+  (the reading of its files, untrusted input, is in ``files.py``);
 * ``ArrayDataset`` / ``as_dataset`` check and wrap arrays you already have;
 * ``to_float`` turns stored bytes into model input (the validation transform;
   the training transform is ``augment.augment_batch``).
 """
 
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common import atomic_write, check_int, data_dir
+from .files import image_paths, read_image, read_image_list
 from .synthetic import IMAGE_SIZE, draw_example
 
 __all__ = ["SyntheticVWW", "VisualWakeWords", "ArrayDataset", "as_dataset", "to_float"]
@@ -30,9 +33,28 @@ _SUBSETS = ("train", "val")
 
 
 def _check_subset(subset, where):
-    if subset not in _SUBSETS:
+    if not isinstance(subset, str) or subset not in _SUBSETS:
         raise ValueError(f"{where}: subset must be 'train' or 'val', got {subset!r}")
     return subset
+
+
+def _check_folder(value, name, where):
+    """``value`` as a Path, or an error naming the argument.
+
+    An empty string is refused (it would silently mean the current folder,
+    and usually comes from an unset variable), and so is a NUL character,
+    which no file system accepts in a name.
+    """
+    try:
+        text = os.fspath(value)
+    except TypeError:
+        text = None
+    if not isinstance(text, str):
+        raise TypeError(f"{where}: {name} must be a path (str or os.PathLike), got {value!r}")
+    if text == "" or "\0" in text:
+        raise ValueError(f"{where}: {name} must be a non-empty path without NUL characters, "
+                         f"got {value!r}")
+    return Path(text)
 
 
 # ---------------------------------------------------------------------------
@@ -100,7 +122,10 @@ class SyntheticVWW:
         self.subset = subset
         self.size = check_int(size, "size (the number of images)", "SyntheticVWW", minimum=1)
         self.seed = check_int(seed, "seed", "SyntheticVWW", minimum=0)
-        folder = Path(cache_dir) if cache_dir is not None else data_dir() / "cache"
+        if cache_dir is None:
+            folder = data_dir() / "cache"
+        else:
+            folder = _check_folder(cache_dir, "cache_dir", "SyntheticVWW")
         name = f"synthetic-vww-v{self.VERSION}-{subset}-seed{self.seed}-n{self.size}.npz"
         self.cache_path = folder / name
         self.images, self.labels = self._load_or_generate()
@@ -120,7 +145,12 @@ class SyntheticVWW:
         ``first``, only the first ``first`` images are drawn (the labels are
         all there): enough to check that a cached set came from this code.
         """
-        stream = _SUBSETS.index(subset)
+        where = "SyntheticVWW.generate"
+        stream = _SUBSETS.index(_check_subset(subset, where))
+        seed = check_int(seed, "seed", where, minimum=0)
+        size = check_int(size, "size (the number of images)", where, minimum=1)
+        if first is not None:
+            first = check_int(first, "first (the number of images to draw)", where, minimum=0)
         # spawn_key gives train and val independent child streams of one seed.
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
         labels = np.zeros(size, dtype=np.int64)
@@ -177,73 +207,54 @@ class VisualWakeWords:
         <root>/train/<file name>
         <root>/val/<file name>
 
-    Blank lines in the lists are ignored. Every image is read with Pillow,
-    converted to RGB and, if it is not already 96 x 96, resized bilinearly.
+    The list files are UTF-8 text; a byte-order mark at the start (Windows
+    editors write one) is skipped. Lines may end in \\n, \\r\\n or \\r; blank
+    lines are ignored. A file name may go into a subfolder
+    (``kitchen/0001.jpg``) but must stay inside ``root``: a name that climbs
+    out with ``..``, an absolute name, or a symbolic link whose target lies
+    outside is refused, so a list file (often downloaded) cannot make this
+    read files elsewhere on the machine. Links that stay inside ``root`` are
+    followed, and so are links inside ``<root>/<subset>`` when that folder
+    is itself a link (to a larger disk, say).
+
+    Every image is read with Pillow, converted to RGB and, if it is not
+    already 96 x 96, resized bilinearly. Sixteen-bit pictures are scaled to
+    8 bits, grey ones included, which Pillow alone would clip to white (see
+    ``files._eight_bit``). A picture whose header declares more pixels
+    than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``)
+    is refused before its pixels are decoded.
 
     Attributes:
         images: uint8 (N, 3, 96, 96), values 0..255, in list order.
         labels: int64 (N,), 1 = person.
 
-    Raises FileNotFoundError for a missing list file or image, ValueError for
-    a malformed list line, a label other than 0/1, or an image Pillow cannot
-    read; messages name the file and, for list problems, the line number.
-    Everything is loaded into memory: 27,648 bytes per image.
+    Everything that can be checked is checked before the first image is
+    decoded: the list file, then every file it names. FileNotFoundError for
+    a missing list file or image; ValueError for a list file that is not
+    UTF-8, names no image, or has a line that is not "<file name> <label>"
+    with label 0 or 1; for a name that leads outside ``root`` or to a folder;
+    for a picture Pillow cannot read or that is too large. Every message
+    names the file and, for anything the list file said, its line. The
+    files are only read, never changed. Everything is loaded into memory:
+    27,648 bytes per image.
     """
 
     def __init__(self, root, subset="train"):
-        self.root, self.subset = Path(root), _check_subset(subset, "VisualWakeWords")
+        self.root = _check_folder(root, "root", "VisualWakeWords")
+        self.subset = _check_subset(subset, "VisualWakeWords")
         list_path = self.root / f"{subset}.txt"
-        if not list_path.is_file():
-            raise FileNotFoundError(f"VisualWakeWords: list file {list_path} not found; expected "
-                                    f"lines '<file name> <label>' there")
-        entries = _read_image_list(list_path)
-        self.images = np.empty((len(entries), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+        entries = read_image_list(list_path)
+        paths = image_paths(self.root, self.root / subset, entries)
         self.labels = np.array([label for _, _, label in entries], dtype=np.int64)
-        for i, (line_number, name, _) in enumerate(entries):
-            where = f"listed in {list_path}, line {line_number}"
-            self.images[i] = _read_image(self.root / subset / name, where)
+        self.images = np.empty((len(entries), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+        for i, ((where, _, _), path) in enumerate(zip(entries, paths)):
+            self.images[i] = read_image(path, where)
 
     def __len__(self):
         return len(self.labels)
 
     def __repr__(self):
         return f"VisualWakeWords({str(self.root)!r}, subset={self.subset!r})"
-
-
-def _read_image_list(list_path):
-    """Parse "<file name> <label>" lines into (line number, name, label)."""
-    entries = []
-    for line_number, line in enumerate(list_path.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        where = f"VisualWakeWords: list file {list_path}, line {line_number}"
-        if len(fields) != 2:
-            raise ValueError(f"{where}: expected '<file name> <label>' (two fields, no spaces in the "
-                             f"name), got {line.strip()!r}")
-        name, label = fields
-        if label not in ("0", "1"):
-            raise ValueError(f"{where}: label must be 0 or 1, got {label!r}")
-        entries.append((line_number, name, int(label)))
-    return entries
-
-
-def _read_image(path, where):
-    """One image file as uint8 (3, 96, 96) RGB; ``where`` says which list line named it."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise FileNotFoundError(f"VisualWakeWords: image {path} ({where}) not found")
-    try:
-        with Image.open(path) as picture:
-            picture = picture.convert("RGB")
-            if picture.size != (IMAGE_SIZE, IMAGE_SIZE):
-                picture = picture.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-            pixels = np.asarray(picture, dtype=np.uint8)  # (H, W, 3)
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"VisualWakeWords: cannot read image {path} ({where}) as a picture: "
-                         f"{error}") from error
-    return pixels.transpose(2, 0, 1)
 
 
 # ---------------------------------------------------------------------------
@@ -253,61 +264,93 @@ def _read_image(path, where):
 class ArrayDataset:
     """Arrays you already have, checked and wrapped as a data set.
 
-    images: (N, C, H, W), uint8 in [0, 255] or float in [0, 1].
-    labels: (N,) of 0/1 (any numeric or bool dtype); stored as int64.
+    images: (N, C, H, W), uint8 in [0, 255] or float in [0, 1]; C, H and W
+        at least 1.
+    labels: (N,) of 0/1 (any integer, float or bool dtype); stored as int64.
     where: the name errors start with (``as_dataset`` passes its caller's).
+    allow_empty: False refuses N = 0 (see ``as_dataset``).
     """
 
-    def __init__(self, images, labels, where="ArrayDataset"):
-        self.images, self.labels = _checked_arrays(images, labels, where)
+    def __init__(self, images, labels, where="ArrayDataset", allow_empty=True):
+        self.images, self.labels = _checked_arrays(images, labels, where, allow_empty)
 
     def __len__(self):
         return len(self.labels)
 
 
-def as_dataset(data, where="as_dataset"):
+def as_dataset(data, where="as_dataset", allow_empty=True):
     """Accept a data set object or an ``(images, labels)`` pair.
 
     A data set object is anything with ``.images`` and ``.labels``; it is
     checked and returned as it is. A pair is checked and wrapped in an
-    ``ArrayDataset``. Raises ValueError naming what is wrong (rank, count,
-    dtype, range, label values), TypeError for anything else; the messages
-    start with ``where``, so a caller can put its own name (and argument) there.
+    ``ArrayDataset``. Raises ValueError naming what is wrong (rank, sizes,
+    count, dtype, range, label values), TypeError for anything else; the
+    messages start with ``where``, so a caller can put its own name (and
+    argument) there.
+
+    A set of 0 images is a valid value (a filter may leave nothing), so it
+    is accepted unless the caller passes ``allow_empty=False``: a training
+    loop or an evaluation, for which an empty set is always a mistake, asks
+    for that and gets a ValueError instead of a loss or accuracy of 0/0.
     """
     if hasattr(data, "images") and hasattr(data, "labels"):
-        _checked_arrays(data.images, data.labels, where)
+        _checked_arrays(data.images, data.labels, where, allow_empty)
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        return ArrayDataset(*data, where=where)
+        return ArrayDataset(*data, where=where, allow_empty=allow_empty)
     raise TypeError(f"{where}: expected a data set with .images and .labels or an (images, labels) "
                     f"pair, got {type(data).__name__}")
 
 
-def _checked_arrays(images, labels, where):
+def _checked_arrays(images, labels, where, allow_empty=True):
     """(images, labels as int64), or a ValueError that starts with ``where``."""
-    images, labels = np.asarray(images), np.asarray(labels)
+    images, labels = as_pixels(images, where), _as_array(labels, "labels", where)
     if images.ndim != 4:
         raise ValueError(f"{where}: images must have rank 4, N x C x H x W; got shape {images.shape}")
-    if images.dtype == np.uint8:
-        pass
-    elif np.issubdtype(images.dtype, np.floating):
-        if images.size and not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
-            raise ValueError(f"{where}: float images must lie in [0, 1]; got values from "
-                             f"{images.min()} to {images.max()}")
-    else:
-        raise ValueError(f"{where}: images must be uint8 in [0, 255] or float in [0, 1]; "
-                         f"got dtype {images.dtype}")
+    if 0 in images.shape[1:]:
+        raise ValueError(f"{where}: images must have at least one channel, row and column; got shape "
+                         f"{images.shape}")
     if labels.ndim != 1:
         raise ValueError(f"{where}: labels must have shape (N,); got shape {labels.shape}")
     if len(labels) != len(images):
         raise ValueError(f"{where}: {len(images)} images but {len(labels)} labels; expected one label "
                          "per image")
-    if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == bool):
+    if not allow_empty and len(labels) == 0:
+        raise ValueError(f"{where}: the data set is empty (0 images); expected at least one")
+    if labels.dtype.kind not in "biuf":  # bool, integer, float: no strings, objects or complex
         raise ValueError(f"{where}: labels must be numbers 0 or 1; got dtype {labels.dtype}")
     bad = np.unique(labels[(labels != 0) & (labels != 1)])
     if bad.size:
         raise ValueError(f"{where}: labels must be 0 or 1; found {bad[:5].tolist()}")
     return images, labels.astype(np.int64)
+
+
+def _as_array(value, name, where):
+    """``np.asarray(value)``, with NumPy's complaint about ragged nesting given a name."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: {name} cannot be made into one array: {error}") from None
+
+
+def as_pixels(images, where):
+    """``images`` as an array of pixels: uint8 (0..255) or float in [0, 1], any shape.
+
+    Anything else raises a ValueError that starts with ``where``. Other
+    integer types are refused rather than guessed at (int32 values might
+    mean 0..255 or 0..65535); NaN and infinity are refused, as one would
+    poison a whole batch.
+    """
+    images = _as_array(images, "images", where)
+    if images.dtype == np.uint8:
+        return images
+    if images.dtype.kind != "f":
+        raise ValueError(f"{where}: images must be uint8 in [0, 255] or float in [0, 1]; "
+                         f"got dtype {images.dtype}")
+    if images.size and not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
+        raise ValueError(f"{where}: float images must lie in [0, 1]; got values from "
+                         f"{images.min()} to {images.max()}")
+    return images
 
 
 # ---------------------------------------------------------------------------
@@ -317,9 +360,10 @@ def _checked_arrays(images, labels, where):
 def to_float(images):
     """The validation transform: uint8 (N, C, H, W) -> float32 in [0, 1].
 
-    Float input is taken to be in [0, 1] already and only cast to float32.
+    Float input must be in [0, 1] already and is only cast to float32; any
+    other dtype, or floats outside [0, 1], raise ValueError.
     """
-    images = np.asarray(images)
+    images = as_pixels(images, "to_float")
     if images.dtype == np.uint8:
         return images.astype(np.float32) * np.float32(1 / 255)
     return images.astype(np.float32, copy=False)

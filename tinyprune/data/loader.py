@@ -25,13 +25,19 @@ class DataLoader:
     seed: an integer >= 0 that fixes every epoch's order and augmentation.
     drop_last: drop a final batch smaller than batch_size.
     augment: True applies ``augment_batch``, else ``to_float``.
+
+    The three switches must be True or False: a string such as "no" would
+    otherwise count as True. Every argument is checked here, and
+    ``epoch`` when an epoch starts, each error naming the argument.
     """
 
     def __init__(self, data, batch_size=32, shuffle=True, seed=0, drop_last=False, augment=False):
         self.batch_size = check_int(batch_size, "batch_size", "DataLoader", minimum=1)
         self.seed = check_int(seed, "seed", "DataLoader", minimum=0)
+        self.shuffle = _check_switch(shuffle, "shuffle")
+        self.drop_last = _check_switch(drop_last, "drop_last")
+        self.augment = _check_switch(augment, "augment")
         self.data = as_dataset(data, "DataLoader")
-        self.shuffle, self.drop_last, self.augment = shuffle, drop_last, augment
         self.epoch = 0
 
     def __len__(self):
@@ -39,7 +45,8 @@ class DataLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        epoch, self.epoch = self.epoch, self.epoch + 1
+        epoch = check_int(self.epoch, "epoch", "DataLoader", minimum=0)
+        self.epoch = epoch + 1
         # Two independent streams per epoch: the order, and the augmentation.
         order_seed, augment_seed = np.random.SeedSequence([self.seed, epoch]).spawn(2)
         n = len(self.data.labels)
@@ -47,8 +54,14 @@ class DataLoader:
         return self._batches(order, np.random.default_rng(augment_seed))
 
     def _batches(self, order, rng):
-        images, labels = self.data.images, np.asarray(self.data.labels)
+        images, labels = np.asarray(self.data.images), np.asarray(self.data.labels)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             chosen = order[start:start + self.batch_size]
             x = augment_batch(images[chosen], rng) if self.augment else to_float(images[chosen])
             yield x, labels[chosen].astype(np.float32)
+
+
+def _check_switch(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"DataLoader: {name} must be True or False, got {value!r}")
+    return bool(value)

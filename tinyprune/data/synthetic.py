@@ -24,6 +24,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from ..common import check_int
 from .shapes import box, capsule, direction, disc, ellipse, extent, moved, paint
 
 __all__ = ["IMAGE_SIZE", "draw_example"]
@@ -430,6 +431,10 @@ def draw_example(rng, label):
     random; with probability OCCLUSION_RATE a shape over the figure; then
     pixel noise.
     """
+    if check_int(label, "label", "draw_example", minimum=0) > 1:
+        raise ValueError(f"draw_example: label must be 0 or 1, got {label!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"draw_example: rng must be a numpy Generator, got {type(rng).__name__}")
     canvas, backdrop = _background(rng)
     for _ in range(rng.integers(DISTRACTORS[0], DISTRACTORS[1] + 1)):
         for part in _distractor(rng, backdrop, max_size=DISTRACTOR_SIZE):
