@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tinyprune.common import atomic_write, check_int, check_level, check_number, data_dir, format_table
+from tinyprune.common import atomic_write, check_bool, check_int, check_level, check_number, data_dir, format_table
 
 pytestmark = pytest.mark.layers
 
@@ -146,3 +146,10 @@ def test_data_dir_follows_the_environment_variable(tmp_path, monkeypatch):
     assert data_dir() == tmp_path
     monkeypatch.delenv("TINYPRUNE_DATA")
     assert data_dir().name == "data" and (data_dir().parent / "setup.cfg").is_file()
+
+
+@pytest.mark.parametrize("value", [0, 1, "yes", None])
+def test_check_bool_takes_only_true_and_false(value):
+    assert check_bool(np.bool_(True), "shuffle", "DataLoader") is True
+    with pytest.raises(TypeError, match=r"^DataLoader: shuffle must be True or False, got"):
+        check_bool(value, "shuffle", "DataLoader")

@@ -4,7 +4,7 @@ Nothing here is about pruning; it is kept in one place so that every module
 checks its arguments the same way, writes files the same way and prints
 tables the same way.
 
-* ``check_int``, ``check_number``, ``check_level``: argument checks whose
+* ``check_int``, ``check_number``, ``check_bool``, ``check_level``: argument checks whose
   errors name the function and the argument and say what was expected;
 * ``atomic_write``: write a file through a temporary name and a rename, so a
   reader sees the old file or the whole new one, never half of one;
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["check_int", "check_number", "check_level", "atomic_write", "format_table", "data_dir"]
+__all__ = ["check_int", "check_number", "check_level", "check_bool", "atomic_write", "format_table", "data_dir"]
 
 
 # ---------------------------------------------------------------------------
@@ -57,6 +57,13 @@ def check_number(value, name, where, low=None, high=None, low_open=False, high_o
         span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
         raise ValueError(f"{where}: {name} must be a finite number in {span}, got {value!r}")
     return value
+
+
+def check_bool(value, name, where):
+    """``value`` as a Python bool; only True and False (NumPy's too) are accepted, not 0 or 1."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{where}: {name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_level(p, where):

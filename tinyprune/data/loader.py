@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..common import check_int
+from ..common import check_bool, check_int
 from .augment import augment_batch
 from .datasets import as_dataset, to_float
 
@@ -34,9 +34,9 @@ class DataLoader:
     def __init__(self, data, batch_size=32, shuffle=True, seed=0, drop_last=False, augment=False):
         self.batch_size = check_int(batch_size, "batch_size", "DataLoader", minimum=1)
         self.seed = check_int(seed, "seed", "DataLoader", minimum=0)
-        self.shuffle = _check_switch(shuffle, "shuffle")
-        self.drop_last = _check_switch(drop_last, "drop_last")
-        self.augment = _check_switch(augment, "augment")
+        self.shuffle = check_bool(shuffle, "shuffle", "DataLoader")
+        self.drop_last = check_bool(drop_last, "drop_last", "DataLoader")
+        self.augment = check_bool(augment, "augment", "DataLoader")
         self.data = as_dataset(data, "DataLoader")
         self.epoch = 0
 
@@ -59,9 +59,3 @@ class DataLoader:
             chosen = order[start:start + self.batch_size]
             x = augment_batch(images[chosen], rng) if self.augment else to_float(images[chosen])
             yield x, labels[chosen].astype(np.float32)
-
-
-def _check_switch(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"DataLoader: {name} must be True or False, got {value!r}")
-    return bool(value)
