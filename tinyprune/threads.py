@@ -11,10 +11,8 @@ BLAS library (OpenBLAS in the wheels from PyPI).  MobileNet's products are
 small and come one per image (a pointwise conv at batch 64 is 64 products
 of, say, 16 x 8 by 8 x 2304), so splitting each over several threads costs
 more in hand-overs than it gains, and OpenBLAS's idle threads spin for the
-cores that tinyprune's own Numba threads are using.  Measured on 2 cores at
-batch 64: inference 77 ms with one BLAS thread against 109 ms with two; a
-training step at batch 32, 0.13 s against 0.17 s; one image, 2.8 ms
-against 7.4 ms.
+cores that tinyprune's own Numba threads are using (the README's speed
+section has the measurements).
 
 So ``import tinyprune`` asks OpenBLAS for one thread, unless you have
 chosen yourself by setting ``OPENBLAS_NUM_THREADS``.  NumPy reads that
@@ -97,18 +95,15 @@ def set_blas_threads(n):
 # * spinning (busy-waiting, OpenMP's default for a while after each loop)
 #   answers the next loop at once, but when other programs share the cores,
 #   the spinning eats the very time slices that the thread still computing
-#   needs: beside two busy programs, a training step took 1.1 s instead
-#   of 0.26 s;
-# * sleeping (OMP_WAIT_POLICY=PASSIVE) costs a wake-up of ~30 microseconds
-#   per loop, which adds up in a forward pass of ~60 loops: 4.1 ms instead
-#   of 2.6 ms for one image.
+#   needs, and a training step slows down several times over;
+# * sleeping (OMP_WAIT_POLICY=PASSIVE) costs a wake-up of tens of
+#   microseconds per loop, which adds up in a forward pass of some sixty
+#   loops, most of all for a single image.
 #
 # So tinyprune asks for both: spin briefly (GOMP_SPINCOUNT, GNU OpenMP's
 # spin budget, about a microsecond per thousand), enough to catch the next
-# kernel of the same forward pass, then sleep.  Measured on 2 cores, idle:
-# 2.8 ms per image and 0.13 s per training step; beside two busy programs:
-# 7 ms and 0.18-0.26 s (sleeping alone: 6-9 ms and 0.26-0.30 s).  Other
-# OpenMP runtimes ignore GOMP_SPINCOUNT and simply sleep.  OpenMP reads the
+# kernel of the same forward pass, then sleep.  Other OpenMP runtimes
+# ignore GOMP_SPINCOUNT and simply sleep.  OpenMP reads the
 # variables when Numba first starts its threads, at the first kernel call,
 # so setting them at import is in time; values you set yourself are left
 # alone.
