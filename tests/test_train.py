@@ -218,12 +218,23 @@ def test_optimizer_notices_a_resized_parameter():
         opt.step()
 
 
+def test_optimizer_refuses_a_gradient_of_the_wrong_shape_before_moving_anything():
+    layer = _dense_with([1.0, 1.0], [0.5, 0.5])
+    layer.grads["weight"] = np.ones((2, 1))
+    with pytest.raises(ValueError, match=r"SGD.step: the gradient of 'weight' has shape \(2, 1\), "
+                                         r"the parameter \(1, 2\)"):
+        SGD(layer, lr=0.1).step()
+    assert layer.weight.tolist() == [[1.0, 1.0]]
+
+
 @pytest.mark.parametrize("make,error,message", [
     (lambda m: Adam(m, lr=0), ValueError, r"Adam: lr must be a finite number in \(0, inf\], got 0.0"),
     (lambda m: SGD(m, lr=float("nan")), ValueError, r"SGD: lr must be a finite number in \(0, inf\], got nan"),
     (lambda m: Adam(m, lr="0.1"), TypeError, r"Adam: lr must be a number, got '0.1'"),
     (lambda m: Adam(m, betas=(0.9, 1.0)), ValueError, r"Adam: betas\[1\] must be a finite number in \[0, 1\), got 1.0"),
-    (lambda m: Adam(m, eps=-1e-8), ValueError, r"Adam: eps must be a finite number in \[0, inf\], got -1e-08"),
+    (lambda m: Adam(m, eps=-1e-8), ValueError, r"Adam: eps must be a finite number in \(0, inf\], got -1e-08"),
+    # 0 / (sqrt(0) + 0) is NaN: a weight whose gradient is exactly 0 (a dead ReLU's) would become NaN.
+    (lambda m: Adam(m, eps=0), ValueError, r"Adam: eps must be a finite number in \(0, inf\], got 0.0"),
     (lambda m: SGD(m, 0.1, momentum=1), ValueError, r"SGD: momentum must be a finite number in \[0, 1\), got 1.0"),
     (lambda m: SGD(m, 0.1, weight_decay=-0.1), ValueError, r"SGD: weight_decay must be a finite number in "
                                                             r"\[0, inf\], got -0.1"),
@@ -245,7 +256,7 @@ def test_optimizer_notices_a_resized_parameter():
                                                                      r"takes the learning rate from 0.1 to inf"),
     (lambda m: StepLR(SGD(m, 0.1), [1, 2], gamma=1e-300), ValueError, r"StepLR: .* to 0.0; it must stay finite "
                                                                       r"and positive"),
-], ids=["lr 0", "lr nan", "lr string", "beta2 1", "eps negative", "momentum 1", "weight_decay negative",
+], ids=["lr 0", "lr nan", "lr string", "beta2 1", "eps negative", "eps 0", "momentum 1", "weight_decay negative",
         "milestone 0", "gamma 0", "weight_decay inf", "betas not a pair", "no model", "milestones an int",
         "milestones a string", "StepLR without an optimiser", "gamma overflows the lr", "gamma underflows the lr"])
 def test_bad_optimiser_arguments_raise_naming_the_class_and_argument(make, error, message):

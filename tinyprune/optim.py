@@ -96,7 +96,11 @@ class Optimizer:
             if name not in layer.grads:
                 raise RuntimeError(f"{type(self).__name__}.step: no gradient for {key!r}; "
                                    "run model.backward first")
-            checked.append((key, layer, name, getattr(layer, name), layer.grads[name]))
+            p, g = getattr(layer, name), layer.grads[name]
+            if np.shape(g) != p.shape:
+                raise ValueError(f"{type(self).__name__}.step: the gradient of {key!r} has shape {np.shape(g)}, "
+                                 f"the parameter {p.shape}")
+            checked.append((key, layer, name, p, g))
         return checked
 
     def step(self):
@@ -154,7 +158,8 @@ class Adam(Optimizer):
         beta1, beta2 = betas
         self.betas = (check_number(beta1, "betas[0]", "Adam", 0, 1, high_open=True),
                       check_number(beta2, "betas[1]", "Adam", 0, 1, high_open=True))
-        self.eps = check_number(eps, "eps", "Adam", low=0)
+        # eps = 0 would divide 0 by 0 for any entry whose gradient has always been exactly 0.
+        self.eps = check_number(eps, "eps", "Adam", low=0, low_open=True)
         self.t = 0
         self.m = {key: np.zeros_like(getattr(layer, name)) for key, layer, name in self.params}
         self.v = {key: np.zeros_like(getattr(layer, name)) for key, layer, name in self.params}

@@ -18,7 +18,12 @@ in four lines::
     model.backward(dlogits)                         # fills layer.grads
     optimizer.step()                                # moves every parameter
 
-Shapes: images NCHW float32 in [0, 1], logits (N, 1) or (N,), labels (N,).
+``trainer`` runs them as a unit (``_train_step``): a NaN or an infinity
+anywhere in it stops training with ``DivergenceError`` and undoes the batch,
+so no number is ever reported from a model that has gone non-finite.
+
+Shapes: images NCHW float32 in [0, 1], logits (N, 1) or (N,), labels (N,)
+or the logits' shape.
 """
 
 import signal
@@ -87,7 +92,8 @@ def bce_with_logits(logits, labels):
     in [0, 1] work too).
     Returns ``(loss, dlogits)``: the loss as a Python float in nats, and
     dL/dlogits with the shape and dtype of ``logits``.  Non-finite logits,
-    labels outside [0, 1] and empty batches raise ValueError.
+    labels outside [0, 1] and empty batches raise ValueError, so the loss
+    is always a finite number.
 
     Per image, with p = sigmoid(z), the loss is -y log p - (1 - y) log(1 - p).
     Substituting log p = -log(1 + e^-z) and log(1 - p) = -z - log(1 + e^-z)
@@ -109,7 +115,11 @@ def bce_with_logits(logits, labels):
     losses = np.maximum(z, 0) - z * y + np.log1p(e)
     sigmoid = np.where(z >= 0, 1 / (1 + e), e / (1 + e))
     dlogits = (sigmoid - y) / n
-    return float(losses.mean()), dlogits.astype(logits.dtype)
+    with np.errstate(over="ignore"):
+        loss = float(losses.mean())
+    if not np.isfinite(loss):                    # only a sum past 1.8e308: logits near float64's limit
+        raise ValueError(f"bce_with_logits: the mean loss overflows float64 (logits up to {np.abs(z).max():g})")
+    return loss, dlogits.astype(logits.dtype)
 
 
 def accuracy(logits, labels):
@@ -423,11 +433,11 @@ def trainer(model, epochs, optimizer=None, lr=1e-3, batch_size=32, data=None, se
 def _train_step(model, opt, x, y, where, bar):
     """One step of backpropagation on the batch ``(x, y)``, applied whole or not at all.
 
-    Returns ``(logits, loss)``.  A NaN or infinite logit or loss, a running
+    Returns ``(logits, loss)``.  A NaN or infinite logit, a running
     statistic the forward pass made NaN or infinite, or an update that would
     make a parameter so (the optimiser then changes nothing) raises
-    DivergenceError naming ``where``, after putting back the running
-    statistics, so the model is exactly as it was before the batch.
+    DivergenceError naming ``where``.  Whatever stops the step, the running
+    statistics are put back first, so the model is as it was before the batch.
     """
     statistics = {key: np.array(getattr(layer, name), copy=True) for key, layer, name in model.named_buffers()}
     try:
@@ -436,12 +446,13 @@ def _train_step(model, opt, x, y, where, bar):
         for key, layer, name in model.named_buffers():
             _check_finite(getattr(layer, name), f"the running statistic {key!r}")
         loss, dlogits = bce_with_logits(logits, y)      # dL/dlogits, (B, 1)
-        _check_finite(loss, "the loss")
         model.backward(dlogits)                         # fills layer.grads
         opt.step()                                      # moves every parameter, or none
-    except FloatingPointError as error:                 # DivergenceError, or NumPy's under np.errstate
+    except BaseException as error:
         for key, layer, name in model.named_buffers():
             setattr(layer, name, statistics[key])
+        if not isinstance(error, FloatingPointError):   # DivergenceError, or NumPy's under np.errstate
+            raise
         bar.close(" | stopped: not finite")
         raise DivergenceError(f"{where}: {error}; the model is left as it was before this batch "
                               f"(is the learning rate, {opt.lr:g}, too large?)") from error
