@@ -115,8 +115,9 @@ class Optimizer:
         for key, layer, name, p, g in self._grads():
             p_new, state = self.update(key, masked(layer, name, p), masked(layer, name, g))
             p_new = masked(layer, name, p_new)
-            for what, value in [("the parameter", p_new)] + [(f"its {s} state", v) for s, v in state.items()]:
-                self._check_finite(value, f"{what} {key!r}")
+            self._check_finite(p_new, f"the parameter {key!r}")
+            for attribute, value in state.items():
+                self._check_finite(value, f"the optimiser's {attribute}[{key!r}]")
             new.append((p, p_new, key, state))
         for p, p_new, key, state in new:
             p[...] = p_new                  # in place: whoever holds the array sees the step
