@@ -7,6 +7,8 @@ each of the three rules.
 Run this chapter alone with ``python -m pytest -m count``.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -319,6 +321,10 @@ def test_input_shape_that_does_not_fit_names_the_layer(tutorial):
 @pytest.mark.parametrize("input_shape,error,message", [
     ((1, 3, 0, 96), ValueError, r"input_shape\[2\] must be an integer >= 1, got 0"),
     ((1, 3, 96.5, 96), TypeError, r"input_shape\[2\] must be an integer >= 1, got 96.5"),
+    ((-1, 3, 96, 96), ValueError, r"input_shape\[0\] must be an integer >= 1, got -1"),   # was: negative counts
+    ((1, 3, 96.7, 96), TypeError, r"input_shape\[2\] must be an integer >= 1, got 96.7"),  # was: read as 96
+    ((1, True, 96, 96), TypeError, r"input_shape\[1\] must be an integer >= 1, got True"),
+    ([1, 3, "96", 96], TypeError, r"input_shape\[2\] must be an integer >= 1, got '96'"),
 ])
 def test_input_shape_entries_must_be_positive_integers(tutorial, input_shape, error, message):
     with pytest.raises(error, match=r"dot_prod_table: " + message):
@@ -332,3 +338,36 @@ def test_counting_does_not_change_the_model(tutorial):
     for key in before:
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
     assert all(layer.training for _, layer in tutorial.named_layers())
+
+
+@pytest.mark.parametrize("function", [compute_dot_prods, dot_prod_table])
+@pytest.mark.parametrize("input_shape", ["1,3,96,96", 96, None, {1: 3}])
+def test_input_shape_must_be_a_tuple_of_ints_naming_the_function(tutorial, function, input_shape):
+    # A string was read as nine one-character entries ("invalid literal for int()").
+    with pytest.raises(TypeError, match=rf"{function.__name__}: input_shape must be a tuple of four positive ints "
+                                        rf"\(N, C, H, W\) such as \(1, 3, 96, 96\), got {re.escape(repr(input_shape))}"):
+        function(tutorial, input_shape)
+
+
+def test_input_shape_may_be_a_list_or_a_numpy_array(tutorial):
+    counts = compute_dot_prods(tutorial, TUTORIAL_INPUT)
+    assert compute_dot_prods(tutorial, list(TUTORIAL_INPUT)) == counts
+    assert compute_dot_prods(tutorial, np.array(TUTORIAL_INPUT)) == counts
+
+
+@pytest.mark.parametrize("function", [compute_dot_prods, dot_prod_table])
+def test_a_model_that_is_not_one_is_refused_naming_the_function(function):
+    with pytest.raises(TypeError, match=rf"{function.__name__}: expected a model \(a Layer or Chain\), got NoneType"):
+        function(None, TUTORIAL_INPUT)
+
+
+@pytest.mark.parametrize("rule", [None, 1, ["dense"]])
+def test_a_rule_that_is_not_a_string_is_refused_naming_the_choices(tutorial, rule):
+    with pytest.raises(TypeError, match=r"compute_dot_prods: the counting rule must be one of reference, sparse, "
+                                        rf"dense \(a string\), got {re.escape(repr(rule))}"):
+        compute_dot_prods(tutorial, TUTORIAL_INPUT, rule=rule)
+
+
+def test_a_layer_that_does_not_fit_is_named_with_the_function(tutorial):
+    with pytest.raises(ValueError, match=r"^dot_prod_table: model\[0\]\[0\]: Conv2d expects 3 input channels"):
+        dot_prod_table(tutorial, (1, 1, 96, 96))

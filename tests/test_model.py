@@ -470,12 +470,36 @@ def test_grad_dict_before_backward_names_the_missing_gradient():
     (dict(inchannels=0), ValueError, r"MobileNet: inchannels must be an integer >= 1, got 0"),
     (dict(activation="swish"), ValueError, r"unknown activation 'swish'; expected one of slopehtanh, relu, "
                                            r"hardtanh, identity"),
+    (dict(activation=None), ValueError, r"MobileNet: unknown activation None"),
+    (dict(seed="a"), TypeError, r"MobileNet: seed must be None or an integer >= 0, got 'a'"),
+    (dict(seed=-1), ValueError, r"MobileNet: seed must be None or an integer >= 0, got -1"),
+    (dict(seed=1.5), TypeError, r"MobileNet: seed must be None or an integer >= 0, got 1.5"),
+    (dict(rng=5), TypeError, r"MobileNet: rng must be a numpy.random.Generator, got int"),
+    (dict(dtype=np.int32), ValueError, r"MobileNet: dtype must be float32 or float64, got int32"),
+    (dict(dtype=np.float16), ValueError, r"MobileNet: dtype must be float32 or float64, got float16"),
+    (dict(dtype="abc"), TypeError, r"MobileNet: dtype must be float32 or float64, got 'abc'"),
+    # Refused from the configuration alone, before a byte is allocated (a width of 1000 needs 12 TB).
+    (dict(width_mult=1000), ValueError, r"MobileNet: this configuration has 3,139,695,040,064 conv and dense "
+                                        r"weights, more than MAX_WEIGHTS = 268,435,456"),
+    (dict(width_mult=1e308), ValueError, r"MobileNet: width_mult 1e\+308 gives a layer of inf channels"),
+    # 224,048 weights less the first conv's 3*3*3*8, plus 3*3*10^9*8:
+    (dict(inchannels=10 ** 9), ValueError, r"MobileNet: this configuration has 72,000,223,832 conv and dense"),
+    # 224,048 less the head's 256*64 + 64*1, plus 256*10^9 + 10^9*1:
+    (dict(fcsize=10 ** 9), ValueError, r"MobileNet: this configuration has 257,000,207,600 conv and dense"),
 ])
 def test_bad_mobilenet_arguments_raise_naming_the_argument(kwargs, error, message):
     args = dict(activation=slopehtanh, width_mult=0.25, fcsize=64, nclasses=1)
     args.update(kwargs)
     with pytest.raises(error, match=message):
         MobileNet(**args)
+
+
+def test_numpy_numbers_are_accepted_as_the_width():
+    # MobileNet("relu", np.float32(0.25)) was once refused as "not a positive number".
+    by_numpy = MobileNet(slopehtanh, np.float32(0.25), fcsize=np.int64(64), nclasses=1, seed=0).state_dict()
+    by_python = tutorial_model(seed=0).state_dict()
+    assert by_numpy.keys() == by_python.keys()
+    assert all(np.array_equal(by_numpy[key], by_python[key]) for key in by_python)
 
 
 @pytest.mark.parametrize("shape,dtype,message", [

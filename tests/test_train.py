@@ -1,5 +1,6 @@
 """Chapter 8: the loss, the optimisers, the schedule, the trainer and evaluation."""
 
+import copy
 import math
 import os
 import signal
@@ -10,8 +11,10 @@ import pytest
 from tinyprune import MobileNet, slopehtanh
 from tinyprune.data import to_float
 from tinyprune.layers import BatchNorm2d, Chain, Conv2d, Dense, Flatten, GlobalMeanPool, ReLU
-from tinyprune.optim import SGD, Adam, StepLR
+from tinyprune.optim import SGD, Adam, DivergenceError, StepLR
 from tinyprune.train import accuracy, bce_with_logits, evaluate, trainer
+
+from helpers import assert_same_snapshot, snapshot
 
 pytestmark = pytest.mark.train
 
@@ -97,6 +100,60 @@ def test_accuracy_counts_positive_logits_as_class_one():
     assert accuracy(np.array([[-1.0], [2.0], [0.5], [0.0]]), np.array([0, 1, 0, 0])) == 0.75
 
 
+def test_labels_shaped_like_the_logits_give_the_same_loss_gradient_and_accuracy():
+    # PyTorch's BCEWithLogitsLoss wants labels shaped like the logits, (N, 1).
+    z = np.array([[-2.0], [0.5], [3.0]])
+    flat, column = np.array([0, 1, 0]), np.array([[0], [1], [0]])
+    loss, dz = bce_with_logits(z, flat)
+    loss_col, dz_col = bce_with_logits(z, column)
+    assert loss_col == loss and np.array_equal(dz_col, dz) and dz_col.shape == (3, 1)
+    assert accuracy(z, column) == accuracy(z, flat) == 2 / 3
+
+
+def test_labels_of_shape_n_1_need_logits_of_shape_n_1():
+    with pytest.raises(ValueError, match=r"bce_with_logits: .*labels of shape \(N,\) or the logits' shape, "
+                                         r"got logits \(3,\) and labels \(3, 1\)"):
+        bce_with_logits(np.zeros(3), np.zeros((3, 1)))
+
+
+@pytest.mark.parametrize("function", [bce_with_logits, accuracy])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_logits_are_refused_not_counted(function, bad):
+    # Before: accuracy([nan] * 4, [0] * 4) was 1.0, since nan > 0 is False.
+    logits = np.array([[0.5], [bad], [-1.0], [0.0]])
+    with pytest.raises(ValueError, match=rf"{function.__name__}: logits must be finite, got {bad} "
+                                         r"at index \(1, 0\)"):
+        function(logits, np.zeros(4))
+
+
+@pytest.mark.parametrize("function", [bce_with_logits, accuracy])
+@pytest.mark.parametrize("label", [5, -1, 1.5, np.nan, np.inf])
+def test_labels_outside_0_1_are_refused(function, label):
+    labels = np.array([0.0, 1.0, label])
+    with pytest.raises(ValueError, match=rf"{function.__name__}: labels must lie in \[0, 1\] "
+                                         rf"\(binary cross-entropy\), got {float(label)} at index 2"):
+        function(np.zeros(3), labels)
+
+
+@pytest.mark.parametrize("function", [bce_with_logits, accuracy])
+def test_an_empty_batch_is_refused_rather_than_averaged_to_nan(function):
+    with pytest.raises(ValueError, match=rf"{function.__name__}: expected logits of shape \(N,\) or \(N, 1\), "
+                                         r"N >= 1.*got logits \(0,\) and labels \(0,\)"):
+        function(np.zeros(0), np.zeros(0))
+
+
+@pytest.mark.parametrize("logits,labels,what", [
+    ("abc", np.zeros(3), r"logits must be an array of real numbers, got str of dtype <U3"),
+    (None, np.zeros(3), r"logits must be an array of real numbers, got NoneType of dtype object"),
+    (np.zeros(3), ["a", "b", "c"], r"labels must be an array of real numbers, got list of dtype <U1"),
+    (np.zeros(2), [[0], [1, 1]], r"labels must be an array of real numbers, got list$"),
+    (np.zeros(2, complex), np.zeros(2), r"logits must be an array of real numbers, got ndarray of dtype complex128"),
+])
+def test_logits_and_labels_that_are_not_numbers_raise_type_error(logits, labels, what):
+    with pytest.raises(TypeError, match=r"bce_with_logits: " + what):
+        bce_with_logits(logits, labels)
+
+
 # ---------------------------------------------------------------------------
 # Optimisers, by hand
 # ---------------------------------------------------------------------------
@@ -161,23 +218,99 @@ def test_optimizer_notices_a_resized_parameter():
         opt.step()
 
 
+def test_optimizer_refuses_a_gradient_of_the_wrong_shape_before_moving_anything():
+    layer = _dense_with([1.0, 1.0], [0.5, 0.5])
+    layer.grads["weight"] = np.ones((2, 1))
+    with pytest.raises(ValueError, match=r"SGD.step: the gradient of 'weight' has shape \(2, 1\), "
+                                         r"the parameter \(1, 2\)"):
+        SGD(layer, lr=0.1).step()
+    assert layer.weight.tolist() == [[1.0, 1.0]]
+
+
 @pytest.mark.parametrize("make,error,message", [
     (lambda m: Adam(m, lr=0), ValueError, r"Adam: lr must be a finite number in \(0, inf\], got 0.0"),
     (lambda m: SGD(m, lr=float("nan")), ValueError, r"SGD: lr must be a finite number in \(0, inf\], got nan"),
     (lambda m: Adam(m, lr="0.1"), TypeError, r"Adam: lr must be a number, got '0.1'"),
     (lambda m: Adam(m, betas=(0.9, 1.0)), ValueError, r"Adam: betas\[1\] must be a finite number in \[0, 1\), got 1.0"),
-    (lambda m: Adam(m, eps=-1e-8), ValueError, r"Adam: eps must be a finite number in \[0, inf\], got -1e-08"),
+    (lambda m: Adam(m, eps=-1e-8), ValueError, r"Adam: eps must be a finite number in \(0, inf\], got -1e-08"),
+    # 0 / (sqrt(0) + 0) is NaN: a weight whose gradient is exactly 0 (a dead ReLU's) would become NaN.
+    (lambda m: Adam(m, eps=0), ValueError, r"Adam: eps must be a finite number in \(0, inf\], got 0.0"),
     (lambda m: SGD(m, 0.1, momentum=1), ValueError, r"SGD: momentum must be a finite number in \[0, 1\), got 1.0"),
     (lambda m: SGD(m, 0.1, weight_decay=-0.1), ValueError, r"SGD: weight_decay must be a finite number in "
                                                             r"\[0, inf\], got -0.1"),
     (lambda m: StepLR(SGD(m, 0.1), [4, 0]), ValueError, r"StepLR: milestones\[1\] must be an integer >= 1, got 0"),
     (lambda m: StepLR(SGD(m, 0.1), [4], gamma=0), ValueError, r"StepLR: gamma must be a finite number in "
                                                                r"\(0, inf\], got 0.0"),
-], ids=["lr 0", "lr nan", "lr string", "beta2 1", "eps negative", "momentum 1", "weight_decay negative",
-        "milestone 0", "gamma 0"])
+    (lambda m: SGD(m, 0.1, weight_decay=float("inf")), ValueError, r"SGD: weight_decay must be a finite number "
+                                                                   r"in \[0, inf\], got inf"),
+    (lambda m: Adam(m, betas=0.9), TypeError, r"Adam: betas must be a pair \(beta1, beta2\) such as \(0.9, 0.999\), "
+                                              r"got 0.9"),
+    (lambda m: Adam(None), TypeError, r"Adam: expected a model \(a Layer or Chain\), got NoneType"),
+    (lambda m: StepLR(SGD(m, 0.1), 8), TypeError, r"StepLR: milestones must be a sequence of epoch numbers such "
+                                                  r"as \(8,\), got 8"),
+    (lambda m: StepLR(SGD(m, 0.1), "8"), TypeError, r"StepLR: milestones must be a sequence .*, got '8'"),
+    (lambda m: StepLR("SGD", [8]), TypeError, r"StepLR: optimizer must be an optimiser such as Adam\(model\), "
+                                              r"got str"),
+    # 0.1 * 1e300 ** 2 overflows, and 0.1 * 1e-300 ** 2 is 0: the rate must stay finite and positive.
+    (lambda m: StepLR(SGD(m, 0.1), [1, 2], gamma=1e300), ValueError, r"StepLR: gamma 1e\+300 at 2 milestone\(s\) "
+                                                                     r"takes the learning rate from 0.1 to inf"),
+    (lambda m: StepLR(SGD(m, 0.1), [1, 2], gamma=1e-300), ValueError, r"StepLR: .* to 0.0; it must stay finite "
+                                                                      r"and positive"),
+], ids=["lr 0", "lr nan", "lr string", "beta2 1", "eps negative", "eps 0", "momentum 1", "weight_decay negative",
+        "milestone 0", "gamma 0", "weight_decay inf", "betas not a pair", "no model", "milestones an int",
+        "milestones a string", "StepLR without an optimiser", "gamma overflows the lr", "gamma underflows the lr"])
 def test_bad_optimiser_arguments_raise_naming_the_class_and_argument(make, error, message):
     with pytest.raises(error, match=message):
         make(Dense(2, 1))
+
+
+def test_numpy_numbers_are_accepted_as_numbers():
+    # Adam(m, lr=np.int64(1)) was once refused as "not a positive number".
+    by_numpy, by_python = _dense_with([1.0, -1.0], [0.5, 0.25]), _dense_with([1.0, -1.0], [0.5, 0.25])
+    Adam(by_numpy, lr=np.int64(1), betas=(np.float32(0.5), 0.9)).step()
+    Adam(by_python, lr=1.0, betas=(0.5, 0.9)).step()
+    assert np.array_equal(by_numpy.weight, by_python.weight)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+@pytest.mark.parametrize("make_optimizer,second_gradient,result", [
+    (lambda m: SGD(m, lr=1e38, momentum=0.9), [10.0, 10.0], "-inf"),        # lr * gradient overflows
+    (lambda m: SGD(m, lr=0.1, momentum=0.9), [np.inf, 1.0], "-inf"),       # an overflowed backward pass
+    (lambda m: Adam(m, lr=0.1), [np.inf, 1.0], "nan"),                       # m / sqrt(v) = inf / inf
+    (lambda m: Adam(m, lr=0.1), [np.nan, 1.0], "nan"),
+], ids=["SGD lr 1e38", "SGD inf gradient", "Adam inf gradient", "Adam nan gradient"])
+def test_a_step_that_would_make_a_weight_non_finite_changes_nothing(make_optimizer, second_gradient, result):
+    layer = Dense(2, 1, bias=False)                     # float32: largest finite value 3.4e38
+    layer.weight[:] = [[1.0, -1.0]]
+    layer.grads["weight"] = np.array([[0.5, -0.5]], np.float32)
+    opt = make_optimizer(layer)
+    opt.step()                                          # a finite first step, so there is state to keep
+    state = ("m", "v", "t") if isinstance(opt, Adam) else ("buffers",)
+    before = layer.weight.copy(), copy.deepcopy({name: getattr(opt, name) for name in state})
+    layer.grads["weight"] = np.array([second_gradient], np.float32)
+    with pytest.raises(DivergenceError, match=rf"{type(opt).__name__}.step at lr .*: the update would make the "
+                                              rf"parameter 'weight' non-finite \({result} at index \(0, 0\)\); "
+                                              r"nothing was changed"):
+        opt.step()
+    assert np.array_equal(layer.weight, before[0])
+    for name in state:
+        assert repr(getattr(opt, name)) == repr(before[1][name]), name
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda m: Adam(m, lr=0.1),
+                                            lambda m: SGD(m, lr=0.1, momentum=0.9, weight_decay=0.1)],
+                         ids=["Adam", "SGD with weight decay"])
+@pytest.mark.parametrize("stored", [np.nan, np.inf])
+def test_a_masked_entry_is_exactly_zero_after_a_step_whatever_was_stored_there(make_optimizer, stored):
+    # NaN x 0 and inf x 0 are NaN: a mask must select, not multiply.
+    masked, plain = _dense_with([1.0, stored], [0.5, -2.0]), _dense_with([1.0, 3.0], [0.5, -2.0])
+    masked.masks["weight"] = np.array([[True, False]])
+    opt_masked, opt_plain = make_optimizer(masked), make_optimizer(plain)
+    for _ in range(3):
+        opt_masked.step()
+        opt_plain.step()
+    assert masked.weight[0, 1] == 0.0 and not np.signbit(masked.weight[0, 1])
+    assert masked.weight[0, 0] == plain.weight[0, 0]    # the kept weight moves as if alone
 
 
 @pytest.mark.parametrize("make_optimizer", [lambda m: Adam(m, lr=0.05),
@@ -337,6 +470,115 @@ def test_trainer_rejects_bad_numbers_naming_the_argument_before_training(tiny_se
     after = model.state_dict()
     assert all(np.array_equal(before[k], after[k]) for k in before)
     assert not hasattr(model, "history")
+
+
+def _untouched(model):
+    """What a refused call must leave as it was: parameters, statistics, masks, modes, no history."""
+    modes = [layer.training for _, layer in model.named_layers()] + [model.training]
+    return snapshot(model), modes, getattr(model, "history", None)
+
+
+def _assert_untouched(model, before):
+    assert_same_snapshot(_untouched(model)[0], before[0])
+    assert _untouched(model)[1:] == before[1:]
+
+
+def _returns_a_string(model, lr):
+    return "not an optimiser"
+
+
+@pytest.mark.parametrize("arguments,error,message", [
+    (lambda images, labels: dict(seed="a"), TypeError, r"trainer: seed must be an integer >= 0, got 'a'"),
+    (lambda images, labels: dict(seed=-1), ValueError, r"trainer: seed must be an integer >= 0, got -1"),
+    (lambda images, labels: dict(optimizer="adam"), TypeError, r"trainer: optimizer must be None \(Adam\), an "
+                                                               r"optimiser class such as Adam or SGD.*got 'adam'"),
+    (lambda images, labels: dict(optimizer=_returns_a_string), TypeError, r"trainer: optimizer\(model, lr=lr\) "
+                                                                          r"must return an optimiser.*got str"),
+    (lambda images, labels: dict(lr=float("nan")), ValueError, r"trainer: Adam: lr must be a finite number"),
+    (lambda images, labels: dict(lr=-1, optimizer=SGD), ValueError, r"trainer: SGD: lr must be a finite number"),
+    (lambda images, labels: dict(milestones=3), TypeError, r"trainer: StepLR: milestones must be a sequence"),
+    (lambda images, labels: dict(milestones=(0,)), ValueError, r"trainer: StepLR: milestones\[0\] must be an "
+                                                               r"integer >= 1, got 0"),
+    (lambda images, labels: dict(gamma="0.1"), TypeError, r"trainer: StepLR: gamma must be a number, got '0.1'"),
+    (lambda images, labels: dict(augment="no"), TypeError, r"trainer: augment must be True or False, got 'no'"),
+    (lambda images, labels: dict(progress=None), TypeError, r"trainer: progress must be True or False, got None"),
+    (lambda images, labels: dict(callback=5), TypeError, r"trainer: callback must be None or a function "
+                                                         r"callback\(epoch, batch, loss\), got 5"),
+    (lambda images, labels: dict(data=(images, labels)), TypeError, r"trainer: data\[0\] \(the training set\): "
+                                                                    r".*got ndarray"),
+    (lambda images, labels: dict(data={"train": (images, labels)}), TypeError, r"trainer: data must be a pair "
+                                                                               r"\(train, val\), got dict"),
+    (lambda images, labels: dict(data=((images[:0], labels[:0]), (images, labels))), ValueError,
+     r"trainer: data\[0\] \(the training set\) holds no images"),
+    (lambda images, labels: dict(data=((images, labels), (images[:0], labels[:0]))), ValueError,
+     r"trainer: data\[1\] \(the validation set\) holds no images"),
+    # 9 images in batches of 8 leave a last batch of one, whose 1 x 1 maps BatchNorm cannot normalise:
+    # refused before the first batch, not after eight images of training.
+    (lambda images, labels: dict(data=((images[:9], labels[:9]), (images, labels)), batch_size=8), ValueError,
+     r"trainer: data\[0\] \(the training set\): 9 images in batches of 8 give a batch of 1 that cannot be "
+     r"trained on: model\[0\]\[70\]: train-mode BatchNorm2d needs more than one value per channel"),
+], ids=["seed a", "seed -1", "optimizer 'adam'", "optimizer returns a str", "lr nan", "lr -1 for SGD",
+        "milestones an int", "milestone 0", "gamma a string", "augment a string", "progress None",
+        "callback not callable", "data one pair", "data a dict", "empty training set", "empty validation set",
+        "a last batch of one"])
+def test_trainer_refuses_bad_arguments_naming_them_before_touching_the_model(tiny_set, small_mobilenet, arguments,
+                                                                              error, message):
+    model = small_mobilenet.copy().eval()                # trainer would switch it to train mode
+    before = _untouched(model)
+    args = dict(epochs=1, data=(tiny_set, tiny_set), augment=False, progress=False)
+    args.update(arguments(*tiny_set))
+    with pytest.raises(error, match=message):
+        trainer(model, **args)
+    _assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("function", [trainer, evaluate])
+def test_trainer_and_evaluate_refuse_a_model_that_is_not_one(tiny_set, function):
+    with pytest.raises(TypeError, match=rf"{function.__name__}: expected a model \(a Layer or Chain\), got NoneType"):
+        function(None, 1) if function is trainer else function(None, tiny_set)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+@pytest.mark.parametrize("lr,what", [
+    (1e6, r"a logit is not finite \(nan at index \(0, 0\)\)"),
+    (1e10, r"the running statistic '0\.\d+\.running_var' is not finite \(inf at index"),
+    (1e37, r"SGD.step at lr 1e\+37: the update would make the parameter '0.0.weight' non-finite"),
+], ids=["nan logit", "infinite statistic", "infinite weight"])
+def test_a_diverging_run_stops_naming_the_batch_and_keeps_the_last_finite_weights(tiny_set, small_mobilenet, lr,
+                                                                                   what):
+    # Before: SGD at lr 1e6 trained on with NaN losses and reported a validation accuracy of 0.5.
+    model = small_mobilenet.copy()
+    after_each_batch = [snapshot(model)]
+    with pytest.raises(DivergenceError, match=r"trainer: epoch 1/3, batch [1-4]/4: " + what + r".*; the model is "
+                                              r"left as it was before this batch \(is the learning rate"):
+        trainer(model, 3, optimizer=SGD, lr=lr, data=(tiny_set, tiny_set), batch_size=4, augment=False,
+                progress=False, callback=lambda epoch, batch, loss: after_each_batch.append(snapshot(model)))
+    assert_same_snapshot(snapshot(model), after_each_batch[-1])
+    assert all(np.isfinite(value).all() for value in model.state_dict().values())
+
+
+def test_non_finite_validation_logits_stop_the_run_naming_the_epoch(tiny_set, small_mobilenet):
+    model = small_mobilenet.copy()
+
+    def spoil_after_the_last_batch(epoch, batch, loss):
+        if batch == 1:
+            model[1][4].bias[:] = np.nan                # the last Dense: every logit becomes NaN
+
+    with pytest.raises(DivergenceError, match=r"trainer: epoch 1/2, validation: evaluate: among the logits of "
+                                              r"data images 0..15, one is not finite"):
+        trainer(model, 2, data=(tiny_set, tiny_set), batch_size=8, augment=False, progress=False,
+                callback=spoil_after_the_last_batch)
+    assert len(model.history) == 0                      # no validation figures were made up
+
+
+def test_evaluate_refuses_nan_logits_rather_than_count_them_as_class_0(tiny_set, small_mobilenet):
+    images, labels = tiny_set
+    model = small_mobilenet.copy().eval()
+    model[1][4].bias[:] = np.nan                        # the last Dense: every logit is NaN
+    with pytest.raises(DivergenceError, match=r"evaluate: among the logits of data images 0..15, one is not finite "
+                                              r"\(nan at index \(0, 0\)\)"):
+        evaluate(model, (images, np.zeros_like(labels)))
+    assert not model.training
 
 
 def test_evaluate_rejects_a_bad_batch_size_and_an_empty_set_naming_them(tiny_set, small_mobilenet):

@@ -33,7 +33,8 @@ Three rules:
 import numpy as np
 
 from .common import check_int, format_table
-from .layers import Conv2d, Dense, DepthwiseConv2d
+from .layers import Conv2d, Dense, DepthwiseConv2d, Layer
+from .model import TUTORIAL_INPUT
 
 __all__ = ["compute_dot_prods", "dot_prod_table", "DotProdTable", "RULES"]
 
@@ -41,15 +42,26 @@ RULES = ("reference", "sparse", "dense")
 
 
 def _check_rule(rule, where):
+    if not isinstance(rule, str):
+        raise TypeError(f"{where}: the counting rule must be one of {', '.join(RULES)} (a string), got {rule!r}")
     if rule not in RULES:
         raise ValueError(f"{where}: unknown counting rule {rule!r}; expected one of {', '.join(RULES)}")
 
 
 def _check_input_shape(input_shape, where):
-    """``input_shape`` as a tuple of four positive ints (N, C, H, W), or an error naming the bad entry."""
+    """``input_shape`` as a tuple of four positive ints (N, C, H, W), or an error naming the bad entry.
+
+    A tuple, a list or a 1-D NumPy array; a string such as "1,3,96,96" is
+    refused rather than read as nine characters.
+    """
+    if isinstance(input_shape, np.ndarray) and input_shape.ndim == 1:
+        input_shape = tuple(input_shape)
+    if not isinstance(input_shape, (tuple, list)):
+        raise TypeError(f"{where}: input_shape must be a tuple of four positive ints (N, C, H, W) such as "
+                        f"{TUTORIAL_INPUT}, got {input_shape!r}")
     shape = tuple(input_shape)
     if len(shape) != 4:
-        raise ValueError(f"{where}: input_shape must be (N, C, H, W), got {shape}")
+        raise ValueError(f"{where}: input_shape must be (N, C, H, W), got {shape}; e.g. {TUTORIAL_INPUT}")
     return tuple(check_int(size, f"input_shape[{i}]", where) for i, size in enumerate(shape))
 
 
@@ -114,17 +126,19 @@ def compute_dot_prods(model, input_shape, rule="reference"):
         (7505600, 7273983, (1, 1))
     """
     table = _count(model, input_shape, rule, "compute_dot_prods")
-    out_shape = table[-1][2] if table else tuple(input_shape)
+    out_shape = table[-1][2] if table else _check_input_shape(input_shape, "compute_dot_prods")
     return table.mults, table.adds, out_shape
 
 
 def _count(model, input_shape, rule, where):
     """The DotProdTable of ``model`` on ``input_shape``; ``where`` names the caller in errors."""
+    if not isinstance(model, Layer):
+        raise TypeError(f"{where}: expected a model (a Layer or Chain), got {type(model).__name__}")
     _check_rule(rule, where)
     shape = _check_input_shape(input_shape, where)
     rows = []
     for path, layer in model.named_layers():
-        shape = layer.output_shape(shape, f"model{path}")
+        shape = layer.output_shape(shape, f"{where}: model{path}")
         mults = adds = 0
         if isinstance(layer, (Conv2d, DepthwiseConv2d, Dense)):
             patches = shape[2] * shape[3] if len(shape) == 4 else 1

@@ -37,6 +37,9 @@ MOBILENET_CONFIG = (
 )
 
 
+MAX_WEIGHTS = 2 ** 28   # conv and dense weights; the tutorial's model has 224,048, width 1 has 4.2 million
+
+
 def MobileNet(activation="slopehtanh", width_mult=1.0, fcsize=1024, nclasses=1000, inchannels=3,
               seed=None, rng=None, dtype=np.float32):
     """Build MobileNet v1 with every channel count scaled by ``width_mult`` (truncated).
@@ -44,36 +47,41 @@ def MobileNet(activation="slopehtanh", width_mult=1.0, fcsize=1024, nclasses=100
     ``MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1)`` is the tutorial's
     model: 224,048 conv and dense weights, (N, 3, 96, 96) -> (N, 1) logits
     (``TUTORIAL_INPUT`` is the batch of one image the tutorial uses).
-    ``seed`` or ``rng`` (a ``numpy.random.Generator``) makes the Glorot
-    initialisation reproducible.  New models start in train mode.
+    ``seed`` (an integer >= 0) or ``rng`` (a ``numpy.random.Generator``)
+    makes the Glorot initialisation reproducible.  ``dtype`` is float32 or
+    float64.  New models start in train mode.
+
+    Every argument is checked before anything is allocated; a configuration
+    of more than ``MAX_WEIGHTS`` weights (a width_mult of 100 instead of
+    1.00, say) is refused rather than left to exhaust the memory.
     """
     check_number(width_mult, "width_mult", "MobileNet", low=0, low_open=True)
     check_int(fcsize, "fcsize", "MobileNet")
     check_int(nclasses, "nclasses", "MobileNet")
     check_int(inchannels, "inchannels", "MobileNet")
-    activation_layer(activation)  # fail early on an unknown activation
-    rng = rng if rng is not None else np.random.default_rng(seed)
+    _check_dtype(dtype)
+    groups = _groups(width_mult, inchannels)
+    _check_size(groups, fcsize, nclasses)
+    try:
+        activation_layer(activation)  # fail early on an unknown activation
+        rng = _generator(seed, rng)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"MobileNet: {error}") from None
 
     layers = []
-    c_in = inchannels
-    for depthwise, channels, stride, repeats in MOBILENET_CONFIG:
-        c_out = int(channels * width_mult)
-        if c_out < 1:
-            raise ValueError(f"MobileNet: width_mult {width_mult} leaves a layer with {channels} "
-                             "channels at width 1 with none")
-        for _ in range(repeats):
-            if depthwise:
-                layers += [DepthwiseConv2d(c_in, 3, stride=stride, pad=1, rng=rng, dtype=dtype),
-                           BatchNorm2d(c_in, dtype=dtype),
-                           activation_layer(activation),
-                           Conv2d(c_in, c_out, 1, rng=rng, dtype=dtype),
-                           BatchNorm2d(c_out, dtype=dtype),
-                           activation_layer(activation)]
-            else:
-                layers += [Conv2d(c_in, c_out, 3, stride=stride, pad=1, rng=rng, dtype=dtype),
-                           BatchNorm2d(c_out, dtype=dtype),
-                           activation_layer(activation)]
-            c_in = c_out
+    for depthwise, c_in, c_out, stride in groups:
+        if depthwise:
+            layers += [DepthwiseConv2d(c_in, 3, stride=stride, pad=1, rng=rng, dtype=dtype),
+                       BatchNorm2d(c_in, dtype=dtype),
+                       activation_layer(activation),
+                       Conv2d(c_in, c_out, 1, rng=rng, dtype=dtype),
+                       BatchNorm2d(c_out, dtype=dtype),
+                       activation_layer(activation)]
+        else:
+            layers += [Conv2d(c_in, c_out, 3, stride=stride, pad=1, rng=rng, dtype=dtype),
+                       BatchNorm2d(c_out, dtype=dtype),
+                       activation_layer(activation)]
+    c_in = groups[-1][2]
     backbone = Chain(*layers)
     head = Chain(GlobalMeanPool(),
                  Flatten(),
@@ -81,3 +89,53 @@ def MobileNet(activation="slopehtanh", width_mult=1.0, fcsize=1024, nclasses=100
                  activation_layer(activation),
                  Dense(fcsize, nclasses, rng=rng, dtype=dtype))
     return Chain(backbone, head)
+
+
+def _groups(width_mult, inchannels):
+    """``(depthwise?, c_in, c_out, stride)`` for every group of the backbone, in order."""
+    groups = []
+    c_in = inchannels
+    for depthwise, channels, stride, repeats in MOBILENET_CONFIG:
+        if channels * width_mult > MAX_WEIGHTS:    # before int(): a huge float may not convert
+            raise ValueError(f"MobileNet: width_mult {width_mult} gives a layer of {channels * width_mult:.3g} "
+                             f"channels; the model would have more than MAX_WEIGHTS = {MAX_WEIGHTS:,} weights")
+        c_out = int(channels * width_mult)
+        if c_out < 1:
+            raise ValueError(f"MobileNet: width_mult {width_mult} leaves a layer with {channels} "
+                             "channels at width 1 with none")
+        for _ in range(repeats):
+            groups.append((depthwise, c_in, c_out, stride))
+            c_in = c_out
+    return groups
+
+
+def _check_size(groups, fcsize, nclasses):
+    """Refuse a configuration with more than MAX_WEIGHTS conv and dense weights, before allocating it."""
+    weights = sum(9 * c_in + c_in * c_out if depthwise else 9 * c_in * c_out
+                  for depthwise, c_in, c_out, _ in groups)
+    weights += groups[-1][2] * fcsize + fcsize * nclasses
+    if weights > MAX_WEIGHTS:
+        raise ValueError(f"MobileNet: this configuration has {weights:,} conv and dense weights, more than "
+                         f"MAX_WEIGHTS = {MAX_WEIGHTS:,}; check width_mult, fcsize, nclasses and inchannels")
+
+
+def _check_dtype(dtype):
+    try:
+        kind = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"MobileNet: dtype must be float32 or float64, got {dtype!r}") from None
+    if kind not in (np.float32, np.float64):
+        raise ValueError(f"MobileNet: dtype must be float32 or float64, got {kind}")
+
+
+def _generator(seed, rng):
+    """The random generator for the initial weights: ``rng`` itself, or a new one from ``seed``."""
+    if rng is None:
+        try:
+            return np.random.default_rng(seed)
+        except (TypeError, ValueError) as error:       # NumPy's words do not say which argument
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(f"seed must be None or an integer >= 0, got {seed!r}") from None
+    if not isinstance(rng, (np.random.Generator, np.random.RandomState)):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    return rng

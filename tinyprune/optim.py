@@ -1,35 +1,77 @@
 """Optimisers: how one step of training moves the parameters, and a step schedule.
 
 * ``Optimizer`` -- what every update rule shares: the model's parameters, the
-  learning rate, the checks before a step, and the masks;
+  learning rate, the checks before a step, the masks, and the all-or-nothing
+  commit;
 * ``Adam`` and ``SGD`` -- the two update rules, with PyTorch's semantics;
-* ``StepLR`` -- multiply the learning rate by ``gamma`` at chosen epochs.
+* ``StepLR`` -- multiply the learning rate by ``gamma`` at chosen epochs;
+* ``DivergenceError`` -- what a step raises instead of writing a NaN or an
+  infinity into the model.
 
 An optimiser is bound to one model.  ``model.backward`` leaves a gradient in
 ``layer.grads`` for every parameter; ``optimizer.step()`` reads them and
-moves each parameter in place.  Pruned weights stay at exactly zero: after
-every update the parameter is multiplied by its mask (``layer.masks``).
+moves every parameter.  Two promises hold after every step:
+
+* pruned weights are exactly 0.0: a masked entry is *selected* away
+  (``np.where``), never multiplied by its mask, because NaN x 0 and
+  inf x 0 are NaN;
+* the parameters are finite: every new value is computed first, and only if
+  all of them (and the optimiser's own state) are finite is anything written.
+  Otherwise ``DivergenceError`` is raised and the model and the optimiser are
+  exactly as before the step, so the model keeps its last finite weights.
 """
 
 import numpy as np
 
 from .common import check_int, check_number
+from .layers import Layer
 
-__all__ = ["Optimizer", "Adam", "SGD", "StepLR"]
+__all__ = ["Optimizer", "Adam", "SGD", "StepLR", "DivergenceError"]
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a NaN or an infinity; nothing of the step that produced it was applied.
+
+    A FloatingPointError (what NumPy raises for an overflow when asked to),
+    not a ValueError: every argument was valid, the arithmetic ran away --
+    usually a learning rate too large for the model.
+    """
+
+
+def first_non_finite(array):
+    """``(index, value)`` of the first NaN or infinity in ``array``, or None if it is all finite."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return None
+    index = np.unravel_index(np.argmin(finite), np.shape(array))   # the first False
+    return tuple(int(i) for i in index), np.asarray(array)[index]
+
+
+def masked(layer, name, value):
+    """``value`` (a parameter-shaped array) with the entries ``layer.masks[name]`` prunes set to 0.
+
+    Selects with ``np.where`` rather than multiplying by the mask, so a
+    masked entry reads exactly 0 whatever is stored there (NaN x 0 is NaN).
+    """
+    mask = layer.masks.get(name)
+    return value if mask is None else np.where(mask, value, value.dtype.type(0))
 
 
 class Optimizer:
-    """What Adam and SGD share: the list of parameters, masks, and the lr.
+    """What Adam and SGD share: the list of parameters, masks, the lr, and the commit.
 
     At construction it lists every trainable array
     (``model.named_parameters()``); ``step()`` reads the gradients the last
     ``model.backward`` left in each ``layer.grads``.  A new update rule is a
-    subclass with a ``step()`` that loops over ``self._grads()`` and ends each
-    parameter's update with ``self._apply_mask``.
+    subclass with an ``update(key, p, g)`` that returns the new parameter
+    and the new state, changing nothing itself: ``step`` checks everything it
+    returns and commits it.
     """
 
     def __init__(self, model, lr):
         where = type(self).__name__
+        if not isinstance(model, Layer):
+            raise TypeError(f"{where}: expected a model (a Layer or Chain), got {type(model).__name__}")
         self.model = model
         self.lr = check_number(lr, "lr", where, low=0, low_open=True)
         self.params = list(model.named_parameters())   # (key, layer, name)
@@ -37,29 +79,62 @@ class Optimizer:
         if not self.params:
             raise ValueError(f"{where}: the model has no trainable parameters")
 
+    def check_shapes(self, where=None):
+        """Raise ValueError if a parameter changed shape since this optimiser was made (a resize)."""
+        where = where or f"{type(self).__name__}.step"
+        for key, layer, name in self.params:
+            shape = getattr(layer, name).shape
+            if shape != self.shapes[key]:
+                raise ValueError(f"{where}: parameter {key!r} changed shape from {self.shapes[key]} to "
+                                 f"{shape} (was the model resized?); make a new optimiser")
+
     def _grads(self):
         """Every ``(key, layer, name, parameter, gradient)``, all checked before any parameter moves."""
+        self.check_shapes()
         checked = []
         for key, layer, name in self.params:
-            p = getattr(layer, name)
-            if p.shape != self.shapes[key]:
-                raise ValueError(
-                    f"{type(self).__name__}.step: parameter {key!r} changed shape from "
-                    f"{self.shapes[key]} to {p.shape} (was the model resized?); make a new optimiser")
             if name not in layer.grads:
                 raise RuntimeError(f"{type(self).__name__}.step: no gradient for {key!r}; "
                                    "run model.backward first")
-            checked.append((key, layer, name, p, layer.grads[name]))
+            p, g = getattr(layer, name), layer.grads[name]
+            if np.shape(g) != p.shape:
+                raise ValueError(f"{type(self).__name__}.step: the gradient of {key!r} has shape {np.shape(g)}, "
+                                 f"the parameter {p.shape}")
+            checked.append((key, layer, name, p, g))
         return checked
 
-    @staticmethod
-    def _apply_mask(layer, name, p):
-        # The gradient of a masked entry is already zero, but the update could
-        # still move it (weight decay, old momentum, a weight never zeroed);
-        # multiplying afterwards makes "pruned stays exactly 0.0" a guarantee.
-        mask = layer.masks.get(name)
-        if mask is not None:
-            p *= mask
+    def step(self):
+        """Move every parameter by one update, all of them or none.
+
+        Parameters and gradients are read as the forward pass uses them
+        (masked entries as 0); each new parameter has its masked entries set
+        to exactly 0.  If any new parameter or state entry is NaN or
+        infinite, raises DivergenceError naming it and changes nothing.
+        """
+        new = []
+        for key, layer, name, p, g in self._grads():
+            p_new, state = self.update(key, masked(layer, name, p), masked(layer, name, g))
+            p_new = masked(layer, name, p_new)
+            self._check_finite(p_new, f"the parameter {key!r}")
+            for attribute, value in state.items():
+                self._check_finite(value, f"the optimiser's {attribute}[{key!r}]")
+            new.append((p, p_new, key, state))
+        for p, p_new, key, state in new:
+            p[...] = p_new                  # in place: whoever holds the array sees the step
+            for attribute, value in state.items():
+                getattr(self, attribute)[key] = value
+
+    def _check_finite(self, value, what):
+        bad = first_non_finite(value)
+        if bad is not None:
+            index, number = bad
+            raise DivergenceError(
+                f"{type(self).__name__}.step at lr {self.lr:g}: the update would make {what} non-finite "
+                f"({number} at index {index}); nothing was changed")
+
+    def update(self, key, p, g):
+        """``(new p, {state attribute: new value})`` for parameter ``key``; must not change anything."""
+        raise NotImplementedError
 
 
 class Adam(Optimizer):
@@ -79,30 +154,30 @@ class Adam(Optimizer):
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(model, lr)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise TypeError(f"Adam: betas must be a pair (beta1, beta2) such as (0.9, 0.999), got {betas!r}")
         beta1, beta2 = betas
         self.betas = (check_number(beta1, "betas[0]", "Adam", 0, 1, high_open=True),
                       check_number(beta2, "betas[1]", "Adam", 0, 1, high_open=True))
-        self.eps = check_number(eps, "eps", "Adam", low=0)
+        # eps = 0 would divide 0 by 0 for any entry whose gradient has always been exactly 0.
+        self.eps = check_number(eps, "eps", "Adam", low=0, low_open=True)
         self.t = 0
         self.m = {key: np.zeros_like(getattr(layer, name)) for key, layer, name in self.params}
         self.v = {key: np.zeros_like(getattr(layer, name)) for key, layer, name in self.params}
 
     def step(self):
         """Move every parameter by one Adam update, using the gradients in ``layer.grads``."""
-        grads = self._grads()
+        super().step()          # raises, changing nothing, if the step is not finite
         self.t += 1
+
+    def update(self, key, p, g):
+        t = self.t + 1          # the number of the step being computed
         beta1, beta2 = self.betas
-        correction1 = 1 - beta1 ** self.t
-        correction2 = 1 - beta2 ** self.t
-        for key, layer, name, p, g in grads:
-            m, v = self.m[key], self.v[key]
-            m *= beta1
-            m += (1 - beta1) * g
-            v *= beta2
-            v += (1 - beta2) * g * g
-            denom = np.sqrt(v / correction2) + self.eps
-            p -= ((self.lr / correction1) * m / denom).astype(p.dtype, copy=False)
-            self._apply_mask(layer, name, p)
+        m = (self.m[key] * beta1 + (1 - beta1) * g).astype(p.dtype, copy=False)
+        v = (self.v[key] * beta2 + (1 - beta2) * g * g).astype(p.dtype, copy=False)
+        denom = np.sqrt(v / (1 - beta2 ** t)) + self.eps
+        p_new = p - ((self.lr / (1 - beta1 ** t)) * m / denom).astype(p.dtype, copy=False)
+        return p_new, {"m": m, "v": v}
 
 
 class SGD(Optimizer):
@@ -125,19 +200,15 @@ class SGD(Optimizer):
         self.weight_decay = check_number(weight_decay, "weight_decay", "SGD", low=0)
         self.buffers = {}   # key -> momentum buffer, created on the first step
 
-    def step(self):
-        """Move every parameter by one SGD update, using the gradients in ``layer.grads``."""
-        for key, layer, name, p, g in self._grads():
-            d = g + self.weight_decay * p if self.weight_decay else g
-            if self.momentum:
-                if key not in self.buffers:
-                    self.buffers[key] = np.array(d, dtype=p.dtype, copy=True)
-                else:
-                    self.buffers[key] *= self.momentum
-                    self.buffers[key] += d
-                d = self.buffers[key]
-            p -= (self.lr * d).astype(p.dtype, copy=False)
-            self._apply_mask(layer, name, p)
+    def update(self, key, p, g):
+        d = g + self.weight_decay * p if self.weight_decay else g
+        if not self.momentum:
+            return p - (self.lr * d).astype(p.dtype, copy=False), {}
+        if key not in self.buffers:
+            b = np.array(d, dtype=p.dtype, copy=True)
+        else:
+            b = (self.buffers[key] * self.momentum + d).astype(p.dtype, copy=False)
+        return p - (self.lr * b).astype(p.dtype, copy=False), {"buffers": b}
 
 
 class StepLR:
@@ -150,11 +221,25 @@ class StepLR:
     """
 
     def __init__(self, optimizer, milestones, gamma=0.1):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"StepLR: optimizer must be an optimiser such as Adam(model), "
+                            f"got {type(optimizer).__name__}")
+        if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
+            raise TypeError(f"StepLR: milestones must be a sequence of epoch numbers such as (8,), "
+                            f"got {milestones!r}")
         self.milestones = sorted(check_int(m, f"milestones[{i}]", "StepLR") for i, m in enumerate(milestones))
         self.gamma = check_number(gamma, "gamma", "StepLR", low=0, low_open=True)
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
         self.epoch = 0
+        # The rate moves one way, so it stays finite and positive if its last value does.
+        try:
+            last = self.lr_at(self.milestones[-1]) if self.milestones else self.base_lr
+        except OverflowError:                       # gamma ** k beyond a float
+            last = float("inf")
+        if not (np.isfinite(last) and last > 0):
+            raise ValueError(f"StepLR: gamma {self.gamma!r} at {len(self.milestones)} milestone(s) takes the "
+                             f"learning rate from {self.base_lr!r} to {last!r}; it must stay finite and positive")
 
     def lr_at(self, epoch):
         """The learning rate used during ``epoch`` (counting from 0)."""

@@ -18,7 +18,12 @@ in four lines::
     model.backward(dlogits)                         # fills layer.grads
     optimizer.step()                                # moves every parameter
 
-Shapes: images NCHW float32 in [0, 1], logits (N, 1) or (N,), labels (N,).
+``trainer`` runs them as a unit (``_train_step``): a NaN or an infinity
+anywhere in it stops training with ``DivergenceError`` and undoes the batch,
+so no number is ever reported from a model that has gone non-finite.
+
+Shapes: images NCHW float32 in [0, 1], logits (N, 1) or (N,), labels (N,)
+or the logits' shape.
 """
 
 import signal
@@ -30,7 +35,8 @@ import numpy as np
 
 from .common import check_int
 from .data import IMAGE_SIZE, DataLoader, SyntheticVWW, as_dataset
-from .optim import Adam, Optimizer, StepLR
+from .layers import Layer
+from .optim import Adam, DivergenceError, Optimizer, StepLR, first_non_finite
 
 __all__ = ["bce_with_logits", "accuracy", "History", "trainer", "evaluate"]
 
@@ -39,16 +45,42 @@ __all__ = ["bce_with_logits", "accuracy", "History", "trainer", "evaluate"]
 # Loss and accuracy
 # ---------------------------------------------------------------------------
 
+def _numbers(value, name, where):
+    """``value`` as a NumPy array of real numbers, or a TypeError naming it."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):                 # ragged nested lists, and the like
+        array = None
+    if array is None or array.dtype.kind not in "biuf":
+        raise TypeError(f"{where}: {name} must be an array of real numbers, got {type(value).__name__}"
+                        + (f" of dtype {array.dtype}" if array is not None else ""))
+    return array
+
+
 def _check_logits_labels(logits, labels, where):
-    """Return logits as given and labels reshaped like them; ValueError on a mismatch."""
-    logits = np.asarray(logits)
-    labels = np.asarray(labels)
-    n = labels.shape[0] if labels.ndim == 1 else None
-    if n is None or logits.shape not in ((n,), (n, 1)):
-        raise ValueError(f"{where}: expected logits of shape (N,) or (N, 1) and labels of shape (N,), "
-                         f"got logits {logits.shape} and labels {labels.shape}")
+    """Return logits as given and labels reshaped like them, or an error naming ``where``.
+
+    Logits: (N,) or (N, 1), floating point, finite.  Labels: (N,), or the
+    logits' own shape as PyTorch users write them; finite and in [0, 1] (a
+    probability that the image shows class 1).  N >= 1, as a mean needs one.
+    A NaN logit is refused rather than counted: ``nan > 0`` is False, so it
+    would pass for a confident class 0.
+    """
+    logits = _numbers(logits, "logits", where)
+    labels = _numbers(labels, "labels", where)
+    n = logits.shape[0] if logits.ndim in (1, 2) else 0
+    if n == 0 or logits.shape not in ((n,), (n, 1)) or labels.shape not in ((n,), logits.shape):
+        raise ValueError(f"{where}: expected logits of shape (N,) or (N, 1), N >= 1, and labels of shape (N,) "
+                         f"or the logits' shape, got logits {logits.shape} and labels {labels.shape}")
     if logits.dtype.kind != "f":
         raise ValueError(f"{where}: expected floating-point logits, got {logits.dtype}")
+    bad = first_non_finite(logits)
+    if bad is not None:
+        raise ValueError(f"{where}: logits must be finite, got {bad[1]} at index {bad[0]}")
+    outside = np.flatnonzero(~((labels >= 0) & (labels <= 1)))      # NaN fails both comparisons
+    if outside.size:
+        raise ValueError(f"{where}: labels must lie in [0, 1] (binary cross-entropy), got "
+                         f"{labels.reshape(-1)[outside[0]]} at index {outside[0]}")
     return logits, labels.reshape(logits.shape)
 
 
@@ -56,9 +88,12 @@ def bce_with_logits(logits, labels):
     """Mean binary cross-entropy of ``sigmoid(logits)`` against 0/1 ``labels``, and its gradient.
 
     logits: (N,) or (N, 1) float, one raw score per image (no sigmoid applied).
-    labels: (N,) of 0/1 (any numeric dtype; soft labels in [0, 1] work too).
+    labels: (N,) or the logits' shape, of 0/1 (any numeric dtype; soft labels
+    in [0, 1] work too).
     Returns ``(loss, dlogits)``: the loss as a Python float in nats, and
-    dL/dlogits with the shape and dtype of ``logits``.
+    dL/dlogits with the shape and dtype of ``logits``.  Non-finite logits,
+    labels outside [0, 1] and empty batches raise ValueError, so the loss
+    is always a finite number.
 
     Per image, with p = sigmoid(z), the loss is -y log p - (1 - y) log(1 - p).
     Substituting log p = -log(1 + e^-z) and log(1 - p) = -z - log(1 + e^-z)
@@ -80,13 +115,19 @@ def bce_with_logits(logits, labels):
     losses = np.maximum(z, 0) - z * y + np.log1p(e)
     sigmoid = np.where(z >= 0, 1 / (1 + e), e / (1 + e))
     dlogits = (sigmoid - y) / n
-    return float(losses.mean()), dlogits.astype(logits.dtype)
+    with np.errstate(over="ignore"):
+        loss = float(losses.mean())
+    if not np.isfinite(loss):                    # only a sum past 1.8e308: logits near float64's limit
+        raise ValueError(f"bce_with_logits: the mean loss overflows float64 (logits up to {np.abs(z).max():g})")
+    return loss, dlogits.astype(logits.dtype)
 
 
 def accuracy(logits, labels):
     """Fraction of images whose predicted class (logit > 0 means 1) equals the label.
 
-    logits (N,) or (N, 1), labels (N,) of 0/1.  Returns a float in [0, 1].
+    logits (N,) or (N, 1), labels (N,) or the logits' shape, of 0/1 (a soft
+    label counts as class 1 above 0.5).  Returns a float in [0, 1].
+    Non-finite logits raise ValueError: a NaN has no class.
     """
     logits, labels = _check_logits_labels(logits, labels, "accuracy")
     return float(np.mean((logits > 0) == (labels > 0.5)))
@@ -229,15 +270,33 @@ class _StopOnInterrupt:
 
 
 # ---------------------------------------------------------------------------
-# Data arguments
+# Checking the arguments: all of them, before the model is touched
 # ---------------------------------------------------------------------------
 
-def _dataset(data, what):
-    """``as_dataset(data)`` with errors that say which argument was wrong."""
+def _with_context(what, call, *args, **kwargs):
+    """``call(*args, **kwargs)``; a TypeError or ValueError it raises gets ``what: `` in front.
+
+    So an error from a helper (``as_dataset``, ``Adam``, ``StepLR``) still
+    says which of the caller's arguments it came from.
+    """
     try:
-        return as_dataset(data)
-    except (ValueError, TypeError) as error:
-        raise type(error)(f"{what}: {error}") from None
+        return call(*args, **kwargs)
+    except (TypeError, ValueError) as error:
+        kind = TypeError if isinstance(error, TypeError) else ValueError
+        raise kind(f"{what}: {error}") from error
+
+
+def _check_model(model, where):
+    if not isinstance(model, Layer):
+        raise TypeError(f"{where}: expected a model (a Layer or Chain), got {type(model).__name__}")
+
+
+def _dataset(data, what):
+    """``as_dataset(data)`` with errors that say which argument was wrong; an empty set is refused."""
+    dataset = _with_context(what, as_dataset, data)
+    if len(dataset.labels) == 0:
+        raise ValueError(f"{what} holds no images; a loss and an accuracy need at least one")
+    return dataset
 
 
 def _check_model_input(model, image_shape, what):
@@ -249,6 +308,30 @@ def _check_model_input(model, image_shape, what):
     if out not in ((2,), (2, 1)):
         raise ValueError(f"{what}: the model must give one logit per image, shape (N, 1); "
                          f"it gives {out} for a batch of 2")
+
+
+def _check_train_batches(model, image_shape, n, batch_size, what):
+    """Fail before training if a training batch (a full one or the short last one) cannot run.
+
+    Train mode asks more than the shapes: BatchNorm needs two values per
+    channel, so a last batch of one image fails where the map is 1 x 1.
+    The check runs on a copy in train mode, leaving the model's mode alone.
+    """
+    probe = model.copy().train()
+    for size in sorted({min(n, batch_size), n % batch_size or batch_size}):
+        try:
+            probe.check_input((size,) + tuple(image_shape))
+        except ValueError as error:
+            raise ValueError(f"{what}: {n} images in batches of {batch_size} give a batch of {size} that "
+                             f"cannot be trained on: {error}") from None
+
+
+def _check_finite(value, what):
+    """DivergenceError saying where ``value`` (an array or a number) is NaN or infinite, if it is."""
+    bad = first_non_finite(value)
+    if bad is not None:
+        index, number = bad
+        raise DivergenceError(f"{what} is not finite ({number}{f' at index {index}' if index else ''})")
 
 
 # ---------------------------------------------------------------------------
@@ -263,18 +346,21 @@ def evaluate(model, data, batch_size=64):
     Images are only scaled (no augmentation).  Eval mode makes BatchNorm
     use its running statistics; the model's previous mode is restored
     afterwards, even on an error.  Returns ``(loss, accuracy)`` as floats.
+    Bad arguments raise TypeError or ValueError; a model whose logits are
+    NaN or infinite raises DivergenceError rather than report a number.
     """
+    _check_model(model, "evaluate")
     data = _dataset(data, "evaluate: data")
     check_int(batch_size, "batch_size", "evaluate")
-    if len(data.labels) == 0:
-        raise ValueError("evaluate: data holds no images; a loss and an accuracy need at least one")
     _check_model_input(model, data.images.shape[1:], "evaluate: data")
     was_training = model.training
     model.eval()
     try:
         sums = _RunningSums()
-        for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
+        batches = DataLoader(data, batch_size=batch_size, shuffle=False)
+        for start, (x, y) in zip(range(0, len(data.labels), batch_size), batches):
             logits = model(x)
+            _check_finite(logits, f"evaluate: among the logits of data images {start}..{start + len(y) - 1}, one")
             loss, _ = bce_with_logits(logits, y)
             sums.add(loss, logits, y)
         return sums.mean_loss, sums.mean_accuracy
@@ -297,26 +383,29 @@ def trainer(model, epochs, optimizer=None, lr=1e-3, batch_size=32, data=None, se
     optimizer: ``Adam`` (the default, when None), ``SGD``, any callable
         ``optimizer(model, lr=lr)`` returning an optimiser, or an optimiser
         already bound to ``model`` (its state carries over; ``lr`` is unused).
-    data: ``(train, val)``, each a data set or an ``(images, labels)`` pair;
-        None means ``SyntheticVWW("train")`` and ``SyntheticVWW("val")``.
-    seed: fixes the batch order and the augmentation draws.
+    data: ``(train, val)``, each a non-empty data set or ``(images, labels)``
+        pair; None means ``SyntheticVWW("train")`` and ``SyntheticVWW("val")``.
+    seed: an integer >= 0 fixing the batch order and the augmentation draws.
     milestones, gamma: a step schedule (``StepLR``): the lr is multiplied by
         ``gamma`` at the start of each milestone epoch, e.g. ``(8,)``.
     augment: False feeds training images only scaled (any image size);
         True applies the augmentation, whose output is 96 x 96.
     progress: False hides the progress bar (it goes to stderr).
-    callback: called as ``callback(epoch, batch, loss)`` after every
-        training batch; useful for tests and custom logging.
+    callback: ``callback(epoch, batch, loss)`` after every training batch.
 
     Records per-epoch figures in ``model.history`` (a :class:`History`,
     appended to if the model has one).  Ctrl-C ends the run cleanly after
     the current batch and returns the partly trained model, with
-    ``model.history.interrupted`` set.  Errors in the arguments are raised
-    before the model is touched.
+    ``model.history.interrupted`` set.  Bad arguments raise TypeError or
+    ValueError before the model is touched.  A NaN or infinite logit, loss
+    or weight (a learning rate too large) stops training with
+    ``DivergenceError`` naming the epoch and batch; the model keeps its
+    state from before that batch, its last finite weights.
     """
+    _check_options(seed, augment, progress, callback)
     train_set, val_set = _checked_data(model, epochs, batch_size, val_batch_size, data, augment)
     opt = _bound_optimizer(model, optimizer, lr)
-    schedule = StepLR(opt, milestones, gamma)
+    schedule = _with_context("trainer", StepLR, opt, milestones, gamma)
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, seed=seed, augment=augment)
     _start_history(model)
     model.train()
@@ -324,18 +413,16 @@ def trainer(model, epochs, optimizer=None, lr=1e-3, batch_size=32, data=None, se
         for epoch in range(epochs):
             bar = _ProgressBar(len(loader), f"epoch {epoch + 1}/{epochs}", progress)
             sums = _RunningSums()
+            where = f"trainer: epoch {epoch + 1}/{epochs}"
             for batch, (x, y) in enumerate(loader):
-                logits = model(x)                               # forward, (B, 1)
-                loss, dlogits = bce_with_logits(logits, y)      # dL/dlogits, (B, 1)
-                model.backward(dlogits)                         # fills layer.grads
-                opt.step()                                      # moves every parameter
+                logits, loss = _train_step(model, opt, x, y, f"{where}, batch {batch + 1}/{len(loader)}", bar)
                 sums.add(loss, logits, y)
                 bar.update(batch + 1, sums.text())
                 if callback is not None:
                     callback(epoch, batch, loss)
                 if interrupt.requested:
                     break
-            _end_epoch(model, sums, bar, opt.lr, val_set, val_batch_size, interrupt.requested)
+            _end_epoch(model, sums, bar, opt.lr, val_set, val_batch_size, interrupt.requested, where)
             if interrupt.requested:
                 model.history.interrupted = True
                 break
@@ -343,8 +430,49 @@ def trainer(model, epochs, optimizer=None, lr=1e-3, batch_size=32, data=None, se
     return model
 
 
+def _train_step(model, opt, x, y, where, bar):
+    """One step of backpropagation on the batch ``(x, y)``, applied whole or not at all.
+
+    Returns ``(logits, loss)``.  A NaN or infinite logit, a running
+    statistic the forward pass made NaN or infinite, or an update that would
+    make a parameter so (the optimiser then changes nothing) raises
+    DivergenceError naming ``where``.  Whatever stops the step, the running
+    statistics are put back first, so the model is as it was before the batch.
+    """
+    statistics = {key: np.array(getattr(layer, name), copy=True) for key, layer, name in model.named_buffers()}
+    try:
+        logits = model(x)                               # forward, (B, 1)
+        _check_finite(logits, "a logit")
+        for key, layer, name in model.named_buffers():
+            _check_finite(getattr(layer, name), f"the running statistic {key!r}")
+        loss, dlogits = bce_with_logits(logits, y)      # dL/dlogits, (B, 1)
+        model.backward(dlogits)                         # fills layer.grads
+        opt.step()                                      # moves every parameter, or none
+    except BaseException as error:
+        for key, layer, name in model.named_buffers():
+            setattr(layer, name, statistics[key])
+        if not isinstance(error, FloatingPointError):   # DivergenceError, or NumPy's under np.errstate
+            raise
+        bar.close(" | stopped: not finite")
+        raise DivergenceError(f"{where}: {error}; the model is left as it was before this batch "
+                              f"(is the learning rate, {opt.lr:g}, too large?)") from error
+    return logits, loss
+
+
+def _check_options(seed, augment, progress, callback):
+    """trainer's arguments that are not about the data, the optimiser or the schedule."""
+    check_int(seed, "seed", "trainer", minimum=0)
+    for name, flag in (("augment", augment), ("progress", progress)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"trainer: {name} must be True or False, got {flag!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"trainer: callback must be None or a function callback(epoch, batch, loss), "
+                        f"got {callback!r}")
+
+
 def _checked_data(model, epochs, batch_size, val_batch_size, data, augment):
     """trainer's ``(train_set, val_set)``, once its arguments are known to fit each other and the model."""
+    _check_model(model, "trainer")
     check_int(epochs, "epochs", "trainer", minimum=0)
     check_int(batch_size, "batch_size", "trainer")
     check_int(val_batch_size, "val_batch_size", "trainer")
@@ -352,12 +480,14 @@ def _checked_data(model, epochs, batch_size, val_batch_size, data, augment):
         data = (SyntheticVWW("train"), SyntheticVWW("val"))
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"trainer: data must be a pair (train, val), got {type(data).__name__}")
-    train_set = _dataset(data[0], "trainer: data[0] (the training set)")
+    what = "trainer: data[0] (the training set)"
+    train_set = _dataset(data[0], what)
     val_set = _dataset(data[1], "trainer: data[1] (the validation set)")
     # The augmentation crops every image to IMAGE_SIZE x IMAGE_SIZE, whatever its stored size.
     channels = train_set.images.shape[1]
     train_shape = (channels, IMAGE_SIZE, IMAGE_SIZE) if augment else train_set.images.shape[1:]
-    _check_model_input(model, train_shape, "trainer: data[0] (the training set)")
+    _check_model_input(model, train_shape, what)
+    _check_train_batches(model, train_shape, len(train_set.labels), batch_size, what)
     _check_model_input(model, val_set.images.shape[1:], "trainer: data[1] (the validation set)")
     return train_set, val_set
 
@@ -366,9 +496,19 @@ def _bound_optimizer(model, optimizer, lr):
     """trainer's ``optimizer`` argument as an optimiser bound to ``model`` (Adam when None)."""
     if optimizer is None:
         optimizer = Adam
-    opt = optimizer if isinstance(optimizer, Optimizer) else optimizer(model, lr=lr)
+    if isinstance(optimizer, Optimizer):
+        opt = optimizer
+    elif callable(optimizer):
+        opt = _with_context("trainer", optimizer, model, lr=lr)
+    else:
+        raise TypeError(f"trainer: optimizer must be None (Adam), an optimiser class such as Adam or SGD, a "
+                        f"function optimizer(model, lr=lr) or an optimiser bound to the model; got {optimizer!r}")
+    if not isinstance(opt, Optimizer):
+        raise TypeError(f"trainer: optimizer(model, lr=lr) must return an optimiser such as Adam(model), "
+                        f"got {type(opt).__name__}")
     if opt.model is not model:
         raise ValueError("trainer: the optimizer is bound to a different model")
+    opt.check_shapes("trainer: optimizer")
     return opt
 
 
@@ -379,7 +519,7 @@ def _start_history(model):
     model.history.interrupted = False
 
 
-def _end_epoch(model, sums, bar, lr, val_set, val_batch_size, interrupted):
+def _end_epoch(model, sums, bar, lr, val_set, val_batch_size, interrupted, where):
     """Validate, record the epoch in ``model.history`` and close its progress bar.
 
     An interrupted epoch is partial, so it is not validated: its validation
@@ -389,7 +529,11 @@ def _end_epoch(model, sums, bar, lr, val_set, val_batch_size, interrupted):
     if interrupted:
         val_loss = val_acc = float("nan")
     else:
-        val_loss, val_acc = evaluate(model, val_set, val_batch_size)
+        try:
+            val_loss, val_acc = evaluate(model, val_set, val_batch_size)
+        except DivergenceError as error:
+            bar.close(" | stopped: not finite")
+            raise DivergenceError(f"{where}, validation: {error}") from error
         model.train()
     model.history.append(loss=sums.mean_loss, train_accuracy=sums.mean_accuracy, val_loss=val_loss,
                          val_accuracy=val_acc, lr=lr, seconds=seconds,
