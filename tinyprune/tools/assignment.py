@@ -32,8 +32,8 @@ from pathlib import Path
 
 from ..common import atomic_write, format_table
 from .exercises import marker
-from .fences import (CourseError, SolutionLeak, cut_text, find_fences, find_survivors, load_table,
-                     solution_lines)
+from .fences import (CourseError, SolutionLeak, cut_text, find_fences, find_survivors, in_folders,
+                     load_table, solution_lines)
 
 __all__ = ["main", "tree_files", "select", "make_copy", "marker_lines", "check_markers"]
 
@@ -144,7 +144,7 @@ def make_copy(source, out, table, chosen, solutions=False):
     build.mkdir()                                           # usual permissions, unlike mkdtemp's 0700
     try:
         _write_files(source, build, paths, texts)
-        notebooks = _write_notebooks(build, paths)
+        notebooks = _write_notebooks(build, paths, table.fenced_folders)
         record = {"exercises": [exercise.id for exercise in chosen], "solutions": solutions}
         atomic_write(build / ASSIGNMENT_FILE, lambda f: f.write(json.dumps(record, indent=2) + "\n"),
                      binary=False)
@@ -152,7 +152,7 @@ def make_copy(source, out, table, chosen, solutions=False):
                  for item in solution_lines(sources[path], [f for f in cut if f.path == path])]
         survivors = find_survivors(build, sorted(set(paths + notebooks)), lines)
         if survivors:
-            raise SolutionLeak(f"{len(survivors)} lines of cut solutions survive in the copy; nothing "
+            raise SolutionLeak(f"lines of cut solutions survive in the copy ({len(survivors)}); nothing "
                                f"was written to {str(out)!r}:\n  " + "\n  ".join(survivors))
         os.replace(build, out)                   # onto a missing or empty folder: atomic
     except BaseException:
@@ -174,13 +174,13 @@ def _write_files(source, build, paths, texts):
             shutil.copy2(source / path, target, follow_symlinks=False)
 
 
-def _write_notebooks(build, paths):
-    """Write ``name.ipynb`` beside every ``# %%`` script of the copy; returns their paths.
+def _write_notebooks(build, paths, folders):
+    """Write ``name.ipynb`` beside every ``# %%`` script in ``folders`` of the copy; returns their paths.
 
     Needs jupytext (the ``course`` extra); without it, prints a note and
     writes none.
     """
-    scripts = [path for path in paths if path.endswith(".py")
+    scripts = [path for path in paths if path.endswith(".py") and in_folders(path, folders)
                and (build / path).read_bytes().lstrip().startswith(b"# %%")]
     if not scripts:
         return []

@@ -28,11 +28,28 @@ nothing compiled keeps the answer.  A fenced function compiled by a
 decorator (``@numba.njit``) is refused: the copy could not run it uncompiled.
 
 Trivial lines.  A line of a cut region is trivial, and is not looked for in
-the copy, when its code (the line without its comment, every space and tab
-removed) is shorter than ``MIN_CODE`` = 5 characters, is made only of
-brackets and punctuation (``)``, ``]:``), is a bare keyword (``pass``,
-``break``, ``continue``, ``return``, ``raise``, ``else:``, ``try:``,
-``finally:``) or returns a single name (``return x``, ``return self.weight``).
+the copy, when it computes nothing, that is when its code (the line without
+its comment)
+
+* has fewer than ``MIN_CODE`` = 5 characters once every space is removed
+  (``y=-x``), or is only brackets and punctuation (``)``, ``]:``);
+* is a bare keyword (``pass``, ``break``, ``continue``, ``return``,
+  ``raise``, ``else:``, ``try:``, ``finally:``) or returns a single name
+  (``return x``, ``return self.weight``);
+* is the header of a block, a line starting with ``for``, ``while``, ``if``,
+  ``elif``, ``with``, ``except``, ``def`` or ``class`` and ending with ``:``
+  (``for a in range(KH):``, ``if self.bias is not None:``): the block's
+  lines are searched, its header would only repeat the loops every kernel has;
+* or names things without computing: an assignment to names (or
+  attributes) of a right side made of names, attributes, subscripts and
+  constants, with no operator and no call (``x = self._cache``,
+  ``N, C, H, W = x.shape``, ``w_ab = w[c, a, b]``); a store into an
+  array (``mask[order[:k]] = False``) is a result, and is searched.
+
+Every line with an operator, a call, an augmented assignment or a return of
+an expression is searched, however short (``dx = dy @ w``).  So keep the
+scaffolding a student is given (allocations, set-up shared with the
+forward pass) outside the fence, and fence the answer.
 
 Survivors.  Every other line of a cut region is looked for, spaces removed,
 as a substring of every line of every text file of the copy (comments,
@@ -50,12 +67,13 @@ import tokenize
 from collections import namedtuple
 from pathlib import Path
 
-__all__ = ["CourseError", "SolutionLeak", "Fence", "Table", "load_table", "find_fences", "cut_text",
+__all__ = ["CourseError", "SolutionLeak", "Fence", "Table", "load_table", "find_fences", "in_folders", "cut_text",
            "solution_lines", "is_trivial", "find_survivors"]
 
 MIN_CODE = 5
 TRIVIAL_KEYWORDS = {"pass", "break", "continue", "return", "raise", "else:", "try:", "finally:"}
 ID_PATTERN = re.compile(r"([a-z]+)\.([1-9][0-9]*)")
+HEADER = re.compile(r"(for|while|if|elif|with|except|def|class|async)\b")
 FENCE_LIKE = re.compile(r"#+\s*(BEGIN|END)\s+SOLUTION\b", re.IGNORECASE)
 BEGIN = re.compile(r"### BEGIN SOLUTION(?: (\S+))?")
 END = re.compile(r"### END SOLUTION")
@@ -253,7 +271,7 @@ def find_fences(root, paths, table):
     listed = {path for path, _ in owners}
     sources, fences, problems = {}, [], []
     for path in paths:
-        if not path.endswith(".py") or not _in_folders(path, table.fenced_folders):
+        if not path.endswith(".py") or not in_folders(path, table.fenced_folders):
             continue
         if path not in listed and "SOLUTION" not in (Path(root) / path).read_bytes().decode("utf-8", "replace").upper():
             continue
@@ -269,7 +287,8 @@ def find_fences(root, paths, table):
     return fences, sources, problems
 
 
-def _in_folders(path, folders):
+def in_folders(path, folders):
+    """True when the relative path ``path`` lies in one of ``folders``."""
     return any(path == folder or path.startswith(folder.rstrip("/") + "/") for folder in folders)
 
 
@@ -305,7 +324,7 @@ def _uncovered_places(table, sources, fences):
             if (exercise.id, path, function) in fenced:
                 continue
             what = f"exercise {exercise.id} lists {place}, but"
-            if not _in_folders(path, table.fenced_folders):
+            if not in_folders(path, table.fenced_folders):
                 problems.append(f"{what} {path} is outside the fenced folders "
                                 f"({', '.join(table.fenced_folders)})")
             elif path not in sources:
@@ -342,7 +361,7 @@ def cut_text(source, fences, exercises):
         for twin in _twins(source, fence):
             if not any(first <= twin.lineno <= last for first, last, _ in edits):
                 name, plain = twin.targets[0].id, fence.function
-                line = (f"{name} = {plain}   # not compiled in the course copy: runs your {plain} "
+                line = (f"{name} = {plain}   # uncompiled: runs your plain function "
                         f"(exercise {fence.exercise}){_line_end(source.lines[twin.end_lineno - 1])}")
                 edits.append((twin.lineno, twin.end_lineno, [line]))
     lines = list(source.lines)
@@ -393,11 +412,31 @@ def _twins(source, fence):
 # Nothing of a solution may survive
 # ---------------------------------------------------------------------------
 
-def is_trivial(code):
-    """True for a line's code (comment and spaces removed) too common to betray a solution."""
+def is_trivial(line):
+    """True when a line of code (its comment removed) computes nothing (the rule is in the module docstring)."""
+    code = "".join(line.split())
     return (len(code) < MIN_CODE or code in TRIVIAL_KEYWORDS
             or re.fullmatch(r"[()\[\]{}:,;]*", code) is not None
-            or re.fullmatch(r"return[A-Za-z_][\w.]*", code) is not None)
+            or re.fullmatch(r"return[A-Za-z_][\w.]*", code) is not None
+            or (HEADER.match(line.strip()) is not None and code.endswith(":"))
+            or _names_only(line.strip()))
+
+
+def _names_only(line):
+    """True for ``names = value`` with no operator and no call in value: ``N, C, H, W = x.shape``.
+
+    A store into an array (``mask[order[:k]] = False``) writes a result, so it is not names only.
+    """
+    try:
+        statement = ast.parse(line).body
+    except SyntaxError:
+        return False
+    if len(statement) != 1 or not isinstance(statement[0], ast.Assign):
+        return False
+    names = (ast.Name, ast.Attribute, ast.Tuple, ast.Store, ast.Load)
+    plain = names + (ast.Subscript, ast.Constant, ast.Slice)
+    return (all(isinstance(node, names) for target in statement[0].targets for node in ast.walk(target))
+            and all(isinstance(node, plain) for node in ast.walk(statement[0].value)))
 
 
 def solution_lines(source, fences):
@@ -408,9 +447,8 @@ def solution_lines(source, fences):
             text = source.lines[line - 1]
             if line in source.comments:
                 text = text[:source.comments[line][0]]
-            code = "".join(text.split())
-            if not is_trivial(code):
-                found.append((fence, line, code, source.lines[line - 1].strip()))
+            if not is_trivial(text):
+                found.append((fence, line, "".join(text.split()), source.lines[line - 1].strip()))
     return found
 
 
