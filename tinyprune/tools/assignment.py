@@ -98,7 +98,8 @@ def select(table, ids=None, chapters=None):
             raise CourseError(f"--exercises: no exercise {name!r}; the table has {', '.join(sorted(known))}")
     for name in chapters or ():
         if name not in table.chapters:
-            raise CourseError(f"--chapters: no chapter {name!r}; the chapters are {', '.join(table.chapters)}")
+            raise CourseError(f"--chapters: no chapter {name!r}; the chapters are "
+                              f"{', '.join(table.chapters)}")
     if not ids and not chapters:
         return list(table.exercises)
     return [exercise for exercise in table.exercises
@@ -115,7 +116,9 @@ def check_out(out, source):
     if out == source or source in out.parents:
         raise CourseError(f"--out {str(out)!r} is inside the source tree {str(source)!r}; "
                           "write the copy somewhere else")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise CourseError(f"--out {str(out)!r} is a file; give a new or empty folder")
+    if out.exists() and any(out.iterdir()):
         raise CourseError(f"--out {str(out)!r} is not empty; give a new or empty folder")
     return out
 
@@ -138,10 +141,12 @@ def make_copy(source, out, table, chosen, solutions=False):
     by_id = {exercise.id: exercise for exercise in table.exercises}
     texts = {path: cut_text(sources[path], [f for f in cut if f.path == path], by_id)
              for path in sorted({fence.path for fence in cut})}
-    out.parent.mkdir(parents=True, exist_ok=True)
     build = out.parent / f".{out.name}.{os.getpid()}.tmp"   # beside DIR, so the rename is atomic
     shutil.rmtree(build, ignore_errors=True)                # left by a killed run of this process id
-    build.mkdir()                                           # usual permissions, unlike mkdtemp's 0700
+    try:
+        build.mkdir(parents=True)                           # usual permissions, unlike mkdtemp's 0700
+    except OSError as error:
+        raise CourseError(f"cannot write beside --out {str(out)!r}: {error.strerror or error}") from None
     try:
         _write_files(source, build, paths, texts)
         notebooks = _write_notebooks(build, paths, table.fenced_folders)

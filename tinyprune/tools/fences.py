@@ -67,8 +67,8 @@ import tokenize
 from collections import namedtuple
 from pathlib import Path
 
-__all__ = ["CourseError", "SolutionLeak", "Fence", "Table", "load_table", "find_fences", "in_folders", "cut_text",
-           "solution_lines", "is_trivial", "find_survivors"]
+__all__ = ["CourseError", "SolutionLeak", "Fence", "Table", "load_table", "find_fences", "in_folders",
+           "cut_text", "solution_lines", "is_trivial", "find_survivors"]
 
 MIN_CODE = 5
 TRIVIAL_KEYWORDS = {"pass", "break", "continue", "return", "raise", "else:", "try:", "finally:"}
@@ -273,8 +273,8 @@ def find_fences(root, paths, table):
     for path in paths:
         if not path.endswith(".py") or not in_folders(path, table.fenced_folders):
             continue
-        if path not in listed and "SOLUTION" not in (Path(root) / path).read_bytes().decode("utf-8", "replace").upper():
-            continue
+        if path not in listed and b"SOLUTION" not in (Path(root) / path).read_bytes().upper():
+            continue                              # no fence can stand in it: spare the parsing
         source = sources[path] = read_source(root, path)
         for begin, end, indent, named in raw_fences(source):
             chain = enclosing_functions(source, begin, end)
@@ -413,7 +413,7 @@ def _twins(source, fence):
 # ---------------------------------------------------------------------------
 
 def is_trivial(line):
-    """True when a line of code (its comment removed) computes nothing (the rule is in the module docstring)."""
+    """True when a line of code (comment removed) computes nothing; the rule is in the module docstring."""
     code = "".join(line.split())
     return (len(code) < MIN_CODE or code in TRIVIAL_KEYWORDS
             or re.fullmatch(r"[()\[\]{}:,;]*", code) is not None
@@ -454,6 +454,8 @@ def solution_lines(source, fences):
 
 def _text_lines(path):
     """(label, line) pairs of a text file, a notebook's cells one by one; [] for a binary file."""
+    if not path.is_file():
+        return []                                 # a dangling link
     data = path.read_bytes()
     if b"\0" in data:
         return []

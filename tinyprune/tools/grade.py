@@ -127,10 +127,10 @@ def build_parser():
         description="Run the tests of a course copy and score each exercise (1 when all its tests pass).")
     parser.add_argument("dir", nargs="?", default=".", metavar="DIR",
                         help="the copy to grade (default: the current folder)")
-    parser.add_argument("--json", metavar="FILE", default=None,
-                        help="also write the scores in Gradescope's results format")
     parser.add_argument("--table", metavar="FILE", default=None,
                         help=f"the exercise table (default: DIR/{TABLE})")
+    parser.add_argument("--json", metavar="FILE", default=None,
+                        help="also write the scores in Gradescope's results format (one test per exercise)")
     return parser
 
 
