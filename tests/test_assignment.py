@@ -194,6 +194,13 @@ def test_a_folder_that_is_not_empty_is_refused_and_left_alone(capsys, course, tm
     assert files(tmp_path / "hw") == ["notes.txt"]
 
 
+def test_a_file_given_as_the_folder_is_refused(capsys, course, tmp_path):
+    (tmp_path / "hw").write_text("mine")
+    code, _, err = run(capsys, course, "--out", tmp_path / "hw")
+    assert code == 2 and err.endswith("is a file; give a new or empty folder\n")
+    assert (tmp_path / "hw").read_text() == "mine"
+
+
 def test_an_empty_folder_is_filled(capsys, course, tmp_path):
     (tmp_path / "hw").mkdir()
     code, _, _ = run(capsys, course, "--out", tmp_path / "hw")
