@@ -1,0 +1,87 @@
+"""The course's exercises, declared once: what ``tinyprune assignment`` cuts and ``tinyprune grade`` scores.
+
+An exercise is a region of the real source between two comment lines,
+nbgrader's fences, indented like the code they enclose::
+
+    def backward(self, dy):
+        x = self._cache
+        ### BEGIN SOLUTION
+        ...the answer...
+        ### END SOLUTION
+
+Which exercise a fence belongs to:
+
+* a bare ``### BEGIN SOLUTION`` belongs to the exercise whose ``places``
+  list the function it stands in (``file:Class.method`` or ``file:function``);
+* ``### BEGIN SOLUTION prune.3`` names its exercise; that form is needed
+  where no function encloses the fence (a tutorial cell) or where two
+  exercises share one function.
+
+Every place of an exercise must hold at least one fence, and every fence in
+``FENCED_FOLDERS`` must belong to exactly one exercise; ``tinyprune
+assignment`` refuses to cut otherwise, so a table and a source that disagree
+never hand out an answer.
+
+The first place is the function the student writes.  More places are the
+same computation written again elsewhere, typically the plain-Python twin of
+a Numba kernel (``tinyprune/kernels.py:_depthwise_backward``); the student
+copy cuts them too, and compiles no twin of a cut kernel (see
+``tinyprune.tools.fences``).
+
+``depends`` names the chapters or exercises whose code the exercise's tests
+run: cutting those as well makes this exercise's tests fail too.  A chapter
+is a pytest marker (``pytest -m prune``); each exercise has its own marker,
+``ex_<chapter>_<n>`` (``pytest -m ex_layers_2``), which its tests carry and
+``tinyprune grade`` scores by.
+
+This module imports nothing from tinyprune, so ``tinyprune assignment
+--table`` can load a table like it from any tree (the tests load one from a
+miniature course under ``tests/kit_fixture``).
+"""
+
+from collections import namedtuple
+
+__all__ = ["Exercise", "CHAPTERS", "FENCED_FOLDERS", "EXERCISES", "marker"]
+
+# The chapters, in the order a reader follows the pipeline; each is a pytest marker.
+CHAPTERS = ("layers", "kernels", "prune", "propagate", "resize", "count", "data", "train", "plots",
+            "tutorials")
+
+# The folders whose Python files may hold fences; tests are never cut.
+FENCED_FOLDERS = ("tinyprune", "tutorials")
+
+Exercise = namedtuple("Exercise", "id title places depends", defaults=((),))
+Exercise.__doc__ = """One exercise of the course.
+
+``id``: ``<chapter>.<n>``, e.g. ``"layers.2"``; ``title``: a few words, shown
+in the stub's message; ``places``: ``"file:function"`` strings, the function
+the student writes first, then its twins; ``depends``: ids or chapter names
+whose code the exercise's tests use.
+"""
+
+
+def marker(exercise_id):
+    """The pytest marker of an exercise: ``"layers.2"`` -> ``"ex_layers_2"``."""
+    return "ex_" + exercise_id.replace(".", "_")
+
+
+# The lead completes this table once the fences are in the source (at least 15
+# exercises, in pipeline order); these are the ones whose functions exist today.
+EXERCISES = (
+    Exercise("layers.1", "the depthwise convolution's backward pass",
+             ("tinyprune/conv.py:DepthwiseConv2d.backward", "tinyprune/kernels.py:_depthwise_backward")),
+    Exercise("layers.2", "the dense layer's backward pass", ("tinyprune/layers.py:Dense.backward",)),
+    Exercise("layers.3", "BatchNorm's backward pass in train mode",
+             ("tinyprune/layers.py:BatchNorm2d.backward", "tinyprune/kernels.py:_batchnorm_train_backward")),
+    Exercise("layers.4", "the convolution's backward pass", ("tinyprune/conv.py:Conv2d.backward",),
+             depends=("kernels",)),
+    Exercise("prune.1", "LevelPrune: zero the smallest weights by magnitude",
+             ("tinyprune/strategies.py:LevelPrune.__call__",)),
+    Exercise("prune.2", "ThresholdPrune: zero the weights below a magnitude",
+             ("tinyprune/strategies.py:ThresholdPrune.__call__",)),
+    Exercise("prune.3", "ChannelPrune: zero the weakest output channels",
+             ("tinyprune/strategies.py:ChannelPrune.__call__",)),
+    Exercise("count.1", "the three counting rules of one layer", ("tinyprune/count.py:layer_dot_prods",)),
+    Exercise("train.1", "binary cross-entropy and its gradient", ("tinyprune/train.py:bce_with_logits",)),
+    Exercise("train.2", "one Adam step", ("tinyprune/optim.py:Adam.step",)),
+)
