@@ -304,7 +304,6 @@ def test_a_walked_tree_leaves_out_caches_environments_and_build_output(course):
     assert tree_files(course) == FIXTURE_FILES
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_a_git_checkout_gives_its_tracked_files_only(course):
     subprocess.run(["git", "init", "-q", str(course)], check=True)
     subprocess.run(["git", "-C", str(course), "add", "."], check=True)
@@ -321,7 +320,6 @@ def test_without_jupytext_the_tutorials_stay_scripts_and_a_note_says_so(capsys, 
 
 
 def test_with_jupytext_each_tutorial_also_becomes_a_notebook(capsys, course, tmp_path):
-    pytest.importorskip("jupytext")
     run(capsys, course, "--out", tmp_path / "hw")
     notebook = json.loads(read(tmp_path / "hw", "tutorials/intro.ipynb"))
     sources = ["".join(cell["source"]) for cell in notebook["cells"]]
