@@ -124,7 +124,7 @@ def test_each_cut_region_becomes_a_stub_naming_its_exercise_and_title(capsys, co
 def test_the_cut_changes_nothing_but_the_regions_and_the_twin_line(capsys, course, tmp_path):
     run(capsys, course, "--out", tmp_path / "hw")
     hw = tmp_path / "hw"
-    assert files(hw) == sorted(files(course) + ["assignment.json"])
+    assert files(hw) == sorted(files(course) + ["assignment.json", "tutorials/intro.ipynb"])
     assert read(hw, "kitpkg/ops.py") == read(course, "kitpkg/ops.py").replace(
         SOFTSIGN, SOFTSIGN_STUB).replace(DOUBLER, DOUBLER_STUB)
     assert read(hw, "kitpkg/kernels.py") == read(course, "kitpkg/kernels.py").replace(
@@ -174,7 +174,7 @@ def test_an_unknown_exercise_is_refused_in_one_line_naming_the_known_ones(capsys
 def test_the_solutions_copy_is_the_source_byte_for_byte(capsys, course, tmp_path):
     code, _, _ = run(capsys, course, "--out", tmp_path / "key", "--solutions")
     assert code == 0
-    assert files(tmp_path / "key") == sorted(files(course) + ["assignment.json"])
+    assert files(tmp_path / "key") == sorted(files(course) + ["assignment.json", "tutorials/intro.ipynb"])
     for path in files(course):
         assert (tmp_path / "key" / path).read_bytes() == (course / path).read_bytes(), path
     assert json.loads(read(tmp_path / "key", "assignment.json"))["solutions"] is True
@@ -222,9 +222,11 @@ def test_a_solution_line_left_in_a_tutorial_stops_the_copy_and_names_it(capsys, 
          "# then run this cell. (Answer: return x / (1.0 + np.abs(x)))\n")
     code, _, err = run(capsys, course, "--out", tmp_path / "hw")
     assert code == 1
-    assert "lines of cut solutions survive in the copy (1); nothing was written" in err
+    # Found twice: in the tutorial script and in the notebook made from it.
+    assert "lines of cut solutions survive in the copy (2); nothing was written" in err
     assert ("layers.1: 'return x / (1.0 + np.abs(x))' (cut from kitpkg/ops.py:11) survives in "
             "tutorials/intro.py:5") in err
+    assert "survives in tutorials/intro.ipynb, cell 1" in err
     assert list(tmp_path.iterdir()) == [course]          # no copy, no temporary folder left
 
 
