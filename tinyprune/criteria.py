@@ -90,10 +90,11 @@ def batchnorm_scores(model):
     names the layer).  In MobileNet every conv, depthwise ones included, has
     its BatchNorm.
     """
-    leaves = list(model.named_layers()) if isinstance(model, Layer) else []
-    following = {id(layer): after for (_, layer), (_, after) in zip(leaves, leaves[1:])}
+    convs = _channel_layers(model, "batchnorm_scores")
+    leaves = [layer for _, layer in model.named_layers()]
+    following = {id(layer): after for layer, after in zip(leaves, leaves[1:])}
     scores = {}
-    for path, layer in _channel_layers(model, "batchnorm_scores"):
+    for path, layer in convs:
         bn = following.get(id(layer))
         if isinstance(bn, BatchNorm2d) and bn.channels == layer.weight.shape[0]:
             scores[path] = np.abs(bn.effective("weight").astype(np.float64))

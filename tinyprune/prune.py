@@ -269,15 +269,16 @@ def prune_in_place(strategy, model):
     optimiser bound to ``model`` keeps its parameters, and reads the new
     masks at its next step, so the pruned weights stay at zero from then on.
 
-    The work is ``prune``'s, done on a copy; then the copy's masks are set on
-    ``model`` and the entries they drop zeroed in ``model``'s own arrays.
-    That is all ``prune`` changes (every array it zeroes gets a mask), so the
-    two give the same model, and a refused call leaves ``model`` untouched.
+    The work is ``prune``'s, done on a copy; then every array that carries a
+    mask in the copy is copied, values and mask, into ``model``'s own array.
+    Those are all the arrays ``prune`` changes (it changes an array only by
+    masking it), so the two give the same model, and a refused call leaves
+    ``model`` untouched.
     """
     pruned = prune(strategy, model)
     for (_, layer), (_, done) in zip(model.named_layers(), pruned.named_layers()):
-        for name, keep in done.masks.items():
-            getattr(layer, name)[~keep] = 0
+        for name in done.masks:
+            getattr(layer, name)[...] = getattr(done, name)
         layer.masks = dict(done.masks)
     return model
 
