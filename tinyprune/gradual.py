@@ -26,9 +26,9 @@ each pruning step prunes the model *in place*
 model, honours the new masks from its next step on.  Levels count from the
 full size and masked weights rank first, so every pruning step keeps what
 the last one pruned and adds to it: masks only lose entries, and after the
-last step the level is exactly s_f (``LevelPrune``: ``n - ceil((1 - s_f) n)``
-zeros per layer; ``GlobalLevelPrune``: that many in the whole model;
-``ChannelPrune``: that many channels per conv).
+last step the level is exactly s_f (``LevelPrune``: ``N - ceil((1 - s_f) N)``
+zeros in a layer of N weights; ``GlobalLevelPrune``: that many of all N
+weights of the model; ``ChannelPrune``: that many of a conv's N channels).
 """
 
 from .common import check_int, check_level
