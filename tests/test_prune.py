@@ -589,3 +589,26 @@ def test_iterativeprune_refuses_bad_arguments_and_a_finetune_without_a_verdict()
     with pytest.raises(TypeError, match="stages must be a list"):
         iterativeprune(lambda m: True, LevelPrune(0.2), model)
     assert_same_snapshot(before, snapshot(model))
+
+
+@pytest.mark.parametrize("strategy", [ChannelPrune(0.2), LevelPrune(0.2), GlobalLevelPrune(0.2)], ids=repr)
+def test_non_finite_weights_are_named_by_layer_not_blamed_on_the_strategy(small_model, strategy):
+    model = small_model.copy()
+    model[0][6].weight[1, 2] = np.nan
+    model[0][6].weight[3, 0] = np.inf
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"prune: model\[0\]\[6\]: the weights are not finite \(2 NaN or "
+                                         r"infinite entries among 128\)"):
+        prune(strategy, model)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_sparsity_and_iterativeprune_say_what_they_expected():
+    with pytest.raises(TypeError, match="sparsity: expected a model .*got NoneType"):
+        sparsity(None)
+    calls = []
+    with pytest.raises(TypeError, match="stages must be a list of stages .*got 'abc'"):
+        iterativeprune(calls.append, "abc", tiny_model())
+    with pytest.raises(TypeError, match=r"stage 2 of 2: .*expected a pruning strategy.*got 'b'"):
+        iterativeprune(calls.append, [LevelPrune(0.2), "b"], tiny_model())
+    assert calls == [], "a stage was finetuned before the bad one was found"

@@ -14,7 +14,8 @@ from tinyprune import (BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatt
                        gradcheck, slopehtanh)
 from tinyprune.propagate import channel_constants, prune_propagate, segments
 from tinyprune.prune import ChannelPrune, LevelPrune, keepprune, prune
-from tinyprune.resize import channel_counts, resize
+from tinyprune.criteria import magnitude_scores
+from tinyprune.resize import channel_counts, resize, sort_channels
 
 from helpers import (ChannelScale, assert_float32_costs_no_more_than_rounding,
                      assert_returns_a_new_model_and_leaves_its_argument_alone, assert_same_function,
@@ -502,3 +503,69 @@ def test_pretrained_float32_output_is_unchanged_to_1e_5(mode):
     assert np.abs(outs[1] - outs[0]).max() / scale < 1e-5
     assert np.abs(outs[2] - outs[0]).max() / scale < 1e-5
     assert r[0][6].c_out < m[0][6].c_out   # resize really removed channels
+
+
+# ---------------------------------------------------------------------------
+# Sorting channels by importance
+# ---------------------------------------------------------------------------
+
+def consumer_slice_norms(seg):
+    """(C,) L2 norm of everything the segment's consumer reads from each channel."""
+    return np.sqrt((seg.reading_weights() ** 2).sum(axis=(0, 2)))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sorted_random_chains_compute_the_same_function_to_1e_12(seed):
+    model, x = random_chain(seed)
+    assert_same_function(sort_channels(model), model, x, 1e-12)
+
+
+def test_sort_channels_orders_every_segment_by_what_its_consumer_reads(propagated, batch):
+    ordered = sort_channels(propagated)
+    for seg in segments(ordered):
+        norms = consumer_slice_norms(seg)
+        assert np.all(np.diff(norms) <= 0), seg
+    assert_same_function(ordered, propagated, batch, 1e-12)
+    assert_returns_a_new_model_and_leaves_its_argument_alone(sort_channels, propagated)
+
+
+def test_sort_channels_by_scores_moves_every_array_of_a_channel_together(pruned):
+    scores = magnitude_scores(pruned)
+    ordered = sort_channels(pruned, scores)
+    # Group 2: pointwise [0][12] -> BatchNorm [0][13] -> depthwise [0][15] -> BatchNorm [0][16] -> [0][18].
+    # [0][12] also reads group 1, whose order permutes its inputs.
+    order = np.argsort(-scores["[0][12]"], kind="stable")
+    before = np.argsort(-scores["[0][6]"], kind="stable")
+    np.testing.assert_array_equal(magnitude_scores(ordered)["[0][12]"], scores["[0][12]"][order])
+    np.testing.assert_array_equal(ordered[0][12].weight, pruned[0][12].weight[order][:, before])
+    for path, name in (("[0][13]", "running_mean"), ("[0][13]", "weight"), ("[0][15]", "weight"),
+                       ("[0][16]", "bias"), ("[0][16]", "running_var")):
+        old, new = dict(pruned.named_layers())[path], dict(ordered.named_layers())[path]
+        np.testing.assert_array_equal(getattr(new, name), getattr(old, name)[order], err_msg=path + name)
+        if name in old.masks:
+            np.testing.assert_array_equal(new.masks[name], old.masks[name][order], err_msg=path)
+    after = np.argsort(-scores["[0][18]"], kind="stable")          # [0][18] makes group 3
+    np.testing.assert_array_equal(ordered[0][18].weight, pruned[0][18].weight[after][:, order])
+
+
+def test_resize_after_sorting_keeps_the_surviving_channels_in_importance_order(propagated, batch):
+    scores = magnitude_scores(propagated)
+    resized = resize(sort_channels(propagated, scores))
+    producers = [f"[0][{i}]" for i in [0] + [6 * g for g in range(1, 14)]]
+    for path in producers:
+        kept = magnitude_scores(resized)[path]
+        assert np.all(np.diff(kept) <= 0), path
+        assert len(kept) < len(scores[path]), path
+    assert_same_function(resized, propagated, batch, 1e-9)
+
+
+def test_sort_channels_refuses_scores_for_layers_it_does_not_have():
+    model = Chain(Conv2d(2, 3, 1, rng=np.random.default_rng(0)), ReLU(), Conv2d(3, 1, 1))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"name no layer of the model: \['\[7\]'\]"):
+        sort_channels(model, {"[7]": np.ones(3)})
+    with pytest.raises(ValueError, match=r"scores for model\[0\] must be 3 finite numbers"):
+        sort_channels(model, {"[0]": np.ones(4)})
+    with pytest.raises(TypeError, match="scores must be a dict"):
+        sort_channels(model, [1.0, 2.0, 3.0])
+    assert_same_snapshot(before, snapshot(model))

@@ -6,7 +6,9 @@ The strategies themselves (``LevelPrune``, ``ChannelPrune``, ...) live in
 
 ``prune(strategy, model)`` returns a pruned *copy* of the model: it walks the
 layers, calls the strategy on every weight array it may prune, and stores the
-result in ``layer.masks["weight"]``.  The layers honour the mask everywhere:
+result in ``layer.masks["weight"]``.  ``prune_in_place(strategy, model)`` does
+the same to the model itself (to prune while training: see
+:mod:`tinyprune.gradual`).  The layers honour the mask everywhere:
 the forward pass reads masked entries as zero, the backward pass gives them
 zero gradient, and the optimisers put them back to zero after every step.
 So a pruned weight stays pruned through finetuning, until ``keepprune``
@@ -30,15 +32,22 @@ import numpy as np
 from .activations import identity
 from .common import check_int, format_table
 from .layers import Chain, Dense, Layer, layer_at, parse_path
-from .strategies import WEIGHTED_LAYERS, PruningStrategy
+from .strategies import WEIGHTED_LAYERS, PruningStrategy, check_weights
 # re-exported, so that ``from tinyprune.prune import LevelPrune`` keeps working
-from .strategies import ChannelPrune, GlobalLevelPrune, LevelPrune, ThresholdPrune, l1, l2  # noqa: F401
+from .strategies import (ChannelPrune, GlobalLevelPrune, LevelPrune, NMPrune, ThresholdPrune,  # noqa: F401
+                         l1, l2)
 
 __all__ = [
     "PruningStrategy", "LevelPrune", "ThresholdPrune", "ChannelPrune", "GlobalLevelPrune",
-    "l1", "l2", "prune", "keepprune", "sparsity", "SparsityTable", "SparsityRow",
-    "iterativeprune",
+    "NMPrune", "l1", "l2", "prune", "prune_in_place", "keepprune", "sparsity", "SparsityTable",
+    "SparsityRow", "iterativeprune",
 ]
+
+
+def _check_model(model, where):
+    """A TypeError naming the function unless ``model`` is a Layer (a Chain is one)."""
+    if not isinstance(model, Layer):
+        raise TypeError(f"{where}: expected a model (a Layer or Chain), got {type(model).__name__}")
 
 
 # ---------------------------------------------------------------------------
@@ -119,7 +128,11 @@ def _find(model, path):
 
 
 def _assignments(strategy, model):
-    """Which strategy prunes which leaf: ``[(path, layer, strategy)]``, each leaf at most once."""
+    """Which strategy prunes which leaf: ``[(path, layer, strategy)]``, each leaf at most once.
+
+    Also checks that every weight to be ranked is finite, so that a model
+    gone bad (NaN after a diverged training) is named before anything changes.
+    """
     if not isinstance(strategy, dict):
         found = _assign(strategy, model, "")
     else:
@@ -135,6 +148,8 @@ def _assignments(strategy, model):
             raise ValueError(f"prune: model{path} is given two strategies; name each layer once "
                              "(a path or list entry for a Chain covers every layer inside it)")
         seen.add(id(layer))
+    for path, layer, _ in found:
+        check_weights(layer.weight, layer.masks.get("weight"), f"prune: model{path}")
     return found
 
 
@@ -146,10 +161,10 @@ def _add_mask(layer, name, keep):
     getattr(layer, name)[~keep] = 0
 
 
-def _strategy_mask(strategy, layer):
+def _strategy_mask(strategy, layer, path):
     """The strategy's keep-mask for ``layer.weight``, checked to be one (a user's strategy may err)."""
     w = layer.weight
-    keep = np.asarray(strategy(w, layer.masks.get("weight")))
+    keep = np.asarray(strategy.mask_for(layer, path))
     if keep.shape != w.shape or keep.dtype != bool:
         raise ValueError(f"{strategy!r} returned a {keep.dtype} array of shape {keep.shape}; "
                          f"expected a boolean keep-mask of the weight's shape {w.shape}")
@@ -225,10 +240,10 @@ def prune(strategy, model):
     Errors (ValueError or TypeError, naming the layer path or argument): a
     list whose length differs from its chain, a path naming no layer, a
     strategy named for a layer it cannot prune (LevelPrune on a BatchNorm), a
-    model with nothing the strategy can prune, a layer named twice.
+    model with nothing the strategy can prune, a layer named twice, weights
+    that are NaN or infinite.
     """
-    if not isinstance(model, Layer):
-        raise TypeError(f"prune: expected a model (a Layer or Chain), got {type(model).__name__}")
+    _check_model(model, "prune")
     pruned = model.copy()
     assignments = _assignments(strategy, pruned)   # checks everything before any change
     if isinstance(strategy, PruningStrategy) and strategy.whole_model:
@@ -238,7 +253,7 @@ def prune(strategy, model):
     following = {id(a): b for a, b in zip(leaves, leaves[1:])}   # the next leaf, across chains
     for path, layer, s in assignments:
         try:
-            keep = _strategy_mask(s, layer)
+            keep = _strategy_mask(s, layer, path)
             if s.structure == "channels":
                 _prune_channels(s, layer, following.get(id(layer)), keep)
             _add_mask(layer, "weight", keep)
@@ -247,14 +262,34 @@ def prune(strategy, model):
     return pruned
 
 
+def prune_in_place(strategy, model):
+    """Prune ``model`` itself, as ``prune`` would prune a copy; returns ``model``.
+
+    For pruning while training (:class:`tinyprune.gradual.GradualPrune`): an
+    optimiser bound to ``model`` keeps its parameters, and reads the new
+    masks at its next step, so the pruned weights stay at zero from then on.
+
+    The work is ``prune``'s, done on a copy; then every array that carries a
+    mask in the copy is copied, values and mask, into ``model``'s own array.
+    Those are all the arrays ``prune`` changes (it changes an array only by
+    masking it), so the two give the same model, and a refused call leaves
+    ``model`` untouched.
+    """
+    pruned = prune(strategy, model)
+    for (_, layer), (_, done) in zip(model.named_layers(), pruned.named_layers()):
+        for name in done.masks:
+            getattr(layer, name)[...] = getattr(done, name)
+        layer.masks = dict(done.masks)
+    return model
+
+
 def keepprune(model):
     """A copy of ``model`` with its masks baked in: masked entries are plain zeros, no masks left.
 
     Training the result may regrow the zeroed weights, since nothing keeps
     them at zero any more.  ``model`` itself is not changed.
     """
-    if not isinstance(model, Layer):
-        raise TypeError(f"keepprune: expected a model (a Layer or Chain), got {type(model).__name__}")
+    _check_model(model, "keepprune")
     baked = model.copy()
     for _, layer in baked.named_layers():
         for name, keep in layer.masks.items():
@@ -311,6 +346,7 @@ def sparsity(model):
     weights are all zero.  Biases and BatchNorm are not counted.  Returns a
     :class:`SparsityTable`.
     """
+    _check_model(model, "sparsity")
     rows = []
     for path, layer in model.named_layers():
         if not isinstance(layer, WEIGHTED_LAYERS):
@@ -350,14 +386,23 @@ def iterativeprune(finetune, stages, model, maxtries=5):
 
     ``model`` is never changed.  Returns the model after the last stage that
     passed.  Note levels count from the full size (see ``prune``), so stages
-    ``[LevelPrune(0.2), LevelPrune(0.5)]`` end at half the weights.
+    ``[LevelPrune(0.2), LevelPrune(0.5)]`` end at half the weights.  Every
+    stage is checked against ``model`` before the first finetuning, so a
+    mistake in stage 3 does not wait for two stages of training.
     """
     maxtries = check_int(maxtries, "maxtries", "iterativeprune")
     if not callable(finetune):
         raise TypeError(f"iterativeprune: finetune must be a function of the model, got {finetune!r}")
-    if isinstance(stages, (PruningStrategy, dict)) or not hasattr(stages, "__iter__"):
-        raise TypeError(f"iterativeprune: stages must be a list of stages, e.g. [LevelPrune(0.2), "
-                        f"LevelPrune(0.5)], got {stages!r}")
+    _check_model(model, "iterativeprune")
+    if isinstance(stages, (PruningStrategy, dict, str, bytes)) or not hasattr(stages, "__iter__"):
+        raise TypeError(f"iterativeprune: stages must be a list of stages (strategies, or lists or "
+                        f"dicts of them), e.g. [LevelPrune(0.2), LevelPrune(0.5)], got {stages!r}")
+    stages = list(stages)
+    for number, stage in enumerate(stages, start=1):
+        try:
+            _assignments(stage, model)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"iterativeprune: stage {number} of {len(stages)}: {error}") from None
     passed = model.copy()
     for number, stage in enumerate(stages, start=1):
         candidate = prune(stage, passed)

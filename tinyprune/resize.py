@@ -23,6 +23,12 @@ channels and output channels are never removed.
 Masks are sliced along with their arrays.  ``channel_counts`` and
 ``resize(model, return_record=True)`` give the per-layer channel counts
 before and after, ready to plot.
+
+``sort_channels`` permutes the same arrays instead of cutting them: every
+segment's channels in descending importance, the function unchanged.  Run
+before ``resize``, it leaves the kept channels of the smaller model in
+importance order (as the MIT 6.5940 pruning lab does before it cuts the
+last channels of each layer).
 """
 
 from collections import namedtuple
@@ -32,7 +38,7 @@ import numpy as np
 from .layers import Layer
 from .propagate import channel_count, channel_index, segments
 
-__all__ = ["resize", "channel_counts", "ChannelCount", "ResizedLayer"]
+__all__ = ["resize", "sort_channels", "channel_counts", "ChannelCount", "ResizedLayer"]
 
 ChannelCount = namedtuple("ChannelCount", "path type c_in c_out")
 ChannelCount.__doc__ = """Channels of one layer: ``path`` ("[0][3]"), ``type`` ("Conv2d"),
@@ -74,6 +80,20 @@ def _take(layer, name, index):
     layer._cache = None
 
 
+def _select_channels(selections):
+    """Keep, for each ``(segment, channels, consumer_index)``, the ``channels`` in that order.
+
+    Every array the segment's channels cross is cut (or permuted) along its
+    channel axis, and the consumer's reading array at ``consumer_index``.
+    That index must be computed before any change: a cut producer changes
+    the channel count it is computed from.
+    """
+    for seg, channels, consumer_index in selections:
+        for layer, name, axis in seg.channel_arrays():
+            _take(layer, name, channel_index(axis, channels))
+        _take(seg.consumer, seg.reading_array, consumer_index)
+
+
 def resize(model, return_record=False):
     """A smaller copy of ``model`` with every unread channel removed; ``model`` is unchanged.
 
@@ -112,10 +132,7 @@ def resize(model, return_record=False):
             keep = np.array([0])
         cuts.append((seg, keep, seg.consumer_index(keep)))
 
-    for seg, keep, consumer_index in cuts:
-        for layer, name, axis in seg.channel_arrays():
-            _take(layer, name, channel_index(axis, keep))
-        _take(seg.consumer, seg.reading_array, consumer_index)
+    _select_channels(cuts)
 
     if not return_record:
         return resized
@@ -123,3 +140,61 @@ def resize(model, return_record=False):
     rows = [ResizedLayer(b.path, b.type, b.c_in, b.c_out, a.c_in, a.c_out)
             for b, a in zip(before, after)]
     return resized, rows
+
+
+def _importance(seg, scores):
+    """(C,) importance of ``seg``'s channels, or None to leave the segment as it is.
+
+    Without ``scores``: the L2 norm of everything the consumer reads from
+    each channel (its input slice), the MIT lab's choice, since a channel
+    read with small weights changes the next layer little.  With
+    ``scores``: the producer's entry; a segment whose producer has none is
+    left alone.
+    """
+    if scores is None:
+        return np.sqrt((seg.reading_weights() ** 2).sum(axis=(0, 2)))
+    if seg.producer_path not in scores:
+        return None
+    importance = np.asarray(scores[seg.producer_path], dtype=np.float64)
+    if importance.shape != (seg.channels,) or not np.all(np.isfinite(importance)):
+        raise ValueError(f"sort_channels: scores for model{seg.producer_path} must be {seg.channels} "
+                         f"finite numbers, one per channel; got shape {importance.shape}")
+    return importance
+
+
+def sort_channels(model, scores=None):
+    """A copy of ``model`` with every segment's channels in descending importance; same function.
+
+    A segment's channels (see :mod:`tinyprune.propagate`) may run in any
+    order, as long as every array that carries them follows: the producer's
+    rows and bias, each per-channel layer's arrays (BatchNorm's gamma, beta
+    and running statistics, depthwise filters) and the consumer's input
+    slices, all permuted alike, masks too.  Which arrays those are the
+    layers declare, as for ``resize``.  The model's inputs and outputs are
+    never permuted, so the result computes what ``model`` computes, in
+    train and in eval mode (up to float rounding in the sums' order).
+
+    ``scores``: None ranks each channel by the L2 norm of its consumer's
+    input slice; or a dict from a producer's path to its (C,) scores, such
+    as :mod:`tinyprune.criteria` returns (``ChannelScores``): segments whose
+    producer has no entry keep their order.  Ties keep their order.
+    ``model`` is not changed.
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"sort_channels: expected a model (a Layer or Chain), got {type(model).__name__}")
+    if scores is not None and not isinstance(scores, dict):
+        raise TypeError(f"sort_channels: scores must be a dict {{layer path: (C,) scores}}, "
+                        f"got {type(scores).__name__}")
+    unknown = sorted(set(scores or {}) - {path for path, _ in model.named_layers()})
+    if unknown:
+        raise ValueError(f"sort_channels: scores has entries for paths that name no layer of the "
+                         f"model: {unknown[:3]}")
+    result = model.copy()
+    orders = []
+    for seg in segments(result):
+        importance = _importance(seg, scores)
+        if importance is not None:
+            order = np.argsort(-importance, kind="stable")
+            orders.append((seg, order, seg.consumer_index(order)))
+    _select_channels(orders)
+    return result

@@ -6,6 +6,7 @@ A *strategy* is a small value.  Called on a weight array it returns a boolean
     LevelPrune(0.2)(w)        # keep the ceil(0.8 * w.size) largest |w|
     ThresholdPrune(0.01)(w)   # keep |w| >= 0.01
     ChannelPrune(0.2)(w)      # keep the ceil(0.8 * C_out) output channels of largest L1 norm
+    NMPrune(2, 4)(w)          # keep the 2 largest |w| of every 4 consecutive inputs
 
 A strategy only decides; ``tinyprune.prune.prune`` applies it to a model,
 and its class attributes tell ``prune`` how: ``structure`` (single entries
@@ -18,7 +19,9 @@ What each strategy may prune:
   (never biases, never BatchNorm);
 * ``ChannelPrune``: the weights of ``Conv2d`` and ``DepthwiseConv2d``, whole
   output channels at a time (and, through ``prune``, the following
-  BatchNorm's gamma and beta).
+  BatchNorm's gamma and beta);
+* ``NMPrune``: the weights of the layers whose rows (the weights of one
+  output) hold a whole number of groups of m, entry by entry within each group.
 
 Repeated pruning composes: levels count from the array's full size, with
 already-masked entries ranked as the smallest.  So pruning 0.2 and then
@@ -33,16 +36,18 @@ import numbers
 
 import numpy as np
 
-from .common import check_level
+from .common import check_int, check_level
 from .layers import Conv2d, Dense, DepthwiseConv2d
 
 __all__ = ["PruningStrategy", "LevelPrune", "ThresholdPrune", "ChannelPrune", "GlobalLevelPrune",
-           "l1", "l2"]
+           "NMPrune", "l1", "l2"]
 
 # The layers whose weight is a filter or a matrix, which strategies prune and
 # ``sparsity`` counts.  (BatchNorm's per-channel scale is also called
 # "weight"; it is never pruned for its own sake.)
 WEIGHTED_LAYERS = (Conv2d, DepthwiseConv2d, Dense)
+# The layers whose output channels ChannelPrune ranks and the channel criteria score.
+CHANNEL_LAYERS = (Conv2d, DepthwiseConv2d)
 
 
 # ---------------------------------------------------------------------------
@@ -59,13 +64,25 @@ def _n_pruned(p, n):
     return n - math.ceil((1 - p) * n)
 
 
-def _check_keep(keep, w, who):
+def check_weights(w, keep, who):
+    """``keep`` as a boolean array of ``w``'s shape (all True for None), once both are fit to rank.
+
+    ValueError if the mask has another shape or type, or if a kept weight is
+    NaN or infinite: a magnitude ranking of such weights means nothing, and
+    the fault is the weights', not the strategy's.  ``prune`` calls this for
+    every layer before it changes anything; the strategies call it too, for
+    whoever calls them on an array.
+    """
     if keep is None:
-        return np.ones(w.shape, dtype=bool)
+        keep = np.ones(w.shape, dtype=bool)
     keep = np.asarray(keep)
     if keep.shape != w.shape or keep.dtype != bool:
         raise ValueError(f"{who}: the keep-mask must be a boolean array of the weight's shape "
                          f"{w.shape}, got {keep.dtype} of shape {keep.shape}")
+    bad = int(np.count_nonzero(~np.isfinite(w) & keep))
+    if bad:
+        raise ValueError(f"{who}: the weights are not finite ({bad} NaN or infinite entries among "
+                         f"{w.size}); pruning ranks magnitudes, which needs finite weights")
     return keep
 
 
@@ -114,6 +131,11 @@ class PruningStrategy:
     and ``targets`` says the same in words for error messages.  Write your own
     strategy by subclassing and defining ``__call__`` (and ``structure``,
     ``can_prune`` and ``targets`` if the defaults do not fit).
+
+    ``prune`` asks for a layer's mask through ``mask_for(layer, path)``,
+    which by default is ``self(layer.weight, layer.masks.get("weight"))``.
+    A strategy that must know *which* layer it prunes -- ``ChannelPrune``
+    given scores computed beforehand for each layer path -- overrides it.
     """
 
     structure = "entries"
@@ -122,6 +144,10 @@ class PruningStrategy:
 
     def can_prune(self, layer):
         return isinstance(layer, WEIGHTED_LAYERS)
+
+    def mask_for(self, layer, path):
+        """The keep-mask for ``layer.weight``; ``path`` ("[0][3]") names the layer in the model."""
+        return self(layer.weight, layer.masks.get("weight"))
 
     def __call__(self, w, keep=None):
         raise NotImplementedError
@@ -153,7 +179,7 @@ class LevelPrune(PruningStrategy):
 
     def __call__(self, w, keep=None):
         w = np.asarray(w)
-        keep = _check_keep(keep, w, repr(self))
+        keep = check_weights(w, keep, repr(self))
         magnitude = np.abs(w).ravel()
         # np.lexsort sorts by its *last* key first: masked entries (keep False)
         # come before kept ones, then by magnitude.  It is a stable sort, so
@@ -202,7 +228,7 @@ class ThresholdPrune(PruningStrategy):
 
     def __call__(self, w, keep=None):
         w = np.asarray(w)
-        _check_keep(keep, w, repr(self))
+        check_weights(w, keep, repr(self))
         return np.abs(w) >= self.t
 
 
@@ -210,20 +236,30 @@ class ChannelPrune(PruningStrategy):
     """Structured pruning: zero whole output channels of every convolution.
 
     In every Conv2d and DepthwiseConv2d (Dense layers are untouched) the C_out
-    output channels ``w[c]`` are scored by ``magnitude`` and the
-    ``C - ceil((1 - p) C)`` lowest-scoring ones are zeroed, all their
-    ``K = C_in * KH * KW`` weights at once (along axis 0 of the OIHW weight).
-    As for every channel strategy (``structure = "channels"``), ``prune``
-    also masks, on the same channels, the conv's own bias (if any) and the
-    gamma and beta of the following layer if it is a BatchNorm2d over the same
-    channels, so that a pruned channel outputs exactly zero after its
-    BatchNorm, whatever the BatchNorm's running statistics.
+    output channels ``w[c]`` are scored and the ``C - ceil((1 - p) C)``
+    lowest-scoring ones are zeroed, all their ``K = C_in * KH * KW`` weights
+    at once (along axis 0 of the OIHW weight).  As for every channel strategy
+    (``structure = "channels"``), ``prune`` also masks, on the same channels,
+    the conv's own bias (if any) and the gamma and beta of the following
+    layer if it is a BatchNorm2d over the same channels, so that a pruned
+    channel outputs exactly zero after its BatchNorm, whatever the
+    BatchNorm's running statistics.
 
-    ``magnitude`` receives one (C_out, K) array: row c holds channel c's
-    weights flattened, as the forward pass sees them (already-masked entries
-    are zero); it is a copy, so the function may change it freely.  It must
-    return C_out finite scores, one per channel, higher = more important.
-    The default is :func:`l1`, the sum of ``|w|`` over the row.
+    The scores come from one of two places:
+
+    * ``magnitude``, a function of the weights alone.  It receives one
+      (C_out, K) array: row c holds channel c's weights flattened, as the
+      forward pass sees them (already-masked entries are zero); it is a copy,
+      so the function may change it freely.  It must return C_out finite
+      scores, one per channel, higher = more important.  The default is
+      :func:`l1`, the sum of ``|w|`` over the row; :func:`l2` is the other.
+    * ``scores``, a dict from layer path (``"[0][3]"``, as
+      ``model.named_layers()`` writes it) to that layer's (C_out,) scores,
+      computed beforehand from the model and perhaps from data: the
+      criteria of :mod:`tinyprune.criteria` (BatchNorm scale, first-order
+      Taylor, random) need more than the weight, so they are computed first
+      and handed over.  Such a strategy prunes only through ``prune``, which
+      tells it the layer's path; a layer without an entry is an error.
 
     Equal scores are broken by position (lower channel index pruned first).
     Repeated pruning: a channel with no kept weight left ranks below every
@@ -234,35 +270,131 @@ class ChannelPrune(PruningStrategy):
     structure = "channels"
     targets = "Conv2d and DepthwiseConv2d weights (whole output channels)"
 
-    def __init__(self, p, magnitude=l1):
+    def __init__(self, p, magnitude=l1, scores=None):
         self.p = check_level(p, "ChannelPrune")
         if not callable(magnitude):
             raise TypeError(f"ChannelPrune: magnitude must be a function of a (C_out, K) array, "
                             f"got {magnitude!r}")
+        if scores is not None and not isinstance(scores, dict):
+            raise TypeError(f"ChannelPrune: scores must be a dict {{layer path: (C_out,) scores}}, "
+                            f"e.g. from tinyprune.criteria, got {type(scores).__name__}")
+        if scores is not None and magnitude is not l1:
+            raise ValueError("ChannelPrune: give magnitude or scores, not both")
         self.magnitude = magnitude
+        self.scores = scores
 
     def __repr__(self):
+        if self.scores is not None:
+            return f"ChannelPrune({self.p}, scores={getattr(self.scores, 'name', 'given')})"
         name = getattr(self.magnitude, "__name__", repr(self.magnitude))
         return f"ChannelPrune({self.p})" if self.magnitude is l1 else f"ChannelPrune({self.p}, {name})"
 
     def can_prune(self, layer):
-        return isinstance(layer, (Conv2d, DepthwiseConv2d))
+        return isinstance(layer, CHANNEL_LAYERS)
+
+    def mask_for(self, layer, path):
+        if self.scores is None:
+            return self(layer.weight, layer.masks.get("weight"))
+        if path not in self.scores:
+            raise ValueError(f"{self!r}: scores has no entry for this layer ({len(self.scores)} "
+                             f"entries, e.g. {sorted(self.scores)[:3]})")
+        keep = check_weights(layer.weight, layer.masks.get("weight"), repr(self))
+        return self._keep_channels(layer.weight, keep, np.asarray(self.scores[path]),
+                                   f"scores[{path!r}] holds")
 
     def __call__(self, w, keep=None):
+        if self.scores is not None:
+            raise TypeError(f"{self!r} takes its scores by layer path: use it through prune()")
         w = np.asarray(w)
-        keep = _check_keep(keep, w, repr(self))
+        keep = check_weights(w, keep, repr(self))
+        channels = np.where(keep, w, 0).reshape(w.shape[0], -1)    # (C_out, K), masked entries 0
+        return self._keep_channels(w, keep, np.asarray(self.magnitude(channels.copy())),
+                                   "the magnitude function returned")
+
+    def _keep_channels(self, w, keep, scores, source):
+        """Prune the lowest-scoring channels: ``scores`` (C_out,) -> a keep-mask of ``w``'s shape."""
         c_out = w.shape[0]
-        channels = (w * keep).reshape(c_out, -1)            # (C_out, K), masked entries 0
-        scores = np.asarray(self.magnitude(channels.copy()))
         if scores.shape != (c_out,):
-            raise ValueError(f"{self!r}: the magnitude function returned shape {scores.shape} for "
-                             f"{c_out} channels of {channels.shape[1]} weights; expected ({c_out},)")
+            raise ValueError(f"{self!r}: {source} shape {scores.shape} for {c_out} channels "
+                             f"of {w.size // max(c_out, 1)} weights; expected ({c_out},)")
         if scores.dtype.kind not in "fiu" or not np.all(np.isfinite(scores)):
-            raise ValueError(f"{self!r}: the magnitude function must return finite numbers, "
-                             f"got {scores!r}")
+            raise ValueError(f"{self!r}: {source} {scores!r}; expected finite numbers, one per channel")
         alive = keep.reshape(c_out, -1).any(axis=1)        # channels with a weight left
         order = np.lexsort((scores, alive))                # dead channels first, then by score
         kept = np.ones(c_out, dtype=bool)
         kept[order[:_n_pruned(self.p, c_out)]] = False
         # Spread the (C_out,) decision over each channel's K weights.
         return np.broadcast_to(kept.reshape((-1,) + (1,) * (w.ndim - 1)), w.shape).copy()
+
+
+def _rows(w):
+    """``w`` as (outputs, weights of one output): OIHW -> (C_out, C_in*KH*KW), (out, in) as it is."""
+    return w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(1, -1)
+
+
+class NMPrune(PruningStrategy):
+    """N:M semi-structured sparsity: keep ``n`` of every ``m`` consecutive weights of a row.
+
+    A row is the weights of one output, along the input dimension: a conv's
+    ``C_in * KH * KW`` weights of output channel c (the OIHW weight's ``w[c]``
+    flattened, which is the order of the im2col columns it multiplies), a
+    dense layer's ``in`` weights of output o.  Each row is cut into groups of
+    ``m`` consecutive weights, and in every group the ``m - n`` of smallest
+    ``|w|`` are zeroed: exactly ``m - n`` zeros per group on a fresh layer
+    (already-masked entries rank first, so pruning again keeps the pattern;
+    after another strategy a group may hold more).  Equal magnitudes are
+    broken by position, as in ``LevelPrune``: the earlier entry of the group
+    is pruned first, so the kept ones are the largest ``|w|`` with ties
+    broken stably.
+
+    Rows whose length is not a multiple of ``m`` are left alone: such a
+    layer does not fit the hardware format, and padding its rows to fit
+    would spend a group on a few real weights.  In MobileNet that skips the
+    first conv (27 weights a row) and every 3x3 depthwise conv (9), much as
+    NVIDIA's ASP skips layers whose shapes do not fit the tensor cores; the
+    pointwise convs and dense layers (rows of 8 ... 256) are pruned.  Named
+    explicitly in a dict or list, such a layer is an error; called on such
+    an array, too.  (GPU libraries store convs channels-last, so their groups
+    are consecutive input channels at one kernel tap; for 1x1 convs and
+    dense layers, all that NMPrune prunes in MobileNet, the two orders agree.)
+
+    What a 2:4 kernel executes (NVIDIA's sparse tensor cores): it stores the
+    2 kept values of each group plus 2 bits of metadata per value saying
+    where in the group it sat, and multiplies only those, so a layer of P
+    output pixels, C_out outputs and K inputs costs ``P * C_out * K / 2``
+    multiplies, half of the dense product, and ``P * C_out * (K/2 - 1)``
+    adds.  That is the ``"sparse"`` counting rule (``compute_dot_prods``),
+    which skips every zero weight at every patch.  The ``"reference"`` rule
+    counts each scattered zero once (``C_out * K / 2`` multiplies saved in
+    all), and the ``"dense"`` rule, an ordinary kernel, saves nothing.
+    """
+
+    def __init__(self, n=2, m=4):
+        self.m = check_int(m, "m (the group size)", "NMPrune")
+        self.n = check_int(n, "n (the weights kept per group)", "NMPrune", minimum=0)
+        if self.n > self.m:
+            raise ValueError(f"NMPrune: n (the weights kept per group) must be at most m = {self.m}, "
+                             f"got {self.n}")
+        self.targets = (f"Conv2d, DepthwiseConv2d and Dense weights whose rows hold a multiple of "
+                        f"{self.m} weights")
+
+    def __repr__(self):
+        return f"NMPrune({self.n}, {self.m})"
+
+    def can_prune(self, layer):
+        return isinstance(layer, WEIGHTED_LAYERS) and _rows(layer.weight).shape[1] % self.m == 0
+
+    def __call__(self, w, keep=None):
+        w = np.asarray(w)
+        keep = check_weights(w, keep, repr(self))
+        length = _rows(w).shape[1]
+        if length % self.m:
+            raise ValueError(f"{self!r}: rows of {length} weights (weight shape {w.shape}) do not "
+                             f"split into groups of {self.m}")
+        groups = np.abs(w).reshape(-1, self.m)               # (groups, m), one row's groups in order
+        # Per group: masked entries first, then by magnitude; lexsort is stable,
+        # so equal magnitudes stay in position order and the earlier goes first.
+        order = np.lexsort((groups, keep.reshape(-1, self.m)), axis=-1)
+        mask = np.ones(groups.shape, dtype=bool)
+        np.put_along_axis(mask, order[:, :self.m - self.n], False, axis=1)
+        return mask.reshape(w.shape)
