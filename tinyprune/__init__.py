@@ -18,6 +18,8 @@ from .count import *  # noqa: F401,F403
 from .data import *  # noqa: F401,F403
 from .optim import *  # noqa: F401,F403
 from .train import *  # noqa: F401,F403
+from .criteria import *  # noqa: F401,F403
+from .gradual import *  # noqa: F401,F403
 from .checkpoint import *  # noqa: F401,F403
 from .gradcheck import *  # noqa: F401,F403
 from . import pipeline  # noqa: F401  (the tutorial's stages, written once: tinyprune.pipeline)
