@@ -238,6 +238,8 @@ def test_sensitivity_cells_are_the_accuracies_in_percent():
         assert [t.get_text() for t in ax.get_yticklabels()] == ["conv1", "dw1"]
         assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "50", "90"]
     assert "unpruned 90.0%" in fig._suptitle.get_text()
+    floor = plots.plot_sensitivity(levels, scans, baseline=0.9, majority=0.536)._suptitle.get_text()
+    assert floor.endswith("unpruned 90.0%, one answer for every image 53.6%")
     assert heat_axes[0].images[0].get_clim() == pytest.approx((50, 90))     # chance .. baseline
     near_chance = plots.plot_sensitivity(levels, {"LevelPrune": {"conv1": [0.45, 0.5, 0.47]}}, baseline=0.48)
     assert near_chance.axes[0].images[0].get_clim() == pytest.approx((45, 50))

@@ -76,7 +76,7 @@ def finish(fig, save):
 # Sensitivity scan
 # ---------------------------------------------------------------------------
 
-def plot_sensitivity(levels, scans, baseline=None, title=None, save=None):
+def plot_sensitivity(levels, scans, baseline=None, title=None, save=None, majority=None):
     """Accuracy after pruning one layer alone, per layer and pruning level, as heat maps.
 
     ``levels``: the pruning levels scanned, fractions in (0, 1), e.g.
@@ -84,9 +84,12 @@ def plot_sensitivity(levels, scans, baseline=None, title=None, save=None):
     [accuracy at each level]}}`` with accuracies as fractions in [0, 1];
     one panel per strategy, one row per layer, one column per level.  Cells
     show the accuracy in %; ``baseline`` (the unpruned accuracy, a fraction)
-    goes in the title.  The colour scale runs from 50% (chance level for two
-    balanced classes) or the lowest value if lower, to the baseline or the
-    highest value if higher.
+    goes in the title, and so does ``majority``, the share of the larger
+    class among the images (a fraction): the accuracy of a model that gives
+    every image the same answer, the floor a broken model sinks to.  The
+    colour scale runs from 50% (chance level for two balanced classes) or
+    the lowest value if lower, to the baseline or the highest value if
+    higher.
 
     A heat map rather than one curve per layer: with 27 conv layers the
     curves would be a tangle, while rows stay readable.
@@ -125,6 +128,8 @@ def plot_sensitivity(levels, scans, baseline=None, title=None, save=None):
     axes[0].set_ylabel("layer pruned (all others intact)")
     fig.colorbar(image, ax=list(axes), label="validation accuracy (%)")
     base = f", unpruned {100 * baseline:.1f}%" if baseline is not None else ""
+    if majority is not None:
+        base += f", one answer for every image {100 * majority:.1f}%"
     fig.suptitle(title or f"Sensitivity: accuracy with one layer pruned{base}")
     return finish(fig, save)
 
@@ -233,7 +238,7 @@ def _draw_curves(ax, series, first, keys, scale):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))    # epochs are whole numbers
     ax.set_xlim(left=-0.1 if first else 0)                    # so a point at 0 is not cut in half
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
 
 
 # ---------------------------------------------------------------------------

@@ -152,7 +152,7 @@ for k, path, name in convs:
 
 # %%
 OUT.mkdir(parents=True, exist_ok=True)
-figure = plots.plot_sensitivity(LEVELS, scans, baseline=baseline, save=OUT / "scan.png")
+figure = plots.plot_sensitivity(LEVELS, scans, baseline=baseline, majority=majority, save=OUT / "scan.png")
 print(f"wrote {OUT / 'scan.png'}")
 figure
 
@@ -165,7 +165,7 @@ figure
 # to 90% are where the multiplies can go.
 #
 # Many dark cells show the same number, the majority share printed at the
-# start. That is no coincidence: those models give every image the same
+# start (and in the title; the cells round it). That is no coincidence: those models give every image the same
 # answer, the majority class, and score exactly its share. Cells at one
 # minus that share are the same failure the other way round: every image
 # gets the minority answer. Neither model tells anything apart any more.
