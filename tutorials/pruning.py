@@ -142,13 +142,13 @@ figure
 # tinyprune differs from the course's code. Follow a pointwise channel j
 # that `ChannelPrune` removed: its BatchNorm is masked, so it leaves as an
 # exact zero, the activation keeps it zero, and depthwise filter j turns
-# zeros into zeros. But the
-# BatchNorm after that filter does not: in eval mode it computes
-# `gamma * (0 - running_mean) / sqrt(running_var + eps) + beta`, a
-# *constant*, the same at every pixel of every image, and a trained model
+# zeros into zeros. But the BatchNorm after that filter does not. In eval
+# mode it computes
+# `gamma * (0 - running_mean) / sqrt(running_var + eps) + beta`,
+# a *constant*, the same at every pixel of every image, and a trained model
 # has no reason to make it zero. The next pointwise conv multiplies that
-# constant c by its input slice `W[:, j]`, which adds `c * sum(W[i, j])` to
-# every pixel of output i. Zeroing the slice, as the course's code does,
+# constant c by its input slice `W[:, j]`, which adds `c * sum(W[i, j])`
+# to every pixel of output i. Zeroing the slice, as the course's code does,
 # takes that term away and changes the model's answers. tinyprune zeroes
 # the slice and *folds* the term into the next BatchNorm instead: it lowers
 # that BatchNorm's running mean by the same amount, so in eval mode the

@@ -255,9 +255,9 @@ planned_acc, uniform_acc = pruned_acc["planned"], pruned_acc["uniform"]
 # last layer's logit is pushed the same way for most images. Compare the
 # share of images each model calls "person" with the share that are: a
 # model that leans to the majority class scores about the majority share,
-# one that leans to the minority class scores *below* chance -- not because
-# it learned the opposite, but because it says "person" to images of both
-# classes alike.
+# one that leans to the minority class scores *below* it, and can end below
+# 50% -- not because it learned the opposite, but because it gives the
+# minority answer to images of both classes alike.
 #
 # A cheap first aid, with no training at all: run some training images
 # through the pruned model in train mode, so that each BatchNorm
