@@ -5,6 +5,7 @@ cells, tick labels, titles) and compares it with the numbers computed
 independently, so a plot that looks fine but shows the wrong data fails.
 """
 
+import io
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 import tinyprune as tp
-from tinyprune import plots
+from tinyprune import figures, plots
 from tinyprune.pipeline import TUTORIAL_INPUT
 from tinyprune.prune import ChannelPrune, LevelPrune, prune, sparsity
 
@@ -67,23 +68,65 @@ def test_sparsity_bars_split_channel_zeros_from_scattered_zeros(channel):
     heights = bar_heights(ax)
     table = sparsity(both)
     n = len(table)
-    structured, scattered = heights[:n], heights[n:]
-    for row, s, u in zip(table, structured, scattered):
+    structured, dead_in, scattered = heights[:n], heights[n:2 * n], heights[2 * n:]
+    for row, s, i, u in zip(table, structured, dead_in, scattered):
         expected_s = 100 * row.zero_channels / row.channels if row.channels else 0.0
         assert s == pytest.approx(expected_s)
-        assert s + u == pytest.approx(100 * row.fraction)     # the bar's top is the layer's sparsity
+        assert s + i + u == pytest.approx(100 * row.fraction)     # the bar's top is the layer's sparsity
     # ChannelPrune(0.5) zeroes 4 of conv1's 8 channels: exactly half its weights.
     assert structured[0] == pytest.approx(50.0)
+    # No input channel is all zero, except in fc2: with one output, each of its columns is one weight.
+    assert dead_in[:-1] == [0.0] * (n - 1) and dead_in[-1] == pytest.approx(100 * table[-1].fraction)
     assert [t.get_text() for t in ax.get_xticklabels()] == plots.layer_labels(both)
     assert f"{100 * table.fraction:.1f}% of 224,048" in ax.get_title()
+
+
+def hand_pruned_model():
+    """conv (4, 3, 3, 3), depthwise (4, 1, 3, 3), dense (2, 4), with zeros placed by hand."""
+    model = tp.Chain(tp.Conv2d(3, 4, 3, pad=1, rng=np.random.default_rng(0)),
+                     tp.DepthwiseConv2d(4, 3, pad=1, rng=np.random.default_rng(1)),
+                     tp.GlobalMeanPool(), tp.Flatten(), tp.Dense(4, 2, rng=np.random.default_rng(2)))
+    conv, depthwise, dense = model[0], model[1], model[4]
+    conv.weight[0] = 0              # output channel 0: 27 weights
+    conv.weight[:, 2] = 0           # input channel 2: 36 weights, 9 of them in output channel 0
+    conv.weight[1, 0, 0, 0] = 0     # two scattered zeros
+    conv.weight[3, 1, 2, 2] = 0
+    depthwise.weight[1] = 0         # channel 1: 9 weights
+    depthwise.weight[2, 0, 1, 1] = 0   # one scattered zero
+    dense.weight[:, 1] = 0          # input feature 1: a column of 2 weights
+    dense.weight[0, 3] = 0          # one scattered zero
+    return model
+
+
+def test_zero_kinds_counts_dead_outputs_then_dead_inputs_then_the_rest():
+    conv, depthwise, _, _, dense = hand_pruned_model()
+    assert plots.zero_kinds(conv) == (27, 36 - 9, 2)     # 56 zeros in all
+    assert plots.zero_kinds(depthwise) == (9, 0, 1)       # no input slices of its own
+    assert plots.zero_kinds(dense) == (0, 2, 1)
+
+
+def test_sparsity_bars_show_dead_outputs_dead_inputs_and_scattered_zeros_apart():
+    ax = plots.plot_sparsity(hand_pruned_model()).axes[0]
+    heights = np.array(bar_heights(ax)).reshape(3, 3)    # (part, layer): conv, depthwise, dense
+    assert np.allclose(heights[0], [100 * 27 / 108, 100 * 9 / 36, 0])
+    assert np.allclose(heights[1], [100 * 27 / 108, 0, 100 * 2 / 8])
+    assert np.allclose(heights[2], [100 * 2 / 108, 100 * 1 / 36, 100 * 1 / 8])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "in all-zero output channels", "in all-zero input channels", "scattered"]
+    assert "Weight sparsity: 45.4% of 152" in ax.get_title()   # (56 + 10 + 3) / (108 + 36 + 8)
 
 
 def test_sparsity_from_a_table_draws_what_the_model_draws(channel):
     from_model = plots.plot_sparsity(channel).axes[0]
     from_table = plots.plot_sparsity(sparsity(channel), labels=plots.layer_labels(channel)).axes[0]
-    assert bar_heights(from_table) == bar_heights(from_model)
+    model_parts = np.array(bar_heights(from_model)).reshape(3, -1)
+    table_parts = np.array(bar_heights(from_table)).reshape(2, -1)
+    # A table knows only the dead output channels: the model's other two parts are its second.
+    assert np.array_equal(table_parts[0], model_parts[0])
+    assert np.allclose(table_parts[1], model_parts[1] + model_parts[2])
     assert [t.get_text() for t in from_table.get_xticklabels()] == plots.layer_labels(channel)
     assert from_table.get_title() == from_model.get_title()
+    assert from_table.get_legend().get_texts()[1].get_text().startswith("elsewhere")
     by_path = plots.plot_sparsity(sparsity(channel)).axes[0]
     assert [t.get_text() for t in by_path.get_xticklabels()] == [row.path for row in sparsity(channel)]
 
@@ -195,6 +238,8 @@ def test_sensitivity_cells_are_the_accuracies_in_percent():
         assert [t.get_text() for t in ax.get_yticklabels()] == ["conv1", "dw1"]
         assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "50", "90"]
     assert "unpruned 90.0%" in fig._suptitle.get_text()
+    floor = plots.plot_sensitivity(levels, scans, baseline=0.9, majority=0.536)._suptitle.get_text()
+    assert floor.endswith("unpruned 90.0%, one answer for every image 53.6%")
     assert heat_axes[0].images[0].get_clim() == pytest.approx((50, 90))     # chance .. baseline
     near_chance = plots.plot_sensitivity(levels, {"LevelPrune": {"conv1": [0.45, 0.5, 0.47]}}, baseline=0.48)
     assert near_chance.axes[0].images[0].get_clim() == pytest.approx((45, 50))
@@ -228,6 +273,33 @@ def test_history_reads_what_trainer_records():
     loss_ax, acc_ax = plots.plot_history(history).axes
     assert np.allclose([line.get_ydata() for line in loss_ax.lines], [[0.69, 0.4], [0.7, 0.41]])
     assert np.allclose(acc_ax.lines[1].get_ydata(), [49, 84])        # validation accuracy, in %
+
+
+def test_history_starts_at_the_figures_before_training():
+    history = {"loss": [0.3], "val_loss": [0.27], "train_accuracy": [0.88], "val_accuracy": [0.89]}
+    loss_ax, acc_ax = plots.plot_history(history, start=(0.9, 0.574)).axes
+    train, val = acc_ax.lines
+    assert list(val.get_xdata()) == [0.0, 1.0] and np.allclose(val.get_ydata(), [57.4, 89])
+    assert list(train.get_xdata()) == [0.5]                  # training has no epoch 0
+    assert list(loss_ax.lines[1].get_xdata()) == [0.0, 1.0]
+    assert np.allclose(loss_ax.lines[1].get_ydata(), [0.9, 0.27])
+    assert "epoch 0: before training" in acc_ax.get_legend().get_texts()[1].get_text()
+    only_accuracy = plots.plot_history(history, start=0.574).axes
+    assert list(only_accuracy[1].lines[1].get_xdata()) == [0.0, 1.0]
+    assert list(only_accuracy[0].lines[1].get_xdata()) == [1.0]    # no loss given: none drawn at 0
+    with pytest.raises(ValueError, match=r"start accuracy \(a fraction\) must be a finite number in \[0, 1\]"):
+        plots.plot_history(history, start=57.4)
+    with pytest.raises(ValueError, match="start must be \\(loss, accuracy\\)"):
+        plots.plot_history(history, start=(0.9, 0.5, 1))
+
+
+def test_a_figure_shows_itself_in_jupyter_as_a_png_of_its_size(level):
+    fig = plots.plot_sparsity(level)
+    png = fig._repr_png_()               # what IPython calls to display the figure
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.size == (1100, 450)                     # 11 x 4.5 inches at 100 dots per inch
+    assert repr(fig).startswith("<Figure size 1100x450")     # a plain prompt still prints text
 
 
 def test_sparse_speedup_is_dense_time_over_sparse_time():
@@ -277,9 +349,17 @@ def test_save_grid_draws_grey_images_and_leaves_spare_cells_empty(tmp_path):
 
 
 def test_label_titles_name_the_classes():
-    assert plots._label_title(1) == "person"
-    assert plots._label_title(np.int64(0)) == "no person"
-    assert plots._label_title(0.73) == "0.73"
+    assert figures._label_title(1) == "person"
+    assert figures._label_title(np.int64(0)) == "no person"
+    assert figures._label_title(0.73) == "0.73"
+
+
+def test_every_figure_is_importable_from_plots():
+    for name in ("save_figure", "dot_layers", "layer_labels", "plot_sparsity", "plot_macs",
+                 "plot_weight_histogram", "plot_channels", "plot_sensitivity", "plot_history",
+                 "plot_sparse_speedup", "save_grid"):
+        assert name in plots.__all__ and callable(getattr(plots, name))
+    assert plots.plot_history is figures.plot_history       # one function, reachable by either module
 
 
 def test_save_grid_is_still_reachable_from_the_top_level_package():

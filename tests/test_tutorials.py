@@ -42,7 +42,8 @@ def pruning(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sensitivity(tmp_path_factory):
-    return run_tutorial("sensitivity.py", tmp_path_factory.mktemp("sensitivity"))[0]
+    folder = tmp_path_factory.mktemp("sensitivity")
+    return run_tutorial("sensitivity.py", folder)[0], folder
 
 
 def is_whole_share(accuracy, images):
@@ -110,10 +111,11 @@ def test_pruning_tutorial_measures_the_zero_skipping_kernel(pruning):
         assert row["csr_speedup"] == row["dense_s"] / row["csr_s"]
 
 
-def test_pruning_tutorial_draws_its_six_figures(pruning):
+def test_pruning_tutorial_draws_its_seven_figures_into_its_own_folder(pruning):
     figures, folder = pruning[0]["figures"], pruning[2]
-    assert len(figures) == 6
-    assert sorted(p.name for p in folder.glob("*.png")) == sorted(p.name for p in figures)
+    assert len(figures) == 7
+    assert [p.name for p in folder.iterdir()] == ["pruning"]       # $TINYPRUNE_OUT/pruning, nothing else
+    assert sorted(p.name for p in (folder / "pruning").glob("*.png")) == sorted(p.name for p in figures)
     for path in figures:
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -123,8 +125,14 @@ def test_pruning_tutorial_draws_its_six_figures(pruning):
 # tutorials/layers.py
 # ---------------------------------------------------------------------------
 
-def test_layers_tutorial_checks_every_gradient_and_catches_the_bug(tmp_path):
-    results, _ = run_tutorial("layers.py", tmp_path)
+@pytest.fixture(scope="module")
+def layers(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("layers")
+    return run_tutorial("layers.py", folder)[0], folder
+
+
+def test_layers_tutorial_checks_every_gradient_and_catches_the_bug(layers):
+    results = layers[0]
     errors = dict(results["worst_error"])
     assert len(errors) == 9
     buggy = errors.pop("ScaleWithABug(3)")
@@ -133,11 +141,25 @@ def test_layers_tutorial_checks_every_gradient_and_catches_the_bug(tmp_path):
     assert results["formula_difference"] < 1e-12
 
 
+def test_layers_tutorial_shows_why_batchnorm_gammas_start_at_a_half(layers):
+    results, folder = layers
+    flux, half = results["fresh_start"][1.0], results["fresh_start"][0.5]
+    # Unit-variance BatchNorm outputs: about a third beyond +-1 (P(|z| > 1) = 31.7%);
+    # at standard deviation 0.5 only P(|z| > 2) = 4.6%.
+    assert 0.25 < flux["beyond"] < 0.4 and half["beyond"] < 0.08
+    assert flux["first_ratio"] > 10 and half["first_ratio"] < 1      # the first conv's |dW| / |W|
+    assert flux["median_ratio"] > 10 * half["median_ratio"]
+    assert results["figure"] == folder / "layers" / "fresh-gradients.png"
+    assert [p.name for p in folder.iterdir()] == ["layers"]
+    assert [p.name for p in (folder / "layers").iterdir()] == ["fresh-gradients.png"]
+
+
 # ---------------------------------------------------------------------------
 # tutorials/sensitivity.py
 # ---------------------------------------------------------------------------
 
 def test_sensitivity_tutorial_scans_four_layers_at_two_levels(sensitivity):
+    sensitivity, folder = sensitivity
     assert sensitivity["levels"] == [0.5, 0.9]
     assert sensitivity["validation_images"] == QUICK_VAL_IMAGES
     for strategy in ("LevelPrune", "ChannelPrune"):
@@ -145,9 +167,25 @@ def test_sensitivity_tutorial_scans_four_layers_at_two_levels(sensitivity):
         assert list(scan) == ["conv1", "dw1", "dw13", "pw13"]
         assert all(len(row) == 2 and all(0 <= a <= 1 for a in row) for row in scan.values())
     assert sensitivity["figure"].stat().st_size > 10_000
+    assert sensitivity["figure"] == folder / "sensitivity" / "scan.png"
+    assert [p.name for p in folder.iterdir()] == ["sensitivity"]
+
+
+def test_sensitivity_tutorial_counts_the_models_it_evaluates(sensitivity):
+    # The unpruned model, 4 layers x 2 levels x 2 strategies in the scan, then the planned and the
+    # uniform model, each before and after recalibrating.
+    assert sensitivity[0]["evaluations"] == 1 + 4 * 2 * 2 + 2 + 2
+
+
+def test_sensitivity_tutorial_computes_the_majority_share_it_explains(sensitivity):
+    sensitivity = sensitivity[0]
+    assert sensitivity["majority"] == 0.5             # the 32 quick validation images: 16 of each class
+    for share in sensitivity["says_person"].values():
+        assert 0 <= share <= 1 and is_whole_share(share, QUICK_VAL_IMAGES)
 
 
 def test_sensitivity_plan_takes_levels_the_scan_allows(sensitivity):
+    sensitivity = sensitivity[0]
     baseline, scan = sensitivity["baseline"], sensitivity["scans"]["ChannelPrune"]
     for name, level in sensitivity["plan"].items():
         allowed = [p for p, a in zip(sensitivity["levels"], scan[name]) if a >= baseline - 0.01]
@@ -155,6 +193,7 @@ def test_sensitivity_plan_takes_levels_the_scan_allows(sensitivity):
 
 
 def test_sensitivity_tutorial_compares_with_uniform_pruning(sensitivity):
+    sensitivity = sensitivity[0]
     mults = sensitivity["mults"]
     assert mults["unpruned"] == 7505600
     assert mults["planned"] <= mults["unpruned"] and mults["uniform"] <= mults["unpruned"]

@@ -1,20 +1,29 @@
 """Figures for the pruning pipeline, drawn with matplotlib and saved as PNG.
 
-Every function builds a ``matplotlib.figure.Figure`` directly (never through
-``pyplot``), so it works on a machine without a display and never opens a
-window.  Each returns the figure; pass ``save="name.png"`` (or call
-:func:`save_figure`) to write it.  ``import tinyprune`` does not import this
-module, so matplotlib is only loaded by those who draw::
+Every function builds a :class:`tinyprune.figures.Figure` directly (never
+through ``pyplot``), so it works on a machine without a display and never
+opens a window, yet a notebook shows it like any figure.  Each returns the
+figure; pass ``save="name.png"`` (or call :func:`save_figure`) to write it.
+``import tinyprune`` does not import this module, so matplotlib is only
+loaded by those who draw::
 
     from tinyprune import plots
     plots.plot_sparsity(model, save="sparsity.png")
 
-The figures draw tables: dot-product counts (:func:`tinyprune.dot_prod_table`),
-sparsity (:func:`tinyprune.sparsity`), a training history, a sensitivity
-scan.  Where a table is computed from a model, the function also accepts
-the model and computes the table itself; a program that has the tables
-already (the ``tinyprune`` command) hands them over, so nothing is counted
-twice.  :func:`save_grid` draws a grid of data set images.
+This module draws models layer by layer: where the zeros are
+(:func:`plot_sparsity`), the multiplies per stage (:func:`plot_macs`), one
+layer's weights (:func:`plot_weight_histogram`), the channels left after
+resizing (:func:`plot_channels`).  The figures of measured numbers -- a
+training history, a sensitivity scan, a kernel's speed-up, a grid of data
+set images -- live in :mod:`tinyprune.figures` with what every figure is
+built on, and are imported here, so ``from tinyprune.plots import X`` works
+for every figure.
+
+Where a figure draws a table that the library computes (dot-product counts:
+:func:`tinyprune.dot_prod_table`; sparsity: :func:`tinyprune.sparsity`),
+the function accepts the model and computes the table itself, or the table
+already computed: a program that has the tables (the ``tinyprune`` command)
+hands them over, so nothing is counted twice.
 
 Layers are named on the axes by short labels, one counter per kind, in the
 order the forward pass meets them (:func:`layer_labels`):
@@ -31,53 +40,29 @@ these layers, which works because pruning, propagating and resizing never
 add or remove a layer, only channels.
 """
 
-from pathlib import Path
-
 import numpy as np
-from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from .common import atomic_write
 from .count import DotProdTable, dot_prod_table
-from .data import to_float
+from .figures import (COLOURS, Figure, finish, plot_history, plot_sensitivity, plot_sparse_speedup,
+                      save_figure, save_grid)
 from .layers import Conv2d, Dense, DepthwiseConv2d, layer_at, parse_path
-from .pipeline import TUTORIAL_INPUT
+from .model import TUTORIAL_INPUT
 from .prune import SparsityTable, sparsity
 
 __all__ = [
-    "save_figure", "dot_layers", "layer_labels",
+    "Figure", "save_figure", "dot_layers", "layer_labels", "zero_kinds",
     "plot_sparsity", "plot_macs", "plot_weight_histogram", "plot_channels",
     "plot_sensitivity", "plot_history", "plot_sparse_speedup", "save_grid",
 ]
 
 DOT_LAYERS = (Conv2d, DepthwiseConv2d, Dense)
 DOT_TYPES = tuple(kind.__name__ for kind in DOT_LAYERS)     # as a DotProdTable names them
-# One colour per stage or model, in order; the colour-blind-safe "tab10" start.
-COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
 
 # ---------------------------------------------------------------------------
-# Saving and naming
+# Naming
 # ---------------------------------------------------------------------------
-
-def save_figure(fig, path, dpi=120):
-    """Write ``fig`` as a PNG at ``path`` with ``common.atomic_write``; returns the path.
-
-    A reader of ``path`` therefore sees either the old file or the whole new
-    one, never half a picture.  The folder must exist: a figure is the end
-    of a run, and a mistyped folder should fail, not appear.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"save_figure: folder {str(path.parent)!r} does not exist")
-    return atomic_write(path, lambda stream: fig.savefig(stream, format="png", dpi=dpi))
-
-
-def _finish(fig, save):
-    if save is not None:
-        save_figure(fig, save)
-    return fig
-
 
 def _kind(layer):
     if isinstance(layer, DepthwiseConv2d):
@@ -168,49 +153,93 @@ def _millions(value, _position=None):
 # Sparsity
 # ---------------------------------------------------------------------------
 
+def _in_zero_slices(zero, axis):
+    """True where an entry of ``zero`` (a boolean weight array) lies in an all-True slice along ``axis``."""
+    others = tuple(a for a in range(zero.ndim) if a != axis)
+    return np.broadcast_to(zero.all(axis=others, keepdims=True), zero.shape)
+
+
+def zero_kinds(layer):
+    """Where a conv or dense layer's zero weights lie: ``(dead_out, dead_in, scattered)``, in weights.
+
+    dead_out   zeros in an output channel whose weights are all zero: row
+               ``w[o]`` (what ``ChannelPrune`` makes, and propagation where
+               nothing reads a channel);
+    dead_in    the other zeros that lie in an all-zero input slice: ``w[:, j]``
+               of a ``Conv2d``, column ``j`` of a ``Dense`` (what propagation
+               makes where the channel feeding that slice died; a 1-output
+               dense layer's columns are single weights, so all its zeros
+               land here);
+    scattered  the rest (what ``LevelPrune`` makes).
+
+    The three add up to the layer's zeros.  A depthwise conv has no input
+    slices of its own (its channel j in is its channel j out), so its dead
+    input channels show as dead output channels.  The arrays and axes come
+    from the layer's declaration (``out_channel_arrays``,
+    ``in_channel_arrays``); masked weights count as zero, as in the forward pass.
+    """
+    zero = layer.effective("weight") == 0
+    dead_out = _in_zero_slices(zero, layer.out_channel_arrays["weight"])
+    in_axis = layer.in_channel_arrays.get("weight")
+    dead_in = _in_zero_slices(zero, in_axis) & ~dead_out if in_axis is not None else np.zeros_like(zero)
+    out, into = int(dead_out.sum()), int(dead_in.sum())
+    return out, into, int(zero.sum()) - out - into
+
+
 def plot_sparsity(model, title=None, save=None, labels=None):
-    """Per-layer share of zero weights (%), split into whole-channel and scattered zeros.
+    """Per-layer share of zero weights (%), split by where the zeros lie.
 
     ``model``: a model, or its table ``tinyprune.sparsity(model)``.
     ``labels``: the names under the bars; by default the model's short labels
     (:func:`layer_labels`), or the layer paths when a table is given.
 
-    Each bar is one conv or dense layer's weight array.  Its lower part is the
-    percentage of that layer's weights lying in output channels that are all
-    zero (what ``ChannelPrune`` and propagation make); the upper part is the
-    remaining zeros, scattered (what ``LevelPrune`` makes).  The bar's height
-    is the layer's whole sparsity.  The title gives the total over all conv
-    and dense weights.  The numbers are those of :func:`tinyprune.sparsity`
-    (masked weights count as zero, as in the forward pass); a dense layer's
-    zeros are all drawn as scattered.
+    Each bar is one conv or dense layer's weight array, stacked from three
+    parts (:func:`zero_kinds`): the zeros in all-zero output channels
+    (``ChannelPrune``, and propagation where nothing reads a channel), the
+    other zeros in all-zero input channels (propagation, where the channel
+    feeding them died), and the scattered rest (``LevelPrune``).  The bar's
+    height is the layer's whole sparsity; the title gives the total over all
+    conv and dense weights.  The numbers agree with :func:`tinyprune.sparsity`
+    (masked weights count as zero, as in the forward pass).
+
+    A table records only the zero output channels of each layer, so from a
+    table the bars have two parts: those, and all other zeros together.
     """
-    table = model if isinstance(model, SparsityTable) else sparsity(model)
+    from_table = isinstance(model, SparsityTable)
+    table = model if from_table else sparsity(model)
     if not table:
         raise ValueError("plot_sparsity: the model has no conv or dense layer")
     weights = np.array([r.weights for r in table], dtype=float)
     zeros = np.array([r.zeros for r in table], dtype=float)
-    # A zero channel holds weights / channels weights.  Dense layers report no
-    # channels: ChannelPrune leaves them alone, so all their zeros are scattered.
-    in_channels = np.array([r.zero_channels * r.weights // r.channels if r.channels else 0
-                            for r in table], dtype=float)
-    channel_pct = 100 * in_channels / weights
-    scattered_pct = 100 * (zeros - in_channels) / weights
+    if from_table:      # a zero channel holds weights / channels weights; a table gives no Dense channels
+        dead_out = [r.zero_channels * r.weights // r.channels if r.channels else 0 for r in table]
+        parts = [(dead_out, COLOURS[3], "in all-zero output channels"),
+                 (zeros - dead_out, COLOURS[0], "elsewhere (pass the model to tell dead input "
+                                                "channels from scattered zeros)")]
+    else:
+        kinds = np.array([zero_kinds(layer) for _, layer in dot_layers(model)], dtype=float)
+        parts = [(kinds[:, 0], COLOURS[3], "in all-zero output channels"),
+                 (kinds[:, 1], COLOURS[1], "in all-zero input channels"),
+                 (kinds[:, 2], COLOURS[0], "scattered")]
 
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(table))
-    ax.bar(x, channel_pct, color=COLOURS[3], label="in all-zero output channels (structured)")
-    ax.bar(x, scattered_pct, bottom=channel_pct, color=COLOURS[0], label="scattered (unstructured)")
+    bottom = np.zeros(len(table))
+    for counts, colour, label in parts:
+        share = 100 * np.asarray(counts, dtype=float) / weights
+        ax.bar(x, share, bottom=bottom, color=colour, label=label)
+        bottom = bottom + share
     _label_layer_axis(ax, _axis_labels(labels, model, [row.path for row in table], "plot_sparsity"))
     ax.set_ylabel("zero weights (% of the layer's weights)")
-    ax.set_ylim(0, 118)                      # room above 100% for the legend
+    ax.set_ylim(0, 125)                      # room above 100% for the legend
     ax.set_yticks(np.arange(0, 101, 20))
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize=8, ncol=len(parts))
     total = 100 * zeros.sum() / weights.sum()
     ax.set_title(title or f"Weight sparsity: {total:.1f}% of {int(weights.sum()):,} "
                           "conv and dense weights are zero")
-    return _finish(fig, save)
+    return finish(fig, save)
 
 
 # ---------------------------------------------------------------------------
@@ -279,7 +308,7 @@ def plot_macs(stages, input_shape=TUTORIAL_INPUT, rule="reference", title=None, 
     right.set_title(f"Total, saved vs {pairs[0][0]!r}")
     if title:
         fig.suptitle(title)
-    return _finish(fig, save)
+    return finish(fig, save)
 
 
 # ---------------------------------------------------------------------------
@@ -341,7 +370,7 @@ def plot_weight_histogram(model, layer, after=None, bins=50, title=None, save=No
     label = layer_labels(pairs[0][1])[[p for p, _ in dot_layers(pairs[0][1])].index(path)]
     ax.set_title(title or f"Weights of model{path} ({label}, {type(lyr).__name__} "
                           f"{'x'.join(str(s) for s in lyr.weight.shape)})")
-    return _finish(fig, save)
+    return finish(fig, save)
 
 
 # ---------------------------------------------------------------------------
@@ -375,207 +404,4 @@ def plot_channels(before, after, names=("before resize", "after resize"), title=
     kept = 100 * sum(counts[1]) / sum(counts[0])
     ax.set_title(title or f"Channels per layer: {sum(counts[0]):,} -> {sum(counts[1]):,} "
                           f"({kept:.1f}% kept)")
-    return _finish(fig, save)
-
-
-# ---------------------------------------------------------------------------
-# Sensitivity scan
-# ---------------------------------------------------------------------------
-
-def plot_sensitivity(levels, scans, baseline=None, title=None, save=None):
-    """Accuracy after pruning one layer alone, per layer and pruning level, as heat maps.
-
-    ``levels``: the pruning levels scanned, fractions in (0, 1), e.g.
-    ``[0.1, 0.2, ..., 0.9]``.  ``scans``: ``{strategy name: {layer label:
-    [accuracy at each level]}}`` with accuracies as fractions in [0, 1];
-    one panel per strategy, one row per layer, one column per level.  Cells
-    show the accuracy in %; ``baseline`` (the unpruned accuracy, a fraction)
-    goes in the title.  The colour scale runs from 50% (chance level for two
-    balanced classes) or the lowest value if lower, to the baseline or the
-    highest value if higher.
-
-    A heat map rather than one curve per layer: with 27 conv layers the
-    curves would be a tangle, while rows stay readable.
-    """
-    levels = list(levels)
-    if not scans:
-        raise ValueError("plot_sensitivity: scans is empty; expected {strategy: {layer: accuracies}}")
-    for strategy, scan in scans.items():
-        for name, accuracies in scan.items():
-            if len(accuracies) != len(levels):
-                raise ValueError(f"plot_sensitivity: {strategy} / {name} has {len(accuracies)} "
-                                 f"accuracies, expected one per level ({len(levels)})")
-    rows = max(len(scan) for scan in scans.values())
-    grids = {strategy: 100 * np.array([list(a) for a in scan.values()], dtype=float)   # (layers, levels), %
-             for strategy, scan in scans.items()}
-    low = min(50.0, min(g.min() for g in grids.values()))
-    high = max([g.max() for g in grids.values()] + [100 * baseline if baseline is not None else low])
-    high = max(high, low + 1.0)             # a colour scale needs some width
-    fig = Figure(figsize=(4 + 3.5 * len(scans), 2.2 + 0.28 * rows), layout="constrained")
-    axes = fig.subplots(1, len(scans), squeeze=False)[0]
-    image = None
-    for ax, (strategy, scan) in zip(axes, scans.items()):
-        grid = grids[strategy]
-        image = ax.imshow(grid, cmap="viridis", vmin=low, vmax=high, aspect="auto")
-        for i in range(grid.shape[0]):
-            for j in range(grid.shape[1]):
-                # Dark cells get white text, light cells black.
-                colour = "white" if grid[i, j] < low + 0.6 * (high - low) else "black"
-                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7, color=colour)
-        ax.set_xticks(np.arange(len(levels)))
-        ax.set_xticklabels([f"{100 * p:.0f}" for p in levels])
-        ax.set_yticks(np.arange(len(scan)))
-        ax.set_yticklabels(list(scan.keys()), fontsize=8)
-        ax.set_xlabel("pruning level of that layer (%)")
-        ax.set_title(strategy)
-    axes[0].set_ylabel("layer pruned (all others intact)")
-    fig.colorbar(image, ax=list(axes), label="validation accuracy (%)")
-    base = f", unpruned {100 * baseline:.1f}%" if baseline is not None else ""
-    fig.suptitle(title or f"Sensitivity: accuracy with one layer pruned{base}")
-    return _finish(fig, save)
-
-
-# ---------------------------------------------------------------------------
-# Training curves
-# ---------------------------------------------------------------------------
-
-HISTORY_FIELDS = ("loss", "val_loss", "train_accuracy", "val_accuracy")
-
-
-def _history_series(history):
-    """``{field: [value per epoch]}`` from a History, a dict of lists or a list of per-epoch dicts."""
-    if hasattr(history, "as_dict"):
-        history = history.as_dict()
-    if isinstance(history, dict):
-        return {k: [float(v) for v in history[k]] for k in HISTORY_FIELDS if k in history}
-    epochs = list(history)
-    return {k: [float(e[k]) for e in epochs] for k in HISTORY_FIELDS if epochs and k in epochs[0]}
-
-
-def plot_history(history, batch_losses=None, title=None, save=None):
-    """Loss and accuracy per epoch, training and validation.
-
-    ``history``: what ``trainer`` records in ``model.history`` (a
-    ``History``), or a dict of per-epoch lists, or a list of per-epoch dicts,
-    with the fields ``loss`` and ``val_loss`` (binary cross-entropy, nats per
-    image) and ``train_accuracy`` and ``val_accuracy`` (fractions in [0, 1]).
-    Training figures are means over an epoch's batches, so they are drawn at
-    the epoch's middle; validation runs after the epoch, drawn at its end.
-
-    ``batch_losses``: optionally the loss of every training batch, in order,
-    e.g. gathered with ``trainer(..., callback=...)``; drawn as a thin line so
-    even a one-epoch run shows a curve.
-    """
-    series = _history_series(history)
-    if not any(series.values()):
-        raise ValueError(f"plot_history: expected per-epoch {', '.join(HISTORY_FIELDS)}; "
-                         f"got {sorted(history) if isinstance(history, dict) else history!r}")
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    if batch_losses is not None and len(batch_losses):
-        epochs = max(len(series.get("loss", [])), 1)
-        steps = (np.arange(len(batch_losses)) + 0.5) * epochs / len(batch_losses)
-        loss_ax.plot(steps, batch_losses, color=COLOURS[0], alpha=0.35, linewidth=1,
-                     label="train, per batch")
-    for ax, (train_key, val_key), scale in ((loss_ax, ("loss", "val_loss"), 1),
-                                             (acc_ax, ("train_accuracy", "val_accuracy"), 100)):
-        for k, (key, name, offset) in enumerate(((train_key, "train, epoch mean", 0.5),
-                                                 (val_key, "validation", 1.0))):
-            values = series.get(key)
-            if values:
-                epochs = np.arange(len(values)) + offset
-                ax.plot(epochs, scale * np.asarray(values), marker="o", color=COLOURS[k], label=name)
-        ax.set_xlabel("epoch")
-        ax.set_xlim(left=0)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    loss_ax.set_ylabel("binary cross-entropy (nats per image)")
-    loss_ax.set_title("Loss")
-    acc_ax.set_ylabel("accuracy (%)")
-    acc_ax.set_title("Accuracy")
-    low, high = acc_ax.get_ylim()
-    if high - low < 10:                  # a short run: keep a 0.2-point wobble from filling the panel
-        low = min(max(0.0, (low + high) / 2 - 5), 90.0)
-        acc_ax.set_ylim(low, low + 10)
-    if title:
-        fig.suptitle(title)
-    return _finish(fig, save)
-
-
-# ---------------------------------------------------------------------------
-# Sparse kernel speed-up
-# ---------------------------------------------------------------------------
-
-def plot_sparse_speedup(sparsities, dense_ms, sparse_ms, title=None, save=None):
-    """Time of a dense and a zero-skipping kernel against weight sparsity, and their ratio.
-
-    ``sparsities``: fractions of zero weights; ``dense_ms``, ``sparse_ms``:
-    the measured times in milliseconds at each.  Left: both times; right:
-    speed-up = dense / sparse, with the break-even line at 1.
-    """
-    s = 100 * np.asarray(sparsities, dtype=float)
-    dense_ms = np.asarray(dense_ms, dtype=float)
-    sparse_ms = np.asarray(sparse_ms, dtype=float)
-    if not len(s) == len(dense_ms) == len(sparse_ms):
-        raise ValueError(f"plot_sparse_speedup: got {len(s)} sparsities, {len(dense_ms)} dense and "
-                         f"{len(sparse_ms)} sparse times; expected one of each per sparsity")
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    times, ratio = fig.subplots(1, 2)
-    times.plot(s, dense_ms, marker="o", color=COLOURS[0], label="dense kernel")
-    times.plot(s, sparse_ms, marker="o", color=COLOURS[1], label="zero-skipping kernel")
-    times.set_xlabel("zero weights (%)")
-    times.set_ylabel("time (ms)")
-    times.set_title("Time per call")
-    times.grid(alpha=0.3)
-    times.legend()
-    ratio.plot(s, dense_ms / sparse_ms, marker="o", color=COLOURS[2])
-    ratio.axhline(1.0, color="grey", linestyle="--", label="break-even")
-    ratio.set_xlabel("zero weights (%)")
-    ratio.set_ylabel("speed-up (dense time / sparse time)")
-    ratio.set_title("Speed-up of skipping zeros")
-    ratio.grid(alpha=0.3)
-    ratio.legend()
-    if title:
-        fig.suptitle(title)
-    return _finish(fig, save)
-
-
-# ---------------------------------------------------------------------------
-# Data set images
-# ---------------------------------------------------------------------------
-
-def save_grid(images, path, nrow=8, labels=None):
-    """Write a PNG of images in a grid, ``nrow`` images per row; returns the path as a Path.
-
-    images: (N, C, H, W), uint8 or float in [0, 1]; C is 3 (RGB) or 1 (grey).
-    labels: optional (N,); 0/1 are titled "no person" / "person", other
-    values (scores, names) printed as they are.  Each image gets 1.25 x 1.45
-    inches at 100 dots per inch, room for a title.  Missing folders are
-    created, and the file is written with ``common.atomic_write``, so a
-    reader never sees half a picture.
-    """
-    pictures = to_float(images)
-    count = len(pictures)
-    rows = max(1, -(-count // nrow))
-    figure = Figure(figsize=(1.25 * nrow, 1.45 * rows), dpi=100)
-    axes = figure.subplots(rows, nrow, squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if k >= count:
-            continue
-        picture = pictures[k].transpose(1, 2, 0)  # CHW -> HWC for imshow
-        if picture.shape[2] == 1:
-            ax.imshow(picture[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        else:
-            ax.imshow(np.clip(picture, 0, 1), interpolation="nearest")
-        if labels is not None:
-            ax.set_title(_label_title(labels[k]), fontsize=8)
-    figure.tight_layout(pad=0.3)
-    return atomic_write(path, lambda stream: figure.savefig(stream, format="png"))
-
-
-def _label_title(label):
-    """"person" / "no person" for 1 / 0; anything else (a score, a name) as is."""
-    if isinstance(label, (int, np.integer, float, np.floating)) and label in (0, 1):
-        return "person" if label == 1 else "no person"
-    return str(label)
+    return finish(fig, save)
