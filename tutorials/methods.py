@@ -30,7 +30,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from tinyprune import (ChannelPrune, GlobalLevelPrune, LevelPrune, compute_dot_prods, evaluate,
                        pretrained, prune, trainer)
@@ -39,6 +38,7 @@ from tinyprune.criteria import batchnorm_scores, magnitude_scores, random_scores
 from tinyprune.data import SyntheticVWW, to_float
 from tinyprune.gradual import GradualPrune
 from tinyprune.pipeline import TUTORIAL_INPUT, bake_and_propagate, prune_and_resize
+from tinyprune import plots
 from tinyprune.plots import COLOURS, save_figure
 from tinyprune.prune import NMPrune, l2
 from tinyprune.resize import resize, sort_channels
@@ -239,7 +239,7 @@ def plot_methods(rows, baseline, control, budget, save):
     """Accuracy after pruning and after finetuning, and multiplies, one bar pair per method."""
     names = list(rows)
     y = np.arange(len(names))
-    fig = Figure(figsize=(12, 1.8 + 0.45 * len(names)), layout="constrained")
+    fig = plots.Figure(figsize=(12, 1.8 + 0.45 * len(names)), layout="constrained")   # shows itself in Jupyter
     accuracy_ax, cost_ax = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     pruned = [np.nan if r["pruned_accuracy"] is None else 100 * r["pruned_accuracy"] for r in rows.values()]
     accuracy_ax.barh(y - 0.2, pruned, height=0.4, color=COLOURS[1], label="right after pruning")
