@@ -539,12 +539,13 @@ class Chain(Layer):
         return tuple(shape)
 
     def __call__(self, x):
-        return self._run(self.prepare_input(x))
+        return self.forward(x)            # a chain's forward checks all that a call checks
 
     def forward(self, x):
         # The whole chain is checked before any layer runs (naming the layer that
-        # refuses, model[0][7]), so a refusal deep inside moves no statistic.
-        return self._run(self.forward_input(x))
+        # refuses, model[0][7]; in train mode refusing NaN and infinity), so a
+        # refusal deep inside moves no statistic.
+        return self._run(self.prepare_input(x))
 
     def _run(self, x):
         """Run the layers on ``x``, which the whole chain has accepted: nested chains skip their check."""
@@ -554,9 +555,9 @@ class Chain(Layer):
         return self.keep_for_backward(True, x)
 
     def backward(self, dy):
-        # A model is a Chain, so this is where a user's gradient enters: give it the
-        # model's dtype (float64 dlogits must not turn a float32 model's backward
-        # pass into a slower float64 one) and make it contiguous for the kernels.
+        # A model is a Chain, so this is where a user's gradient enters: check it
+        # against the last output and give it that output's dtype (float64 dlogits
+        # must not turn a float32 model's backward pass into a slower float64 one).
         dy = self.backward_input(dy)
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
