@@ -162,12 +162,29 @@ def _json_value(value):
 
 
 def _as_path(path, where):
-    """``path`` (a str or os.PathLike) as a Path; TypeError or ValueError naming ``where``."""
-    if not isinstance(path, (str, os.PathLike)):
+    """``path`` (a str or os.PathLike) as a Path to a file, or not a file yet; an error naming ``where``.
+
+    Refuses what Path would quietly change ('' becomes '.', 'a.npz/' becomes
+    'a.npz') and what is there but is no regular file (a folder, a device
+    such as /dev/null, a pipe): a rename over it would replace it.
+    """
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
         raise TypeError(f"{where}: path must be a str or a Path, got {path!r}")
-    if not os.fspath(path):
+    text = os.fspath(path)
+    if not text:
         raise ValueError(f"{where}: path is empty; name a file, e.g. 'model.npz'")
-    return Path(path)
+    if "\0" in text:
+        raise ValueError(f"{where}: path {text!r} contains a NUL character, which no file name can")
+    path = Path(path)
+    try:
+        folder, other = path.is_dir(), path.exists() and not path.is_file()
+    except OSError as error:                      # a name too long, a folder we may not look into
+        raise type(error)(f"{where}: cannot use {text!r}: {error.strerror}") from None
+    if text.endswith(("/", os.sep)) or folder:
+        raise IsADirectoryError(f"{where}: {text!r} names a folder, not a checkpoint file")
+    if other:
+        raise OSError(f"{where}: {text!r} is not a regular file (a device, a pipe or a socket)")
+    return path
 
 
 def save(model, path, metadata=None):
@@ -238,8 +255,6 @@ _UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, st
 def _checkpoint_file(path):
     """``path`` as the Path of an existing file: TypeError, ValueError, IsADirectoryError or FileNotFoundError."""
     path = _as_path(path, "load")
-    if path.is_dir():
-        raise IsADirectoryError(f"load: {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     return path
