@@ -19,15 +19,13 @@ Only arrays of numbers, booleans and text are stored, so the file is read
 without pickle: opening a checkpoint cannot run code.
 
 A checkpoint is untrusted input, so ``load`` checks before it allocates:
-every ``.npy`` header (read on its own, without the data) must declare an
-array whose size is exactly the bytes the archive holds for it; the JSON
-may nest at most ``MAX_JSON_DEPTH`` deep; the layers the architecture
-declares cannot hold more numbers than the file stores; and every value
-must be usable (float32 or float64 parameters, finite where not masked,
-no negative variance).  Anything else is a :class:`CheckpointError` naming
-the file and the entry, never a MemoryError, a RecursionError or a zipfile
-error.  ``save`` refuses, by the same checks, a model that ``load`` would
-refuse.
+each ``.npy`` header must declare exactly the bytes the archive holds for
+it, the JSON nests at most ``MAX_JSON_DEPTH`` deep, the architecture's
+layers hold no more numbers than the file stores, and every value is usable
+(float32 or float64, finite unless masked).  Anything else is a
+:class:`CheckpointError` naming the file and the entry -- never a
+MemoryError, a RecursionError or a zipfile error.  ``save`` refuses what
+``load`` would.
 """
 
 import inspect
@@ -62,15 +60,13 @@ LAYER_TYPES = (Chain, Conv2d, DepthwiseConv2d, Dense, BatchNorm2d, SlopeHTanh, R
                Identity, GlobalMeanPool, Flatten)
 _BY_NAME = {kind.__name__: kind for kind in LAYER_TYPES}
 
-# How deep the JSON of a checkpoint may nest.  A model of chains inside chains
-# nests two levels per chain, so this allows about 45 chains inside each other;
-# Python's JSON reader would give up (RecursionError) near a thousand.
+# How deep a checkpoint's JSON may nest: about 48 chains inside each other (two
+# levels each); Python's JSON reader would give up (RecursionError) near 1000.
 MAX_JSON_DEPTH = 100
 
-# The constructor arguments whose product a layer's parameters have at least
-# as many numbers as (Conv2d: c_in * c_out * KH * KW is its weight).  Reading
-# them from the description bounds what building the model will allocate
-# before anything is built.
+# The constructor arguments whose product a layer's parameters hold at least
+# as many numbers as (Conv2d: c_in * c_out * KH * KW): read from a description,
+# they bound what building it will allocate.
 SIZE_ARGUMENTS = ("c_in", "c_out", "channels", "n_in", "n_out", "kernel")
 
 # Deflate, the only compression .npz files use, cannot expand its input more

@@ -36,6 +36,17 @@ def _entries(size, max_entries, rng):
     return np.sort(rng.choice(size, max_entries, replace=False))
 
 
+def _check_arguments(layer, eps, max_entries, seed):
+    """TypeError or ValueError naming the argument of gradcheck that is wrong; else the random generator."""
+    if not isinstance(layer, Layer):
+        raise TypeError(f"gradcheck: layer must be a tinyprune Layer (with forward and backward), "
+                        f"got {type(layer).__name__}")
+    check_number(eps, "eps", "gradcheck", low=0.0, low_open=True)
+    if max_entries is not None:
+        check_int(max_entries, "max_entries", "gradcheck")
+    return np.random.default_rng(check_int(seed, "seed", "gradcheck", minimum=0))
+
+
 def gradcheck(layer, x, eps=1e-6, max_entries=None, seed=0):
     """Compare every analytic gradient of ``layer`` with central differences, in float64.
 
@@ -61,13 +72,7 @@ def gradcheck(layer, x, eps=1e-6, max_entries=None, seed=0):
     (a function has no backward to check: TypeError); ``x`` is checked as
     ``layer(x)`` checks it.  Returns a :class:`GradcheckReport`.
     """
-    if not isinstance(layer, Layer):
-        raise TypeError(f"gradcheck: layer must be a tinyprune Layer (with forward and backward), "
-                        f"got {type(layer).__name__}")
-    check_number(eps, "eps", "gradcheck", low=0.0, low_open=True)
-    if max_entries is not None:
-        check_int(max_entries, "max_entries", "gradcheck")
-    rng = np.random.default_rng(check_int(seed, "seed", "gradcheck", minimum=0))
+    rng = _check_arguments(layer, eps, max_entries, seed)
     model = layer.copy().to(np.float64)
     x = np.array(model.prepare_input(x), dtype=np.float64)     # a copy: the input is nudged below
     y = model.forward(x)

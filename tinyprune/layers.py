@@ -9,21 +9,18 @@ A layer is a small object with
   (``conv.weight``), statistics in ``buffer_names`` (``bn.running_mean``);
 * ``masks``: a dict from parameter name to a boolean array (True = kept),
   set by pruning.  A masked entry is used as zero in the forward pass, gets
-  zero gradient, and optimisers keep it at exactly zero.  "Used as zero" is
-  a selection (``np.where``), not a product with the mask: NaN x 0 and
-  inf x 0 are NaN, and a masked entry must read 0 whatever is stored there.
+  zero gradient, and optimisers keep it at exactly zero: selected away, not
+  multiplied by 0, so it reads 0 even if NaN or inf is stored there.
 
 Shapes: activations NCHW, conv weights OIHW ``(C_out, C_in, KH, KW)``,
 depthwise weights ``(C, 1, KH, KW)``, dense weights ``(out, in)``.  All
 layers run in float32 (the default) or float64 (``model.to(np.float64)``).
 
 Calling a layer, ``layer(x)``, checks the input against the whole layer
-first (every error names the layer's position, e.g. ``model[0][7]``; in train
-mode NaN and infinity are refused) and then runs ``forward``.  ``forward`` and
-``backward`` are safe to call directly too: each starts with a cheap check
-(``forward_input``, ``backward_input``: dtype and shape, no pass over the
-values), so a wrong shape is a ValueError naming the layer, never a kernel
-reading out of bounds, and ``backward`` before ``forward`` is a RuntimeError.
+first (errors name the layer's position, e.g. ``model[0][7]``; train mode
+refuses NaN and inf), then runs ``forward``.  ``forward`` and ``backward``
+start with cheap checks of their own (dtype and shape: tinyprune/module.py),
+so no public method hands a kernel an array it would read out of bounds.
 
 Where things are: ``Layer`` (the contract every layer keeps), ``Dense``,
 ``BatchNorm2d``, the activations, pooling, ``Flatten`` and ``Chain`` are
@@ -41,7 +38,7 @@ import numpy as np
 from . import activations as act
 from . import kernels
 from .common import check_int, check_number
-from .module import Module, check_parameter_dtype
+from .module import Module, check_parameter_dtype, layer_at, parse_path  # noqa: F401  (paths: see module.py)
 
 __all__ = [
     "Layer", "Conv2d", "DepthwiseConv2d", "Dense", "BatchNorm2d",
@@ -229,11 +226,9 @@ class BatchNorm2d(Layer):
     *unbiased* variance M/(M-1) * var for ``running_var`` (M = N*H*W).
     Eval mode uses the running estimates.  ``weight`` is gamma, ``bias`` beta.
 
-    A train-mode batch whose new running estimates would not be finite (a
-    NaN or an infinity in the batch, or values so large that their variance
-    overflows the dtype) is refused before any estimate moves: one bad batch
-    would otherwise spoil every later eval-mode output.  The check costs one
-    look at C numbers, so it runs on every batch, wherever the NaN came from.
+    A train-mode batch that would make a running estimate NaN or inf (a NaN
+    in it, or a variance overflowing the dtype) is refused before any moves:
+    it would spoil every later eval output.  The check reads C numbers.
     """
 
     param_names = ("weight", "bias")
@@ -571,29 +566,3 @@ class Chain(Layer):
         lines.append(f"{indent})")
         return "\n".join(lines)
 
-
-def parse_path(path):
-    """``"[0][3]"``, ``"model[0][3]"`` or ``(0, 3)`` -> ``(0, 3)``."""
-    if isinstance(path, (tuple, list)):
-        return tuple(int(i) for i in path)
-    text = str(path)
-    if text.startswith("model"):
-        text = text[len("model"):]
-    if not text.startswith("[") or not text.endswith("]"):
-        raise ValueError(f"layer path {path!r} is not of the form '[0][3]'")
-    try:
-        return tuple(int(part) for part in text[1:-1].split("]["))
-    except ValueError:
-        raise ValueError(f"layer path {path!r} is not of the form '[0][3]'") from None
-
-
-def layer_at(model, path):
-    """The layer at ``path`` (``"[0][3]"`` means ``model[0][3]``); ValueError naming the path if none."""
-    layer = model
-    walked = "model"
-    for i in parse_path(path):
-        if not isinstance(layer, Chain) or not -len(layer) <= i < len(layer):
-            raise ValueError(f"layer path {path!r} names no layer: {walked} has no element [{i}]")
-        layer = layer[i]
-        walked += f"[{i}]"
-    return layer

@@ -7,7 +7,8 @@ layer *has* is the same for every layer, is written once here, in
 
 * a mode: ``train()`` and ``eval()``, passed down to every child;
 * a place in a tree: ``children()``, ``named_layers()`` (``("[0][3]", bn)``),
-  ``named_parameters()`` and ``named_buffers()`` (``("0.3.weight", bn, "weight")``);
+  ``named_parameters()`` and ``named_buffers()`` (``("0.3.weight", bn, "weight")``),
+  and back from a path to its layer: ``layer_at(model, "[0][3]")``;
 * its arrays by key: ``state_dict()`` / ``load_state_dict()`` (PyTorch's
   keys and layouts), ``grad_dict()``, ``mask_dict()``;
 * a number type: ``dtype``, ``to(dtype)``; and ``copy()``;
@@ -31,7 +32,7 @@ import copy
 
 import numpy as np
 
-__all__ = ["Module", "PARAMETER_DTYPES", "check_parameter_dtype"]
+__all__ = ["Module", "PARAMETER_DTYPES", "check_parameter_dtype", "layer_at", "parse_path"]
 
 PARAMETER_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -52,19 +53,25 @@ def check_parameter_dtype(dtype, what, where):
     return dtype
 
 
-def _as_array(x, where, what):
+def _numbers(value, where, what, kinds="fiu"):
+    """``value`` as an ndarray whose dtype kind is one of ``kinds``; a ValueError naming ``where`` and ``what``."""
+    try:
+        value = np.asarray(value)
+    except (TypeError, ValueError) as error:      # ragged lists, objects NumPy cannot take
+        raise ValueError(f"{where}: {what} is not an array of numbers ({error})") from None
+    if value.dtype.kind not in kinds:
+        raise ValueError(f"{where}: expected {what} of real numbers, got dtype {value.dtype}")
+    return value
+
+
+def _float_input(x, where):
     """``x`` as an ndarray of real floating-point numbers, or a ValueError naming ``where``."""
     if type(x) is np.ndarray and x.dtype in PARAMETER_DTYPES:
         return x                                  # the usual case, decided at once
-    try:
-        x = np.asarray(x)
-    except (TypeError, ValueError) as error:      # ragged lists, objects NumPy cannot take
-        raise ValueError(f"{where}: {what} is not an array of numbers ({error})") from None
-    if x.dtype.kind in "iub":
-        raise ValueError(f"{where}: expected floating-point {what}, got {x.dtype}; "
-                         "scale images to [0, 1] first (tinyprune.data.to_float)")
+    x = _numbers(x, where, "input", kinds="fiub")
     if x.dtype.kind != "f":
-        raise ValueError(f"{where}: expected {what} of real floating-point numbers, got dtype {x.dtype}")
+        raise ValueError(f"{where}: expected floating-point input, got {x.dtype}; "
+                         "scale images to [0, 1] first (tinyprune.data.to_float)")
     return x
 
 
@@ -102,7 +109,7 @@ class Module:
         else in float64.
         """
         where = where or self._where()
-        x = _as_array(x, where, "input")
+        x = _float_input(x, where)
         if not x.shape or 0 in x.shape:
             raise ValueError(f"{where}: a batch needs at least one image with at least one value, "
                              f"got input shape {x.shape}")
@@ -130,12 +137,7 @@ class Module:
             raise RuntimeError(f"{where}: backward called before forward (or after to(), copy() "
                                "or a failed forward, which drop what forward kept)")
         shape, dtype = self._output
-        try:
-            dy = np.asarray(dy)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{where}: dy is not an array of numbers ({error})") from None
-        if dy.dtype.kind not in "fiu":
-            raise ValueError(f"{where}: expected dy of real numbers, got dtype {dy.dtype}")
+        dy = _numbers(dy, where, "dy")
         if dy.shape != shape:
             raise ValueError(f"{where}: dy has shape {dy.shape}, the last forward produced {shape}")
         return np.ascontiguousarray(dy, dtype=dtype)
@@ -228,7 +230,7 @@ class Module:
             raise ValueError(f"load_state_dict: unexpected key(s) {extra}")
         for key, (layer, name) in expected.items():
             old = np.asarray(getattr(layer, name))
-            new = _as_state_array(state[key], key)
+            new = _numbers(state[key], "load_state_dict", f"array {key!r}")
             if new.shape != old.shape:
                 raise ValueError(
                     f"load_state_dict: key {key!r} has shape {new.shape}, "
@@ -307,12 +309,27 @@ class Module:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-def _as_state_array(value, key):
-    """A state_dict entry as an array of real numbers, or an error naming its key."""
+def parse_path(path):
+    """``"[0][3]"``, ``"model[0][3]"`` or ``(0, 3)`` -> ``(0, 3)``."""
+    text = "".join(f"[{i}]" for i in path) if isinstance(path, (tuple, list)) else str(path)
+    if text.startswith("model"):
+        text = text[len("model"):]
+    if not text.startswith("[") or not text.endswith("]"):
+        raise ValueError(f"layer path {path!r} is not of the form '[0][3]'")
     try:
-        value = np.asarray(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"load_state_dict: array {key!r} is not an array of numbers ({error})") from None
-    if value.dtype.kind not in "fiu":
-        raise ValueError(f"load_state_dict: array {key!r} must hold real numbers, got dtype {value.dtype}")
-    return value
+        return tuple(int(part) for part in text[1:-1].split("]["))
+    except ValueError:
+        raise ValueError(f"layer path {path!r} is not of the form '[0][3]'") from None
+
+
+def layer_at(model, path):
+    """The layer at ``path`` (``"[0][3]"`` means ``model[0][3]``); ValueError naming the path if none."""
+    layer = model
+    walked = "model"
+    for i in parse_path(path):
+        children = layer.children()
+        if not -len(children) <= i < len(children):
+            raise ValueError(f"layer path {path!r} names no layer: {walked} has no element [{i}]")
+        layer = children[i]
+        walked += f"[{i}]"
+    return layer
