@@ -209,6 +209,18 @@ def test_a_nan_stored_at_a_masked_entry_loads_and_computes_as_zero(good, tmp_pat
     np.testing.assert_array_equal(loaded(x), model(x))
 
 
+def test_a_big_endian_or_fortran_ordered_checkpoint_loads_with_the_same_numbers(good, tmp_path):
+    def change(arrays):
+        for key in [k for k in arrays if k.startswith("state/")]:
+            value = arrays[key].astype(arrays[key].dtype.newbyteorder(">"))
+            arrays[key] = np.asfortranarray(value) if value.ndim else value   # (it would make a 0-d array 1-d)
+    path = written(tmp_path, edited(good, change), "other-order.npz")
+    loaded, model = load(path), small_model()
+    assert all(value.dtype.isnative for value in loaded.state_dict().values())
+    x = np.random.default_rng(4).random((2, 3, 6, 6), dtype=np.float32)
+    np.testing.assert_array_equal(loaded(x), model(x))
+
+
 # ---------------------------------------------------------------------------
 # 13: sizes and nesting are checked against the file before anything is allocated
 # ---------------------------------------------------------------------------

@@ -250,6 +250,13 @@ def test_a_nan_made_inside_the_model_is_refused_by_the_first_batchnorm_it_reache
         model.backward(np.ones((2, 2), np.float32))
 
 
+def test_a_batchnorm_whose_stored_statistics_are_nan_says_so_instead_of_blaming_the_batch():
+    model = small_model()
+    model[1].running_var[2] = np.nan
+    refused(lambda: model(images()), ValueError, r"^BatchNorm2d\(4\): the batch's statistics are not finite in "
+                                                 r"float32 \(its running statistics already hold NaN", model)
+
+
 def test_eval_mode_moves_no_statistic_so_it_passes_nan_through():
     model = small_model().eval()
     x = images()

@@ -290,9 +290,11 @@ class BatchNorm2d(Layer):
         running_mean = ((1 - m) * self.running_mean + m * mean).astype(x.dtype)
         running_var = ((1 - m) * self.running_var + m * var * (M / (M - 1))).astype(x.dtype)
         if not (np.isfinite(running_mean).all() and np.isfinite(running_var).all()):
-            raise ValueError(f"BatchNorm2d({C}): the batch's statistics are not finite in "
-                             f"{x.dtype} (NaN or infinity in its input, or values too large); "
-                             "the running statistics were left as they were")
+            stored = np.isfinite(self.running_mean).all() and np.isfinite(self.running_var).all()
+            cause = "NaN or infinity in its input, or values too large" if stored else \
+                "its running statistics already hold NaN or infinity"
+            raise ValueError(f"BatchNorm2d({C}): the batch's statistics are not finite in {x.dtype} "
+                             f"({cause}); the running statistics were left as they were")
         self.running_mean, self.running_var = running_mean, running_var
         self.num_batches_tracked = self.num_batches_tracked + 1
         return self.keep_for_backward((x3, mean, var), y)
