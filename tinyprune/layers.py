@@ -287,8 +287,9 @@ class BatchNorm2d(Layer):
                                         self.eps, y.reshape(N, C, H * W), mean, var)
         M = N * H * W
         m = self.momentum
-        running_mean = ((1 - m) * self.running_mean + m * mean).astype(x.dtype)
-        running_var = ((1 - m) * self.running_var + m * var * (M / (M - 1))).astype(x.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):     # an overflow is refused just below
+            running_mean = ((1 - m) * self.running_mean + m * mean).astype(x.dtype)
+            running_var = ((1 - m) * self.running_var + m * var * (M / (M - 1))).astype(x.dtype)
         if not (np.isfinite(running_mean).all() and np.isfinite(running_var).all()):
             stored = np.isfinite(self.running_mean).all() and np.isfinite(self.running_var).all()
             cause = "NaN or infinity in its input, or values too large" if stored else \
