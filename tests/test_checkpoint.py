@@ -283,3 +283,17 @@ def test_an_installed_copy_is_found_when_the_data_folder_has_none(tmp_path, monk
     # TINYPRUNE_DATA means "this folder only": no fallback.
     monkeypatch.setenv("TINYPRUNE_DATA", str(empty))
     assert ckpt.pretrained_path() == empty / PRETRAINED_FILE
+
+
+def test_the_checkpoint_reader_gives_every_entry_exactly_as_numpy_reads_it(model, tmp_path):
+    # load reads the archive itself (checking each header before its data); it must
+    # not change a bit of what np.load would give, in the shipped file or a pruned one.
+    from tinyprune.checkpoint import _read_arrays, pretrained_path
+    pruned = save(prune(LevelPrune(0.5), model), tmp_path / "pruned.npz")
+    for path in (pretrained_path(), pruned):
+        ours = _read_arrays(path)
+        with np.load(path, allow_pickle=False) as stored:
+            assert sorted(ours) == sorted(stored.files)
+            for key in stored.files:
+                assert ours[key].dtype == stored[key].dtype and ours[key].shape == stored[key].shape, key
+                assert ours[key].tobytes() == stored[key].tobytes(), key

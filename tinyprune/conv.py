@@ -15,6 +15,7 @@ import numpy as np
 from . import kernels
 from .common import check_int
 from .layers import Layer, check_shape, glorot_uniform
+from .module import check_parameter_dtype
 
 __all__ = ["Conv2d", "DepthwiseConv2d"]
 
@@ -75,6 +76,7 @@ class Conv2d(Layer):
         kh, kw = _kernel_size(kernel, name)
         self.stride = check_int(stride, "stride", name)
         self.pad = check_int(pad, "pad", name, minimum=0)
+        dtype = check_parameter_dtype(dtype, "dtype", name)
         self.weight = glorot_uniform((c_out, c_in, kh, kw), c_in * kh * kw, c_out * kh * kw, rng, dtype)
         self.bias = np.zeros(c_out, dtype) if bias else None
         self.param_names = ("weight", "bias") if bias else ("weight",)
@@ -99,6 +101,7 @@ class Conv2d(Layer):
         return (shape[0], self.c_out, HO, WO)
 
     def forward(self, x):
+        x = self.forward_input(x)
         N, C, H, W = x.shape
         kh, kw = self.kernel
         HO = _conv_output_size(H, kh, self.stride, self.pad)
@@ -108,15 +111,13 @@ class Conv2d(Layer):
             kernels.conv_direct(x, np.ascontiguousarray(self.effective("weight")), self.stride, self.pad, y)
             if self.bias is not None:
                 y += self.effective("bias")[:, None, None]
-            self._cache = (x, None)                 # no columns: an eval-mode backward unfolds x
-            return y
+            return self.keep_for_backward((x, None), y)   # no columns: an eval-mode backward unfolds x
         cols = self._columns(x, HO, WO)
         w = self.effective("weight").reshape(self.c_out, -1)
         y = np.matmul(w, cols)                      # (N, C_out, HO*WO): one BLAS call per image
         if self.bias is not None:
             y += self.effective("bias")[:, None]
-        self._cache = (x, cols)
-        return y.reshape(N, self.c_out, HO, WO)
+        return self.keep_for_backward((x, cols), y.reshape(N, self.c_out, HO, WO))
 
     def _columns(self, x, HO, WO):
         """The receptive fields of ``x`` as columns, (N, C_in*KH*KW, HO*WO)."""
@@ -132,11 +133,12 @@ class Conv2d(Layer):
         # y[n] = Wm @ cols[n] + b  =>  dWm = sum_n dy[n] @ cols[n]^T,
         # dcols[n] = Wm^T @ dy[n],  db = sum over n and pixels of dy,
         # and dx = col2im(dcols), the adjoint of the unfolding.
+        dy = self.backward_input(dy)
         x, cols = self._cache
         if cols is None:                            # the forward pass went direct: unfold now
             cols = self._columns(x, dy.shape[2], dy.shape[3])
         N = dy.shape[0]
-        g = np.ascontiguousarray(dy).reshape(N, self.c_out, -1)
+        g = dy.reshape(N, self.c_out, -1)
         w = self.effective("weight").reshape(self.c_out, -1)
         # One product per image, then the sum over images: gathering all images
         # into one long product would first need transposed copies of g and cols.
@@ -169,6 +171,7 @@ class DepthwiseConv2d(Layer):
         kh, kw = _kernel_size(kernel, name)
         self.stride = check_int(stride, "stride", name)
         self.pad = check_int(pad, "pad", name, minimum=0)
+        dtype = check_parameter_dtype(dtype, "dtype", name)
         # Flux counts a grouped conv's fans per group: fan_in = KH*KW*1, fan_out = KH*KW*C.
         self.weight = glorot_uniform((channels, 1, kh, kw), kh * kw, channels * kh * kw, rng, dtype)
         self.param_names = ("weight",)
@@ -192,21 +195,22 @@ class DepthwiseConv2d(Layer):
         return np.ascontiguousarray(self.effective("weight").reshape(self.channels, kh, kw))
 
     def forward(self, x):
+        x = self.forward_input(x)
         N, C, H, W = x.shape
         kh, kw = self.kernel
         out = np.empty((N, C, _conv_output_size(H, kh, self.stride, self.pad),
                         _conv_output_size(W, kw, self.stride, self.pad)), x.dtype)
         kernels.depthwise_forward(x, self._filters(), self.stride, self.pad, out)
-        self._cache = x
-        return out
+        return self.keep_for_backward(x, out)
 
     def backward(self, dy):
         # With xp the zero-padded input, y[n,c,i,j] = sum_ab w[c,a,b] xp[n,c,i*s+a,j*s+b], so
         # dxp[n,c,i*s+a,j*s+b] += w[c,a,b] dy[n,c,i,j] and dw[c,a,b] = sum_nij dy[n,c,i,j] xp[n,c,i*s+a,j*s+b];
         # the kernel does both and drops the gradient that falls on the padding.
+        dy = self.backward_input(dy)
         x = self._cache
         dx = np.empty_like(x)
         dw = np.empty((self.channels,) + tuple(self.kernel), x.dtype)
-        kernels.depthwise_backward(x, self._filters(), np.ascontiguousarray(dy), self.stride, self.pad, dx, dw)
+        kernels.depthwise_backward(x, self._filters(), dy, self.stride, self.pad, dx, dw)
         self.set_grad("weight", dw.reshape(self.weight.shape))
         return dx

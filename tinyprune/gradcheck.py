@@ -7,6 +7,9 @@ nudging every input and parameter entry and watching the output move.
 
 import numpy as np
 
+from .common import check_int, check_number
+from .layers import Layer
+
 __all__ = ["gradcheck", "GradcheckReport"]
 
 
@@ -33,6 +36,17 @@ def _entries(size, max_entries, rng):
     return np.sort(rng.choice(size, max_entries, replace=False))
 
 
+def _check_arguments(layer, eps, max_entries, seed):
+    """TypeError or ValueError naming the argument of gradcheck that is wrong; else the random generator."""
+    if not isinstance(layer, Layer):
+        raise TypeError(f"gradcheck: layer must be a tinyprune Layer (with forward and backward), "
+                        f"got {type(layer).__name__}")
+    check_number(eps, "eps", "gradcheck", low=0.0, low_open=True)
+    if max_entries is not None:
+        check_int(max_entries, "max_entries", "gradcheck")
+    return np.random.default_rng(check_int(seed, "seed", "gradcheck", minimum=0))
+
+
 def gradcheck(layer, x, eps=1e-6, max_entries=None, seed=0):
     """Compare every analytic gradient of ``layer`` with central differences, in float64.
 
@@ -54,12 +68,13 @@ def gradcheck(layer, x, eps=1e-6, max_entries=None, seed=0):
     subset of each larger tensor (the whole tensor when None).
 
     Works on a float64 copy, so ``layer`` itself is left as it was; mode
-    (train/eval) is the layer's own.  Returns a :class:`GradcheckReport`.
+    (train/eval) is the layer's own.  ``layer`` must be a tinyprune layer
+    (a function has no backward to check: TypeError); ``x`` is checked as
+    ``layer(x)`` checks it.  Returns a :class:`GradcheckReport`.
     """
+    rng = _check_arguments(layer, eps, max_entries, seed)
     model = layer.copy().to(np.float64)
-    x = np.array(x, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    x = model.prepare_input(x)
+    x = np.array(model.prepare_input(x), dtype=np.float64)     # a copy: the input is nudged below
     y = model.forward(x)
     r = rng.standard_normal(y.shape)
 

@@ -12,8 +12,12 @@ Conventions shared by all kernels:
 * activations are NCHW, conv weights OIHW, as everywhere in tinyprune;
 * kernels write into output arrays they are given (``out``, ``dx``, ...)
   instead of allocating, so the layers decide what is allocated and when;
-* kernels never check their arguments: the layers validate shapes before a
-  kernel runs, so a user mistake is reported in Python, not as a crash;
+* kernels never check their arguments (a compiled loop does not check its
+  indices either: a wrong shape would read out of bounds).  The layers'
+  ``forward`` and ``backward`` check every shape first (``forward_input``,
+  ``backward_input`` in tinyprune/module.py), so a user mistake is reported in
+  Python, naming the layer, before any kernel runs; call a kernel yourself
+  only with the shapes its docstring gives;
 * every array a kernel gets is C-contiguous, so rows are contiguous runs of
   memory and the innermost loops walk them with unit steps, which is what
   lets the compiler turn a loop into vector instructions (8 float32 at once);

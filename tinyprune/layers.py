@@ -9,16 +9,18 @@ A layer is a small object with
   (``conv.weight``), statistics in ``buffer_names`` (``bn.running_mean``);
 * ``masks``: a dict from parameter name to a boolean array (True = kept),
   set by pruning.  A masked entry is used as zero in the forward pass, gets
-  zero gradient, and optimisers keep it at exactly zero.
+  zero gradient, and optimisers keep it at exactly zero: selected away, not
+  multiplied by 0, so it reads 0 even if NaN or inf is stored there.
 
 Shapes: activations NCHW, conv weights OIHW ``(C_out, C_in, KH, KW)``,
 depthwise weights ``(C, 1, KH, KW)``, dense weights ``(out, in)``.  All
 layers run in float32 (the default) or float64 (``model.to(np.float64)``).
 
-Calling a layer, ``layer(x)``, checks the input's shape against the whole
-layer first (every error names the layer's position, e.g. ``model[0][7]``)
-and then runs ``forward``; inside a chain, children are run by ``forward``
-directly, so the check happens once per call.
+Calling a layer, ``layer(x)``, checks the input against the whole layer
+first (errors name the layer's position, e.g. ``model[0][7]``; train mode
+refuses NaN and inf), then runs ``forward``.  ``forward`` and ``backward``
+start with cheap checks of their own (dtype and shape: tinyprune/module.py),
+so no public method hands a kernel an array it would read out of bounds.
 
 Where things are: ``Layer`` (the contract every layer keeps), ``Dense``,
 ``BatchNorm2d``, the activations, pooling, ``Flatten`` and ``Chain`` are
@@ -36,7 +38,7 @@ import numpy as np
 from . import activations as act
 from . import kernels
 from .common import check_int, check_number
-from .module import Module
+from .module import Module, check_parameter_dtype, layer_at, parse_path  # noqa: F401  (paths: see module.py)
 
 __all__ = [
     "Layer", "Conv2d", "DepthwiseConv2d", "Dense", "BatchNorm2d",
@@ -110,6 +112,7 @@ class Layer(Module):
         self.grads = {}       # parameter name -> its gradient from the last backward
         self.masks = {}       # parameter name -> boolean array, True = kept
         self._cache = None    # what forward keeps for backward
+        self._output = None   # (shape, dtype) of forward's output: what dy must be
 
     def __call__(self, x):
         """Check ``x`` against the whole layer (``prepare_input``), then run ``forward``."""
@@ -135,16 +138,22 @@ class Layer(Module):
         """``output_shape`` plus what only running the layer now requires (its mode)."""
         return self.output_shape(shape, where)
 
+    def masked(self, name, value):
+        """``value`` (shaped like parameter ``name``) with the entries its mask prunes set to 0.
+
+        Selects rather than multiplies: a masked entry reads exactly 0 even
+        if ``value`` holds NaN or infinity there (NaN x 0 is NaN).
+        """
+        mask = self.masks.get(name)
+        return value if mask is None else np.where(mask, value, value.dtype.type(0))
+
     def effective(self, name):
         """Parameter ``name`` as the forward pass uses it: masked entries read as zero."""
-        value = getattr(self, name)
-        mask = self.masks.get(name)
-        return value if mask is None else value * mask
+        return self.masked(name, getattr(self, name))
 
     def set_grad(self, name, grad):
         """Store the gradient of parameter ``name``; masked entries get zero."""
-        mask = self.masks.get(name)
-        self.grads[name] = grad if mask is None else grad * mask
+        self.grads[name] = self.masked(name, grad)
 
 
 # ---------------------------------------------------------------------------
@@ -172,6 +181,7 @@ class Dense(Layer):
         super().__init__()
         n_in = check_int(n_in, "n_in", "Dense")
         n_out = check_int(n_out, "n_out", "Dense")
+        dtype = check_parameter_dtype(dtype, "dtype", "Dense")
         self.weight = glorot_uniform((n_out, n_in), n_in, n_out, rng, dtype)
         self.bias = np.zeros(n_out, dtype) if bias else None
         self.param_names = ("weight", "bias") if bias else ("weight",)
@@ -187,14 +197,15 @@ class Dense(Layer):
         return (shape[0], self.n_out)
 
     def forward(self, x):
-        self._cache = x
+        x = self.forward_input(x)
         y = x @ self.effective("weight").T
         if self.bias is not None:
             y += self.effective("bias")
-        return y
+        return self.keep_for_backward(x, y)
 
     def backward(self, dy):
         # y = x W^T + b  =>  dW = dy^T x,  db = sum_n dy,  dx = dy W
+        dy = self.backward_input(dy)
         x = self._cache
         self.set_grad("weight", dy.T @ x)
         if self.bias is not None:
@@ -214,6 +225,10 @@ class BatchNorm2d(Layer):
     ``running = (1 - momentum) * running + momentum * batch``, with the
     *unbiased* variance M/(M-1) * var for ``running_var`` (M = N*H*W).
     Eval mode uses the running estimates.  ``weight`` is gamma, ``bias`` beta.
+
+    A train-mode batch that would make a running estimate NaN or inf (a NaN
+    in it, or a variance overflowing the dtype) is refused before any moves:
+    it would spoil every later eval output.  The check reads C numbers.
     """
 
     param_names = ("weight", "bias")
@@ -226,6 +241,7 @@ class BatchNorm2d(Layer):
         channels = check_int(channels, "channels", "BatchNorm2d")
         self.eps = check_number(eps, "eps", "BatchNorm2d", low=0.0, low_open=True)
         self.momentum = check_number(momentum, "momentum", "BatchNorm2d", 0.0, 1.0)
+        dtype = check_parameter_dtype(dtype, "dtype", "BatchNorm2d")
         self.weight = np.ones(channels, dtype)
         self.bias = np.zeros(channels, dtype)
         self.running_mean = np.zeros(channels, dtype)
@@ -256,26 +272,33 @@ class BatchNorm2d(Layer):
         return scale, shift
 
     def forward(self, x):
+        x = self.forward_input(x)
         N, C, H, W = x.shape
         x3 = x.reshape(N, C, H * W)
         y = np.empty_like(x)
-        if self.training:
-            mean = np.empty(C, np.float64)
-            var = np.empty(C, np.float64)
-            kernels.batchnorm_train_forward(x3, self.effective("weight"), self.effective("bias"),
-                                            self.eps, y.reshape(N, C, H * W), mean, var)
-            M = N * H * W
-            m = self.momentum
-            self.running_mean = ((1 - m) * self.running_mean + m * mean).astype(x.dtype)
-            self.running_var = ((1 - m) * self.running_var + m * var * (M / (M - 1))).astype(x.dtype)
-            self.num_batches_tracked = self.num_batches_tracked + 1
-            self._cache = (x3, mean, var)
-        else:
+        if not self.training:
             kernels.batchnorm_eval_forward(x3, self.effective("weight"), self.effective("bias"),
                                            self.running_mean, self.running_var, self.eps,
                                            y.reshape(N, C, H * W))
-            self._cache = (x3, None, None)
-        return y
+            return self.keep_for_backward((x3, None, None), y)
+        mean = np.empty(C, np.float64)
+        var = np.empty(C, np.float64)
+        kernels.batchnorm_train_forward(x3, self.effective("weight"), self.effective("bias"),
+                                        self.eps, y.reshape(N, C, H * W), mean, var)
+        M = N * H * W
+        m = self.momentum
+        with np.errstate(over="ignore", invalid="ignore"):     # an overflow is refused just below
+            running_mean = ((1 - m) * self.running_mean + m * mean).astype(x.dtype)
+            running_var = ((1 - m) * self.running_var + m * var * (M / (M - 1))).astype(x.dtype)
+        if not (np.isfinite(running_mean).all() and np.isfinite(running_var).all()):
+            stored = np.isfinite(self.running_mean).all() and np.isfinite(self.running_var).all()
+            cause = "NaN or infinity in its input, or values too large" if stored else \
+                "its running statistics already hold NaN or infinity"
+            raise ValueError(f"BatchNorm2d({C}): the batch's statistics are not finite in {x.dtype} "
+                             f"({cause}); the running statistics were left as they were")
+        self.running_mean, self.running_var = running_mean, running_var
+        self.num_batches_tracked = self.num_batches_tracked + 1
+        return self.keep_for_backward((x3, mean, var), y)
 
     def backward(self, dy):
         # Per channel c, over its M = N*L values x3[:, c, :] (x3 and dy3 are (N, C, L)):
@@ -291,6 +314,7 @@ class BatchNorm2d(Layer):
         # (kernels.batchnorm_train_backward: two sums per channel, then this line.)
         # Eval mode: mu and var are the running statistics, constants, so only
         # the direct way is left: dx = gamma * inv * dy.
+        dy = self.backward_input(dy)
         x3, mean, var = self._cache
         N, C, L = x3.shape
         dy3 = np.ascontiguousarray(dy).reshape(N, C, L)
@@ -334,10 +358,11 @@ class Activation(Layer):
         return self.name
 
     def forward(self, x):
-        self._cache = x
-        return self.fn(x)
+        x = self.forward_input(x)
+        return self.keep_for_backward(x, self.fn(x))
 
     def backward(self, dy):
+        dy = self.backward_input(dy)
         return dy * self.derivative(self._cache)
 
 
@@ -348,10 +373,10 @@ class SlopeHTanh(Activation):
         super().__init__(act.slopehtanh, act.slopehtanh_derivative, "slopehtanh")
 
     def forward(self, x):
-        self._cache = x
+        x = self.forward_input(x)
         y = np.empty_like(x)
         kernels.slopehtanh_forward(x.reshape(-1), y.reshape(-1))
-        return y
+        return self.keep_for_backward(x, y)
 
     def backward(self, dy):
         # f(x) = slopehtanh(x) = h - (x - h)/4 with h = x clipped to [-1, 1].
@@ -360,9 +385,10 @@ class SlopeHTanh(Activation):
         # and dx all have the input's shape):
         #   dx = dy * f'(x) = dy * (1 if |x| <= 1 else -1/4)
         # At the kinks x = +-1 we take the inside slope, as act.slopehtanh_derivative does.
+        dy = self.backward_input(dy)
         x = self._cache
         dx = np.empty_like(x)
-        kernels.slopehtanh_backward(x.reshape(-1), np.ascontiguousarray(dy).reshape(-1), dx.reshape(-1))
+        kernels.slopehtanh_backward(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
         return dx
 
 
@@ -418,11 +444,12 @@ class GlobalMeanPool(Layer):
         return (shape[0], shape[1], 1, 1)
 
     def forward(self, x):
-        self._cache = x.shape
-        return x.mean(axis=(2, 3), keepdims=True)
+        x = self.forward_input(x)
+        return self.keep_for_backward(x.shape, x.mean(axis=(2, 3), keepdims=True))
 
     def backward(self, dy):
         # Every pixel contributed 1/(H*W) of the mean.
+        dy = self.backward_input(dy)
         N, C, H, W = self._cache
         return np.broadcast_to(dy / (H * W), (N, C, H, W)).copy()
 
@@ -443,11 +470,11 @@ class Flatten(Layer):
         return (shape[0], int(np.prod(shape[1:])))
 
     def forward(self, x):
-        self._cache = x.shape
-        return x.reshape(x.shape[0], -1)
+        x = self.forward_input(x)
+        return self.keep_for_backward(x.shape, x.reshape(x.shape[0], -1))
 
     def backward(self, dy):
-        return dy.reshape(self._cache)
+        return self.backward_input(dy).reshape(self._cache)
 
 
 # ---------------------------------------------------------------------------
@@ -496,8 +523,8 @@ class Chain(Layer):
         for i, layer in enumerate(self.layers):
             yield from layer.named_buffers(f"{prefix}{i}.")
 
-    def prepare_input(self, x, where="model"):
-        return super().prepare_input(x, where)
+    def _where(self):
+        return "model"
 
     def output_shape(self, shape, where="model"):
         for i, layer in enumerate(self.layers):
@@ -509,16 +536,27 @@ class Chain(Layer):
             shape = layer.check_input(shape, f"{where}[{i}]")
         return tuple(shape)
 
+    def __call__(self, x):
+        return self.forward(x)            # a chain's forward checks all that a call checks
+
     def forward(self, x):
+        # The whole chain is checked before any layer runs (naming the layer that
+        # refuses, model[0][7]; in train mode refusing NaN and infinity), so a
+        # refusal deep inside moves no statistic.
+        return self._run(self.prepare_input(x))
+
+    def _run(self, x):
+        """Run the layers on ``x``, which the whole chain has accepted: nested chains skip their check."""
+        self._cache = None                  # until every layer has run
         for layer in self.layers:
-            x = layer.forward(x)
-        return x
+            x = layer._run(x) if isinstance(layer, Chain) else layer.forward(x)
+        return self.keep_for_backward(True, x)
 
     def backward(self, dy):
-        # A model is a Chain, so this is where a user's gradient enters: give it the
-        # model's dtype (float64 dlogits must not turn a float32 model's backward
-        # pass into a slower float64 one) and make it contiguous for the kernels.
-        dy = np.ascontiguousarray(dy, dtype=self.dtype)      # dtype None (no parameters): kept
+        # A model is a Chain, so this is where a user's gradient enters: check it
+        # against the last output and give it that output's dtype (float64 dlogits
+        # must not turn a float32 model's backward pass into a slower float64 one).
+        dy = self.backward_input(dy)
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
         return dy
@@ -531,29 +569,3 @@ class Chain(Layer):
         lines.append(f"{indent})")
         return "\n".join(lines)
 
-
-def parse_path(path):
-    """``"[0][3]"``, ``"model[0][3]"`` or ``(0, 3)`` -> ``(0, 3)``."""
-    if isinstance(path, (tuple, list)):
-        return tuple(int(i) for i in path)
-    text = str(path)
-    if text.startswith("model"):
-        text = text[len("model"):]
-    if not text.startswith("[") or not text.endswith("]"):
-        raise ValueError(f"layer path {path!r} is not of the form '[0][3]'")
-    try:
-        return tuple(int(part) for part in text[1:-1].split("]["))
-    except ValueError:
-        raise ValueError(f"layer path {path!r} is not of the form '[0][3]'") from None
-
-
-def layer_at(model, path):
-    """The layer at ``path`` (``"[0][3]"`` means ``model[0][3]``); ValueError naming the path if none."""
-    layer = model
-    walked = "model"
-    for i in parse_path(path):
-        if not isinstance(layer, Chain) or not -len(layer) <= i < len(layer):
-            raise ValueError(f"layer path {path!r} names no layer: {walked} has no element [{i}]")
-        layer = layer[i]
-        walked += f"[{i}]"
-    return layer
