@@ -153,3 +153,14 @@ def test_check_bool_takes_only_true_and_false(value):
     assert check_bool(np.bool_(True), "shuffle", "DataLoader") is True
     with pytest.raises(TypeError, match=r"^DataLoader: shuffle must be True or False, got"):
         check_bool(value, "shuffle", "DataLoader")
+
+
+def test_atomic_write_refuses_to_replace_a_device_or_a_pipe(tmp_path):
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(OSError, match="not a regular file"):
+        atomic_write(pipe, lambda f: f.write(b"x"))
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    with pytest.raises(OSError, match="not a regular file"):
+        atomic_write("/dev/null", lambda f: f.write(b"x"))
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

@@ -115,6 +115,9 @@ def atomic_write(path, write, binary=True):
         raise IsADirectoryError(f"cannot write to {str(path)!r}: it names a folder, not a file")
     if path.is_dir():
         raise IsADirectoryError(f"cannot write to {str(path)!r}: it is a folder")
+    if path.exists() and not path.is_file():
+        raise OSError(f"cannot write to {str(path)!r}: it is not a regular file "
+                      "(a device, a pipe or a socket), which a rename would replace")
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise NotADirectoryError(f"cannot write to {str(path)!r}: {str(parent)!r} is a file, "

@@ -38,7 +38,7 @@ import numpy as np
 from . import activations as act
 from . import kernels
 from .common import check_int, check_number
-from .module import Module, check_parameter_dtype, layer_at, parse_path  # noqa: F401  (paths: see module.py)
+from .module import Module, NonFiniteError, check_parameter_dtype, layer_at, parse_path  # noqa: F401  (paths: see module.py)
 
 __all__ = [
     "Layer", "Conv2d", "DepthwiseConv2d", "Dense", "BatchNorm2d",
@@ -294,7 +294,7 @@ class BatchNorm2d(Layer):
             stored = np.isfinite(self.running_mean).all() and np.isfinite(self.running_var).all()
             cause = "NaN or infinity in its input, or values too large" if stored else \
                 "its running statistics already hold NaN or infinity"
-            raise ValueError(f"BatchNorm2d({C}): the batch's statistics are not finite in {x.dtype} "
+            raise NonFiniteError(f"BatchNorm2d({C}): the batch's statistics are not finite in {x.dtype} "
                              f"({cause}); the running statistics were left as they were")
         self.running_mean, self.running_var = running_mean, running_var
         self.num_batches_tracked = self.num_batches_tracked + 1

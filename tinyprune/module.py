@@ -32,7 +32,7 @@ import copy
 
 import numpy as np
 
-__all__ = ["Module", "PARAMETER_DTYPES", "check_parameter_dtype", "layer_at", "parse_path"]
+__all__ = ["Module", "NonFiniteError", "PARAMETER_DTYPES", "check_parameter_dtype", "layer_at", "parse_path"]
 
 PARAMETER_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -73,6 +73,15 @@ def _float_input(x, where):
         raise ValueError(f"{where}: expected floating-point input, got {x.dtype}; "
                          "scale images to [0, 1] first (tinyprune.data.to_float)")
     return x
+
+
+class NonFiniteError(ValueError, FloatingPointError):
+    """Numbers grew NaN or infinite inside a layer (say BatchNorm's batch statistics).
+
+    A ValueError, like every refusal of bad input; also a FloatingPointError,
+    because inside training it means the arithmetic ran away, and the
+    trainer reports it as divergence, naming the epoch and batch.
+    """
 
 
 class Module:

@@ -47,16 +47,6 @@ def first_non_finite(array):
     return tuple(int(i) for i in index), np.asarray(array)[index]
 
 
-def masked(layer, name, value):
-    """``value`` (a parameter-shaped array) with the entries ``layer.masks[name]`` prunes set to 0.
-
-    Selects with ``np.where`` rather than multiplying by the mask, so a
-    masked entry reads exactly 0 whatever is stored there (NaN x 0 is NaN).
-    """
-    mask = layer.masks.get(name)
-    return value if mask is None else np.where(mask, value, value.dtype.type(0))
-
-
 class Optimizer:
     """What Adam and SGD share: the list of parameters, masks, the lr, and the commit.
 
@@ -113,8 +103,8 @@ class Optimizer:
         """
         new = []
         for key, layer, name, p, g in self._grads():
-            p_new, state = self.update(key, masked(layer, name, p), masked(layer, name, g))
-            p_new = masked(layer, name, p_new)
+            p_new, state = self.update(key, layer.masked(name, p), layer.masked(name, g))
+            p_new = layer.masked(name, p_new)
             self._check_finite(p_new, f"the parameter {key!r}")
             for attribute, value in state.items():
                 self._check_finite(value, f"the optimiser's {attribute}[{key!r}]")

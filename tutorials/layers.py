@@ -227,8 +227,9 @@ def fresh_start(gamma, images, targets):
         if isinstance(layer, SlopeHTanh):
             beyond.append(np.mean(np.abs(h) > 1))
         h = layer.forward(h)
-    _, dlogits = bce_with_logits(h, targets)
-    m.backward(dlogits)                     # fills every layer's grads
+    _, dy = bce_with_logits(h, targets)
+    for _, layer in reversed(list(m.named_layers())):   # and backward, leaf by leaf: fills the grads
+        dy = layer.backward(dy)
     ratios = [np.linalg.norm(layer.grads["weight"]) / np.linalg.norm(layer.weight)
               for _, layer in plots.dot_layers(m)]
     return float(np.mean(beyond)), ratios
