@@ -43,11 +43,18 @@ def identity(x):
 
 # The derivatives, as functions of the input.  At the kinks (0 for relu,
 # +-1 for the others) we take the value from the inside of the interval.
-# slopehtanh's is derived where the layer uses it, in SlopeHTanh.backward
-# (tinyprune/layers.py).
 
 def slopehtanh_derivative(x):
+    """Exercise layers.2 (the NumPy version): slopehtanh'(x), entry by entry, in x's shape and dtype.
+
+    Differentiate the three pieces of ``slopehtanh`` (its docstring); at the
+    kinks x = -1 and x = 1 give the slope from inside [-1, 1].  One
+    ``np.where`` does it; ``SlopeHTanh.backward`` (tinyprune/layers.py)
+    says where else this exercise is written.
+    """
+    ### BEGIN SOLUTION
     return np.where(np.abs(x) <= 1, 1.0, -0.25).astype(x.dtype, copy=False)
+    ### END SOLUTION
 
 
 def hardtanh_derivative(x):

@@ -130,9 +130,32 @@ class Conv2d(Layer):
         return cols
 
     def backward(self, dy):
-        # y[n] = Wm @ cols[n] + b  =>  dWm = sum_n dy[n] @ cols[n]^T,
-        # dcols[n] = Wm^T @ dy[n],  db = sum over n and pixels of dy,
-        # and dx = col2im(dcols), the adjoint of the unfolding.
+        """Exercise layers.4: the convolution's gradients, through its columns.
+
+        ``dy`` (N, C_out, HO, WO) is dL/dy.  Set up for you below: ``g``, dy as
+        (N, C_out, P) with P = HO*WO pixels; ``w``, the weight as forward used
+        it (pruned entries 0) reshaped to Wm (C_out, R), R = C_in*KH*KW;
+        ``cols`` (N, R, P), the receptive fields of the input unfolded by
+        im2col (for a pointwise conv, the input itself), and ``x`` (N, C_in, H, W).
+
+        Forward computed, image by image, y[n] = Wm @ cols[n] + b: a dense
+        layer whose inputs are columns.  The chain rule, as for Dense:
+
+            dL/dWm[o, r]      = sum over n and p of dy[n, o, p] * cols[n, r, p]
+            dL/db[o]          = sum over n and p of dy[n, o, p]     (only with a bias)
+            dL/dcols[n, r, p] = sum over o of Wm[o, r] * dy[n, o, p]
+
+        and then dL/dx: every pixel was copied into the columns once per
+        receptive field it lies in, so its gradient is the sum of the
+        gradients of all those copies.  ``kernels.col2im`` adds them up (it is
+        the adjoint of the unfolding; exercise kernels.2), writing dL/dx into
+        an (N, C_in, H, W) array you give it; a pointwise conv's columns are
+        the image, so there dL/dcols already is dL/dx, reshaped.
+
+        Store dL/dW (reshaped to the weight's OIHW shape) and dL/db with
+        ``self.set_grad``, and return dL/dx.  ``np.matmul`` multiplies
+        stacks of matrices image by image.
+        """
         dy = self.backward_input(dy)
         x, cols = self._cache
         if cols is None:                            # the forward pass went direct: unfold now
@@ -140,10 +163,11 @@ class Conv2d(Layer):
         N = dy.shape[0]
         g = dy.reshape(N, self.c_out, -1)
         w = self.effective("weight").reshape(self.c_out, -1)
+        ### BEGIN SOLUTION
         # One product per image, then the sum over images: gathering all images
         # into one long product would first need transposed copies of g and cols.
-        dw = np.matmul(g, cols.transpose(0, 2, 1)).sum(axis=0)
-        self.set_grad("weight", dw.reshape(self.weight.shape))
+        dwm = np.matmul(g, cols.transpose(0, 2, 1)).sum(axis=0)
+        self.set_grad("weight", dwm.reshape(self.weight.shape))
         if self.bias is not None:
             self.set_grad("bias", g.sum(axis=(0, 2)))
         dcols = np.matmul(w.T, g)                   # (N, C_in*KH*KW, HO*WO)
@@ -152,6 +176,7 @@ class Conv2d(Layer):
         dx = np.empty(x.shape, dy.dtype)
         kernels.col2im(dcols, *self.kernel, self.stride, self.pad, dx)
         return dx
+        ### END SOLUTION
 
 
 class DepthwiseConv2d(Layer):
@@ -204,13 +229,36 @@ class DepthwiseConv2d(Layer):
         return self.keep_for_backward(x, out)
 
     def backward(self, dy):
-        # With xp the zero-padded input, y[n,c,i,j] = sum_ab w[c,a,b] xp[n,c,i*s+a,j*s+b], so
-        # dxp[n,c,i*s+a,j*s+b] += w[c,a,b] dy[n,c,i,j] and dw[c,a,b] = sum_nij dy[n,c,i,j] xp[n,c,i*s+a,j*s+b];
-        # the kernel does both and drops the gradient that falls on the padding.
+        """Exercise layers.5: the depthwise convolution's gradients.
+
+        ``dy`` (N, C, HO, WO) is dL/dy; forward's input ``x`` (N, C, H, W) is
+        ``self._cache``; the filters, ``self._filters()``, are the weight as
+        forward used it, (C, KH, KW).  With xp the input padded by ``pad``
+        zeros on every side and s the stride, forward computed
+
+            y[n, c, i, j] = sum over a, b of w[c, a, b] * xp[n, c, i*s + a, j*s + b]
+
+        Each term touches one tap and one padded pixel, so the chain rule sends
+        dy[n, c, i, j] back along every term:
+
+            dL/dw[c, a, b]                  = sum over n, i, j of dy[n, c, i, j] * xp[n, c, i*s + a, j*s + b]
+            dL/dxp[n, c, i*s + a, j*s + b] += w[c, a, b] * dy[n, c, i, j]    for every i, j, a, b
+
+        and dL/dx is dL/dxp without its border (the padding is no input).
+
+        The loops go into the kernel ``kernels._depthwise_backward`` (its
+        docstring gives its arguments); here, call it by its compiled name,
+        ``kernels.depthwise_backward``, to fill the ``dx`` and ``dw`` (C, KH,
+        KW) allocated for you, store dL/dw in the weight's shape (C, 1, KH,
+        KW) with ``self.set_grad``, and return dL/dx.
+        """
         dy = self.backward_input(dy)
         x = self._cache
         dx = np.empty_like(x)
         dw = np.empty((self.channels,) + tuple(self.kernel), x.dtype)
+        ### BEGIN SOLUTION
+        # Both sums are in the kernel, one channel per thread; see its comment for the loops.
         kernels.depthwise_backward(x, self._filters(), dy, self.stride, self.pad, dx, dw)
         self.set_grad("weight", dw.reshape(self.weight.shape))
         return dx
+        ### END SOLUTION

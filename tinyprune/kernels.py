@@ -127,17 +127,22 @@ def _depthwise_forward(x, w, stride, pad, out):
 
 
 def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
-    """Gradients of the depthwise convolution.
-
-    Tap w[c, a, b] met the padded pixel xp[i*s + a, j*s + b] in output
-    (i, j), so the chain rule sends dy[n, c, i, j] * w[c, a, b] back to that
-    pixel and dy[n, c, i, j] * xp[i*s + a, j*s + b] to the tap.  On the flat
-    grid (see above) both are one long loop per tap; dy is laid out on the
-    grid with zeros in the junk columns, so those add nothing.
+    """Exercise layers.5 (the kernel): the gradients of the depthwise convolution.
 
     x  (N, C, H, W), w (C, KH, KW), dy (N, C, HO, WO)
     dx (N, C, H, W)    overwritten with dL/dx
     dw (C, KH, KW)     overwritten with dL/dw
+
+    The two sums to compute are in ``DepthwiseConv2d.backward``'s docstring
+    (tinyprune/conv.py).  A prange iteration owns one channel c, so dw[c]
+    has one writer.  Set up for you per channel: ``xp``, a zero padded plane
+    (its border stays 0; copy each image's plane into its inside), ``dxp``
+    for the gradient of the padded plane, ``dw_c`` for float64 sums over the
+    N*HO*WO terms of each tap, and ``grid`` with the flat views ``xp_flat``
+    and ``dxp_flat`` for the flat-grid loops of ``_depthwise_forward``
+    above.  The grid is an optimisation, not a requirement: plain loops over
+    i, j, a and b compute the same sums.  What falls on the padding is not
+    part of dL/dx.
     """
     N, C, H, W = x.shape
     KH, KW = w.shape[1], w.shape[2]
@@ -151,10 +156,15 @@ def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
         dxp_flat = dxp.reshape(HP * WP)
         grid = np.zeros(T, x.dtype)              # dy on the grid; the junk columns stay 0
         dw_c = np.zeros((KH, KW))                # float64 sums over N*HO*WO terms
+        ### BEGIN SOLUTION
+        # Tap w[c, a, b] met the padded pixel xp[i*s + a, j*s + b] in output (i, j),
+        # so the chain rule sends dy[n, c, i, j] * w[c, a, b] back to that pixel and
+        # dy[n, c, i, j] * xp[i*s + a, j*s + b] to the tap.  On the flat grid (see
+        # _depthwise_forward) both are one long loop per tap; dy is laid out on the
+        # grid with zeros in the junk columns, so those add nothing.
         for n in range(N):
             for r in range(H):
-                for q in range(W):
-                    xp[r + pad, q + pad] = x[n, c, r, q]
+                xp[r + pad, pad:pad + W] = x[n, c, r]
             for i in range(HO):
                 for j in range(WO):
                     grid[i * WP + j] = dy[n, c, i, j]
@@ -163,27 +173,27 @@ def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
             for a in range(KH):
                 for b in range(KW):
                     w_ab = w[c, a, b]
-                    first = a * WP + b
-                    s = np.float64(0.0)
+                    start = a * WP + b               # where tap (a, b) of grid position t = 0 reads
+                    tap_sum = np.float64(0.0)
                     if stride == 1:
                         for t in range(T):
-                            dxp_flat[first + t] += w_ab * grid[t]
-                            s += grid[t] * xp_flat[first + t]
+                            dxp_flat[start + t] += w_ab * grid[t]
+                            tap_sum += grid[t] * xp_flat[start + t]
                     elif stride == 2:
                         for t in range(T):
-                            dxp_flat[first + 2 * t] += w_ab * grid[t]
-                            s += grid[t] * xp_flat[first + 2 * t]
+                            dxp_flat[start + 2 * t] += w_ab * grid[t]
+                            tap_sum += grid[t] * xp_flat[start + 2 * t]
                     else:
                         for t in range(T):
-                            dxp_flat[first + stride * t] += w_ab * grid[t]
-                            s += grid[t] * xp_flat[first + stride * t]
-                    dw_c[a, b] += s
+                            dxp_flat[start + stride * t] += w_ab * grid[t]
+                            tap_sum += grid[t] * xp_flat[start + stride * t]
+                    dw_c[a, b] += tap_sum
             for r in range(H):                   # the gradient that fell on the padding is dropped
-                for q in range(W):
-                    dx[n, c, r, q] = dxp[r + pad, q + pad]
+                dx[n, c, r] = dxp[r + pad, pad:pad + W]
         for a in range(KH):
             for b in range(KW):
                 dw[c, a, b] = dw_c[a, b]
+        ### END SOLUTION
 
 
 depthwise_forward = numba.njit(**_parallel)(_depthwise_forward)
@@ -204,17 +214,24 @@ depthwise_backward = numba.njit(**_parallel_sums)(_depthwise_backward)
 # ---------------------------------------------------------------------------
 
 def _im2col(x, KH, KW, stride, pad, cols):
-    """Unfold receptive fields into columns.
+    """Exercise kernels.1: unfold receptive fields into columns.
 
     x    (N, C, H, W)
     cols (N, C*KH*KW, HO*WO)   overwritten: row (c*KH + a)*KW + b holds
-                               xp[n, c, i*stride + a, j*stride + b] at i*WO + j,
-                               zero where the field hangs over the border
+                               xp[n, c, i*stride + a, j*stride + b] at column i*WO + j
+
+    where xp is x with ``pad`` zeros added on every side, so an entry is 0
+    where the receptive field hangs over the border, and HO, WO are the
+    output's height and width (computed for you).  A prange iteration owns
+    one (image, channel) pair, that is the KH*KW rows of cols that channel
+    fills.  Copy each plane into a zero padded scratch plane first, as the
+    depthwise kernels do, and no loop needs to test for the border.
     """
     N, C, H, W = x.shape
     HO, WO = (H + 2 * pad - KH) // stride + 1, (W + 2 * pad - KW) // stride + 1
     for nc in prange(N * C):
         n, c = nc // C, nc % C
+        ### BEGIN SOLUTION
         xp = np.zeros((H + 2 * pad, W + 2 * pad), x.dtype)
         xp[pad:pad + H, pad:pad + W] = x[n, c]
         for a in range(KH):
@@ -231,19 +248,28 @@ def _im2col(x, KH, KW, stride, pad, cols):
                     else:
                         for j in range(WO):
                             col_row[first + j] = x_row[j * stride + b]
+        ### END SOLUTION
 
 
 def _col2im(cols, KH, KW, stride, pad, dx):
-    """Fold columns back onto the image, adding overlapping entries.
+    """Exercise kernels.2: fold columns back onto the image, adding overlapping entries.
 
-    cols (N, C*KH*KW, HO*WO)   laid out as im2col writes them
-    dx   (N, C, H, W)          overwritten with the folded sum (what fell on
-                               the padding is dropped)
+    cols (N, C*KH*KW, HO*WO)   laid out as im2col writes them (see _im2col)
+    dx   (N, C, H, W)          overwritten with the folded sum
+
+    The adjoint of im2col: im2col copied pixel xp[n, c, i*stride + a, j*stride
+    + b] of the padded image into row (c*KH + a)*KW + b, column i*WO + j of
+    cols, so col2im adds that entry of cols back onto that pixel.  A pixel
+    that lies in several receptive fields gets the sum of all its entries,
+    and what lands on the padding belongs to no pixel of dx: it is dropped.
+    A prange iteration owns one (image, channel) pair; sum into a zero
+    padded scratch plane, then copy its inside into dx.
     """
     N, C, H, W = dx.shape
     HO, WO = (H + 2 * pad - KH) // stride + 1, (W + 2 * pad - KW) // stride + 1
     for nc in prange(N * C):
         n, c = nc // C, nc % C
+        ### BEGIN SOLUTION
         dxp = np.zeros((H + 2 * pad, W + 2 * pad), dx.dtype)
         for a in range(KH):
             for b in range(KW):
@@ -252,6 +278,7 @@ def _col2im(cols, KH, KW, stride, pad, dx):
                     for j in range(WO):
                         dxp[i * stride + a, j * stride + b] += cols[n, row, i * WO + j]
         dx[n, c] = dxp[pad:pad + H, pad:pad + W]
+        ### END SOLUTION
 
 
 im2col = numba.njit(**_parallel)(_im2col)
@@ -341,7 +368,8 @@ conv_direct = numba.njit(**_parallel)(_conv_direct)
 #
 # Forward (train):  mu = mean(x),  var = mean((x - mu)^2),
 #                   xhat = (x - mu) / sqrt(var + eps),  y = gamma*xhat + beta.
-# The backward formula is derived in BatchNorm2d.backward (layers.py).
+# The train-mode backward pass is exercise layers.3 (BatchNorm2d.backward in
+# layers.py says what it computes).
 # Both directions end with one affine map per channel, x * scale + shift,
 # whose two numbers are worked out once in float64.
 # ---------------------------------------------------------------------------
@@ -383,21 +411,28 @@ def _batchnorm_train_forward(x, gamma, beta, eps, y, mean, var):
 
 
 def _batchnorm_train_backward(x, dy, gamma, mean, var, eps, dx, dgamma, dbeta):
-    """Gradients of train-mode batch normalisation.
+    """Exercise layers.3 (the kernel): the gradients of train-mode batch normalisation.
 
-    x, dy, dx   (N, C, L)   dx is overwritten
-    gamma       (C,)
-    mean, var   (C,) float64, the statistics the forward pass used
-    dgamma, dbeta (C,)      overwritten
+    x, dy, dx     (N, C, L)   dx is overwritten with dL/dx
+    gamma         (C,)
+    mean, var     (C,) float64, the batch statistics the forward pass used
+    dgamma, dbeta (C,) float64, overwritten with dL/dgamma and dL/dbeta
 
-    With inv = 1/sqrt(var + eps) and xhat = (x - mu) * inv, the sums need
-    only sum(dy) and sum(dy * x):  sum(dy * xhat) = (sum(dy*x) - mu*sum(dy)) * inv.
-    Expanding dx in x then gives one affine map per channel:
-        dx = (gamma*inv) * dy - (gamma*inv^2*dgamma/M) * x + (gamma*inv/M) * (mu*inv*dgamma - dbeta)
+    What to compute, and why it is more than dy * gamma / sqrt(var + eps),
+    is in ``BatchNorm2d.backward``'s docstring (tinyprune/layers.py).  A
+    prange iteration owns one channel c.  Two passes over its M = N*L values
+    are enough: one that takes the sums your formula needs, one that writes
+    dx.  Sums in float64 (start them at ``np.float64(0.0)``; see this
+    module's docstring); hint: sum(dy * xhat) = (sum(dy * x) - mu * sum(dy)) / sqrt(var + eps).
     """
     N, C, L = x.shape
     M = N * L
     for c in prange(C):
+        ### BEGIN SOLUTION
+        # With inv = 1/sqrt(var + eps) and xhat = (x - mu) * inv, the sums need only
+        # sum(dy) and sum(dy * x): sum(dy * xhat) = (sum(dy * x) - mu * sum(dy)) * inv.
+        # Expanding BatchNorm2d.backward's dx in x gives one affine map per channel:
+        #   dx = (gamma*inv) * dy - (gamma*inv^2*dgamma/M) * x + (gamma*inv/M) * (mu*inv*dgamma - dbeta)
         mu = mean[c]
         inv = 1.0 / math.sqrt(var[c] + eps)
         sum_dy = np.float64(0.0)
@@ -421,6 +456,7 @@ def _batchnorm_train_backward(x, dy, gamma, mean, var, eps, dx, dgamma, dbeta):
             dx_nc = dx[n, c]
             for k in range(L):
                 dx_nc[k] = a_dy * g_nc[k] - a_x * x_nc[k] + shift
+        ### END SOLUTION
 
 
 def _batchnorm_eval_forward(x, gamma, beta, mean, var, eps, y):
@@ -456,7 +492,7 @@ batchnorm_eval_forward = numba.njit(**_parallel)(_batchnorm_eval_forward)
 #        = -1 - (x + 1)/4    for x < -1
 # All three cases are  h - (x - h)/4  with h = x clamped to [-1, 1], which
 # needs no branch (inside, x - h is exactly 0), so the loop vectorises.
-# The derivative is derived in SlopeHTanh.backward (layers.py).
+# The backward pass is exercise layers.2 (SlopeHTanh.backward in layers.py).
 # ---------------------------------------------------------------------------
 
 def _slopehtanh_forward(x, y):
@@ -468,10 +504,18 @@ def _slopehtanh_forward(x, y):
 
 
 def _slopehtanh_backward(x, dy, dx):
-    """dx = dy * slopehtanh'(x);  flat (size,) arrays of one dtype."""
+    """Exercise layers.2 (the kernel): dx = dy * slopehtanh'(x);  flat (size,) arrays of one dtype.
+
+    Entry k alone: dx[k] is dy[k] times the slope of slopehtanh at x[k]
+    (``SlopeHTanh.backward``'s docstring has the function and the rule at its
+    kinks).  Compute each entry without a branch on arrays; a conditional
+    expression on one number is fine.
+    """
     for k in prange(x.size):
+        ### BEGIN SOLUTION
         slope = 1.0 if abs(x[k]) <= 1.0 else -0.25
         dx[k] = slope * dy[k]
+        ### END SOLUTION
 
 
 slopehtanh_forward = numba.njit(**_parallel)(_slopehtanh_forward)

@@ -204,13 +204,34 @@ class Dense(Layer):
         return self.keep_for_backward(x, y)
 
     def backward(self, dy):
-        # y = x W^T + b  =>  dW = dy^T x,  db = sum_n dy,  dx = dy W
+        """Exercise layers.1: the gradients of y = x W^T + b.
+
+        ``dy`` (N, out) is dL/dy; the input ``x`` (N, in) that forward kept is
+        ``self._cache``; ``weight`` W is (out, in), ``bias`` b (out,) or None.
+
+        Forward computed y[n, o] = sum_i x[n, i] W[o, i] + b[o], so each entry
+        of x, W and b reaches the loss through every output it is summed into,
+        and the chain rule adds up those paths:
+
+            dL/dW[o, i] = sum over n of dy[n, o] * x[n, i]    shape (out, in), like W
+            dL/db[o]    = sum over n of dy[n, o]              shape (out,), only with a bias
+            dL/dx[n, i] = sum over o of dy[n, o] * W[o, i]    shape (N, in), like x
+
+        Store the parameter gradients with ``self.set_grad("weight", ...)`` and
+        ``self.set_grad("bias", ...)`` (it zeroes what pruning masked), take W
+        as forward used it, ``self.effective("weight")`` (pruned entries read
+        0), and return dL/dx.  Each sum is one matrix product or one ``sum``
+        over an axis: no Python loop is needed.
+        """
         dy = self.backward_input(dy)
         x = self._cache
+        ### BEGIN SOLUTION
+        # Written as matrix products: dW = dy^T x, db = the column sums of dy, dx = dy W.
         self.set_grad("weight", dy.T @ x)
         if self.bias is not None:
             self.set_grad("bias", dy.sum(axis=0))
         return dy @ self.effective("weight")
+        ### END SOLUTION
 
 
 # ---------------------------------------------------------------------------
@@ -301,35 +322,62 @@ class BatchNorm2d(Layer):
         return self.keep_for_backward((x3, mean, var), y)
 
     def backward(self, dy):
-        # Per channel c, over its M = N*L values x3[:, c, :] (x3 and dy3 are (N, C, L)):
-        #   y = gamma * xhat + beta,  xhat = (x - mu) * inv,  inv = 1 / sqrt(var + eps).
-        # In either mode dbeta = sum(dy) and dgamma = sum(dy * xhat).
-        # Train mode: mu = mean(x) and var = mean((x - mu)^2) move with every x of
-        # the channel, so x reaches the loss three ways.  With dxhat = gamma * dy:
-        #   dL/dvar = sum(dxhat * (x - mu)) * (-inv^3 / 2)  = -gamma * inv^2 * dgamma / 2
-        #   dL/dmu  = sum(dxhat) * (-inv)                   = -gamma * inv * dbeta
-        #             (mu's path through var adds nothing: sum(x - mu) = 0)
-        #   dx = dxhat * inv + dL/dvar * 2 (x - mu) / M + dL/dmu / M
-        #      = gamma * inv / M * (M * dy - dbeta - xhat * dgamma)
-        # (kernels.batchnorm_train_backward: two sums per channel, then this line.)
-        # Eval mode: mu and var are the running statistics, constants, so only
-        # the direct way is left: dx = gamma * inv * dy.
+        """Exercise layers.3: BatchNorm's gradients in train mode (the eval-mode branch is given).
+
+        Per channel c, over its M = N*H*W values (``x3`` and ``dy3`` below are
+        the input and dL/dy viewed as (N, C, L), L = H*W), forward computed
+
+            mu = mean(x),  var = mean((x - mu)^2)       (the batch's own statistics)
+            xhat = (x - mu) / sqrt(var + eps),  y = gamma * xhat + beta
+
+        and kept x3, mu and var (``mean``, ``var``: (C,) float64).  Compute
+        dL/dbeta and dL/dgamma ((C,) each: sums over the channel's M values)
+        and dL/dx ((N, C, L)).  The parameters are the easy part.  The input is
+        not: mu and var are computed from x, so each x[n, c, k] reaches the
+        loss through its own xhat and also through mu and var, that is through
+        every output of its channel.  Write the chain rule along those three
+        paths (dL/dvar first, then dL/dmu, then dL/dx) and simplify; Ioffe and
+        Szegedy, "Batch Normalization" (2015), section 3, set out the same
+        steps.  Check your result with ``gradcheck`` (tutorials/layers.py).
+
+        The loops go into the kernel ``kernels._batchnorm_train_backward``
+        (its docstring gives its arguments); here, call it by its compiled
+        name, ``kernels.batchnorm_train_backward``, with ``gamma`` as forward
+        used it and the arrays ``dx``, ``dgamma``, ``dbeta`` allocated for you.  The lines after the branch store the
+        gradients and return dL/dx.
+
+        In eval mode (``mean`` is None) mu and var are the running statistics,
+        constants, so only the direct path is left: dx = gamma * dy / sqrt(running_var + eps).
+        """
         dy = self.backward_input(dy)
         x3, mean, var = self._cache
         N, C, L = x3.shape
         dy3 = np.ascontiguousarray(dy).reshape(N, C, L)
+        gamma = self.effective("weight")            # as forward used it: pruned entries read 0
         if mean is not None:
             dx = np.empty_like(x3)
             dgamma = np.empty(C, np.float64)
             dbeta = np.empty(C, np.float64)
-            kernels.batchnorm_train_backward(x3, dy3, self.effective("weight"), mean, var, self.eps,
-                                             dx, dgamma, dbeta)
+            ### BEGIN SOLUTION
+            # With inv = 1 / sqrt(var + eps) and dxhat = gamma * dy, per channel:
+            #   dL/dbeta = sum(dy),  dL/dgamma = sum(dy * xhat);
+            #   dL/dvar = sum(dxhat * (x - mu)) * (-inv^3 / 2)  = -gamma * inv^2 * dgamma / 2
+            #   dL/dmu  = sum(dxhat) * (-inv)                   = -gamma * inv * dbeta
+            #             (mu's path through var adds nothing: sum(x - mu) = 0)
+            #   dx = dxhat * inv + dL/dvar * 2 (x - mu) / M + dL/dmu / M
+            #      = gamma * inv / M * (M * dy - dbeta - xhat * dgamma)
+            # Read it as: the gradient a plain scaling would pass back, minus its mean
+            # (shifting every input shifts mu as well, which changes nothing), minus its
+            # part along xhat (scaling every input scales sqrt(var) as well).
+            # The kernel takes two sums per channel, then writes this line.
+            kernels.batchnorm_train_backward(x3, dy3, gamma, mean, var, self.eps, dx, dgamma, dbeta)
+            ### END SOLUTION
         else:
             inv = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
             xhat = (x3 - self.running_mean[:, None]) * inv[:, None]
             dgamma = (dy3 * xhat).sum(axis=(0, 2))
             dbeta = dy3.sum(axis=(0, 2))
-            dx = dy3 * (self.effective("weight") * inv).astype(x3.dtype)[:, None]
+            dx = dy3 * (gamma * inv).astype(x3.dtype)[:, None]
         self.set_grad("weight", dgamma.astype(x3.dtype))
         self.set_grad("bias", dbeta.astype(x3.dtype))
         return dx.reshape(dy.shape)
@@ -379,16 +427,34 @@ class SlopeHTanh(Activation):
         return self.keep_for_backward(x, y)
 
     def backward(self, dy):
-        # f(x) = slopehtanh(x) = h - (x - h)/4 with h = x clipped to [-1, 1].
-        # Inside [-1, 1], h = x, so f(x) = x and f'(x) = 1; outside, h is the
-        # constant +-1, so f'(x) = -1/4.  The chain rule, entry by entry (x, dy
-        # and dx all have the input's shape):
-        #   dx = dy * f'(x) = dy * (1 if |x| <= 1 else -1/4)
-        # At the kinks x = +-1 we take the inside slope, as act.slopehtanh_derivative does.
+        """Exercise layers.2: dL/dx for slopehtanh, entry by entry.
+
+        ``x`` (forward's input, ``self._cache``), ``dy`` and ``dx`` all have the
+        input's shape, any rank.  The function is piecewise linear:
+
+            f(x) = x                  for -1 <= x <= 1
+                 = 1 - (x - 1) / 4    for x > 1
+                 = -1 - (x + 1) / 4   for x < -1
+
+        and each output depends on its own input only, so the chain rule is
+        one product per entry: dx = dy * f'(x).  At the kinks x = -1 and x = 1
+        f has no derivative; take the slope from inside [-1, 1] there, as
+        every activation of tinyprune does at its kinks.
+
+        Three places make this exercise, one computation: the loop in the
+        kernel ``kernels._slopehtanh_backward`` (on flat arrays: its docstring
+        says how), the call here that runs it on flat views of x, dy and the
+        ``dx`` allocated for you (``kernels.slopehtanh_backward``, compiled),
+        and the NumPy version ``activations.slopehtanh_derivative`` (f' alone).
+        """
         dy = self.backward_input(dy)
         x = self._cache
         dx = np.empty_like(x)
+        ### BEGIN SOLUTION
+        # Inside [-1, 1] f(x) = x, slope 1; outside, f(x) = h - (x - h)/4 with h = +-1
+        # a constant, slope -1/4.  At the kinks the inside slope, 1.
         kernels.slopehtanh_backward(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+        ### END SOLUTION
         return dx
 
 

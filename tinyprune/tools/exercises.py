@@ -68,13 +68,19 @@ def marker(exercise_id):
 # The lead completes this table once the fences are in the source (at least 15
 # exercises, in pipeline order); these are the ones whose functions exist today.
 EXERCISES = (
-    Exercise("layers.1", "the depthwise convolution's backward pass",
-             ("tinyprune/conv.py:DepthwiseConv2d.backward", "tinyprune/kernels.py:_depthwise_backward")),
-    Exercise("layers.2", "the dense layer's backward pass", ("tinyprune/layers.py:Dense.backward",)),
+    Exercise("layers.1", "the dense layer's backward pass", ("tinyprune/layers.py:Dense.backward",)),
+    Exercise("layers.2", "slopehtanh's backward pass",
+             ("tinyprune/layers.py:SlopeHTanh.backward", "tinyprune/kernels.py:_slopehtanh_backward",
+              "tinyprune/activations.py:slopehtanh_derivative")),
     Exercise("layers.3", "BatchNorm's backward pass in train mode",
              ("tinyprune/layers.py:BatchNorm2d.backward", "tinyprune/kernels.py:_batchnorm_train_backward")),
+    # The convolution's tests run its forward pass (im2col) and its backward pass ends in col2im.
     Exercise("layers.4", "the convolution's backward pass", ("tinyprune/conv.py:Conv2d.backward",),
-             depends=("kernels",)),
+             depends=("kernels.1", "kernels.2")),
+    Exercise("layers.5", "the depthwise convolution's backward pass",
+             ("tinyprune/conv.py:DepthwiseConv2d.backward", "tinyprune/kernels.py:_depthwise_backward")),
+    Exercise("kernels.1", "unfolding receptive fields into columns (im2col)", ("tinyprune/kernels.py:_im2col",)),
+    Exercise("kernels.2", "folding columns back onto the image (col2im)", ("tinyprune/kernels.py:_col2im",)),
     Exercise("prune.1", "LevelPrune: zero the smallest weights by magnitude",
              ("tinyprune/strategies.py:LevelPrune.__call__",)),
     Exercise("prune.2", "ThresholdPrune: zero the weights below a magnitude",
