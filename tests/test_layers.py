@@ -6,8 +6,16 @@ eval mode; BatchNorm's statistics against a hand computation in NumPy; the
 initialisation against Glorot's bounds; Chain's indexing and order; and bad
 input against the error message a student should see.
 
-Run this chapter alone with ``python -m pytest -m layers``.
+Run this chapter alone with ``python -m pytest -m layers``, one exercise's
+tests with ``python -m pytest -m ex_layers_3`` (the markers are listed by
+``tinyprune assignment --markers``).  A test of one exercise carries its
+marker; a test of the chapter's machinery that runs every layer on the way
+(a chain's gradients, its dtypes) carries none and is skipped, not failed,
+in a student copy that has not written all its exercises yet
+(``skipped_if_cut``).
 """
+
+import contextlib
 
 import numba
 import numpy as np
@@ -16,6 +24,7 @@ import pytest
 from tinyprune import (Activation, BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten,
                        GlobalMeanPool, HardTanh, Identity, Layer, ReLU, SlopeHTanh, activation_layer,
                        gradcheck, hardtanh, identity, relu, slopehtanh)
+from tinyprune.activations import slopehtanh_derivative
 
 pytestmark = pytest.mark.layers
 
@@ -37,8 +46,31 @@ def one_numba_thread():
     numba.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def skipped_if_cut():
+    """Skip the test (as a decorator, or the rest of a ``with`` block) where it reaches a cut exercise.
+
+    In a student copy a cut exercise raises NotImplementedError("Exercise
+    <id>: <title>").  Tests of the chapter's machinery run many exercises on
+    the way; each exercise's own tests (marked ``ex_<chapter>_<n>``) say
+    what is wrong with it, so these wait until every one is written.
+    """
+    try:
+        yield
+    except NotImplementedError as error:
+        if not str(error).startswith("Exercise "):
+            raise
+        pytest.skip(f"runs {error}, not yet written in this copy")
+
+
 def set_mode(layer, mode):
     return layer.train() if mode == "train" else layer.eval()
+
+
+def explained(layer, mode, x, report):
+    """The message of a failed gradient check: which layer, which input, and gradcheck's errors by tensor."""
+    return (f"{layer!r} in {mode} mode on an input of shape {x.shape}: the worst relative error of each "
+            f"gradient against finite differences (a right backward pass gives about 1e-8 or less):\n{report}")
 
 
 def away_from(x, points, margin=0.02):
@@ -82,6 +114,7 @@ CONV_GEOMETRIES = [
 ]
 
 
+@pytest.mark.ex_layers_4
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("kernel,stride,pad,H,W", CONV_GEOMETRIES)
@@ -93,9 +126,10 @@ def test_conv2d_gradients_match_finite_differences(kernel, stride, pad, H, W, bi
     x = np.random.default_rng(3).standard_normal((2, 3, H, W))
     report = gradcheck(conv, x)
     assert set(report) == {"input", "weight"} | ({"bias"} if bias else set())
-    assert report.worst < GRAD_TOL, str(report)
+    assert report.worst < GRAD_TOL, explained(conv, mode, x, report)
 
 
+@pytest.mark.ex_layers_5
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kernel,stride,pad,H,W", CONV_GEOMETRIES[:5])
 def test_depthwise_gradients_match_finite_differences(kernel, stride, pad, H, W, mode):
@@ -103,9 +137,10 @@ def test_depthwise_gradients_match_finite_differences(kernel, stride, pad, H, W,
     x = np.random.default_rng(3).standard_normal((2, 3, H, W))
     report = gradcheck(dw, x)
     assert set(report) == {"input", "weight"}
-    assert report.worst < GRAD_TOL, str(report)
+    assert report.worst < GRAD_TOL, explained(dw, mode, x, report)
 
 
+@pytest.mark.ex_layers_1
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bias", [False, True])
 def test_dense_gradients_match_finite_differences(bias, mode):
@@ -115,26 +150,63 @@ def test_dense_gradients_match_finite_differences(bias, mode):
     x = np.random.default_rng(3).standard_normal((4, 5))
     report = gradcheck(dense, x)
     assert set(report) == {"input", "weight"} | ({"bias"} if bias else set())
-    assert report.worst < GRAD_TOL, str(report)
+    assert report.worst < GRAD_TOL, explained(dense, mode, x, report)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.ex_layers_1
+def test_dense_backward_of_a_small_example():
+    # x = [[1, 2]], W = [[1, 0], [0, 3], [1, 1]], dy = [[1, 2, 3]]:
+    # dW = dy^T x, db = dy summed over the batch, dx = dy W.
+    dense = Dense(2, 3).to(np.float64)
+    dense.weight = np.array([[1.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    dense(np.array([[1.0, 2.0]]))
+    dx = dense.backward(np.array([[1.0, 2.0, 3.0]]))
+    got = (dx.tolist(), dense.grads["weight"].tolist(), dense.grads["bias"].tolist())
+    want = ([[4.0, 9.0]], [[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]], [1.0, 2.0, 3.0])
+    assert got == want, f"Dense backward on x = [[1, 2]], dy = [[1, 2, 3]]: (dx, dW, db) = {got}, expected {want}"
+
+
+# Eval-mode BatchNorm's backward is given; train mode's is exercise layers.3.
+BN_MODES = [pytest.param("train", marks=pytest.mark.ex_layers_3), "eval"]
+
+
+@pytest.mark.parametrize("mode", BN_MODES)
 @pytest.mark.parametrize("shape", [(2, 3, 4, 4), (3, 3, 3, 5)])
 def test_batchnorm_gradients_match_finite_differences(shape, mode):
     bn = set_mode(nontrivial_bn(3, seed=4), mode)
     x = 2.0 + 3.0 * np.random.default_rng(5).standard_normal(shape)
     report = gradcheck(bn, x)
     assert set(report) == {"input", "weight", "bias"}
-    assert report.worst < GRAD_TOL, str(report)
+    assert report.worst < GRAD_TOL, explained(bn, mode, x, report)
+
+
+@pytest.mark.ex_layers_3
+def test_batchnorm_train_mode_passes_back_nothing_along_a_shift_or_a_scale_of_its_batch():
+    # Moving a whole channel by a constant leaves y as it is, and so does scaling
+    # it (up to eps / var, made negligible here by a variance of about 1e4).  So
+    # dx, whatever dy, is orthogonal to the constant direction and to xhat in
+    # every channel: a backward pass without the mean terms is not.
+    bn = nontrivial_bn(3, seed=6).to(np.float64)
+    x = 1.0 + 100.0 * np.random.default_rng(7).standard_normal((4, 3, 2, 3))
+    bn(x)
+    dx = bn.backward(np.random.default_rng(8).standard_normal(x.shape))
+    xhat = (x - x.mean(axis=(0, 2, 3), keepdims=True)) / x.std(axis=(0, 2, 3), keepdims=True)
+    for c in range(3):
+        d, h = dx[:, c].ravel(), xhat[:, c].ravel()
+        along_shift = d.sum() / (np.linalg.norm(d) * np.sqrt(d.size))     # cosines with the two directions
+        along_scale = d @ h / (np.linalg.norm(d) * np.linalg.norm(h))
+        assert abs(along_shift) < 1e-8 and abs(along_scale) < 1e-8, \
+            (f"channel {c}: dx has a component along a shift of the channel ({along_shift:.2g}) or along "
+             f"xhat ({along_scale:.2g}); both should be 0: mu and var absorb them")
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("layer,kinks", [
-    (SlopeHTanh(), (-1.0, 1.0)),
-    (ReLU(), (0.0,)),
-    (HardTanh(), (-1.0, 1.0)),
-    (Identity(), ()),
-], ids=["slopehtanh", "relu", "hardtanh", "identity"])
+    pytest.param(SlopeHTanh(), (-1.0, 1.0), marks=pytest.mark.ex_layers_2, id="slopehtanh"),
+    pytest.param(ReLU(), (0.0,), id="relu"),
+    pytest.param(HardTanh(), (-1.0, 1.0), id="hardtanh"),
+    pytest.param(Identity(), (), id="identity"),
+])
 def test_activation_gradients_match_finite_differences(layer, kinks, mode):
     x = away_from(np.random.default_rng(6).uniform(-2.5, 2.5, (2, 3, 4, 5)), kinks)
     # Both sides of every kink are represented, so both slopes are checked.
@@ -142,7 +214,30 @@ def test_activation_gradients_match_finite_differences(layer, kinks, mode):
         assert (x < k).any() and (x > k).any()
     report = gradcheck(set_mode(layer, mode), x)
     assert set(report) == {"input"}
-    assert report.worst < GRAD_TOL, str(report)
+    assert report.worst < GRAD_TOL, explained(layer, mode, x, report)
+
+
+# slopehtanh's slope: 1 on [-1, 1], the kinks included (the inside's slope), -1/4 outside.
+SLOPEHTANH_AT = {-3.0: -0.25, -1.0001: -0.25, -1.0: 1.0, -0.5: 1.0, 0.0: 1.0, 0.75: 1.0, 1.0: 1.0,
+                 1.0001: -0.25, 2.5: -0.25}
+
+
+@pytest.mark.ex_layers_2
+def test_slopehtanh_backward_takes_the_slope_from_inside_at_the_kinks():
+    x = np.array(list(SLOPEHTANH_AT), np.float32).reshape(1, 1, 3, 3)
+    layer = SlopeHTanh()
+    layer(x)
+    got = layer.backward(np.full(x.shape, 2.0, np.float32)).reshape(-1).tolist()
+    want = [2.0 * slope for slope in SLOPEHTANH_AT.values()]
+    assert got == want, f"SlopeHTanh.backward(dy = 2) at x = {list(SLOPEHTANH_AT)}: got {got}, expected {want}"
+
+
+@pytest.mark.ex_layers_2
+def test_slopehtanh_derivative_is_one_inside_the_kinks_and_minus_a_quarter_outside():
+    x = np.array(list(SLOPEHTANH_AT))
+    got = slopehtanh_derivative(x)
+    assert got.dtype == x.dtype
+    assert got.tolist() == list(SLOPEHTANH_AT.values()), f"slopehtanh_derivative({x.tolist()}) = {got.tolist()}"
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -153,7 +248,7 @@ def test_activation_gradients_match_finite_differences(layer, kinks, mode):
 def test_pool_and_flatten_gradients_match_finite_differences(layer, shape, mode):
     x = np.random.default_rng(7).standard_normal(shape)
     report = gradcheck(set_mode(layer, mode), x)
-    assert report.worst < GRAD_TOL, str(report)
+    assert report.worst < GRAD_TOL, explained(layer, mode, x, report)
 
 
 def small_nested_chain():
@@ -167,6 +262,7 @@ def small_nested_chain():
     )
 
 
+@skipped_if_cut()
 @pytest.mark.parametrize("mode", MODES)
 def test_nested_chain_gradients_match_finite_differences(mode):
     chain = set_mode(small_nested_chain(), mode)
@@ -175,7 +271,7 @@ def test_nested_chain_gradients_match_finite_differences(mode):
     # Keys are the dotted state_dict keys of the nested chain.
     assert set(report) == {"input", "0.weight", "0.bias", "1.0.weight", "1.0.bias",
                            "2.0.0.weight", "2.0.1.weight", "2.0.1.bias", "3.2.weight", "3.2.bias"}
-    assert report.worst < GRAD_TOL, str(report)
+    assert report.worst < GRAD_TOL, explained(chain, mode, x, report)
 
 
 def test_gradcheck_catches_a_wrong_backward():
@@ -186,6 +282,7 @@ def test_gradcheck_catches_a_wrong_backward():
     assert gradcheck(wrong, x).worst > 0.1
 
 
+@pytest.mark.ex_layers_4
 def test_masked_conv_gets_zero_gradient_at_masked_entries_and_still_passes_gradcheck():
     conv = Conv2d(2, 3, 3, pad=1, rng=np.random.default_rng(13))
     mask = np.ones(conv.weight.shape, bool)
@@ -201,6 +298,7 @@ def test_masked_conv_gets_zero_gradient_at_masked_entries_and_still_passes_gradc
     assert gradcheck(conv, x).worst < GRAD_TOL
 
 
+@pytest.mark.ex_layers_1
 def test_backward_overwrites_gradients_instead_of_adding():
     dense = Dense(3, 2, rng=np.random.default_rng(15))
     x = np.ones((1, 3), np.float32)
@@ -212,6 +310,7 @@ def test_backward_overwrites_gradients_instead_of_adding():
     np.testing.assert_array_equal(dense.grads["weight"], first)
 
 
+@skipped_if_cut()
 def test_a_model_casts_the_incoming_gradient_to_its_own_dtype():
     rng = np.random.default_rng(16)
     model = Chain(Conv2d(2, 3, 3, pad=1, rng=rng), BatchNorm2d(3), SlopeHTanh(), DepthwiseConv2d(3, 3, rng=rng),
@@ -229,6 +328,7 @@ def test_a_model_casts_the_incoming_gradient_to_its_own_dtype():
         np.testing.assert_array_equal(g, grads[key])
 
 
+@pytest.mark.ex_layers_4
 @pytest.mark.parametrize("c_in,direct", [(3, True), (4, False)])   # 27 rows <= 32 < 36 rows
 def test_conv2d_eval_mode_gives_the_train_mode_output_whichever_way_it_computes(c_in, direct):
     # In eval mode a conv with thin columns skips im2col (kernels.conv_direct);
@@ -252,6 +352,7 @@ def test_conv2d_eval_mode_gives_the_train_mode_output_whichever_way_it_computes(
 # Forward values against the definitions
 # ---------------------------------------------------------------------------
 
+@pytest.mark.ex_kernels_1           # the forward pass multiplies the weight by im2col's columns
 def test_conv2d_forward_is_cross_correlation_with_zero_padding():
     conv = Conv2d(2, 3, 3, stride=2, pad=1, bias=True, rng=np.random.default_rng(16)).to(np.float64)
     conv.bias = np.array([0.1, -0.2, 0.3])
@@ -486,6 +587,7 @@ def test_chain_accepts_a_list_and_rejects_non_layers():
         Chain(ReLU(), 3)
 
 
+@skipped_if_cut()
 def test_chain_backward_runs_the_layers_in_reverse():
     chain = small_nested_chain()
     by_hand = chain.copy()

@@ -47,6 +47,33 @@ def _check_arguments(layer, eps, max_entries, seed):
     return np.random.default_rng(check_int(seed, "seed", "gradcheck", minimum=0))
 
 
+def _analytic(model, x, r):
+    """{"input": (x, dL/dx), parameter key: (parameter, its gradient)} from one backward pass of ``model``.
+
+    A backward pass that returns nothing, or a gradient of another shape, or
+    stores no gradient for a parameter, is reported by name here (the
+    mistakes of a first backward pass) instead of surfacing as a NumPy error
+    further down.
+    """
+    where = f"gradcheck: {type(model).__name__}.backward"
+    dx = model.backward(r.copy())
+    if not isinstance(dx, np.ndarray):
+        raise TypeError(f"{where} returned {type(dx).__name__}; it must return dL/dx, an array shaped like "
+                        f"the input {x.shape}")
+    analytic = {"input": (x, dx)}
+    for key, owner, name in model.named_parameters():
+        if name not in owner.grads:
+            raise RuntimeError(f"{where} stored no gradient for parameter {key!r}; store it with "
+                               f"self.set_grad({name!r}, ...)")
+        analytic[key] = (getattr(owner, name), owner.grads[name].copy())
+    for key, (tensor, grad) in analytic.items():
+        if grad.shape != tensor.shape:
+            what = "returned dL/dx" if key == "input" else f"stored the gradient of {key!r}"
+            raise ValueError(f"{where} {what} with shape {grad.shape}; it must have the shape of "
+                             f"{'the input' if key == 'input' else 'the parameter'}, {tensor.shape}")
+    return analytic
+
+
 def gradcheck(layer, x, eps=1e-6, max_entries=None, seed=0):
     """Compare every analytic gradient of ``layer`` with central differences, in float64.
 
@@ -70,7 +97,9 @@ def gradcheck(layer, x, eps=1e-6, max_entries=None, seed=0):
     Works on a float64 copy, so ``layer`` itself is left as it was; mode
     (train/eval) is the layer's own.  ``layer`` must be a tinyprune layer
     (a function has no backward to check: TypeError); ``x`` is checked as
-    ``layer(x)`` checks it.  Returns a :class:`GradcheckReport`.
+    ``layer(x)`` checks it.  A backward pass that returns no array, or a
+    gradient of the wrong shape, or stores no gradient for a parameter, is
+    an error naming what is missing.  Returns a :class:`GradcheckReport`.
     """
     rng = _check_arguments(layer, eps, max_entries, seed)
     model = layer.copy().to(np.float64)
@@ -81,11 +110,7 @@ def gradcheck(layer, x, eps=1e-6, max_entries=None, seed=0):
     def loss():
         return float(np.sum(model.forward(x) * r))
 
-    dx = model.backward(r.copy())
-    analytic = {"input": (x, dx)}
-    for key, owner, name in model.named_parameters():
-        analytic[key] = (getattr(owner, name), owner.grads[name].copy())
-
+    analytic = _analytic(model, x, r)
     floor = 1e-3 * max(np.abs(g).max(initial=0.0) for _, g in analytic.values())
     report = GradcheckReport()
     for key, (tensor, grad) in analytic.items():

@@ -20,11 +20,17 @@
 # worst relative disagreement per tensor. A correct backward gives about
 # 1e-8 or less; a bug gives something near 1.
 #
-# This tutorial derives the backward pass of each layer MobileNet uses, checks
-# tinyprune's version, and ends with a layer you write yourself. Run it as a
-# script (`python tutorials/layers.py`) or as a notebook. Shapes: NCHW for
-# images, OIHW `(C_out, C_in, KH, KW)` for convolution weights. The last cell
+# This tutorial derives the backward pass of each layer MobileNet uses (all
+# but BatchNorm's last step, which is left to you), checks tinyprune's
+# version, and ends with a layer you write yourself. Run it as a script
+# (`python tutorials/layers.py`) or as a notebook. Shapes: NCHW for images,
+# OIHW `(C_out, C_in, KH, KW)` for convolution weights. The last cell
 # gathers the numbers in a dict, `results`, which the tests check.
+#
+# In a student copy of the course the backward passes are exercises
+# layers.1 to layers.5 (and im2col, col2im kernels.1 and kernels.2): the
+# tutorial then stops at the first one not written yet, naming it. Write
+# it, run the tutorial again, and `gradcheck` tells you whether it is right.
 
 # %%
 import os
@@ -114,7 +120,8 @@ check("Conv2d(4, 3, 1) pointwise", Conv2d(4, 3, 1, rng=rng), rng.standard_normal
 #   for every output (i, j) and filter tap (a, b): each output hands its
 #   gradient back to the pixels it read, weighted by the tap that read them.
 #
-# tinyprune's kernel `depthwise_backward` is exactly these two loops.
+# tinyprune's kernel `depthwise_backward` runs exactly these two sums, one
+# channel per thread (writing it is exercise layers.5 of the course).
 
 # %%
 check("DepthwiseConv2d(3, 3, stride 2)", DepthwiseConv2d(3, 3, stride=2, pad=1, rng=rng),
@@ -130,18 +137,32 @@ check("DepthwiseConv2d(3, 3, stride 2)", DepthwiseConv2d(3, 3, stride=2, pad=1, 
 #
 # The parameters are easy: `dbeta = sum(dy)`, `dgamma = sum(dy * xhat)`.
 # The input is harder, because every `x` also moves `mu` and `var`, and
-# through them every output of its channel. Working the chain rule through
-# `mu` and `var` and simplifying gives, per channel,
+# through them every output of its channel: the chain rule has three paths
+# to follow (through `xhat` directly, through `var`, through `mu`), and
+# adding them up and simplifying is exercise layers.3 of the course
+# (`BatchNorm2d.backward` says what to compute; Ioffe and Szegedy's paper,
+# section 3, walks the same steps).
 #
-#     dx = gamma / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)).
-#
-# Read it as: the gradient a plain scaling would pass back (`dy`), minus its
-# average (shifting all inputs shifts `mu` too, so it changes nothing), minus
-# its component along `xhat` (scaling all inputs scales `sqrt(var)` too).
-# Let us check this formula against tinyprune's layer, then the layer
-# against finite differences.
+# Whatever formula comes out can be checked without deriving anything, and
+# more sharply than with finite differences: the *complex step*. Write the
+# forward pass with operations that also work on complex numbers and nudge
+# one input by an imaginary amount `i*h`. Then `L(x + ih) = L(x) + ih L'(x)
+# - h^2 L''(x)/2 + ...`, whose imaginary part divided by `h` is `L'(x)` up to
+# `h^2`. Nothing is subtracted from a nearly equal number, so `h` can be
+# 1e-20 and the derivative is exact to rounding. Here it is against
+# tinyprune's layer, then the layer against finite differences as above.
 
 # %%
+def batchnorm_train_forward(x, gamma, beta, eps):
+    """Train-mode BatchNorm of x (N, C, H, W) by its definition, with operations that accept complex numbers.
+
+    (Not np.var: on complex numbers it takes absolute values, which have no complex derivative.)
+    """
+    mu = x.mean(axis=(0, 2, 3), keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=(0, 2, 3), keepdims=True)
+    return gamma * (x - mu) / np.sqrt(var + eps) + beta
+
+
 bn = BatchNorm2d(3).to(np.float64)
 bn.weight[:] = [0.5, 1.0, 2.0]
 x = rng.standard_normal((4, 3, 2, 2))
@@ -149,15 +170,15 @@ dy = rng.standard_normal((4, 3, 2, 2))
 bn.forward(x)
 dx_layer = bn.backward(dy)
 
-axes = (0, 2, 3)                                 # all but the channel axis
-mu = x.mean(axis=axes, keepdims=True)
-var = x.var(axis=axes, keepdims=True)
-xhat = (x - mu) / np.sqrt(var + bn.eps)
-gamma = bn.weight.reshape(1, 3, 1, 1)
-dx_formula = gamma / np.sqrt(var + bn.eps) * (
-    dy - dy.mean(axis=axes, keepdims=True) - xhat * (dy * xhat).mean(axis=axes, keepdims=True))
-formula_difference = float(np.abs(dx_formula - dx_layer).max())
-print("formula vs layer, largest difference:", formula_difference)
+gamma, beta = bn.weight.reshape(1, 3, 1, 1), bn.bias.reshape(1, 3, 1, 1)
+h = 1e-20
+dx_complex_step = np.empty_like(x)
+for index in np.ndindex(x.shape):                # one nudge per input entry: 48 forward passes
+    nudged = x.astype(complex)
+    nudged[index] += 1j * h
+    dx_complex_step[index] = np.sum(batchnorm_train_forward(nudged, gamma, beta, bn.eps) * dy).imag / h
+formula_difference = float(np.abs(dx_complex_step - dx_layer).max())
+print("layer vs complex step, largest difference:", formula_difference)
 
 # %%
 check("BatchNorm2d(3), train mode", BatchNorm2d(3), rng.standard_normal((2, 3, 2, 2)))
@@ -338,8 +359,8 @@ buggy = check("ScaleWithABug(3)", ScaleWithABug(3, rng), rng.standard_normal((2,
 # ## The numbers in one place
 #
 # What the checks found, in one dict (the test suite reads it): the worst
-# relative error of every layer checked, and how far the BatchNorm formula
-# is from the layer.
+# relative error of every layer checked, and how far BatchNorm's layer is
+# from the complex-step derivative of its forward formula.
 
 # %%
 results = {
