@@ -133,16 +133,12 @@ def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
     dx (N, C, H, W)    overwritten with dL/dx
     dw (C, KH, KW)     overwritten with dL/dw
 
-    The two sums to compute are in ``DepthwiseConv2d.backward``'s docstring
-    (tinyprune/conv.py).  A prange iteration owns one channel c, so dw[c]
-    has one writer.  Set up for you per channel: ``xp``, a zero padded plane
-    (its border stays 0; copy each image's plane into its inside), ``dxp``
-    for the gradient of the padded plane, ``dw_c`` for float64 sums over the
-    N*HO*WO terms of each tap, and ``grid`` with the flat views ``xp_flat``
-    and ``dxp_flat`` for the flat-grid loops of ``_depthwise_forward``
-    above.  The grid is an optimisation, not a requirement: plain loops over
-    i, j, a and b compute the same sums.  What falls on the padding is not
-    part of dL/dx.
+    The sums are in ``DepthwiseConv2d.backward``'s docstring (conv.py).  A
+    prange iteration owns a channel; set up for it: ``xp``, a zero padded
+    plane (fill its inside per image), ``dxp`` for dL/d(padded plane),
+    ``dw_c`` for float64 sums, and ``grid``, ``xp_flat``, ``dxp_flat`` for
+    the flat-grid loops of ``_depthwise_forward`` (optional: plain loops
+    over i, j, a, b are right too).  The padding's gradient is dropped.
     """
     N, C, H, W = x.shape
     KH, KW = w.shape[1], w.shape[2]
@@ -157,11 +153,8 @@ def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
         grid = np.zeros(T, x.dtype)              # dy on the grid; the junk columns stay 0
         dw_c = np.zeros((KH, KW))                # float64 sums over N*HO*WO terms
         ### BEGIN SOLUTION
-        # Tap w[c, a, b] met the padded pixel xp[i*s + a, j*s + b] in output (i, j),
-        # so the chain rule sends dy[n, c, i, j] * w[c, a, b] back to that pixel and
-        # dy[n, c, i, j] * xp[i*s + a, j*s + b] to the tap.  On the flat grid (see
-        # _depthwise_forward) both are one long loop per tap; dy is laid out on the
-        # grid with zeros in the junk columns, so those add nothing.
+        # Tap w[c, a, b] met xp[i*s + a, j*s + b] in output (i, j): send dy * w back to that pixel
+        # and dy * xp to the tap, one long loop per tap on the grid (junk columns of grid stay 0).
         for n in range(N):
             for r in range(H):
                 xp[r + pad, pad:pad + W] = x[n, c, r]

@@ -206,28 +206,21 @@ class Dense(Layer):
     def backward(self, dy):
         """Exercise layers.1: the gradients of y = x W^T + b.
 
-        ``dy`` (N, out) is dL/dy; the input ``x`` (N, in) that forward kept is
-        ``self._cache``; ``weight`` W is (out, in), ``bias`` b (out,) or None.
+        dy (N, out) is dL/dy; forward kept x (N, in) in ``self._cache``; W is
+        (out, in), b (out,) or None.  Each entry reaches the loss through every
+        output it is summed into, and the chain rule adds those paths:
 
-        Forward computed y[n, o] = sum_i x[n, i] W[o, i] + b[o], so each entry
-        of x, W and b reaches the loss through every output it is summed into,
-        and the chain rule adds up those paths:
+            dL/dW[o, i] = sum over n of dy[n, o] * x[n, i]    (out, in), like W
+            dL/db[o]    = sum over n of dy[n, o]              (out,), only with a bias
+            dL/dx[n, i] = sum over o of dy[n, o] * W[o, i]    (N, in), like x
 
-            dL/dW[o, i] = sum over n of dy[n, o] * x[n, i]    shape (out, in), like W
-            dL/db[o]    = sum over n of dy[n, o]              shape (out,), only with a bias
-            dL/dx[n, i] = sum over o of dy[n, o] * W[o, i]    shape (N, in), like x
-
-        Store the parameter gradients with ``self.set_grad("weight", ...)`` and
-        ``self.set_grad("bias", ...)`` (it zeroes what pruning masked), take W
-        as forward used it, ``self.effective("weight")`` (pruned entries read
-        0), and return dL/dx.  Each sum is one matrix product or one ``sum``
-        over an axis: no Python loop is needed.
+        Store dL/dW, dL/db with ``self.set_grad`` (it zeroes what pruning
+        masked); for dL/dx take W as forward did, ``self.effective("weight")``.
         """
         dy = self.backward_input(dy)
         x = self._cache
         ### BEGIN SOLUTION
-        # Written as matrix products: dW = dy^T x, db = the column sums of dy, dx = dy W.
-        self.set_grad("weight", dy.T @ x)
+        self.set_grad("weight", dy.T @ x)                  # dW = dy^T x
         if self.bias is not None:
             self.set_grad("bias", dy.sum(axis=0))
         return dy @ self.effective("weight")
@@ -324,30 +317,18 @@ class BatchNorm2d(Layer):
     def backward(self, dy):
         """Exercise layers.3: BatchNorm's gradients in train mode (the eval-mode branch is given).
 
-        Per channel c, over its M = N*H*W values (``x3`` and ``dy3`` below are
-        the input and dL/dy viewed as (N, C, L), L = H*W), forward computed
+        Train-mode forward computed per channel, over its M = N*H*W values
+        (x3, dy3: (N, C, L), L = H*W), and kept x3, ``mean`` and ``var``:
+        mu = mean(x), var = mean((x - mu)^2), xhat = (x - mu) / sqrt(var + eps),
+        y = gamma * xhat + beta.  Compute dL/dbeta, dL/dgamma ((C,)) and dL/dx.
+        As mu and var are made from x, each x reaches the loss through its own
+        xhat and through mu and var (every output of its channel): follow the
+        chain rule along the three paths, dL/dvar, dL/dmu, then dL/dx, and
+        simplify (Ioffe and Szegedy, "Batch Normalization", 2015, section 3).
 
-            mu = mean(x),  var = mean((x - mu)^2)       (the batch's own statistics)
-            xhat = (x - mu) / sqrt(var + eps),  y = gamma * xhat + beta
-
-        and kept x3, mu and var (``mean``, ``var``: (C,) float64).  Compute
-        dL/dbeta and dL/dgamma ((C,) each: sums over the channel's M values)
-        and dL/dx ((N, C, L)).  The parameters are the easy part.  The input is
-        not: mu and var are computed from x, so each x[n, c, k] reaches the
-        loss through its own xhat and also through mu and var, that is through
-        every output of its channel.  Write the chain rule along those three
-        paths (dL/dvar first, then dL/dmu, then dL/dx) and simplify; Ioffe and
-        Szegedy, "Batch Normalization" (2015), section 3, set out the same
-        steps.  Check your result with ``gradcheck`` (tutorials/layers.py).
-
-        The loops go into the kernel ``kernels._batchnorm_train_backward``
-        (its docstring gives its arguments); here, call it by its compiled
-        name, ``kernels.batchnorm_train_backward``, with ``gamma`` as forward
-        used it and the arrays ``dx``, ``dgamma``, ``dbeta`` allocated for you.  The lines after the branch store the
-        gradients and return dL/dx.
-
-        In eval mode (``mean`` is None) mu and var are the running statistics,
-        constants, so only the direct path is left: dx = gamma * dy / sqrt(running_var + eps).
+        Write the loops in ``kernels._batchnorm_train_backward``, and call it here as
+        ``kernels.batchnorm_train_backward`` to fill the ``dx``, ``dgamma``, ``dbeta``
+        allocated for you.  Eval mode: dx = gamma * dy / sqrt(running_var + eps).
         """
         dy = self.backward_input(dy)
         x3, mean, var = self._cache
@@ -359,17 +340,11 @@ class BatchNorm2d(Layer):
             dgamma = np.empty(C, np.float64)
             dbeta = np.empty(C, np.float64)
             ### BEGIN SOLUTION
-            # With inv = 1 / sqrt(var + eps) and dxhat = gamma * dy, per channel:
-            #   dL/dbeta = sum(dy),  dL/dgamma = sum(dy * xhat);
-            #   dL/dvar = sum(dxhat * (x - mu)) * (-inv^3 / 2)  = -gamma * inv^2 * dgamma / 2
-            #   dL/dmu  = sum(dxhat) * (-inv)                   = -gamma * inv * dbeta
-            #             (mu's path through var adds nothing: sum(x - mu) = 0)
+            # inv = 1/sqrt(var + eps), dxhat = gamma * dy, and per channel:
+            #   dL/dvar = sum(dxhat * (x - mu)) * (-inv^3 / 2) = -gamma * inv^2 * dgamma / 2
+            #   dL/dmu  = -gamma * inv * dbeta        (its path through var adds sum(x - mu) = 0)
             #   dx = dxhat * inv + dL/dvar * 2 (x - mu) / M + dL/dmu / M
-            #      = gamma * inv / M * (M * dy - dbeta - xhat * dgamma)
-            # Read it as: the gradient a plain scaling would pass back, minus its mean
-            # (shifting every input shifts mu as well, which changes nothing), minus its
-            # part along xhat (scaling every input scales sqrt(var) as well).
-            # The kernel takes two sums per channel, then writes this line.
+            #      = gamma * inv / M * (M dy - dbeta - xhat dgamma)      (two sums, then this line)
             kernels.batchnorm_train_backward(x3, dy3, gamma, mean, var, self.eps, dx, dgamma, dbeta)
             ### END SOLUTION
         else:
@@ -427,32 +402,18 @@ class SlopeHTanh(Activation):
         return self.keep_for_backward(x, y)
 
     def backward(self, dy):
-        """Exercise layers.2: dL/dx for slopehtanh, entry by entry.
+        """Exercise layers.2: dL/dx for slopehtanh, entry by entry (x, dy, dx: the input's shape).
 
-        ``x`` (forward's input, ``self._cache``), ``dy`` and ``dx`` all have the
-        input's shape, any rank.  The function is piecewise linear:
-
-            f(x) = x                  for -1 <= x <= 1
-                 = 1 - (x - 1) / 4    for x > 1
-                 = -1 - (x + 1) / 4   for x < -1
-
-        and each output depends on its own input only, so the chain rule is
-        one product per entry: dx = dy * f'(x).  At the kinks x = -1 and x = 1
-        f has no derivative; take the slope from inside [-1, 1] there, as
-        every activation of tinyprune does at its kinks.
-
-        Three places make this exercise, one computation: the loop in the
-        kernel ``kernels._slopehtanh_backward`` (on flat arrays: its docstring
-        says how), the call here that runs it on flat views of x, dy and the
-        ``dx`` allocated for you (``kernels.slopehtanh_backward``, compiled),
-        and the NumPy version ``activations.slopehtanh_derivative`` (f' alone).
+        f(x) = x on [-1, 1], 1 - (x - 1)/4 above, -1 - (x + 1)/4 below; each output
+        depends on its own input only, so dx = dy * f'(x), taking at the kinks x = +-1
+        the slope from inside [-1, 1].  Written three times: the loop of
+        ``kernels._slopehtanh_backward``; its call here (``kernels.slopehtanh_backward``
+        on flat views of x, dy and the ``dx`` allocated for you); ``activations.slopehtanh_derivative``.
         """
         dy = self.backward_input(dy)
         x = self._cache
         dx = np.empty_like(x)
         ### BEGIN SOLUTION
-        # Inside [-1, 1] f(x) = x, slope 1; outside, f(x) = h - (x - h)/4 with h = +-1
-        # a constant, slope -1/4.  At the kinks the inside slope, 1.
         kernels.slopehtanh_backward(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
         ### END SOLUTION
         return dx
