@@ -246,11 +246,12 @@ class DepthwiseConv2d(Layer):
 
         and dL/dx is dL/dxp without its border (the padding is no input).
 
-        The loops go into the kernel ``kernels._depthwise_backward`` (its
-        docstring gives its arguments); here, call it by its compiled name,
-        ``kernels.depthwise_backward``, to fill the ``dx`` and ``dw`` (C, KH,
-        KW) allocated for you, store dL/dw in the weight's shape (C, 1, KH,
-        KW) with ``self.set_grad``, and return dL/dx.
+        Write the loops in the kernel ``kernels._depthwise_backward`` (its
+        docstring gives its arguments); here, call it as
+        ``kernels.depthwise_backward`` (Numba's compiled copy of it; in a
+        student copy, your plain function itself) to fill the ``dx`` and
+        ``dw`` (C, KH, KW) allocated for you, store dL/dw in the weight's shape
+        (C, 1, KH, KW) with ``self.set_grad``, and return dL/dx.
         """
         dy = self.backward_input(dy)
         x = self._cache

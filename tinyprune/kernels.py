@@ -5,7 +5,13 @@ the shapes it expects in its docstring.  The line after it compiles the very
 same function with Numba (``cache=True``, so the machine code is kept on disk
 and later interpreter start-ups skip the compilation).  The plain function is
 the textbook: you can step through it in a debugger, and the tests run it on
-small inputs to check that the compiled one agrees.
+small inputs to check that the compiled one agrees.  ``NUMBA_DISABLE_JIT=1``
+makes every compiled name run its plain function, so a debugger steps into
+the kernels the layers call.
+
+Five plain functions are course exercises (their docstrings say which):
+a student copy cuts their bodies and leaves the name uncompiled, ``im2col =
+_im2col``, so the layers run the student's Python, slowly but correctly.
 
 Conventions shared by all kernels:
 
@@ -135,7 +141,7 @@ def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
 
     The sums are in ``DepthwiseConv2d.backward``'s docstring (conv.py).  A
     prange iteration owns a channel; set up for it: ``xp``, a zero padded
-    plane (fill its inside per image), ``dxp`` for dL/d(padded plane),
+    plane (fill its inside per image), ``dxp`` (not zeroed) for dL/dxp,
     ``dw_c`` for float64 sums, and ``grid``, ``xp_flat``, ``dxp_flat`` for
     the flat-grid loops of ``_depthwise_forward`` (optional: plain loops
     over i, j, a, b are right too).  The padding's gradient is dropped.
