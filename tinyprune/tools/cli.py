@@ -93,10 +93,9 @@ folder whose subfolder main/ is the default --out), {DEBUG_VARIABLE}.
 # ---------------------------------------------------------------------------
 
 def _add_main_options(parser):
-    default_out = output_dir("main")
-    parser.add_argument("--out", default=str(default_out), metavar="DIR",
-                        help=f"folder for the figures, summary and checkpoint (default ./{default_out}; "
-                             "./tinyprune-out/main unless TINYPRUNE_OUT is set)")
+    parser.add_argument("--out", default=str(output_dir("main")), metavar="DIR",
+                        help="folder for the figures, summary and checkpoint (default "
+                             "./tinyprune-out/main, or $TINYPRUNE_OUT/main when TINYPRUNE_OUT is set)")
     parser.add_argument("--epochs", type=whole_number(0), default=1, metavar="N",
                         help="finetuning epochs for the resized model (default 1; 0 skips finetuning)")
     parser.add_argument("--level", type=fraction_below_one, default=0.2, metavar="P",
@@ -166,7 +165,8 @@ def _add_evaluate(commands):
     evaluate.add_argument("--subset", choices=("val", "train"), default="val",
                           help="which part of the data set (default val)")
     evaluate.add_argument("--quick", action="store_true",
-                          help=f"score the first {main_job.QUICK_VAL} images only (a smoke test)")
+                          help=f"a smoke test on {main_job.QUICK_VAL} images: a small synthetic set "
+                               "drawn on its own, or the first of --vww's list")
     evaluate.add_argument("--batch-size", type=whole_number(1), default=64, metavar="N",
                           help="images per forward pass (default 64; memory grows with it)")
 

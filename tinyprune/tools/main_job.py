@@ -7,11 +7,11 @@ Two halves, so that a typo costs seconds, not a training run:
   file is a folder or the input, the output folder is writable) and returns
   a :class:`MainJob`;
 * :func:`run_main_job` does the work: count and prune (the course lines),
-  draw the figures of the stages (in memory), load the data, evaluate,
-  finetune, and write the figures, the summary and the finetuned checkpoint.
+  load the data, evaluate, finetune, and write the finetuned checkpoint, the
+  summary and the figures.
 
-Figures are drawn before the data is loaded, so a model the figures cannot
-show fails in seconds too; they are saved at the end, with everything else.
+The figures come last, after the checkpoint is safe: matplotlib, imported
+before training, would add about 100 MB to the run's peak memory.
 """
 
 import contextlib
@@ -201,7 +201,6 @@ def run_main_job(job):
         print(seed_line(label, stages[key].counts[args.rule]), flush=True)
     # The course lines above come first, so they can be compared with the text line by line.
     print(f"\nstarted from {job.source}; results go to {out.resolve()}", flush=True)
-    figures = _stage_figures(stages, args.rule, job.histogram_layer)
     train_set, val_set = _data(args.quick)
     accuracy = _evaluate(stages, val_set)
     finetuned, batch_losses = _finetune(args, stages["resized"].model, train_set, val_set)
@@ -213,20 +212,17 @@ def run_main_job(job):
     table = stage_table(rows, len(val_set))
     print("\n" + table, flush=True)
 
-    if hasattr(finetuned, "history"):
-        from .. import plots
-        figures["history.png"] = plots.plot_history(finetuned.history, batch_losses,
-                                                    title="Finetuning the resized model")
-    written = _save_figures(out, figures)
-    written += _write_records(out, finetuned, table, _metadata(args, job.source, rows, finetuned))
+    # The checkpoint and the records first: a figure that fails then costs no training.
+    records = _write_records(out, finetuned, table, _metadata(args, job.source, rows, finetuned))
+    written = _draw_figures(out, stages, args.rule, job.histogram_layer, finetuned, batch_losses) + records
     print(f"\nwrote {len(written)} files to {out.resolve()} in {time.perf_counter() - started:.0f} s:")
     for path in written:
         print(f"  {path.name}")
     return 0
 
 
-def _stage_figures(stages, rule, histogram_layer):
-    """``{file name: Figure}`` of the pruning stages, drawn (not saved) before the long steps.
+def _draw_figures(out, stages, rule, histogram_layer, finetuned, batch_losses):
+    """The PNG figures of a run, each drawn and saved in turn; returns their paths.
 
     The plots get the counts and sparsities as tables, so nothing is counted twice.
     """
@@ -234,24 +230,23 @@ def _stage_figures(stages, rule, histogram_layer):
     from ..prune import sparsity
     labels = plots.layer_labels(stages["baseline"].model)
     level, channel = stages["level"], stages["channel"]
-    return {
-        "macs.png": plots.plot_macs([(s.label, s.counts[rule]) for s in stages.values()],
-                                    rule=rule, labels=labels),
-        "sparsity-level.png": plots.plot_sparsity(
+    figures = {
+        "macs.png": lambda: plots.plot_macs([(s.label, s.counts[rule]) for s in stages.values()],
+                                            rule=rule, labels=labels),
+        "sparsity-level.png": lambda: plots.plot_sparsity(
             sparsity(level.model), labels=labels,
             title=f"After {level.label}: weight sparsity per layer"),
-        "sparsity-propagated.png": plots.plot_sparsity(
+        "sparsity-propagated.png": lambda: plots.plot_sparsity(
             sparsity(stages["propagated"].model), labels=labels,
             title=f"After {channel.label} and propagation: weight sparsity per layer"),
-        "channels.png": plots.plot_channels(stages["propagated"].model, stages["resized"].model),
-        f"weights-{histogram_layer}.png": plots.plot_weight_histogram(
+        "channels.png": lambda: plots.plot_channels(stages["propagated"].model, stages["resized"].model),
+        f"weights-{histogram_layer}.png": lambda: plots.plot_weight_histogram(
             stages["baseline"].model, histogram_layer, after=level.model),
     }
-
-
-def _save_figures(out, figures):
-    from ..plots import save_figure
-    return [save_figure(figure, out / name) for name, figure in figures.items()]
+    if hasattr(finetuned, "history"):
+        figures["history.png"] = lambda: plots.plot_history(
+            finetuned.history, batch_losses, title="Finetuning the resized model")
+    return [plots.save_figure(draw(), out / name) for name, draw in figures.items()]
 
 
 def _metadata(args, source, rows, finetuned):
