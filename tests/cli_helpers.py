@@ -71,7 +71,7 @@ def tiny_chain(seed=0):
 def make_inputs(folder):
     """Checkpoints and files a hostile user would pass, written into ``folder``; returns their paths."""
     paths = {name: folder / name for name in ("ok.npz", "two.npz", "gray.npz", "chain.npz",
-                                             "flat.npz", "text.txt", "broken.npz")}
+                                             "flat.npz", "dense.npz", "text.txt", "broken.npz")}
     checkpoint.save(tp.MobileNet(tp.slopehtanh, 0.25, fcsize=64, nclasses=1, seed=3).eval(), paths["ok.npz"])
     checkpoint.save(tp.MobileNet(tp.slopehtanh, 0.25, fcsize=16, nclasses=2, seed=3).eval(), paths["two.npz"])
     checkpoint.save(tp.MobileNet(tp.slopehtanh, 0.25, fcsize=16, nclasses=1, inchannels=1, seed=3).eval(),
@@ -79,6 +79,8 @@ def make_inputs(folder):
     checkpoint.save(tiny_chain(), paths["chain.npz"])
     checkpoint.save(tp.Chain(tp.Flatten(), tp.Dense(12, 1, rng=np.random.default_rng(0))).eval(),
                     paths["flat.npz"])
+    checkpoint.save(tp.Chain(tp.GlobalMeanPool(), tp.Flatten(),
+                             tp.Dense(3, 1, rng=np.random.default_rng(0))).eval(), paths["dense.npz"])
     paths["text.txt"].write_text("not a checkpoint\n")
     paths["broken.npz"].write_bytes(paths["ok.npz"].read_bytes()[:5000])
     (folder / "a-folder").mkdir()

@@ -169,6 +169,7 @@ def test_the_main_job_refuses_a_model_it_would_overwrite(here, reached):
     ("two.npz", ["--model 'two.npz'", "(2, 2)", "one logit"]),
     ("gray.npz", ["--model 'gray.npz'", "(N, 3, 96, 96)", "model[0][0]"]),
     ("flat.npz", ["--model 'flat.npz'", "(N, 3, 96, 96)"]),
+    ("dense.npz", ["'dense.npz' has no convolution"]),
     ("text.txt", ["text.txt", "not a readable tinyprune checkpoint"]),
     ("broken.npz", ["broken.npz"]),
     ("a-folder", ["--model 'a-folder' is a folder"]),
@@ -333,7 +334,7 @@ FRACTIONS = ["0", "0.2", "0.5", "0.9", "1", "-0.1", "nan", "half"]
 COUNTS = ["0", "1", "2", "-1", "1.5", "x"]
 NUMBERS = ["2e-3", "1", "0", "-1e-3", "inf"]
 SHAPES = ["1,3,96,96", "2,3,32,32", "-1,3,96,96", "1,3,0,96", "1,1,96,96", "1,3,96", "a,b,c,d"]
-INPUTS = ["ok.npz", "two.npz", "gray.npz", "chain.npz", "flat.npz", "text.txt", "broken.npz",
+INPUTS = ["ok.npz", "two.npz", "gray.npz", "chain.npz", "flat.npz", "dense.npz", "text.txt", "broken.npz",
           "a-folder", "missing.npz", "a-folder/", ".", ""]
 OUTPUTS = ["out", "out/x.npz", "res.json", "missing_dir/x.json", "ok.npz", "chain.npz", "ok.npz/x.npz",
            "a-folder", "/proc/x.npz", ""]
@@ -375,7 +376,8 @@ def command_lines(draw):
     return words
 
 
-INPUT_FILES = ("ok.npz", "two.npz", "gray.npz", "chain.npz", "flat.npz", "text.txt", "broken.npz")
+INPUT_FILES = ("ok.npz", "two.npz", "gray.npz", "chain.npz", "flat.npz", "dense.npz", "text.txt",
+               "broken.npz")
 
 
 def _complete(path):

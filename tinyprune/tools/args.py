@@ -150,7 +150,7 @@ def input_shape(text):
 # ---------------------------------------------------------------------------
 
 def _as_path(path, option):
-    """``path`` as a Path; UsageError for a name no file can have (the system would say "embedded null byte")."""
+    """``path`` as a Path; UsageError for a name no file can have (a NUL character)."""
     if "\0" in str(path):
         raise UsageError(f"{option} {str(path)!r}: a file name cannot contain a NUL character")
     return Path(path)
@@ -164,7 +164,7 @@ def _existing(path, option):
 
 
 def existing_file(path, option):
-    """``path`` as a Path if it is a regular file; UsageError naming ``option`` and saying what it is if not."""
+    """``path`` as a Path if it is a regular file; UsageError naming ``option`` and what it is if not."""
     path = _existing(path, option)
     if path.is_dir():
         raise UsageError(f"{option} {str(path)!r} is a folder; expected a file")
@@ -194,8 +194,9 @@ def output_file(path, option, inputs=(), example="out.npz"):
 
     Refused: a name that is a folder or sits under a file, and a file that is
     one of ``inputs`` (``[(option, path)]``): writing it would destroy what
-    the run reads.  ``example`` is a file name the message suggests.  Nothing is created; :func:`writable_folder` on the
-    parent does that, last.
+    the run reads.  ``example`` is a file name the message suggests.
+    Nothing is created; :func:`writable_folder` on the parent does that,
+    last.
     """
     path = _as_path(path, option)
     if path.name in ("", ".", "..") or path.is_dir():

@@ -232,7 +232,8 @@ def _check_shape(model, shape):
     try:
         model.output_shape(shape)
     except ValueError as error:
-        raise UsageError(f"--input-shape {','.join(map(str, shape))} does not fit the model: {error}") from None
+        raise UsageError(f"--input-shape {','.join(map(str, shape))} does not fit the model: "
+                         f"{error}") from None
 
 
 def labelled_table(model, shape, rule):

@@ -79,8 +79,9 @@ def check_main_job(args):
     """
     model, source = _start_model(args)
     labels = list(layer_labels_by_path(model).values())
-    if not labels:
-        raise UsageError(f"--model {str(source)!r} has no convolution or dense layer to prune")
+    if not any(label.startswith(("conv", "dw", "pw")) for label in labels):
+        raise UsageError(f"{str(source)!r} has no convolution, so ChannelPrune has nothing to prune; "
+                         "the main job needs a model such as the tutorial's MobileNet")
     histogram_layer = HISTOGRAM_LAYER if HISTOGRAM_LAYER in labels else labels[len(labels) // 2]
     out = folder_path(args.out, "--out")
     for name in _output_names(histogram_layer):

@@ -150,7 +150,8 @@ def build_parser():
                            epilog="--check exits with code 1 if a figure misses its bar, 2 if it "
                                   "cannot run\n(one line on stderr).")
     parser.add_argument("--epochs", type=whole_number(1), default=26, help="epochs to train (default 26)")
-    parser.add_argument("--lr", type=positive_number, default=2e-3, help="Adam's learning rate (default 2e-3)")
+    parser.add_argument("--lr", type=positive_number, default=2e-3,
+                        help="Adam's learning rate (default 2e-3)")
     parser.add_argument("--decay-epochs", type=whole_number(0), default=0,
                         help="train the last this many epochs at lr/decay-factor (default 0)")
     parser.add_argument("--decay-factor", type=positive_number, default=10.0,
