@@ -352,12 +352,12 @@ def test_evaluate_reads_a_visual_wake_words_folder(fresh_checkpoint, tmp_path):
 
 
 def test_progress_in_a_log_is_one_line_per_epoch(monkeypatch):
-    monkeypatch.setattr(main_job.sys, "stderr", io.StringIO())       # not a terminal
+    monkeypatch.setattr(sys, "stderr", io.StringIO())                 # not a terminal
     rng = np.random.default_rng(0)
     data = tp.ArrayDataset(rng.integers(0, 256, (8, 3, 96, 96), dtype=np.uint8), [0, 1] * 4)
     args = build_parser().parse_args(["--epochs", "2"])
     main_job._finetune(args, tiny_chain(), data, data)
-    log = main_job.sys.stderr.getvalue()
+    log = sys.stderr.getvalue()
     assert "\r" not in log
     assert [line.split()[:2] for line in log.splitlines()] == [["epoch", "1/2"], ["epoch", "2/2"]]
     assert all("val loss" in line for line in log.splitlines())
