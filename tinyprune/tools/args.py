@@ -156,29 +156,25 @@ def _as_path(path, option):
     return Path(path)
 
 
-def _existing(path, option):
+def _existing(path, option, kind):
+    """``path`` as a Path if it exists and is a ``kind`` ("file" or "folder"); UsageError if not."""
     path = _as_path(path, option)
+    found = "folder" if path.is_dir() else "file" if path.is_file() else "special file"
     if not path.exists():
         raise UsageError(f"{option} {str(path)!r} does not exist")
+    if found != kind:
+        raise UsageError(f"{option} {str(path)!r} is a {found}; expected a {kind}")
     return path
 
 
 def existing_file(path, option):
     """``path`` as a Path if it is a regular file; UsageError naming ``option`` and what it is if not."""
-    path = _existing(path, option)
-    if path.is_dir():
-        raise UsageError(f"{option} {str(path)!r} is a folder; expected a file")
-    if not path.is_file():
-        raise UsageError(f"{option} {str(path)!r} is not a regular file")
-    return path
+    return _existing(path, option, "file")
 
 
 def existing_folder(path, option):
-    """``path`` as a Path if it is a folder; UsageError naming ``option`` if not."""
-    path = _existing(path, option)
-    if not path.is_dir():
-        raise UsageError(f"{option} {str(path)!r} is a file; expected a folder")
-    return path
+    """``path`` as a Path if it is a folder; UsageError naming ``option`` and what it is if not."""
+    return _existing(path, option, "folder")
 
 
 def _same_file(a, b):
