@@ -10,7 +10,8 @@ tables the same way.
   reader sees the old file or the whole new one, never half of one;
 * ``format_table``: an aligned text table with rules under the header and
   above a total row;
-* ``data_dir``: where data sets, caches and the shipped checkpoint live.
+* ``data_dir``: where data sets, caches and the shipped checkpoint live;
+* ``output_dir``: the folder each program writes its figures and files into.
 """
 
 import numbers
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["check_int", "check_number", "check_level", "check_bool", "atomic_write", "format_table", "data_dir"]
+__all__ = ["check_int", "check_number", "check_level", "check_bool", "atomic_write", "format_table", "data_dir", "output_dir"]
 
 
 # ---------------------------------------------------------------------------
@@ -192,3 +193,13 @@ def data_dir():
     if (repo / "setup.cfg").is_file():
         return repo / "data"
     return Path.home() / ".cache" / "tinyprune"
+
+
+def output_dir(name):
+    """The folder a program writes its files into: ``<base>/<name>``, as a Path (not created).
+
+    ``<base>`` is ``$TINYPRUNE_OUT`` if set, else ``./tinyprune-out``; each
+    program (the main job: ``"main"``, each tutorial: its name) has its own
+    subfolder, so no run overwrites another's figures.
+    """
+    return Path(os.environ.get("TINYPRUNE_OUT") or "tinyprune-out") / name

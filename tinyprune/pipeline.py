@@ -25,9 +25,7 @@ steps out one by one instead, since they teach them::
     stages["resized"].counts["reference"].mults      # multiplies per image
 """
 
-import os
 from collections import namedtuple
-from pathlib import Path
 
 from .activations import slopehtanh
 from .count import RULES, dot_prod_table
@@ -40,7 +38,7 @@ from .train import trainer
 
 __all__ = ["TUTORIAL_INPUT", "Stage", "ChannelStages", "tutorial_model", "check_tutorial_model",
            "count_rules", "bake_and_propagate", "prune_and_resize", "tutorial_stages", "finetune",
-           "layer_labels_by_path", "output_dir"]
+           "layer_labels_by_path"]
 
 
 Stage = namedtuple("Stage", "label model counts")
@@ -174,13 +172,3 @@ def layer_labels_by_path(model):
         seen[kind] = seen.get(kind, 0) + 1
         labels[path] = f"{kind}{seen[kind]}"
     return labels
-
-
-def output_dir(name):
-    """The folder a program writes its files into: ``<base>/<name>``, as a Path (not created).
-
-    ``<base>`` is ``$TINYPRUNE_OUT`` if set, else ``./tinyprune-out``; each
-    program (the main job: ``"main"``, each tutorial: its name) has its own
-    subfolder, so no run overwrites another's figures.
-    """
-    return Path(os.environ.get("TINYPRUNE_OUT") or "tinyprune-out") / name

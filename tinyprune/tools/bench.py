@@ -33,7 +33,6 @@ on a busy machine they mean less.
 (one repetition, no cold start) for tests: its figures are rough.
 """
 
-import argparse
 import json
 import os
 import subprocess

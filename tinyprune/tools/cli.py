@@ -6,6 +6,8 @@
     tinyprune evaluate MODEL.npz [--vww ROOT] [--subset S] [--quick]
     tinyprune bench [ARGS...]
     tinyprune pretrain [ARGS...]
+    tinyprune assignment --out DIR [--exercises ID ...] [--chapters NAME ...] [--solutions] [--list]
+    tinyprune grade [DIR] [--json results.json]
 
 Every command checks its arguments, its input files and its output files
 before doing any long work, so a typo costs seconds, not a training run.
@@ -21,10 +23,10 @@ import argparse
 import sys
 from importlib import import_module
 
-from ..common import format_table
+from ..common import format_table, output_dir
 from ..count import RULES
 from ..pipeline import (TUTORIAL_INPUT, bake_and_propagate, check_tutorial_model,
-                        layer_labels_by_path, output_dir)
+                        layer_labels_by_path)
 from . import main_job
 from .args import (DEBUG_VARIABLE, CommandParser, UsageError, existing_file, existing_folder,
                    fraction_below_one, input_shape, output_file, report_failures, whole_number,
@@ -32,8 +34,8 @@ from .args import (DEBUG_VARIABLE, CommandParser, UsageError, existing_file, exi
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = ("count", "prune", "evaluate", "bench", "pretrain")
-TOOLS = ("bench", "pretrain")          # they have their own parsers: the rest of the line goes to them
+COMMANDS = ("count", "prune", "evaluate", "bench", "pretrain", "assignment", "grade")
+TOOLS = ("bench", "pretrain", "assignment", "grade")   # own parsers: the rest of the line goes to them
 
 DESCRIPTION = """\
 Prune, propagate, resize, count and finetune the tutorial's MobileNet
@@ -71,6 +73,8 @@ commands (each has its own --help; the command comes first, its options after it
   evaluate MODEL.npz  accuracy and loss on the validation set (or a Visual Wake Words folder)
   bench [ARGS...]     time the kernels (see: tinyprune bench --help)
   pretrain [ARGS...]  train or check the shipped checkpoint (see: tinyprune pretrain --help)
+  assignment [ARGS...] cut a student copy of the repository (see: tinyprune assignment --help)
+  grade [ARGS...]     run a course copy's tests and score each exercise (see: tinyprune grade --help)
 
 examples:
   tinyprune --quick --out /tmp/tp          # a smoke run on small data subsets
@@ -182,6 +186,10 @@ def build_parser():
     commands.add_parser("bench", help="time the kernels; arguments go to the benchmark",
                         add_help=False)
     commands.add_parser("pretrain", help="train or check the shipped checkpoint; arguments go to it",
+                        add_help=False)
+    commands.add_parser("assignment", help="cut a student copy of the repository; arguments go to it",
+                        add_help=False)
+    commands.add_parser("grade", help="run a course copy's tests and score each exercise; arguments go to it",
                         add_help=False)
     return parser
 
@@ -347,7 +355,7 @@ def run_evaluate(args):
 def _dispatch(argv):
     parser = build_parser()
     if command_position(parser, argv) == 0 and argv[0] in TOOLS:
-        # The two tools have their own options and --help: hand them everything after their name.
+        # The tools have their own options and --help: hand them everything after their name.
         return import_module(f"tinyprune.tools.{argv[0]}").main(argv[1:]) or 0
     args = parser.parse_args(argv)
     args.command_line = " ".join(["tinyprune"] + argv)   # recorded in the checkpoints written

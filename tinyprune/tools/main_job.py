@@ -215,30 +215,34 @@ def run_main_job(job):
 
     # The checkpoint and the records first: a figure that fails then costs no training.
     records = _write_records(out, finetuned, table, _metadata(args, job.source, rows, finetuned))
-    written = _draw_figures(out, stages, args.rule, job.histogram_layer, finetuned, batch_losses) + records
+    written = _draw_figures(out, stages, args.rule, job.histogram_layer, finetuned, batch_losses,
+                            accuracy["resized"]) + records
     print(f"\nwrote {len(written)} files to {out.resolve()} in {time.perf_counter() - started:.0f} s:")
     for path in written:
         print(f"  {path.name}")
     return 0
 
 
-def _draw_figures(out, stages, rule, histogram_layer, finetuned, batch_losses):
+def _draw_figures(out, stages, rule, histogram_layer, finetuned, batch_losses, start_accuracy):
     """The PNG figures of a run, each drawn and saved in turn; returns their paths.
 
-    The plots get the counts and sparsities as tables, so nothing is counted twice.
+    The multiplies come as the tables already counted, so nothing is counted
+    twice; the sparsity figures take the models, whose weights tell dead
+    output channels, dead input channels and scattered zeros apart.  The
+    finetuning curve starts at ``start_accuracy``, the resized model's before
+    finetuning, so the figure shows what finetuning won back.
     """
     from .. import plots
-    from ..prune import sparsity
     labels = plots.layer_labels(stages["baseline"].model)
     level, channel = stages["level"], stages["channel"]
     figures = {
         "macs.png": lambda: plots.plot_macs([(s.label, s.counts[rule]) for s in stages.values()],
                                             rule=rule, labels=labels),
         "sparsity-level.png": lambda: plots.plot_sparsity(
-            sparsity(level.model), labels=labels,
+            level.model, labels=labels,
             title=f"After {level.label}: weight sparsity per layer"),
         "sparsity-propagated.png": lambda: plots.plot_sparsity(
-            sparsity(stages["propagated"].model), labels=labels,
+            stages["propagated"].model, labels=labels,
             title=f"After {channel.label} and propagation: weight sparsity per layer"),
         "channels.png": lambda: plots.plot_channels(stages["propagated"].model, stages["resized"].model),
         f"weights-{histogram_layer}.png": lambda: plots.plot_weight_histogram(
@@ -246,7 +250,7 @@ def _draw_figures(out, stages, rule, histogram_layer, finetuned, batch_losses):
     }
     if hasattr(finetuned, "history"):
         figures["history.png"] = lambda: plots.plot_history(
-            finetuned.history, batch_losses, title="Finetuning the resized model")
+            finetuned.history, batch_losses, title="Finetuning the resized model", start=start_accuracy)
     return [plots.save_figure(draw(), out / name) for name, draw in figures.items()]
 
 
