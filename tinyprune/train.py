@@ -206,30 +206,46 @@ class _RunningSums:
         return f"loss {self.loss_sum / self.seen:.4f} acc {self.correct / self.seen:.3f} {rate:.0f} img/s"
 
 
+def _is_terminal(stream):
+    """True if ``stream`` is a terminal; a file, a pipe or a StringIO is not (nor is a closed stream)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 class _ProgressBar:
-    """One line on stderr, redrawn in place with a carriage return."""
+    """One line per epoch on stderr: redrawn in place on a terminal, written once elsewhere.
+
+    On a terminal a carriage return brings the cursor back to redraw the
+    line.  Into a log file or a pipe each redraw would only add to one
+    endless line, so there the bar stays silent until ``close`` writes the
+    epoch's last state and summary as one plain line.
+    """
 
     def __init__(self, total, label, enabled, stream=None):
         self.total, self.label, self.enabled = total, label, enabled
         self.stream = stream or sys.stderr
+        self.redraw = _is_terminal(self.stream)
         self.last_draw = 0.0
+        self.line = f"{label} 0/{total}"
 
     def update(self, done, text, force=False):
         if not self.enabled:
             return
-        now = time.perf_counter()
-        if not force and now - self.last_draw < 0.1 and done < self.total:
-            return   # redrawing more often than 10 times a second only costs time
-        self.last_draw = now
         width = 24
         filled = width * done // max(self.total, 1)
-        bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} {text}")
+        self.line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {text}"
+        now = time.perf_counter()
+        if not self.redraw or (not force and now - self.last_draw < 0.1 and done < self.total):
+            return   # redrawing more often than 10 times a second only costs time
+        self.last_draw = now
+        self.stream.write("\r" + self.line)
         self.stream.flush()
 
     def close(self, text=""):
         if self.enabled:
-            self.stream.write(text + "\n")
+            self.stream.write((text if self.redraw else self.line + text) + "\n")
             self.stream.flush()
 
 
