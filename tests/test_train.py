@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -392,6 +393,31 @@ def test_trainer_draws_a_progress_bar_on_stderr(tiny_set, small_mobilenet, capsy
     trainer(small_mobilenet.copy(), 1, data=(tiny_set, tiny_set), batch_size=8, augment=False)
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "2/2" in err and "img/s" in err and "val loss" in err
+
+
+def test_training_and_validation_images_of_different_sizes_get_a_warning(tiny_set, small_mobilenet):
+    images, labels = tiny_set                                   # 32 x 32
+    with pytest.warns(UserWarning, match=r"trainer: the training images are 32x32 but the validation images are "
+                                         r"16x16: the model would be validated on pictures of another size"):
+        trainer(small_mobilenet.copy(), 1, data=(tiny_set, (images[:, :, :16, :16], labels)), batch_size=8,
+                augment=False, progress=False)
+
+
+def test_augmentation_that_changes_the_size_gets_a_warning_naming_augment(small_mobilenet):
+    # The augmentation's window is 96 x 96: a 128 x 128 picture is cropped for training, not for validation.
+    images = np.random.default_rng(0).integers(0, 256, (8, 3, 128, 128), dtype=np.uint8)
+    labels = np.arange(8) % 2
+    with pytest.warns(UserWarning, match=r"augment=True turns the 128x128 training images into 96x96 but the "
+                                         r"validation images are 128x128.*; pass augment=False, or 96x96 images"):
+        trainer(small_mobilenet.copy(), 1, data=((images, labels), (images, labels)), progress=False)
+
+
+def test_training_on_96_by_96_images_with_augmentation_gives_no_warning(small_mobilenet):
+    images = np.random.default_rng(0).integers(0, 256, (8, 3, 96, 96), dtype=np.uint8)
+    labels = np.arange(8) % 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer(small_mobilenet.copy(), 1, data=((images, labels), (images, labels)), progress=False)
 
 
 class _Terminal(io.StringIO):

@@ -30,11 +30,12 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
 from .common import check_int
-from .data import IMAGE_SIZE, DataLoader, SyntheticVWW, as_dataset
+from .data import DataLoader, SyntheticVWW, as_dataset, augment_batch
 from .layers import Layer
 from .optim import Adam, DivergenceError, Optimizer, StepLR, first_non_finite
 
@@ -499,13 +500,36 @@ def _checked_data(model, epochs, batch_size, val_batch_size, data, augment):
     what = "trainer: data[0] (the training set)"
     train_set = _dataset(data[0], what)
     val_set = _dataset(data[1], "trainer: data[1] (the validation set)")
-    # The augmentation crops every image to IMAGE_SIZE x IMAGE_SIZE, whatever its stored size.
-    channels = train_set.images.shape[1]
-    train_shape = (channels, IMAGE_SIZE, IMAGE_SIZE) if augment else train_set.images.shape[1:]
+    train_shape = _training_image_shape(train_set, val_set, augment)
     _check_model_input(model, train_shape, what)
     _check_train_batches(model, train_shape, len(train_set.labels), batch_size, what)
     _check_model_input(model, val_set.images.shape[1:], "trainer: data[1] (the validation set)")
     return train_set, val_set
+
+
+def _training_image_shape(train_set, val_set, augment):
+    """(C, H, W) of a training image as the model gets it; a warning if validation images differ in size.
+
+    The augmentation decides the size of what it gives (its window is
+    96 x 96 on Visual Wake Words), so it is asked, on one image, rather
+    than assumed here.  A model trained on one picture size and validated
+    on another (8 x 8 digits padded out to 96 x 96 for training, say)
+    validates near chance however well it trains: worth a warning.
+    """
+    stored = tuple(train_set.images.shape[1:])
+    shape = stored
+    if augment:
+        shape = tuple(augment_batch(train_set.images[:1], np.random.default_rng(0)).shape[1:])
+    val_shape = tuple(val_set.images.shape[1:])
+    if shape[1:] != val_shape[1:]:
+        def size(s):
+            return f"{s[1]}x{s[2]}"
+        given = f"augment=True turns the {size(stored)} training images into {size(shape)}" if augment else \
+            f"the training images are {size(shape)}"
+        advice = f"; pass augment=False, or {size(shape)} images" if augment else ""
+        warnings.warn(f"trainer: {given} but the validation images are {size(val_shape)}: the model would be "
+                      f"validated on pictures of another size than it learns from{advice}", stacklevel=4)
+    return shape
 
 
 def _bound_optimizer(model, optimizer, lr):
