@@ -61,11 +61,12 @@ def MobileNet(activation="slopehtanh", width_mult=1.0, fcsize=1024, nclasses=100
 
     * ``"calm"`` (the default): gamma = 0.5.  The network trains from scratch.
     * ``"flux"``: gamma = 1, Flux's exact initialisation.  Each BatchNorm
-      then hands slopehtanh unit-variance inputs, a third of which lie
-      beyond +-1 where its slope flips to -1/4; 27 such folds in a row make
-      the untrained network chaotic, and Adam stays near chance.  Halving
-      gamma keeps most units in slopehtanh's linear middle.  (The README
-      and ``tutorials/layers.py`` tell the longer story.)
+      then hands the activation unit-variance inputs; for slopehtanh a
+      third of them lie beyond +-1, where its slope flips to -1/4, and 27
+      such folds in a row make the untrained network chaotic: Adam finds
+      little to follow, and training stays near chance for epochs.
+      Halving gamma keeps most units in slopehtanh's linear middle.  (The
+      README and ``tutorials/layers.py`` tell the longer story.)
 
     No count depends on ``init``: pruning and counting read the conv and
     dense weights only.

@@ -406,7 +406,8 @@ def trainer(model, epochs, optimizer=None, lr=1e-3, batch_size=32, data=None, se
     milestones, gamma: a step schedule (``StepLR``): the lr is multiplied by
         ``gamma`` at the start of each milestone epoch, e.g. ``(8,)``.
     augment: False feeds training images only scaled (any image size);
-        True applies the augmentation, whose output is 96 x 96.
+        True applies the augmentation, whose output is 96 x 96.  Validation
+        images are only scaled, so a warning says when the sizes differ.
     progress: False hides the progress bar (it goes to stderr).
     callback: ``callback(epoch, batch, loss)`` after every training batch.
 
