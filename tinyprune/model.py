@@ -89,30 +89,37 @@ def MobileNet(activation="slopehtanh", width_mult=1.0, fcsize=1024, nclasses=100
     except (TypeError, ValueError) as error:
         raise type(error)(f"MobileNet: {error}") from None
 
-    layers = []
-    for depthwise, c_in, c_out, stride in groups:
-        if depthwise:
-            layers += [DepthwiseConv2d(c_in, 3, stride=stride, pad=1, rng=rng, dtype=dtype),
-                       BatchNorm2d(c_in, dtype=dtype),
-                       activation_layer(activation),
-                       Conv2d(c_in, c_out, 1, rng=rng, dtype=dtype),
-                       BatchNorm2d(c_out, dtype=dtype),
-                       activation_layer(activation)]
-        else:
-            layers += [Conv2d(c_in, c_out, 3, stride=stride, pad=1, rng=rng, dtype=dtype),
-                       BatchNorm2d(c_out, dtype=dtype),
-                       activation_layer(activation)]
+    backbone = _backbone(groups, activation, gamma, rng, dtype)
     c_in = groups[-1][2]
-    backbone = Chain(*layers)
     head = Chain(GlobalMeanPool(),
                  Flatten(),
                  Dense(c_in, fcsize, rng=rng, dtype=dtype),
                  activation_layer(activation),
                  Dense(fcsize, nclasses, rng=rng, dtype=dtype))
-    for layer in backbone:
-        if isinstance(layer, BatchNorm2d):
-            layer.weight[:] = gamma
     return Chain(backbone, head)
+
+
+def _backbone(groups, activation, gamma, rng, dtype):
+    """The backbone Chain: the groups' convs drawn from ``rng`` in order, every BatchNorm gamma at ``gamma``."""
+    def batchnorm(channels):
+        layer = BatchNorm2d(channels, dtype=dtype)
+        layer.weight[:] = gamma
+        return layer
+
+    layers = []
+    for depthwise, c_in, c_out, stride in groups:
+        if depthwise:
+            layers += [DepthwiseConv2d(c_in, 3, stride=stride, pad=1, rng=rng, dtype=dtype),
+                       batchnorm(c_in),
+                       activation_layer(activation),
+                       Conv2d(c_in, c_out, 1, rng=rng, dtype=dtype),
+                       batchnorm(c_out),
+                       activation_layer(activation)]
+        else:
+            layers += [Conv2d(c_in, c_out, 3, stride=stride, pad=1, rng=rng, dtype=dtype),
+                       batchnorm(c_out),
+                       activation_layer(activation)]
+    return Chain(*layers)
 
 
 def _groups(width_mult, inchannels):

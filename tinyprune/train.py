@@ -405,9 +405,8 @@ def trainer(model, epochs, optimizer=None, lr=1e-3, batch_size=32, data=None, se
     seed: an integer >= 0 fixing the batch order and the augmentation draws.
     milestones, gamma: a step schedule (``StepLR``): the lr is multiplied by
         ``gamma`` at the start of each milestone epoch, e.g. ``(8,)``.
-    augment: False feeds training images only scaled (any image size);
-        True applies the augmentation, whose output is 96 x 96.  Validation
-        images are only scaled, so a warning says when the sizes differ.
+    augment: False feeds training images only scaled (any size); True applies the
+        augmentation (96 x 96 output).  A warning says if validation images differ in size.
     progress: False hides the progress bar (it goes to stderr).
     callback: ``callback(epoch, batch, loss)`` after every training batch.
 
