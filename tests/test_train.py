@@ -448,8 +448,19 @@ def test_progress_into_a_string_buffer_has_no_carriage_return(tiny_set, small_mo
     assert "\r" not in text and len(text.splitlines()) == 2
 
 
-def test_progress_on_a_terminal_is_redrawn_in_place(tiny_set, small_mobilenet, monkeypatch):
-    terminal = _Terminal()
+class _NotebookStream(io.StringIO):
+    """Stands for ipykernel's output stream: a Jupyter notebook redraws on \\r, yet isatty() is False."""
+
+    __module__ = "ipykernel.iostream"
+
+    def isatty(self):
+        return False
+
+
+@pytest.mark.parametrize("stream", [_Terminal, _NotebookStream], ids=["terminal", "notebook"])
+def test_progress_on_a_terminal_or_in_a_notebook_is_redrawn_in_place(tiny_set, small_mobilenet, monkeypatch,
+                                                                      stream):
+    terminal = stream()
     monkeypatch.setattr(sys, "stderr", terminal)
     trainer(small_mobilenet.copy(), 2, data=(tiny_set, tiny_set), batch_size=4, augment=False)
     text = terminal.getvalue()

@@ -207,8 +207,15 @@ class _RunningSums:
         return f"loss {self.loss_sum / self.seen:.4f} acc {self.correct / self.seen:.3f} {rate:.0f} img/s"
 
 
-def _is_terminal(stream):
-    """True if ``stream`` is a terminal; a file, a pipe or a StringIO is not (nor is a closed stream)."""
+def _redraws_in_place(stream):
+    """True if a carriage return on ``stream`` goes back to redraw the line: a terminal or a notebook.
+
+    A Jupyter notebook's output (ipykernel's stream) shows a redrawn line
+    as a terminal does, though its ``isatty()`` says False.  A file, a
+    pipe, a StringIO or a closed stream keeps every redraw.
+    """
+    if type(stream).__module__.startswith("ipykernel."):
+        return True
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):
@@ -216,18 +223,18 @@ def _is_terminal(stream):
 
 
 class _ProgressBar:
-    """One line per epoch on stderr: redrawn in place on a terminal, written once elsewhere.
+    """One line per epoch on stderr: redrawn in place on a terminal or in a notebook, written once elsewhere.
 
-    On a terminal a carriage return brings the cursor back to redraw the
-    line.  Into a log file or a pipe each redraw would only add to one
-    endless line, so there the bar stays silent until ``close`` writes the
-    epoch's last state and summary as one plain line.
+    On a terminal or in a notebook a carriage return brings the cursor
+    back to redraw the line.  Into a log file or a pipe each redraw would
+    only add to one endless line, so there the bar stays silent until
+    ``close`` writes the epoch's last state and summary as one plain line.
     """
 
     def __init__(self, total, label, enabled, stream=None):
         self.total, self.label, self.enabled = total, label, enabled
         self.stream = stream or sys.stderr
-        self.redraw = _is_terminal(self.stream)
+        self.redraw = _redraws_in_place(self.stream)
         self.last_draw = 0.0
         self.line = f"{label} 0/{total}"
 
