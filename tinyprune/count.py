@@ -30,6 +30,8 @@ Three rules:
     for whole channels.
 """
 
+import html
+
 import numpy as np
 
 from .common import check_int, format_table
@@ -84,8 +86,36 @@ def layer_dot_prods(layer, patches, rule):
     return patches * K * c_out - scattered - dead * patches * K, patches * (K - 1) * (c_out - dead)
 
 
+def format_html_table(header, rows, left=1, total=None, title=None):
+    """``format_table``'s table as HTML, for Jupyter's ``_repr_html_``: same arguments, same cells.
+
+    The first ``left`` columns are left-aligned, the rest right-aligned; the
+    ``total`` row goes in the table's foot, the ``title`` in its caption.
+    Every cell is escaped, so a layer path such as ``[0][7]`` shows as typed.
+    """
+    def line(cells, tag):
+        aligned = [(html.escape(str(cell), quote=False), "left" if i < left else "right")
+                   for i, cell in enumerate(cells)]
+        return "<tr>" + "".join(f'<{tag} style="text-align:{side}">{text}</{tag}>' for text, side in aligned) + "</tr>"
+
+    parts = ["<table>"]
+    if title:
+        parts.append(f"<caption>{html.escape(str(title), quote=False)}</caption>")
+    parts.append("<thead>" + line(header, "th") + "</thead>")
+    parts += ["<tbody>"] + [line(row, "td") for row in rows] + ["</tbody>"]
+    if total is not None:
+        parts.append("<tfoot>" + line(total, "th") + "</tfoot>")
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
 class DotProdTable(list):
-    """Rows ``(path, type, output shape, mults, adds)``; ``str()`` gives an aligned table."""
+    """Rows ``(path, type, output shape, mults, adds)``; ``str()`` gives an aligned table.
+
+    At a prompt (``repr``) it shows that table too, and in Jupyter an HTML
+    table with the same columns and total row; it is still a list of tuples
+    to index, loop over and compare.
+    """
 
     def __init__(self, rows, rule):
         super().__init__(rows)
@@ -99,11 +129,21 @@ class DotProdTable(list):
     def adds(self):
         return sum(row[4] for row in self)
 
-    def __str__(self):
+    def _cells(self):
+        """``format_table``'s arguments: header, rows and total as strings, the title."""
         rows = [(path, kind, str(shape), f"{mults:,}", f"{adds:,}") for path, kind, shape, mults, adds in self]
-        return format_table(("layer", "type", "output shape", "mults", "adds"), rows, left=3,
-                            total=("total", "", "", f"{self.mults:,}", f"{self.adds:,}"),
-                            title=f"dot products, rule {self.rule!r}")
+        return dict(header=("layer", "type", "output shape", "mults", "adds"), rows=rows, left=3,
+                    total=("total", "", "", f"{self.mults:,}", f"{self.adds:,}"),
+                    title=f"dot products, rule {self.rule!r}")
+
+    def __str__(self):
+        return format_table(**self._cells())
+
+    def __repr__(self):
+        return str(self)
+
+    def _repr_html_(self):
+        return format_html_table(**self._cells())
 
 
 def dot_prod_table(model, input_shape, rule="reference"):
