@@ -361,11 +361,3 @@ def test_progress_in_a_log_is_one_line_per_epoch(monkeypatch):
     assert "\r" not in log
     assert [line.split()[:2] for line in log.splitlines()] == [["epoch", "1/2"], ["epoch", "2/2"]]
     assert all("val loss" in line for line in log.splitlines())
-
-
-def test_lines_only_keeps_the_last_redraw_of_each_line():
-    log = io.StringIO()
-    stream = main_job.LinesOnly(log)
-    for text in ("\repoch 1 [#.] 1/2", "\repoch 1 [##] 2/2", " | val acc 0.5\n", "\n[tinyprune] Ctrl-C\n"):
-        stream.write(text)
-    assert log.getvalue() == "epoch 1 [##] 2/2 | val acc 0.5\n\n[tinyprune] Ctrl-C\n"

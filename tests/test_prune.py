@@ -612,3 +612,13 @@ def test_sparsity_and_iterativeprune_say_what_they_expected():
     with pytest.raises(TypeError, match=r"stage 2 of 2: .*expected a pruning strategy.*got 'b'"):
         iterativeprune(calls.append, [LevelPrune(0.2), "b"], tiny_model())
     assert calls == [], "a stage was finetuned before the bad one was found"
+
+
+def test_a_sparsity_table_shows_itself_at_a_prompt_and_in_jupyter():
+    model = Chain(Dense(4, 2, bias=False))
+    model[0].weight[:] = [[0, 1, 2, 3], [0, 0, 5, 6]]
+    table = sparsity(model)
+    assert repr(table) == str(table) and "total" in repr(table) and "37.5%" in repr(table)
+    html_text = table._repr_html_()
+    assert html_text.startswith("<table>") and "<tfoot>" in html_text
+    assert '<td style="text-align:left">[0]</td>' in html_text and ">37.5%<" in html_text

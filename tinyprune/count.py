@@ -30,11 +30,10 @@ Three rules:
     for whole channels.
 """
 
-import html
 
 import numpy as np
 
-from .common import check_int, format_table
+from .common import check_int, format_html_table, format_table
 from .layers import Conv2d, Dense, DepthwiseConv2d, Layer
 from .model import TUTORIAL_INPUT
 
@@ -84,29 +83,6 @@ def layer_dot_prods(layer, patches, rule):
         return K * c_out - zeros, (K - 1) * (c_out - dead)
     scattered = zeros - dead * K                           # U: unstructured zeros
     return patches * K * c_out - scattered - dead * patches * K, patches * (K - 1) * (c_out - dead)
-
-
-def format_html_table(header, rows, left=1, total=None, title=None):
-    """``format_table``'s table as HTML, for Jupyter's ``_repr_html_``: same arguments, same cells.
-
-    The first ``left`` columns are left-aligned, the rest right-aligned; the
-    ``total`` row goes in the table's foot, the ``title`` in its caption.
-    Every cell is escaped, so a layer path such as ``[0][7]`` shows as typed.
-    """
-    def line(cells, tag):
-        aligned = [(html.escape(str(cell), quote=False), "left" if i < left else "right")
-                   for i, cell in enumerate(cells)]
-        return "<tr>" + "".join(f'<{tag} style="text-align:{side}">{text}</{tag}>' for text, side in aligned) + "</tr>"
-
-    parts = ["<table>"]
-    if title:
-        parts.append(f"<caption>{html.escape(str(title), quote=False)}</caption>")
-    parts.append("<thead>" + line(header, "th") + "</thead>")
-    parts += ["<tbody>"] + [line(row, "td") for row in rows] + ["</tbody>"]
-    if total is not None:
-        parts.append("<tfoot>" + line(total, "th") + "</tfoot>")
-    parts.append("</table>")
-    return "\n".join(parts)
 
 
 class DotProdTable(list):

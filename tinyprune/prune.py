@@ -30,7 +30,7 @@ from collections import namedtuple
 import numpy as np
 
 from .activations import identity
-from .common import check_int, format_table
+from .common import check_int, format_html_table, format_table
 from .layers import Chain, Dense, Layer, layer_at, parse_path
 from .strategies import WEIGHTED_LAYERS, PruningStrategy, check_weights
 # re-exported, so that ``from tinyprune.prune import LevelPrune`` keeps working
@@ -308,7 +308,7 @@ and for convolutions the output channels and the all-zero ones (None for Dense).
 
 
 class SparsityTable(list):
-    """Rows of :class:`SparsityRow`, one per conv/dense layer; ``str()`` gives a table.
+    """Rows of :class:`SparsityRow`, one per conv/dense layer; ``str()`` and ``repr()`` give a table.
 
     Totals: ``.weights``, ``.zeros``, ``.fraction`` (zeros / weights), and
     ``.channels``, ``.zero_channels`` summed over the convolutions.  For a
@@ -324,7 +324,8 @@ class SparsityTable(list):
     def fraction(self):
         return self.zeros / self.weights if self.weights else 0.0
 
-    def __str__(self):
+    def _cells(self):
+        """``format_table``'s arguments: header, rows and total, as strings."""
         def channels(c, z):
             return "-" if c is None else f"{z}/{c}"
         header = ("layer", "type", "weights", "zeros", "sparsity", "zero channels")
@@ -333,8 +334,17 @@ class SparsityTable(list):
         total = ("total", "", f"{self.weights:,}", f"{self.zeros:,}", f"{self.fraction:.1%}",
                  channels(self.channels, self.zero_channels))
         if not body:                 # no layers: the total right under the header, one rule
-            return format_table(header, [total], left=2)
-        return format_table(header, body, left=2, total=total)
+            return dict(header=header, rows=[total], left=2)
+        return dict(header=header, rows=body, left=2, total=total)
+
+    def __str__(self):
+        return format_table(**self._cells())
+
+    def __repr__(self):              # at a prompt, the table itself
+        return str(self)
+
+    def _repr_html_(self):           # in Jupyter, the same table in HTML
+        return format_html_table(**self._cells())
 
 
 def sparsity(model):

@@ -413,7 +413,7 @@ def trainer(model, epochs, optimizer=None, lr=1e-3, batch_size=32, data=None, se
     milestones, gamma: a step schedule (``StepLR``): the lr is multiplied by
         ``gamma`` at the start of each milestone epoch, e.g. ``(8,)``.
     augment: False feeds training images only scaled (any size); True applies the
-        augmentation (96 x 96 output).  A warning says if validation images differ in size.
+        augmentation (output min(H, W, 96) a side).  A warning says if validation images differ in size.
     progress: False hides the progress bar (it goes to stderr).
     callback: ``callback(epoch, batch, loss)`` after every training batch.
 
@@ -517,11 +517,11 @@ def _checked_data(model, epochs, batch_size, val_batch_size, data, augment):
 def _training_image_shape(train_set, val_set, augment):
     """(C, H, W) of a training image as the model gets it; a warning if validation images differ in size.
 
-    The augmentation decides the size of what it gives (its window is
-    96 x 96 on Visual Wake Words), so it is asked, on one image, rather
-    than assumed here.  A model trained on one picture size and validated
-    on another (8 x 8 digits padded out to 96 x 96 for training, say)
-    validates near chance however well it trains: worth a warning.
+    The augmentation decides the size of what it gives (a window of
+    min(H, W, 96) a side), so it is asked, on one image, rather than
+    assumed here.  A model trained on one picture size and validated on
+    another (128 x 128 photos cut to 96 x 96 for training but validated
+    whole, say) validates near chance however well it trains: worth a warning.
     """
     stored = tuple(train_set.images.shape[1:])
     shape = stored

@@ -14,9 +14,7 @@ The figures come last, after the checkpoint is safe: matplotlib, imported
 before training, would add about 100 MB to the run's peak memory.
 """
 
-import contextlib
 import json
-import sys
 import time
 from collections import namedtuple
 
@@ -125,39 +123,6 @@ def stage_table(rows, images):
     return "\n".join([over.rstrip(), table, note])
 
 
-class LinesOnly:
-    """A text stream that passes on whole lines only: a ``\\r`` redraw replaces the pending line.
-
-    The trainer's progress bar redraws one line with carriage returns; in a
-    log file (stderr not a terminal) that makes one endless line.  Through
-    this filter each epoch leaves one line, the bar's last state followed by
-    the validation figures.
-    """
-
-    def __init__(self, stream):
-        self.stream, self.pending = stream, ""
-
-    def write(self, text):
-        for k, piece in enumerate(text.split("\n")):
-            if k:                                    # a newline ended the pending line
-                self.stream.write(self.pending + "\n")
-                self.pending = ""
-            self.pending = (self.pending + piece).rsplit("\r", 1)[-1]
-        return len(text)
-
-    def flush(self):
-        self.stream.flush()
-
-    def isatty(self):
-        return False
-
-
-def _progress_stream():
-    """Where the progress bar should write: stderr itself on a terminal, else a LinesOnly filter."""
-    isatty = getattr(sys.stderr, "isatty", None)
-    return sys.stderr if isatty is not None and isatty() else LinesOnly(sys.stderr)
-
-
 # ---------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------
@@ -188,9 +153,8 @@ def _finetune(args, resized, train_set, val_set):
         return resized.copy(), []
     print(f"\nfinetuning the resized model for {args.epochs} epoch(s) on "
           f"{len(train_set):,} images", flush=True)
-    with contextlib.redirect_stderr(_progress_stream()):
-        return finetune(resized, args.epochs, (train_set, val_set), seed=args.seed,
-                        progress=not args.no_progress)
+    # The trainer itself writes one line per epoch when stderr is a log, not a terminal.
+    return finetune(resized, args.epochs, (train_set, val_set), seed=args.seed, progress=not args.no_progress)
 
 
 def run_main_job(job):

@@ -42,17 +42,10 @@ __all__ = []   # a script: nothing to import from here
 
 
 def calm_start(model, bn_gamma):
-    """Set every BatchNorm's gamma to ``bn_gamma`` before training.
+    """Set every BatchNorm's gamma to ``bn_gamma`` before training (``--bn-gamma``).
 
-    With Flux's gamma = 1 each BatchNorm hands slopehtanh unit-variance
-    inputs, so about a third of all units start beyond +-1, where the slope
-    flips to -1/4.  Twenty-seven such folds in a row make the untrained
-    network chaotic: a tiny change of an early weight reshuffles the output,
-    the gradients of the first layers dwarf their weights, and Adam's steps
-    find nothing to follow, so training stays at chance (the README gives
-    the measurements).  With gamma = 0.5 most units start in the linear
-    middle of slopehtanh and training leaves chance at once; the gammas are
-    trained like any weight from there on.
+    ``MobileNet`` already starts its gammas at 0.5 (``init="calm"``; its
+    docstring says why Flux's 1 does not train); this sets any other value.
     """
     for _, layer in model.named_layers():
         if isinstance(layer, BatchNorm2d):
