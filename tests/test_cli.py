@@ -23,7 +23,7 @@ from tinyprune.pipeline import TUTORIAL_INPUT, prune_and_resize, tutorial_model,
 from tinyprune.tools import bench, main_job, pretrain
 from tinyprune.tools.cli import build_parser, main
 
-pytestmark = pytest.mark.tutorials
+pytestmark = [pytest.mark.tutorials, pytest.mark.integration]   # runs the whole pipeline: see conftest.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = {"macs.png", "sparsity-level.png", "sparsity-propagated.png", "channels.png",

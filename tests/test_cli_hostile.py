@@ -26,7 +26,7 @@ from tinyprune.data import ArrayDataset
 from tinyprune.pipeline import check_tutorial_model
 from tinyprune.tools import bench, cli, main_job, pretrain
 
-pytestmark = pytest.mark.tutorials
+pytestmark = [pytest.mark.tutorials, pytest.mark.integration]   # runs the whole pipeline: see conftest.py
 
 
 @pytest.fixture(scope="module")
