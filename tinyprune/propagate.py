@@ -431,13 +431,48 @@ def channel_constants(seg):
 
 
 def _forward(seg):
-    """Zero the consumer's slices of zero channels and fold constant ones; True if changed.
+    """The forward sweep on one segment: zero the consumer's slices of zero channels, fold constant ones.
 
-    A fold of channel j with constant (t, e) and per-output weight sums
-    ``s[i] = sum(W[i, j])``: the consumer's output loses ``o = c * s`` when
-    its slice is zeroed, which we give back either to the BatchNorm right
-    after it (``running_mean -= s * e``; train mode's batch mean follows by
-    itself) or, if t == e, to its bias (``bias += s * t``).
+    Returns True if anything changed.  Given, above the fence:
+
+    * ``constant, c_train, c_eval`` (C,): ``constant[j]`` True when channel
+      j reaches the consumer as one value at every pixel of every image,
+      ``c_train[j]`` in train mode and ``c_eval[j]`` in eval mode
+      (``channel_constants``, which follows the module docstring's rules);
+    * ``reading`` (O, C, block) float64: ``reading[i, j, :]`` the weights with
+      which consumer output i reads channel j (``read`` (C,): some weight
+      reads j);
+    * ``padded``: the consumer pads its input; ``bn``: the BatchNorm2d right
+      after the consumer, over its O outputs, or None; ``has_bias``, and
+      ``bias_kept`` (O,), the consumer's bias mask (all True if unmasked).
+
+    For every channel j that is constant and read (in index order):
+
+    * a zero channel (both constants 0) adds nothing to the consumer: zero
+      its slice;
+    * a non-zero constant c adds ``o = c * s`` to the consumer's outputs,
+      ``s[i] = reading[i, j, :].sum()`` -- at every pixel only if the
+      consumer is not padded (a padded consumer's borders read zeros as
+      well: leave j alone).  Zero its slice only where o can be given back
+      exactly, and give it back:
+
+      a. ``bn`` exists: in train mode the batch mean drops by o as well, so
+         nothing changes; for eval mode, lower ``bn.running_mean`` by
+         ``s * c_eval[j]``;
+      b. else, when the consumer has a bias, ``c_train[j] == c_eval[j]``
+         (one value for both modes) and every output i with a non-zero
+         ``s[i] * c_train[j]`` has a kept bias entry: raise the bias by
+         ``s * c_train[j]``;
+      c. else leave j alone: nothing could take o back.
+
+    Zero a slice with the module's ``_zero`` (it also drops the entries from
+    a mask, and says whether anything changed) at the index
+    ``seg.consumer_index(j)`` of the consumer's array ``seg.reading_array``.
+    Add the shifts up over the channels in float64 and change
+    ``bn.running_mean`` and ``consumer.bias`` once at the end, each as a new
+    array of its own dtype, and only if its shift is not all zero.  Why this
+    keeps the model's function in both modes is derived in the module
+    docstring ("At the consumer").
     """
     constant, c_train, c_eval = channel_constants(seg)
     reading = seg.reading_weights()                 # (O, C, block)
@@ -450,6 +485,7 @@ def _forward(seg):
     has_bias = getattr(consumer, "bias", None) is not None
     bias_kept = consumer.masks.get("bias", np.ones(O, bool)) if has_bias else None
 
+    ### BEGIN SOLUTION
     running_mean_shift = np.zeros(O)     # accumulated in float64, written once
     bias_shift = np.zeros(O)
     changed = False
@@ -472,6 +508,7 @@ def _forward(seg):
     if bias_shift.any():
         consumer.bias = (consumer.bias + bias_shift).astype(consumer.bias.dtype)
     return changed
+    ### END SOLUTION
 
 
 # ---------------------------------------------------------------------------
@@ -479,16 +516,34 @@ def _forward(seg):
 # ---------------------------------------------------------------------------
 
 def _backward(seg):
-    """Zero everything that makes a channel the consumer no longer reads; True if changed.
+    """The backward sweep on one segment: zero everything that makes a channel nobody reads.
 
-    That is every trained array carrying the channel from the producer on:
-    the producer's row and bias, a depthwise filter, BatchNorm gamma and beta.
+    Returns True if anything changed.  ``seg.unread()`` (C,) is True for
+    channel j when the consumer's whole input slice for j is zero: nothing
+    after the segment sees channel j, so whatever makes it can be zeroed
+    without changing the model.  That is every *trained* array that carries
+    channel j, in every layer of the segment before the consumer: the
+    producer (``seg.producer``: its row j and its bias j) and each
+    per-channel layer in between (``seg.inner``, a list of (path, layer): a
+    depthwise conv's filter j, a BatchNorm's gamma j and beta j -- not its
+    running statistics, which are not trained and only describe the
+    values).  The model's outputs have no consumer; they are never in a
+    segment.
+
+    Each layer declares which of its arrays carry its output channels, and
+    along which axis (``layer.out_channel_arrays``, {name: axis}); a conv
+    without a bias declares one but holds None.  ``held_arrays`` and
+    ``Segment.channel_arrays`` list what a layer holds, ``channel_index``
+    indexes channel j along an axis, and ``_zero`` zeroes entries (dropping
+    them from the array's mask) and says whether anything changed.
     """
+    ### BEGIN SOLUTION
     changed = False
     for j in np.flatnonzero(seg.unread()):
         for layer, name, axis in seg.channel_arrays(parameters_only=True):
             changed |= _zero(layer, name, channel_index(axis, j))
     return changed
+    ### END SOLUTION
 
 
 def prune_propagate(model):
