@@ -1,6 +1,9 @@
 """Chapter 3: channel criteria, each against a computation of its own.
 
-Run this chapter alone with ``python -m pytest -m prune``.
+Run this chapter alone with ``python -m pytest -m prune``.  The tests that
+prune by a criterion check ChannelPrune's ranking of given scores
+(exercise prune.3); the masking of the BatchNorm after each conv, which
+``prune`` runs on the way (prune.4), is awaited with ``waits_for``.
 """
 
 import numpy as np
@@ -11,7 +14,7 @@ from tinyprune import (Activation, BatchNorm2d, Chain, Conv2d, Dense, DepthwiseC
 from tinyprune.criteria import batchnorm_scores, magnitude_scores, random_scores, taylor_scores
 from tinyprune.prune import ChannelPrune, l2, prune
 
-from helpers import assert_same_snapshot, snapshot, trained_looking_mobilenet
+from helpers import assert_same_snapshot, snapshot, trained_looking_mobilenet, waits_for
 
 pytestmark = pytest.mark.prune
 
@@ -52,11 +55,13 @@ def test_l2_scores_are_the_root_sums_of_squares(mobilenet):
         np.testing.assert_allclose(scores[f"[0][{i}]"], by_hand, rtol=1e-12)
 
 
+@pytest.mark.ex_prune_3
 @pytest.mark.parametrize("magnitude", [None, l2], ids=["l1", "l2"])
 def test_channel_prune_with_magnitude_scores_prunes_what_the_magnitude_prunes(mobilenet, magnitude):
     given = ChannelPrune(0.4) if magnitude is None else ChannelPrune(0.4, magnitude)
     scored = ChannelPrune(0.4, scores=magnitude_scores(mobilenet, *([magnitude] if magnitude else [])))
-    assert_same_snapshot(snapshot(prune(given, mobilenet)), snapshot(prune(scored, mobilenet)))
+    with waits_for("prune.4"):
+        assert_same_snapshot(snapshot(prune(given, mobilenet)), snapshot(prune(scored, mobilenet)))
 
 
 def test_batchnorm_scores_are_the_absolute_gammas_of_the_next_layer(mobilenet):
@@ -66,13 +71,17 @@ def test_batchnorm_scores_are_the_absolute_gammas_of_the_next_layer(mobilenet):
         np.testing.assert_array_equal(scores[f"[0][{i}]"], np.abs(mobilenet[0][i + 1].weight))
 
 
+@pytest.mark.ex_prune_3
 def test_channel_prune_by_batchnorm_scores_prunes_the_smallest_gammas(mobilenet):
-    pruned = prune(ChannelPrune(0.5, scores=batchnorm_scores(mobilenet)), mobilenet)
+    with waits_for("prune.4"):
+        pruned = prune(ChannelPrune(0.5, scores=batchnorm_scores(mobilenet)), mobilenet)
     for i in CONV_INDICES:
         kept = kept_channels(pruned, f"[0][{i}]")
         gamma = np.abs(mobilenet[0][i + 1].weight)
-        assert np.count_nonzero(~kept) == len(gamma) // 2
-        assert gamma[~kept].max() <= gamma[kept].min(), i
+        assert np.count_nonzero(~kept) == len(gamma) // 2, \
+            f"model[0][{i}]: ChannelPrune(0.5) by |gamma| pruned {np.count_nonzero(~kept)} of {len(gamma)}"
+        assert gamma[~kept].max() <= gamma[kept].min(), \
+            f"model[0][{i}]: pruned a channel of |gamma| {gamma[~kept].max()}, kept one of {gamma[kept].min()}"
 
 
 def test_a_conv_without_a_batchnorm_after_it_gets_no_batchnorm_score():
@@ -81,8 +90,8 @@ def test_a_conv_without_a_batchnorm_after_it_gets_no_batchnorm_score():
     scores = batchnorm_scores(model)
     assert list(scores) == ["[0]"]
     with pytest.raises(ValueError, match=r"model\[3\]: ChannelPrune\(0.5, scores=batchnorm\): scores has "
-                                         r"no entry for this layer"):
-        prune(ChannelPrune(0.5, scores=scores), model)
+                                         r"no entry for this layer"), waits_for("prune"):
+        prune(ChannelPrune(0.5, scores=scores), model)      # model[0] is ranked (and masked) first
 
 
 def test_random_scores_are_seeded_draws_in_layer_order(mobilenet):
@@ -94,13 +103,16 @@ def test_random_scores_are_seeded_draws_in_layer_order(mobilenet):
     assert not np.array_equal(scores["[0][78]"], other["[0][78]"])
 
 
+@pytest.mark.ex_prune_3
 def test_channel_prune_by_random_scores_prunes_the_lowest_draws(mobilenet):
     scores = random_scores(mobilenet, seed=0)
-    pruned = prune(ChannelPrune(0.3, scores=scores), mobilenet)
+    with waits_for("prune.4"):
+        pruned = prune(ChannelPrune(0.3, scores=scores), mobilenet)
     for path, drawn in scores.items():
         kept = kept_channels(pruned, path)
-        assert np.count_nonzero(~kept) == len(drawn) - int(np.ceil(0.7 * len(drawn)))
-        assert drawn[~kept].max() < drawn[kept].min(), path
+        assert np.count_nonzero(~kept) == len(drawn) - int(np.ceil(0.7 * len(drawn))), \
+            f"model{path}: ChannelPrune(0.3) by random scores pruned {np.count_nonzero(~kept)} of {len(drawn)}"
+        assert drawn[~kept].max() < drawn[kept].min(), f"model{path}: pruned a higher draw than one it kept"
 
 
 # ---------------------------------------------------------------------------
@@ -199,8 +211,8 @@ def test_scores_of_the_wrong_shape_name_the_layer(mobilenet):
     scores["[0][6]"] = np.ones(3)
     before = snapshot(mobilenet)
     with pytest.raises(ValueError, match=r"model\[0\]\[6\]: .*scores\['\[0\]\[6\]'\] holds shape \(3,\) "
-                                         r"for 16 channels"):
-        prune(ChannelPrune(0.5, scores=scores), mobilenet)
+                                         r"for 16 channels"), waits_for("prune"):
+        prune(ChannelPrune(0.5, scores=scores), mobilenet)  # the layers before [0][6] are pruned first
     assert_same_snapshot(before, snapshot(mobilenet))
 
 
