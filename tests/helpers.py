@@ -13,10 +13,16 @@ then raise ``NotImplementedError("Exercise <id>: ...")``:
 * ``waits_for``, around a call into another exercise's code that a test
   only passes through: while that exercise is a stub, the test is skipped
   rather than failed, so it is graded with the exercises it checks.
+
+And ``plant`` and ``assert_caught``, with which ``test_mistakes_*.py``
+check that each exercise's tests catch its classic mistakes.
 """
 
 import contextlib
+import inspect
 import math
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -280,3 +286,75 @@ def dead_channel_mobilenet(model, level, masks=False):
     for group, channels in zip(mobilenet_groups(), dead):
         kill_channels(result, group, channels, masks)
     return result
+
+
+# ---------------------------------------------------------------------------
+# Planted mistakes
+# ---------------------------------------------------------------------------
+
+TESTS = Path(__file__).resolve().parent
+
+
+def plant(monkeypatch, function, *edits):
+    """Make ``function`` run its own source with ``edits``, (old, new) pairs of text: a planted mistake.
+
+    The edited source is compiled in the function's module and its code
+    swapped into the function object itself (undone by ``monkeypatch``), so
+    every caller runs the mistake, whichever name it imported the function
+    by.  Each ``old`` must occur in the source, or the mistake no longer
+    fits the code and the test says so.  Where the function is an exercise
+    stub (a course copy) there is no answer to plant a mistake in: skipped.
+    """
+    source = textwrap.dedent(inspect.getsource(function))
+    if 'raise NotImplementedError("Exercise ' in source:
+        pytest.skip(f"{function.__qualname__} is an exercise stub in this copy")
+    for old, new in edits:
+        assert old in source, f"the planted mistake expects {old!r} in {function.__qualname__}: update it"
+        source = source.replace(old, new)
+    namespace = {}
+    exec(compile(source, f"<{function.__qualname__}, with a planted mistake>", "exec"),
+         function.__globals__, namespace)
+    monkeypatch.setattr(function, "__code__", namespace[function.__name__].__code__)
+
+
+class _Outcomes:
+    """A pytest plugin that notes which tests of a run failed, passed or were skipped."""
+
+    def __init__(self):
+        self.failed, self.passed, self.skipped = [], [], []
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            self.failed.append(report.nodeid)
+        elif report.skipped:
+            self.skipped.append(report.nodeid)
+        elif report.passed and report.when == "call":
+            self.passed.append(report.nodeid)
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self.failed.append(report.nodeid)
+
+
+def assert_caught(exercise, files, mistake):
+    """Run the tests in ``files`` that carry ``exercise``'s marker, in this process: one must fail.
+
+    In this process, so that they run the mistake ``plant`` put in; through
+    ``pytest.main`` rather than pytest's ``pytester``, whose inline runs
+    unload the modules imported during the run, Numba's lazily loaded
+    registries among them (loading those twice is an error).  The run
+    stops at the first failure (``-x``), so a caught mistake costs little
+    time.  If none fails but some were skipped (they wait for other
+    exercises, stubs in this copy), the test is skipped: it cannot tell.
+    """
+    marker = "ex_" + exercise.replace(".", "_")
+    outcomes = _Outcomes()
+    pytest.main([*(str(TESTS / name) for name in files), "-m", marker, "-x", "-q", "-p", "no:cacheprovider",
+                 "-W", "ignore::pytest.PytestUnknownMarkWarning"], plugins=[outcomes])
+    if outcomes.failed:
+        return
+    if outcomes.skipped:
+        pytest.skip(f"{len(outcomes.skipped)} tests of {exercise} wait for exercises that are stubs here")
+    assert outcomes.passed, f"no test of {exercise} ran in {', '.join(files)} (marker {marker})"
+    pytest.fail(f"{exercise}: {mistake}, and all {len(outcomes.passed)} of the exercise's tests pass",
+                pytrace=False)

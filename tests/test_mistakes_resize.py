@@ -1,0 +1,35 @@
+"""Chapter 6's classic mistakes, planted one at a time: each must make the exercise's tests fail.
+
+A planted mistake is the real ``_slice_segment`` with a few characters
+changed (``plant`` in ``tests/helpers.py``); the exercise's tests then run in
+this process, selected by its marker, and at least one of them must fail
+(``assert_caught``).  In a course copy, where the function is a stub,
+these tests are skipped.
+"""
+
+import pytest
+
+from tinyprune.resize import _slice_segment
+
+from helpers import assert_caught, plant
+
+pytestmark = pytest.mark.resize
+
+MISTAKES = [
+    ("resize.1", _slice_segment, [("cuts.append((seg.consumer, seg.reading_array, consumer_index))",
+                                   "cuts.append((seg.consumer, seg.reading_array, channel_index(0, channels)))")],
+     "slices the consumer along its output axis instead of its input axis"),
+    ("resize.1", _slice_segment, [("seg.channel_arrays()", "seg.channel_arrays(parameters_only=True)")],
+     "forgets the BatchNorms' running statistics"),
+    ("resize.1", _slice_segment, [("if name in layer.masks:", "if False:")],
+     "forgets to slice the masks"),
+    ("resize.1", _slice_segment, [("cuts.append((seg.consumer, seg.reading_array, consumer_index))", "pass")],
+     "forgets the consumer"),
+]
+
+
+@pytest.mark.parametrize("exercise, function, edits, mistake", MISTAKES,
+                         ids=[f"{m[0]} {m[3].split(',')[0]}" for m in MISTAKES])
+def test_the_exercises_tests_catch_the_planted_mistake(monkeypatch, exercise, function, edits, mistake):
+    plant(monkeypatch, function, *edits)
+    assert_caught(exercise, ("test_resize.py",), f"a {function.__qualname__} that {mistake}")
