@@ -14,7 +14,7 @@ then raise ``NotImplementedError("Exercise <id>: ...")``:
   only passes through: while that exercise is a stub, the test is skipped
   rather than failed, so it is graded with the exercises it checks.
 
-And ``plant`` and ``assert_caught``, with which ``test_mistakes_*.py``
+And ``plant``, ``planted`` and ``assert_caught``, with which ``test_mistakes_*.py``
 check that each exercise's tests catch its classic mistakes.
 """
 
@@ -334,6 +334,11 @@ class _Outcomes:
     def pytest_collectreport(self, report):
         if report.failed:
             self.failed.append(report.nodeid)
+
+
+def planted(mistakes):
+    """Rows ``(exercise, function, edits, what it does wrong)`` as pytest parameters named after them."""
+    return [pytest.param(*row, id=f"{row[0]} {row[3].split(',')[0]}") for row in mistakes]
 
 
 def assert_caught(exercise, files, mistake):

@@ -11,14 +11,14 @@ import pytest
 
 from tinyprune.propagate import _backward, _forward
 
-from helpers import assert_caught, plant
+from helpers import assert_caught, plant, planted
 
 pytestmark = pytest.mark.propagate
 
 MISTAKES = [
     # propagate.1: the forward sweep
-    ("propagate.1", _forward, [("running_mean_shift += sums * c_eval[j]", "pass"),
-                               ("bias_shift += sums * c_train[j]", "pass")],
+    ("propagate.1", _forward, [("+= sums * c_eval[j]", "+= 0 * c_eval[j]"),
+                               ("+= sums * c_train[j]", "+= 0 * c_train[j]")],
      "zeroes the slices of non-zero constant channels without folding them"),
     ("propagate.1", _forward, [("bn.running_mean - running_mean_shift", "bn.running_mean + running_mean_shift"),
                                ("consumer.bias + bias_shift", "consumer.bias - bias_shift")],
@@ -41,9 +41,7 @@ MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("exercise, function, edits, mistake", MISTAKES,
-                         ids=[f"{m[0]} {m[3].split(',')[0]}" for m in MISTAKES])
+@pytest.mark.parametrize("exercise, function, edits, mistake", planted(MISTAKES))
 def test_the_exercises_tests_catch_the_planted_mistake(monkeypatch, exercise, function, edits, mistake):
     plant(monkeypatch, function, *edits)
-    assert_caught(exercise, ("test_propagate.py", "test_resize.py"),
-                  f"a {function.__qualname__} that {mistake}")
+    assert_caught(exercise, ("test_propagate.py", "test_resize.py"), f"a {function.__qualname__} that {mistake}")

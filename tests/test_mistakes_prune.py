@@ -12,7 +12,7 @@ import pytest
 from tinyprune.prune import _mask_channel_parameters, keepprune
 from tinyprune.strategies import ChannelPrune, LevelPrune, ThresholdPrune
 
-from helpers import assert_caught, plant
+from helpers import assert_caught, plant, planted
 
 pytestmark = pytest.mark.prune
 
@@ -50,19 +50,18 @@ MISTAKES = [
     ("prune.4", _mask_channel_parameters, [(" and not strategy.can_prune(following)", "")],
      "also masks a following layer the strategy prunes itself (a depthwise conv)"),
     # prune.5: keepprune
-    ("prune.5", keepprune, [("layer.masks = {}", "pass")],
+    ("prune.5", keepprune, [("masks = {}", "masks = dict(layer.masks)")],
      "keeps the masks"),
-    ("prune.5", keepprune, [("baked = model.copy()", "baked = model")],
+    ("prune.5", keepprune, [("= model.copy()", "= model")],
      "changes the model it was given"),
-    ("prune.5", keepprune, [("getattr(layer, name)[~keep] = 0", "pass")],
+    ("prune.5", keepprune, [("[~keep] = 0", "[keep & ~keep] = 0")],
      "drops the masks without zeroing what they hid"),
 ]
 
 FILES = {"prune.3": ("test_prune.py", "test_criteria.py")}
 
 
-@pytest.mark.parametrize("exercise, function, edits, mistake", MISTAKES,
-                         ids=[f"{m[0]} {m[3].split(',')[0]}" for m in MISTAKES])
+@pytest.mark.parametrize("exercise, function, edits, mistake", planted(MISTAKES))
 def test_the_exercises_tests_catch_the_planted_mistake(monkeypatch, exercise, function, edits, mistake):
     plant(monkeypatch, function, *edits)
     assert_caught(exercise, FILES.get(exercise, ("test_prune.py",)), f"a {function.__qualname__} that {mistake}")

@@ -433,46 +433,31 @@ def channel_constants(seg):
 def _forward(seg):
     """The forward sweep on one segment: zero the consumer's slices of zero channels, fold constant ones.
 
-    Returns True if anything changed.  Given, above the fence:
+    Given above the fence: ``constant, c_train, c_eval`` (C,), channel j a
+    known constant at the consumer (``channel_constants``), ``c_train[j]`` in
+    train and ``c_eval[j]`` in eval mode; ``reading`` (O, C, block) float64,
+    ``reading[i, j, :]`` the weights with which output i reads channel j
+    (``read``: any of them non-zero); ``padded``; ``bn``, the BatchNorm2d on
+    the consumer's O outputs right after it, or None; ``has_bias`` and
+    ``bias_kept`` (O,), the consumer's bias mask (all True unmasked).
 
-    * ``constant, c_train, c_eval`` (C,): ``constant[j]`` True when channel
-      j reaches the consumer as one value at every pixel of every image,
-      ``c_train[j]`` in train mode and ``c_eval[j]`` in eval mode
-      (``channel_constants``, which follows the module docstring's rules);
-    * ``reading`` (O, C, block) float64: ``reading[i, j, :]`` the weights with
-      which consumer output i reads channel j (``read`` (C,): some weight
-      reads j);
-    * ``padded``: the consumer pads its input; ``bn``: the BatchNorm2d right
-      after the consumer, over its O outputs, or None; ``has_bias``, and
-      ``bias_kept`` (O,), the consumer's bias mask (all True if unmasked).
+    For every constant, read channel j, in index order: if both constants
+    are 0, zero its slice.  Else the channel adds ``o = c * s`` to every
+    pixel of the consumer's outputs, ``s[i] = reading[i, j, :].sum()``,
+    unless the consumer is padded (its borders read zeros too: leave j).
+    Zero the slice only where o can be given back exactly: (a) to ``bn``,
+    whose train-mode batch mean drops by o too, by lowering its
+    ``running_mean`` by ``s * c_eval[j]``; else (b) to the consumer's bias,
+    ``bias += s * c_train[j]``, if it has one, ``c_train[j] == c_eval[j]``
+    and every output i with a non-zero share has a kept bias entry; else
+    leave j alone.  The derivation is in the module docstring ("At the
+    consumer").
 
-    For every channel j that is constant and read (in index order):
-
-    * a zero channel (both constants 0) adds nothing to the consumer: zero
-      its slice;
-    * a non-zero constant c adds ``o = c * s`` to the consumer's outputs,
-      ``s[i] = reading[i, j, :].sum()`` -- at every pixel only if the
-      consumer is not padded (a padded consumer's borders read zeros as
-      well: leave j alone).  Zero its slice only where o can be given back
-      exactly, and give it back:
-
-      a. ``bn`` exists: in train mode the batch mean drops by o as well, so
-         nothing changes; for eval mode, lower ``bn.running_mean`` by
-         ``s * c_eval[j]``;
-      b. else, when the consumer has a bias, ``c_train[j] == c_eval[j]``
-         (one value for both modes) and every output i with a non-zero
-         ``s[i] * c_train[j]`` has a kept bias entry: raise the bias by
-         ``s * c_train[j]``;
-      c. else leave j alone: nothing could take o back.
-
-    Zero a slice with the module's ``_zero`` (it also drops the entries from
-    a mask, and says whether anything changed) at the index
-    ``seg.consumer_index(j)`` of the consumer's array ``seg.reading_array``.
-    Add the shifts up over the channels in float64 and change
-    ``bn.running_mean`` and ``consumer.bias`` once at the end, each as a new
-    array of its own dtype, and only if its shift is not all zero.  Why this
-    keeps the model's function in both modes is derived in the module
-    docstring ("At the consumer").
+    Zero a slice with ``_zero`` (it unmasks, and says whether anything
+    changed) at ``seg.consumer_index(j)`` of the array ``seg.reading_array``.
+    Sum the shifts over the channels in float64; write ``bn.running_mean``
+    and ``consumer.bias`` once at the end, as new arrays of their own dtype,
+    only if the shift is not all zero.  Return True if a slice changed.
     """
     constant, c_train, c_eval = channel_constants(seg)
     reading = seg.reading_weights()                 # (O, C, block)
