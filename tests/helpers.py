@@ -30,12 +30,14 @@ import pytest
 from tinyprune import BatchNorm2d, Conv2d, DepthwiseConv2d, Layer, MobileNet, slopehtanh
 
 
-def give_statistics(model, rng, x):
+def give_statistics(model, rng, x, statistics=True):
     """Random gamma and beta, then running statistics of one train-mode batch ``x``.
 
     Momentum 1 for that batch makes the running statistics the batch's own,
     so eval mode is as well scaled as train mode and every running mean is
     non-zero: a zero channel then leaves a BatchNorm as a non-zero constant.
+    ``statistics=False`` stops after gamma and beta (no forward pass: a
+    train-mode 3x3 convolution unfolds with im2col, the kernels chapter's).
     """
     for _, layer in model.named_layers():
         if isinstance(layer, BatchNorm2d):
@@ -43,7 +45,8 @@ def give_statistics(model, rng, x):
             layer.weight[:] = rng.uniform(0.5, 1.5, C)
             layer.bias[:] = rng.normal(0.0, 0.5, C)
             layer.momentum = 1.0
-    model.train()(x)
+    if statistics:
+        model.train()(x)
     for _, layer in model.named_layers():
         if isinstance(layer, BatchNorm2d):
             layer.momentum = 0.1
@@ -75,14 +78,15 @@ def assert_same_snapshot(a, b):
         np.testing.assert_array_equal(masks_a[key], masks_b[key], err_msg=key)
 
 
-def trained_looking_mobilenet(seed):
+def trained_looking_mobilenet(seed, statistics=True):
     """The tutorial's MobileNet in float64, with random gamma, beta and running statistics.
 
-    ``seed`` draws both the weights and the statistics.
+    ``seed`` draws both the weights and the statistics; ``statistics=False``
+    leaves the running statistics at 0 and 1 (``give_statistics``).
     """
     rng = np.random.default_rng(seed)
     model = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed).to(np.float64)
-    return give_statistics(model, rng, rng.uniform(0, 1, (4, 3, 32, 32)))
+    return give_statistics(model, rng, rng.uniform(0, 1, (4, 3, 32, 32)), statistics)
 
 
 def assert_returns_a_new_model_and_leaves_its_argument_alone(function, model):
@@ -133,6 +137,11 @@ class ChannelScale(Layer):
 # ---------------------------------------------------------------------------
 # Another exercise's code on the way
 # ---------------------------------------------------------------------------
+
+# The chapters whose exercises a training step runs: the layers' backward
+# passes, the convolution's unfolding, the loss and Adam, the augmentation.
+TRAINING = ("layers", "kernels", "train", "data")
+
 
 @contextlib.contextmanager
 def waits_for(*names):

@@ -17,7 +17,7 @@ from tinyprune.prune import (ChannelPrune, GlobalLevelPrune, LevelPrune, prune, 
                              sparsity)
 from tinyprune.train import Adam
 
-from helpers import assert_same_snapshot, snapshot, waits_for
+from helpers import TRAINING, assert_same_snapshot, snapshot, waits_for
 
 pytestmark = pytest.mark.prune
 
@@ -43,8 +43,9 @@ def train_with(schedule, model, steps, watch=None):
         if watch is not None:
             watch(callback.step)
 
-    trainer(model, 1, data=(small_data(4 * steps, 1), small_data(8, 2)), batch_size=4, augment=False,
-            progress=False, callback=both)
+    with waits_for(*TRAINING):
+        trainer(model, 1, data=(small_data(4 * steps, 1), small_data(8, 2)), batch_size=4, augment=False,
+                progress=False, callback=both)
     return callback
 
 
@@ -220,9 +221,10 @@ def test_prune_in_place_keeps_the_arrays_an_optimiser_holds():
     with waits_for("prune"):
         prune_in_place(ChannelPrune(0.5), model)
     assert all(getattr(layer, name) is arrays[key] for key, layer, name in model.named_parameters())
-    y = model.forward(model.prepare_input(small_data(4, 3)[0]))
-    model.backward(np.ones_like(y))
-    optimiser.step()
+    with waits_for(*TRAINING):
+        y = model.forward(model.prepare_input(small_data(4, 3)[0]))
+        model.backward(np.ones_like(y))
+        optimiser.step()
     assert len(model.mask_dict()) == 3 * 27       # every conv weight, its BatchNorm's gamma and beta
     for key, keep in model.mask_dict().items():
         assert np.all(model.state_dict()[key][~keep] == 0.0), key

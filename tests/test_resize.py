@@ -27,7 +27,8 @@ from tinyprune.resize import channel_counts, resize, sort_channels
 from helpers import (ChannelScale, assert_float32_costs_no_more_than_rounding,
                      assert_returns_a_new_model_and_leaves_its_argument_alone, assert_same_function,
                      assert_same_snapshot, channel_pruned, dead_channel_mobilenet, give_statistics,
-                     kill_channels, relative_error, run, snapshot, trained_looking_mobilenet, waits_for)
+                     kill_channels, relative_error, run, snapshot, trained_looking_mobilenet, waits_for,
+                     TRAINING)
 
 pytestmark = pytest.mark.resize
 
@@ -225,8 +226,9 @@ def test_resized_model_takes_the_same_training_step(propagated, resized, batch):
     target = np.random.default_rng(0).normal(size=(4, 1))
     stepped = []
     for model in (propagated.copy().train(), resized.copy().train()):
-        y = model(batch)
-        model.backward(y - target)             # dL/dy of L = 0.5 * sum((y - target)^2)
+        with waits_for(*TRAINING):
+            y = model(batch)
+            model.backward(y - target)         # dL/dy of L = 0.5 * sum((y - target)^2)
         for _, layer, name in model.named_parameters():
             assert layer.grads[name].shape == getattr(layer, name).shape
             setattr(layer, name, getattr(layer, name) - 1e-3 * layer.grads[name])
@@ -256,7 +258,8 @@ def test_gradients_of_a_resized_chain_pass_gradcheck():
     resized = resize(model)
     assert resized[0].c_out < 6 and resized[6].c_out < 5
     x = rng.normal(size=(2, 3, 4, 4))
-    report = gradcheck(resized.copy().train(), x, max_entries=6)
+    with waits_for(*TRAINING):
+        report = gradcheck(resized.copy().train(), x, max_entries=6)
     assert len(report) == 1 + 11 and report.worst < 1e-6, str(report)
 
 
