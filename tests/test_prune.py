@@ -23,7 +23,7 @@ from tinyprune.prune import (ChannelPrune, GlobalLevelPrune, LevelPrune, Pruning
                              iterativeprune, keepprune, l1, l2, prune, sparsity)
 from tinyprune.train import Adam
 
-from helpers import (TRAINING, ChannelScale, assert_same_snapshot, channel_pruned, snapshot,
+from helpers import (TRAINING, ChannelScale, assert_same_snapshot, channel_pruned, level_pruned, snapshot,
                      trained_looking_mobilenet, waits_for)
 
 pytestmark = pytest.mark.prune
@@ -296,6 +296,14 @@ def test_channel_prune_by_hand_breaks_ties_by_channel_index():
     got = kept_channels_of(ChannelPrune(0.5)(w))    # L1 2, 2, 1, 2: channel 2, then channel 0
     assert got == [False, True, False, True], \
         f"ChannelPrune(0.5) on channels of L1 norm 2, 2, 1, 2: kept {got}, expected [False, True, False, True]"
+
+
+@pytest.mark.ex_prune_1
+@pytest.mark.parametrize("level", [0.2, 0.5])
+def test_level_prune_of_a_fresh_model_is_what_the_tests_build_without_it(level):
+    # The plots and counting chapters start from level_pruned (tests/helpers.py).
+    model = trained_looking_mobilenet(1, statistics=False)
+    assert_same_snapshot(snapshot(prune(LevelPrune(level), model)), snapshot(level_pruned(model, level)))
 
 
 @pytest.mark.ex_prune_3
