@@ -5,7 +5,6 @@ what it printed and wrote.  Bad input must fail fast with one clear line on
 stderr, exit code 2, and nothing written.
 """
 
-import contextlib
 import io
 import json
 import os
@@ -18,27 +17,17 @@ import pytest
 from PIL import Image
 
 import tinyprune as tp
+from cli_helpers import run, tiny_chain
 from tinyprune import checkpoint
 from tinyprune.pipeline import TUTORIAL_INPUT, prune_and_resize, tutorial_model, tutorial_stages
-from tinyprune.tools import bench, pretrain
+from tinyprune.tools import bench, main_job, pretrain
 from tinyprune.tools.cli import build_parser, main
 
-pytestmark = pytest.mark.tutorials
+pytestmark = [pytest.mark.tutorials, pytest.mark.integration]   # runs the whole pipeline: see conftest.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = {"macs.png", "sparsity-level.png", "sparsity-propagated.png", "channels.png",
            "weights-pw7.png", "history.png"}
-
-
-def run(argv):
-    """``main(argv)`` with stdout and stderr captured: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as stop:          # argparse exits on --help and on bad arguments
-            code = stop.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +269,95 @@ def test_a_missing_or_broken_model_file_fails_with_a_clear_message(tmp_path):
     broken.write_bytes(b"not a zip file")
     code, _, stderr = run(["count", str(broken)])
     assert code == 2 and "not a readable tinyprune checkpoint" in stderr and str(broken) in stderr
+
+
+# ---------------------------------------------------------------------------
+# What the command says is true (issue 13)
+# ---------------------------------------------------------------------------
+
+def test_help_claims_only_the_three_course_lines_that_hold(quick_run):
+    _, stdout = quick_run
+    code, help_text, _ = run(["--help"])
+    assert code == 0 and "first five" not in help_text
+    assert "the first three printed lines are the course" in " ".join(help_text.split())
+    for line in stdout.splitlines()[:3]:                        # the three the help prints are the run's
+        assert "  " + line in help_text
+
+
+def test_pretrain_defaults_are_the_recipe_recorded_in_the_shipped_checkpoint():
+    command = checkpoint.read_metadata(checkpoint.pretrained_path())["command"].split()
+    recorded = vars(pretrain.build_parser().parse_args(command[command.index("--epochs"):]))
+    defaults = vars(pretrain.build_parser().parse_args([]))
+    del recorded["out"], defaults["out"]
+    assert recorded == defaults
+    code, help_text, _ = run(["pretrain", "--help"])
+    assert code == 0
+    for words in ("(default 26)", "(default 2e-3)", "(default 0)", "(default 0.5;"):
+        assert words in help_text
+
+
+@pytest.mark.parametrize("drop, words", [(0.016, "1.60 points below the checkpoint"),
+                                         (-0.004, "0.40 points above the checkpoint"),
+                                         (0.0, "level with the checkpoint"),
+                                         (-0.00001, "level with the checkpoint")])
+def test_pretrain_check_says_below_or_above_without_a_sign(drop, words):
+    assert pretrain.points_versus_checkpoint(drop) == words
+
+
+def test_the_main_job_writes_into_its_own_subfolder_by_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("TINYPRUNE_OUT", raising=False)
+    assert build_parser().parse_args([]).out == os.path.join("tinyprune-out", "main")
+    monkeypatch.setenv("TINYPRUNE_OUT", str(tmp_path))
+    assert build_parser().parse_args([]).out == str(tmp_path / "main")
+
+
+def test_count_names_each_layer_by_path_and_by_the_figures_label(fresh_checkpoint):
+    code, stdout, _ = run(["count", str(fresh_checkpoint)])
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines() if line.startswith("[")}
+    assert rows["[0][0]"][1] == "conv1" and rows["[0][3]"][1] == "dw1"
+    assert rows["[0][42]"][1:3] == ["pw7", "Conv2d"]              # the figures' pw7
+    assert rows["[1][2]"][1] == "fc1" and rows["[1][4]"][1] == "fc2"
+    assert rows["[0][1]"][1] == "BatchNorm2d"                    # no label: it does no dot products
+
+
+def test_bench_labels_the_channels_of_every_conv():
+    model = tutorial_model()
+    channels = bench._conv_channels(model, prune_and_resize(model, tp.ChannelPrune(0.5)).resized)
+    assert channels["channel_labels"] == ["conv1"] + [f"pw{k}" for k in range(1, 14)]
+    assert channels["channels_full"][:3] == [8, 16, 32]
+    assert all(kept < full for kept, full in zip(channels["channels"][:-1], channels["channels_full"]))
+
+
+def test_evaluate_scores_a_checkpoint_on_the_validation_set(fresh_checkpoint):
+    code, stdout, stderr = run(["evaluate", str(fresh_checkpoint), "--quick"])
+    assert code == 0, stderr
+    loss, accuracy = tp.evaluate(checkpoint.load(fresh_checkpoint), tp.SyntheticVWW("val", size=32))
+    assert f"SyntheticVWW 'val' (32 images)" in stdout
+    assert f"accuracy {100 * accuracy:.2f}% ({round(32 * accuracy)} of 32 correct)" in stdout
+    assert f"loss     {loss:.4f}" in stdout
+
+
+def test_evaluate_reads_a_visual_wake_words_folder(fresh_checkpoint, tmp_path):
+    (tmp_path / "val").mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(tmp_path / "val" / f"{k}.png")
+    (tmp_path / "val.txt").write_text("0.png 1\n1.png 0\n2.png 1\n")
+    code, stdout, stderr = run(["evaluate", str(fresh_checkpoint), "--vww", str(tmp_path)])
+    assert code == 0, stderr
+    loss, accuracy = tp.evaluate(checkpoint.load(fresh_checkpoint), tp.VisualWakeWords(tmp_path, "val"))
+    assert f"Visual Wake Words 'val' in {tmp_path} (3 images)" in stdout
+    assert f"accuracy {100 * accuracy:.2f}%" in stdout and f"loss     {loss:.4f}" in stdout
+
+
+def test_progress_in_a_log_is_one_line_per_epoch(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())                 # not a terminal
+    rng = np.random.default_rng(0)
+    data = tp.ArrayDataset(rng.integers(0, 256, (8, 3, 96, 96), dtype=np.uint8), [0, 1] * 4)
+    args = build_parser().parse_args(["--epochs", "2"])
+    main_job._finetune(args, tiny_chain(), data, data)
+    log = sys.stderr.getvalue()
+    assert "\r" not in log
+    assert [line.split()[:2] for line in log.splitlines()] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert all("val loss" in line for line in log.splitlines())

@@ -4,11 +4,13 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tinyprune.common import atomic_write, check_bool, check_int, check_level, check_number, data_dir, format_table
+from tinyprune.common import (atomic_write, check_bool, check_int, check_level, check_number, data_dir,
+                              format_table, output_dir)
 
 pytestmark = pytest.mark.layers
 
@@ -164,3 +166,11 @@ def test_atomic_write_refuses_to_replace_a_device_or_a_pipe(tmp_path):
     with pytest.raises(OSError, match="not a regular file"):
         atomic_write("/dev/null", lambda f: f.write(b"x"))
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_output_dir_gives_each_program_its_own_subfolder(tmp_path, monkeypatch):
+    monkeypatch.delenv("TINYPRUNE_OUT", raising=False)
+    assert output_dir("main") == Path("tinyprune-out") / "main"
+    monkeypatch.setenv("TINYPRUNE_OUT", str(tmp_path))
+    assert output_dir("pruning") == tmp_path / "pruning"
+    assert not (tmp_path / "pruning").exists()                    # named, not created

@@ -8,6 +8,7 @@ Run this chapter alone with ``python -m pytest -m count``.
 """
 
 import re
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from tinyprune import (BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten, GlobalMeanPool,
                        HardTanh, Identity, MobileNet, ReLU, SlopeHTanh, TUTORIAL_INPUT, compute_dot_prods,
                        dot_prod_table, slopehtanh)
+from tinyprune.count import format_html_table
 
 from mobilenet_table import CONFIG
 
@@ -296,6 +298,34 @@ def test_table_prints_aligned_columns_with_totals(tutorial):
         assert line[mults_end] == " ", line
     row = next(line for line in body if line.startswith("[0][0]"))
     assert "Conv2d" in row and "(1, 8, 48, 48)" in row and "497,664" in row
+
+
+def test_table_shows_as_its_text_at_a_prompt_and_stays_a_list_of_tuples(tutorial):
+    table = dot_prod_table(tutorial, TUTORIAL_INPUT)
+    assert repr(table) == str(table)
+    assert repr(table).splitlines()[-1].split() == ["total", "7,505,600", "7,273,983"]
+    assert isinstance(table, list) and len(table) == 86
+    assert table[-1] == ("[1][4]", "Dense", (1, 1), 64, 63)
+
+
+def test_table_shows_as_an_html_table_in_jupyter_with_the_same_columns_and_total(tutorial):
+    table = dot_prod_table(tutorial, TUTORIAL_INPUT)
+    root = ElementTree.fromstring(table._repr_html_())     # well-formed: every cell escaped and closed
+    assert root.tag == "table"
+    assert root.find("caption").text == "dot products, rule 'reference'"
+    assert [th.text for th in root.find("thead/tr")] == ["layer", "type", "output shape", "mults", "adds"]
+    rows = [[td.text or "" for td in tr] for tr in root.find("tbody")]
+    assert len(rows) == 86
+    assert rows[0] == ["[0][0]", "Conv2d", "(1, 8, 48, 48)", "497,664", "479,232"]
+    assert [th.text or "" for th in root.find("tfoot/tr")] == ["total", "", "", "7,505,600", "7,273,983"]
+    # Names to the left, numbers to the right, as in the text table.
+    assert [td.get("style") for td in root.find("tbody/tr")] == ["text-align:left"] * 3 + ["text-align:right"] * 2
+
+
+def test_html_table_escapes_its_cells():
+    html = format_html_table(("a<b", "n"), [("x & y", 1)], total=("<total>", 1), title="t > 0")
+    assert "a&lt;b" in html and "x &amp; y" in html and "&lt;total&gt;" in html and "t &gt; 0" in html
+    assert ElementTree.fromstring(html).find("tbody/tr/td").text == "x & y"
 
 
 # ---------------------------------------------------------------------------

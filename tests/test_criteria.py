@@ -1,6 +1,9 @@
 """Chapter 3: channel criteria, each against a computation of its own.
 
-Run this chapter alone with ``python -m pytest -m prune``.
+Run this chapter alone with ``python -m pytest -m prune``.  The tests that
+prune by a criterion check ChannelPrune's ranking of given scores
+(exercise prune.3); the masking of the BatchNorm after each conv, which
+``prune`` runs on the way (prune.4), is awaited with ``waits_for``.
 """
 
 import numpy as np
@@ -11,7 +14,7 @@ from tinyprune import (Activation, BatchNorm2d, Chain, Conv2d, Dense, DepthwiseC
 from tinyprune.criteria import batchnorm_scores, magnitude_scores, random_scores, taylor_scores
 from tinyprune.prune import ChannelPrune, l2, prune
 
-from helpers import assert_same_snapshot, snapshot, trained_looking_mobilenet
+from helpers import TRAINING, assert_same_snapshot, snapshot, trained_looking_mobilenet, waits_for
 
 pytestmark = pytest.mark.prune
 
@@ -22,7 +25,7 @@ CONV_INDICES = [0] + [i for g in range(13) for i in (3 + 6 * g, 6 + 6 * g)]
 
 @pytest.fixture(scope="module")
 def mobilenet():
-    return trained_looking_mobilenet(4)
+    return trained_looking_mobilenet(4, statistics=False)      # the criteria read weights and gammas
 
 
 def kept_channels(pruned, path):
@@ -52,11 +55,13 @@ def test_l2_scores_are_the_root_sums_of_squares(mobilenet):
         np.testing.assert_allclose(scores[f"[0][{i}]"], by_hand, rtol=1e-12)
 
 
+@pytest.mark.ex_prune_3
 @pytest.mark.parametrize("magnitude", [None, l2], ids=["l1", "l2"])
 def test_channel_prune_with_magnitude_scores_prunes_what_the_magnitude_prunes(mobilenet, magnitude):
     given = ChannelPrune(0.4) if magnitude is None else ChannelPrune(0.4, magnitude)
     scored = ChannelPrune(0.4, scores=magnitude_scores(mobilenet, *([magnitude] if magnitude else [])))
-    assert_same_snapshot(snapshot(prune(given, mobilenet)), snapshot(prune(scored, mobilenet)))
+    with waits_for("prune.4"):
+        assert_same_snapshot(snapshot(prune(given, mobilenet)), snapshot(prune(scored, mobilenet)))
 
 
 def test_batchnorm_scores_are_the_absolute_gammas_of_the_next_layer(mobilenet):
@@ -66,13 +71,17 @@ def test_batchnorm_scores_are_the_absolute_gammas_of_the_next_layer(mobilenet):
         np.testing.assert_array_equal(scores[f"[0][{i}]"], np.abs(mobilenet[0][i + 1].weight))
 
 
+@pytest.mark.ex_prune_3
 def test_channel_prune_by_batchnorm_scores_prunes_the_smallest_gammas(mobilenet):
-    pruned = prune(ChannelPrune(0.5, scores=batchnorm_scores(mobilenet)), mobilenet)
+    with waits_for("prune.4"):
+        pruned = prune(ChannelPrune(0.5, scores=batchnorm_scores(mobilenet)), mobilenet)
     for i in CONV_INDICES:
         kept = kept_channels(pruned, f"[0][{i}]")
         gamma = np.abs(mobilenet[0][i + 1].weight)
-        assert np.count_nonzero(~kept) == len(gamma) // 2
-        assert gamma[~kept].max() <= gamma[kept].min(), i
+        assert np.count_nonzero(~kept) == len(gamma) // 2, \
+            f"model[0][{i}]: ChannelPrune(0.5) by |gamma| pruned {np.count_nonzero(~kept)} of {len(gamma)}"
+        assert gamma[~kept].max() <= gamma[kept].min(), \
+            f"model[0][{i}]: pruned a channel of |gamma| {gamma[~kept].max()}, kept one of {gamma[kept].min()}"
 
 
 def test_a_conv_without_a_batchnorm_after_it_gets_no_batchnorm_score():
@@ -81,8 +90,8 @@ def test_a_conv_without_a_batchnorm_after_it_gets_no_batchnorm_score():
     scores = batchnorm_scores(model)
     assert list(scores) == ["[0]"]
     with pytest.raises(ValueError, match=r"model\[3\]: ChannelPrune\(0.5, scores=batchnorm\): scores has "
-                                         r"no entry for this layer"):
-        prune(ChannelPrune(0.5, scores=scores), model)
+                                         r"no entry for this layer"), waits_for("prune"):
+        prune(ChannelPrune(0.5, scores=scores), model)      # model[0] is ranked (and masked) first
 
 
 def test_random_scores_are_seeded_draws_in_layer_order(mobilenet):
@@ -94,13 +103,16 @@ def test_random_scores_are_seeded_draws_in_layer_order(mobilenet):
     assert not np.array_equal(scores["[0][78]"], other["[0][78]"])
 
 
+@pytest.mark.ex_prune_3
 def test_channel_prune_by_random_scores_prunes_the_lowest_draws(mobilenet):
     scores = random_scores(mobilenet, seed=0)
-    pruned = prune(ChannelPrune(0.3, scores=scores), mobilenet)
+    with waits_for("prune.4"):
+        pruned = prune(ChannelPrune(0.3, scores=scores), mobilenet)
     for path, drawn in scores.items():
         kept = kept_channels(pruned, path)
-        assert np.count_nonzero(~kept) == len(drawn) - int(np.ceil(0.7 * len(drawn)))
-        assert drawn[~kept].max() < drawn[kept].min(), path
+        assert np.count_nonzero(~kept) == len(drawn) - int(np.ceil(0.7 * len(drawn))), \
+            f"model{path}: ChannelPrune(0.3) by random scores pruned {np.count_nonzero(~kept)} of {len(drawn)}"
+        assert drawn[~kept].max() < drawn[kept].min(), f"model{path}: pruned a higher draw than one it kept"
 
 
 # ---------------------------------------------------------------------------
@@ -150,7 +162,8 @@ def test_taylor_scores_match_finite_difference_gradients():
     images, labels = rng.uniform(0, 1, (8, 2, 5, 5)), np.array([0, 1, 1, 0, 1, 0, 0, 1])
     x = images.astype(np.float32).astype(np.float64)      # what the data loader feeds the model
     batches = [(x[:4], labels[:4]), (x[4:], labels[4:])]
-    scores = taylor_scores(model, (images, labels), batches=2, batch_size=4)
+    with waits_for(*TRAINING):                          # the gradients come from backward passes
+        scores = taylor_scores(model, (images, labels), batches=2, batch_size=4)
     assert sorted(scores) == ["[0]", "[3]"]
     for path, layer in (("[0]", model[0]), ("[3]", model[3])):
         grad = finite_difference_gradient(model, layer, batches)
@@ -163,19 +176,21 @@ def test_taylor_scores_use_only_the_batches_asked_for():
     model = small_net(2)
     rng = np.random.default_rng(3)
     images, labels = rng.uniform(0, 1, (12, 2, 5, 5)), rng.integers(0, 2, 12)
-    first_two = taylor_scores(model, (images[:8], labels[:8]), batches=2, batch_size=4)
-    of_all = taylor_scores(model, (images, labels), batches=2, batch_size=4)
+    with waits_for(*TRAINING):
+        first_two = taylor_scores(model, (images[:8], labels[:8]), batches=2, batch_size=4)
+        of_all = taylor_scores(model, (images, labels), batches=2, batch_size=4)
+        three = taylor_scores(model, (images, labels), batches=3, batch_size=4)
     for path in first_two:
         np.testing.assert_array_equal(first_two[path], of_all[path])
-    assert not np.array_equal(taylor_scores(model, (images, labels), batches=3, batch_size=4)["[0]"],
-                              of_all["[0]"])
+    assert not np.array_equal(three["[0]"], of_all["[0]"])
 
 
 def test_taylor_scores_leave_the_model_as_it_was():
     model = small_net(4).train()                     # in train mode, whose BatchNorm would update
     before = snapshot(model)
     images, labels = np.random.default_rng(5).uniform(0, 1, (4, 2, 5, 5)), np.array([0, 1, 0, 1])
-    taylor_scores(model, (images, labels), batches=1, batch_size=4)
+    with waits_for(*TRAINING):
+        taylor_scores(model, (images, labels), batches=1, batch_size=4)
     assert_same_snapshot(before, snapshot(model))
     assert model.training
 
@@ -199,8 +214,8 @@ def test_scores_of_the_wrong_shape_name_the_layer(mobilenet):
     scores["[0][6]"] = np.ones(3)
     before = snapshot(mobilenet)
     with pytest.raises(ValueError, match=r"model\[0\]\[6\]: .*scores\['\[0\]\[6\]'\] holds shape \(3,\) "
-                                         r"for 16 channels"):
-        prune(ChannelPrune(0.5, scores=scores), mobilenet)
+                                         r"for 16 channels"), waits_for("prune"):
+        prune(ChannelPrune(0.5, scores=scores), mobilenet)  # the layers before [0][6] are pruned first
     assert_same_snapshot(before, snapshot(mobilenet))
 
 

@@ -706,3 +706,11 @@ def test_loader_errors_about_the_data_name_the_loader():
 def test_augment_rejects_images_without_rank_4():
     with pytest.raises(ValueError, match=r"augment_batch: images must have rank 4.*\(3, 96, 96\)"):
         augment_batch(np.zeros((3, 96, 96), np.uint8), np.random.default_rng(0))
+
+
+def test_augmentation_keeps_pictures_smaller_than_96_at_their_size():
+    # Training sees what validation sees: 32 x 32 digits stay 32 x 32, 8 x 20 becomes 8 x 8.
+    rng = np.random.default_rng(0)
+    assert augment_batch(np.zeros((2, 3, 32, 32), np.uint8), rng).shape == (2, 3, 32, 32)
+    assert augment_batch(np.zeros((1, 3, 8, 20), np.uint8), rng).shape == (1, 3, 8, 8)
+    assert augment_batch(np.zeros((1, 3, 128, 100), np.uint8), rng).shape == (1, 3, 96, 96)

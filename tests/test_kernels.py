@@ -338,6 +338,7 @@ def test_csr_pointwise_equals_the_dense_product(sparsity, dtype):
         np.testing.assert_allclose(out, expected, **TOL[dtype])
 
 
+@pytest.mark.integration      # the benchmark runs the whole pipeline
 def test_bench_quick_writes_positive_figures_under_the_documented_keys(tmp_path):
     path = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "tinyprune.tools.bench", "--quick", "--json", str(path)],

@@ -13,7 +13,7 @@ from tinyprune.pipeline import TUTORIAL_INPUT
 
 from test_tutorials import QUICK_VAL_IMAGES, is_whole_share, run_tutorial
 
-pytestmark = pytest.mark.tutorials
+pytestmark = [pytest.mark.tutorials, pytest.mark.integration]   # runs the whole pipeline: see conftest.py
 
 DENSE_MULTS = 7_505_600                 # the tutorial's MobileNet, unpruned (the course's number)
 CHANNEL_METHODS = ["channels, L1 (course)", "channels, L1, gradual", "channels, L2",

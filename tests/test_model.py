@@ -182,14 +182,33 @@ def test_every_weight_lies_within_its_glorot_bound(tutorial):
         assert w.max() > 0.8 * limit, path
 
 
-def test_model_biases_and_batchnorms_start_at_defaults(tutorial):
+def test_model_biases_and_batchnorms_start_at_defaults_with_gamma_one_half(tutorial):
+    # The default init="calm" starts every BatchNorm gamma at 0.5, not Flux's 1 (see the next test).
     for path, layer in tutorial.named_layers():
         if isinstance(layer, Dense):
             assert np.all(layer.bias == 0), path
         if isinstance(layer, BatchNorm2d):
-            assert np.all(layer.weight == 1) and np.all(layer.bias == 0), path
+            assert np.all(layer.weight == 0.5) and np.all(layer.bias == 0), path
             assert np.all(layer.running_mean == 0) and np.all(layer.running_var == 1), path
             assert int(layer.num_batches_tracked) == 0, path
+
+
+def test_init_flux_starts_gamma_at_1_and_draws_the_same_weights_as_the_default(tutorial):
+    flux = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=0, init="flux").state_dict()
+    calm = tutorial.state_dict()
+    gammas = [key for key in calm if key.startswith("0.") and key.endswith(".weight") and calm[key].ndim == 1]
+    assert len(gammas) == 27
+    for key in gammas:
+        assert np.all(flux[key] == 1.0) and np.all(calm[key] == 0.5), key
+    assert flux.keys() == calm.keys()
+    for key in calm.keys() - set(gammas):       # every conv and dense weight, bias and statistic
+        np.testing.assert_array_equal(flux[key], calm[key], err_msg=key)
+
+
+def test_init_calm_is_the_default():
+    named = MobileNet(slopehtanh, 0.25, fcsize=4, nclasses=1, seed=2, init="calm").state_dict()
+    default = MobileNet(slopehtanh, 0.25, fcsize=4, nclasses=1, seed=2).state_dict()
+    assert all(np.array_equal(named[key], default[key]) for key in default)
 
 
 def test_same_seed_same_weights_different_seed_different_weights(tutorial):
@@ -478,6 +497,8 @@ def test_grad_dict_before_backward_names_the_missing_gradient():
     (dict(dtype=np.int32), ValueError, r"MobileNet: dtype must be float32 or float64, got int32"),
     (dict(dtype=np.float16), ValueError, r"MobileNet: dtype must be float32 or float64, got float16"),
     (dict(dtype="abc"), TypeError, r"MobileNet: dtype must be float32 or float64, got 'abc'"),
+    (dict(init="torch"), ValueError, r"MobileNet: init must be 'calm' or 'flux', got 'torch'"),
+    (dict(init=0.5), TypeError, r"MobileNet: init must be the string 'calm' or 'flux', got 0.5"),
     # Refused from the configuration alone, before a byte is allocated (a width of 1000 needs 12 TB).
     (dict(width_mult=1000), ValueError, r"MobileNet: this configuration has 3,139,695,040,064 conv and dense "
                                         r"weights, more than MAX_WEIGHTS = 268,435,456"),

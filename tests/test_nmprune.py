@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyprune import Chain, Conv2d, Dense, DepthwiseConv2d, MobileNet, compute_dot_prods, slopehtanh
+from tinyprune import Chain, Conv2d, Dense, MobileNet, compute_dot_prods, slopehtanh
 from tinyprune.prune import NMPrune, prune, sparsity
 
 from helpers import assert_same_snapshot, snapshot
@@ -100,9 +100,13 @@ def test_bad_n_and_m_are_refused(make, error, words):
 
 
 # ---------------------------------------------------------------------------
-# Counting a 2:4 layer
+# Counting a 2:4 layer: tests of the count chapter's rules (count.1 reference,
+# count.2 sparse, count.3 dense), on a layer NMPrune (no exercise) prunes
 # ---------------------------------------------------------------------------
 
+@pytest.mark.ex_count_1
+@pytest.mark.ex_count_2
+@pytest.mark.ex_count_3
 def test_counts_of_a_2_4_conv_under_the_three_rules_by_hand():
     # Conv2d(2 -> 3, 2x2 kernel) on a 4x4 image: P = 3*3 = 9 output pixels, rows of K = 2*2*2 = 8
     # weights, C = 3 outputs.  2:4 keeps 4 of every row's 8: 12 scattered zeros, no zero channel.
@@ -124,6 +128,8 @@ def compressed_2_4(w):
     return np.take_along_axis(groups, positions, axis=2), positions
 
 
+@pytest.mark.ex_count_1
+@pytest.mark.ex_count_2
 def test_a_2_4_kernel_gives_the_same_output_with_the_sparse_rules_multiplies():
     conv = Conv2d(8, 3, 1, rng=np.random.default_rng(4)).to(np.float64)      # a pointwise conv, K = 8
     pruned = prune(NMPrune(2, 4), Chain(conv))

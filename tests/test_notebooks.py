@@ -19,7 +19,7 @@ import ipykernel  # noqa: F401  (the kernel the notebooks run in)
 import jupytext
 import nbclient
 
-pytestmark = pytest.mark.tutorials
+pytestmark = [pytest.mark.tutorials, pytest.mark.integration]   # runs the whole pipeline: see conftest.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURE_CELLS = {"pruning.py": 7, "sensitivity.py": 1, "layers.py": 1, "methods.py": 1}   # cells that draw a figure

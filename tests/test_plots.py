@@ -17,7 +17,9 @@ from PIL import Image
 import tinyprune as tp
 from tinyprune import figures, plots
 from tinyprune.pipeline import TUTORIAL_INPUT
-from tinyprune.prune import ChannelPrune, LevelPrune, prune, sparsity
+from tinyprune.prune import sparsity
+
+from helpers import channel_pruned, level_pruned
 
 pytestmark = pytest.mark.plots
 
@@ -38,12 +40,12 @@ def model():
 
 @pytest.fixture(scope="module")
 def level(model):
-    return prune(LevelPrune(0.2), model)
+    return level_pruned(model, 0.2)              # prune(LevelPrune(0.2), model), made without it
 
 
 @pytest.fixture(scope="module")
 def channel(model):
-    return prune(ChannelPrune(0.5), model)
+    return channel_pruned(model, 0.5)            # prune(ChannelPrune(0.5), model), made without it
 
 
 def bar_heights(ax):
@@ -62,7 +64,7 @@ def test_layer_labels_name_mobilenets_29_dot_product_layers(model):
 
 
 def test_sparsity_bars_split_channel_zeros_from_scattered_zeros(channel):
-    both = prune(LevelPrune(0.2), channel)        # half the channels, then more scattered zeros
+    both = level_pruned(channel, 0.2)        # half the channels, then more scattered zeros
     fig = plots.plot_sparsity(both)
     ax = fig.axes[0]
     heights = bar_heights(ax)
@@ -139,7 +141,7 @@ def test_sparsity_of_level_pruning_is_all_scattered(level):
 
 
 def test_macs_bars_are_the_per_layer_counts_and_totals_match_the_seed(model, level, channel):
-    seed_channel = prune(ChannelPrune(0.2), model)
+    seed_channel = channel_pruned(model, 0.2)
     stages = [("baseline", model), ("level", level), ("channel", seed_channel)]
     fig = plots.plot_macs(stages, TUTORIAL_INPUT)
     left, right = fig.axes

@@ -5,6 +5,14 @@ Run this chapter alone with ``python -m pytest -m propagate``.
 Exactness is checked in float64, where the propagated model must agree with
 the pruned one to far better than 1e-5; the float32 test shows that
 propagation costs no more than float32 rounding itself.
+
+The exercises: ``pytest -m ex_propagate_1`` (the forward sweep, ``_forward``)
+and ``-m ex_propagate_2`` (the backward sweep, ``_backward``).  Each sweep
+has tests of its own, on one segment; the tests of ``prune_propagate`` run
+both, and carry both markers unless they check one sweep only, in which
+case the other waits (``waits_for``).  The channel-pruned models come from
+``tests/helpers.py`` (``channel_pruned``), not from the prune chapter, so
+that these tests run in a copy where pruning is an exercise.
 """
 
 import numpy as np
@@ -12,12 +20,12 @@ import pytest
 
 from tinyprune import (BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten, Layer,
                        MobileNet, ReLU, SlopeHTanh, compute_dot_prods, slopehtanh)
-from tinyprune.propagate import channel_constants, prune_propagate, segments
-from tinyprune.prune import ChannelPrune, keepprune, prune
+from tinyprune.propagate import _backward, _forward, channel_constants, prune_propagate, segments
 
-from helpers import (assert_float32_costs_no_more_than_rounding,
+from helpers import (ChannelScale, assert_float32_costs_no_more_than_rounding,
                      assert_returns_a_new_model_and_leaves_its_argument_alone, assert_same_function,
-                     assert_same_snapshot, relative_error, run, snapshot, trained_looking_mobilenet)
+                     assert_same_snapshot, channel_pruned, dead_channel_mobilenet, relative_error, run,
+                     snapshot, trained_looking_mobilenet, waits_for)
 
 pytestmark = pytest.mark.propagate
 
@@ -62,12 +70,13 @@ def batch():
 @pytest.fixture(scope="module")
 def masked():
     """ChannelPrune(0.2) of a float64 tutorial MobileNet with trained-looking statistics (masks kept)."""
-    return prune(ChannelPrune(0.2), trained_looking_mobilenet(1))
+    return channel_pruned(trained_looking_mobilenet(1), 0.2)
 
 
 @pytest.fixture(scope="module")
-def pruned(masked):
-    return keepprune(masked)
+def pruned():
+    """The same, after keepprune: plain zeros, no masks."""
+    return channel_pruned(trained_looking_mobilenet(1), 0.2, masks=False)
 
 
 @pytest.fixture(scope="module")
@@ -75,26 +84,34 @@ def propagated(pruned):
     return prune_propagate(pruned)
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 def test_returns_a_new_model_and_leaves_its_argument_unchanged(pruned):
     assert_returns_a_new_model_and_leaves_its_argument_alone(prune_propagate, pruned)
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 def test_propagation_zeroes_more_weights_than_pruning(pruned, propagated):
     def zeros(model):
         return sum(int(np.count_nonzero(v == 0)) for v in model.state_dict().values())
     assert zeros(propagated) > zeros(pruned) + 1000
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_mobilenet_output_is_unchanged(pruned, propagated, batch, training):
     expected = run(pruned, batch, training)
     assert relative_error(run(propagated, batch, training), expected) < 1e-9
 
 
-def test_folds_are_needed_in_eval_mode(pruned, propagated, batch):
+@pytest.mark.ex_propagate_1
+def test_folds_are_needed_in_eval_mode(pruned, batch):
     # Undo the folds into running means: the eval output must then move, or
     # the test above would not have tested them.
-    unfolded = propagated.copy()
+    with waits_for("propagate.2"):
+        unfolded = prune_propagate(pruned)
     moved = 0
     for (_, a), (_, b) in zip(unfolded.named_layers(), pruned.named_layers()):
         if isinstance(a, BatchNorm2d) and not np.array_equal(a.running_mean, b.running_mean):
@@ -104,10 +121,14 @@ def test_folds_are_needed_in_eval_mode(pruned, propagated, batch):
     assert relative_error(run(unfolded, batch, False), run(pruned, batch, False)) > 1e-3
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 def test_float32_propagation_costs_no_more_than_float32_rounding(pruned, batch):
     assert_float32_costs_no_more_than_rounding(prune_propagate, pruned, batch)
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 def test_dead_channels_are_the_union_of_producer_and_depthwise_pruning(masked, propagated):
     # Group g's channels are made by conv [0][0] (g = 0) or pointwise [0][6g]
     # and filtered by depthwise [0][6g+3]; the last pointwise [0][78] feeds
@@ -126,10 +147,14 @@ def test_dead_channels_are_the_union_of_producer_and_depthwise_pruning(masked, p
         assert unread == expected, f"consumer of group {g}"
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 def test_propagation_is_idempotent(propagated):
     assert_same_snapshot(snapshot(prune_propagate(propagated)), snapshot(propagated))
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 def test_masks_only_lose_entries_and_lose_every_zeroed_one(masked, batch):
     result = prune_propagate(masked)
     assert result.mask_dict().keys() == masked.mask_dict().keys()
@@ -188,15 +213,29 @@ def union_prediction(masked):
     return mults, adds
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 @pytest.mark.parametrize("seed", [0, 1])
 def test_propagated_count_is_the_union_of_pruned_channels(seed):
     base = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed)
-    masked = prune(ChannelPrune(0.2), base)
-    propagated = prune_propagate(keepprune(masked))
-    mults, adds, _ = compute_dot_prods(propagated, (1, 3, 96, 96), "reference")
+    masked = channel_pruned(base, 0.2)
+    propagated = prune_propagate(channel_pruned(base, 0.2, masks=False))
+    with waits_for("count"):
+        mults, adds, _ = compute_dot_prods(propagated, (1, 3, 96, 96), "reference")
     assert (mults, adds) == union_prediction(masked)
     # The seed's draw printed 5,002,864 / 4,899,018; draws spread by about 45 k.
     assert abs(mults - 5_002_864) < 250_000 and abs(adds - 4_899_018) < 250_000
+
+
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
+def test_propagation_leaves_the_zeros_the_resize_tests_build_without_it(pruned, propagated):
+    # test_resize.py starts from dead_channel_mobilenet (tests/helpers.py), so that
+    # it runs in a copy where this chapter is an exercise: the same zeros, no folds.
+    built = dead_channel_mobilenet(trained_looking_mobilenet(1), 0.2).state_dict()
+    for key, value in propagated.state_dict().items():
+        if "running" not in key:
+            np.testing.assert_array_equal(value == 0, built[key] == 0, err_msg=f"where {key} is zero")
 
 
 # ---------------------------------------------------------------------------
@@ -215,6 +254,8 @@ def fold_chain():
     return model
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 def test_constant_channel_is_folded_into_the_next_batchnorm():
     model = fold_chain()
     result = prune_propagate(model)
@@ -229,12 +270,14 @@ def test_constant_channel_is_folded_into_the_next_batchnorm():
     assert_same_function(result, model, x, 1e-12)
 
 
+@pytest.mark.ex_propagate_1
 def test_running_mean_after_a_fold_tracks_the_shifted_batch_mean():
     # After a fold, a train-mode batch moves the running mean of the folded
     # model by momentum * (its batch mean), which is lower by o_train; so the
     # gap to the unfolded model becomes (1 - m) * o_eval + m * o_train.
     model = fold_chain()
-    result = prune_propagate(model)
+    with waits_for("propagate.2"):
+        result = prune_propagate(model)
     w = model[3].weight[:, 1, 0, 0]
     o_train = w * slopehtanh(np.array(1.3))
     o_eval = w * slopehtanh(np.array(1.3 + 0.8 * 0.4 / np.sqrt(2.0 + EPS)))
@@ -245,6 +288,8 @@ def test_running_mean_after_a_fold_tracks_the_shifted_batch_mean():
     np.testing.assert_allclose(gap, 0.9 * o_eval + 0.1 * o_train, rtol=1e-10)
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 def test_depthwise_without_padding_passes_a_constant_on():
     rng = np.random.default_rng(4)
     model = f64(Conv2d(2, 3, 1, rng=rng), BatchNorm2d(3), ReLU(),
@@ -273,6 +318,8 @@ def dense_chain(seed):
     return model, rng
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 def test_equal_constants_are_folded_into_a_dense_bias():
     model, rng = dense_chain(5)
     model[2].bias[:] = [0.05, -0.05]
@@ -284,12 +331,14 @@ def test_equal_constants_are_folded_into_a_dense_bias():
     assert relative_error(result(x), model(x)) < 1e-12
 
 
+@pytest.mark.ex_propagate_1
 def test_flatten_without_pooling_folds_a_block_of_columns():
     rng = np.random.default_rng(6)
     model = f64(Conv2d(2, 3, 1, bias=True, rng=rng), ReLU(), Flatten(), Dense(3 * 16, 2, rng=rng))
     model[0].weight[1] = 0
     model[0].bias[:] = [0.0, 0.5, 0.0]          # channel 1 is the constant 0.5 at all 16 pixels
-    result = prune_propagate(model)
+    with waits_for("propagate.2"):
+        result = prune_propagate(model)
     block = slice(16, 32)                        # Flatten is channel-major
     np.testing.assert_allclose(result[3].bias, model[3].bias + 0.5 * model[3].weight[:, block].sum(axis=1),
                                rtol=1e-12)
@@ -309,9 +358,11 @@ def padded_chain():
     return model
 
 
+@pytest.mark.ex_propagate_1
 def test_a_padded_consumer_keeps_a_constant_channel():
     model = padded_chain()
-    result = prune_propagate(model)
+    with waits_for("propagate.2"):
+        result = prune_propagate(model)
     np.testing.assert_array_equal(result[3].weight, model[3].weight)
     np.testing.assert_array_equal(result[4].running_mean, model[4].running_mean)
     x = np.random.default_rng(0).normal(size=(3, 2, 5, 5))
@@ -324,13 +375,15 @@ def test_a_padded_consumer_keeps_a_constant_channel():
         assert relative_error(run(naive, x, training), run(model, x, training)) > 1e-2
 
 
+@pytest.mark.ex_propagate_1
 def test_different_train_and_eval_constants_are_not_folded_into_a_bias():
     rng = np.random.default_rng(8)
     model = f64(Conv2d(2, 3, 1, rng=rng), BatchNorm2d(3), SlopeHTanh(),
                 Conv2d(3, 4, 1, bias=True, rng=rng), SlopeHTanh())
     model[0].weight[1] = 0
     set_statistics(model[1], [1.0, 0.9, 1.0], [0.2, 0.6, -0.1], [0.1, 0.8, 0.0], [1.0, 0.5, 1.0])
-    result = prune_propagate(model)
+    with waits_for("propagate.2"):
+        result = prune_propagate(model)
     np.testing.assert_array_equal(result[3].weight, model[3].weight)
     np.testing.assert_array_equal(result[3].bias, model[3].bias)
 
@@ -343,12 +396,20 @@ def test_the_two_constants_of_a_channel():
     assert c_eval[1] == pytest.approx(0.6 - 0.9 * 0.8 / np.sqrt(0.5 + EPS))  # inside [-1, 1]
 
 
-def test_an_unread_channel_is_zeroed_back_to_its_producer():
+def unread_chain():
+    """Conv 1x1 -> BN -> ReLU -> depthwise 3x3 -> BN -> ReLU -> Conv 1x1 -> BN, float64; channel 2 unread."""
     rng = np.random.default_rng(9)
     model = f64(Conv2d(2, 3, 1, rng=rng), BatchNorm2d(3), ReLU(), DepthwiseConv2d(3, 3, pad=1, rng=rng),
                 BatchNorm2d(3), ReLU(), Conv2d(3, 4, 1, rng=rng), BatchNorm2d(4))
     model[6].weight[:, 2] = 0
-    result = prune_propagate(model)
+    return model, rng
+
+
+@pytest.mark.ex_propagate_2
+def test_an_unread_channel_is_zeroed_back_to_its_producer():
+    model, rng = unread_chain()
+    with waits_for("propagate.1"):
+        result = prune_propagate(model)
     assert not result[0].weight[2].any() and not result[3].weight[2].any()
     for bn in (result[1], result[4]):
         assert bn.weight[2] == 0 and bn.bias[2] == 0
@@ -357,6 +418,8 @@ def test_an_unread_channel_is_zeroed_back_to_its_producer():
     assert_same_function(result, model, x, 1e-12)
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 def test_a_batchnorm_with_zero_gamma_outputs_its_beta_whatever_it_is_fed():
     rng = np.random.default_rng(10)
     model = f64(Conv2d(2, 3, 1, rng=rng), BatchNorm2d(3), ReLU(), Conv2d(3, 2, 1, rng=rng), BatchNorm2d(2))
@@ -372,20 +435,115 @@ def test_a_batchnorm_with_zero_gamma_outputs_its_beta_whatever_it_is_fed():
     assert_same_function(result, model, x, 1e-12)
 
 
+@pytest.mark.ex_propagate_1
 def test_no_fold_into_a_masked_bias_entry_that_would_need_it():
     model, _ = dense_chain(12)
     model[2].masks["bias"] = np.array([True, False])   # bias 1 is pruned: o[1] has nowhere to go
     model[2].bias[1] = 0
-    result = prune_propagate(model)
+    with waits_for("propagate.2"):
+        result = prune_propagate(model)
     np.testing.assert_array_equal(result[2].weight, model[2].weight)
     np.testing.assert_array_equal(result[2].bias, model[2].bias)
 
 
+@pytest.mark.ex_propagate_1
+@pytest.mark.ex_propagate_2
 def test_the_model_outputs_are_never_zeroed():
     model = f64(Conv2d(2, 3, 1), BatchNorm2d(3))
     model[1].weight[1] = 0                       # output channel 1 is the constant beta
     model[1].bias[1] = 0.5
     assert_same_snapshot(snapshot(prune_propagate(model)), snapshot(model))
+
+
+# ---------------------------------------------------------------------------
+# Each sweep on one segment
+# ---------------------------------------------------------------------------
+
+def changed_arrays(before, after):
+    """The state_dict keys whose arrays differ between two models of the same shapes."""
+    a, b = before.state_dict(), after.state_dict()
+    return sorted(key for key in a if not np.array_equal(a[key], b[key]))
+
+
+@pytest.mark.ex_propagate_1
+def test_forward_sweep_folds_a_constant_channel_into_the_batchnorm_after_the_consumer():
+    model = fold_chain()                  # channel 1: 1.3 in train mode, c_eval (below) in eval mode
+    result = model.copy()
+    changed = _forward(segments(result)[0])
+    w = model[3].weight[:, 1, 0, 0]
+    c_eval = float(slopehtanh(np.array(1.3 + 0.8 * 0.4 / np.sqrt(2.0 + EPS))))
+    assert changed is True, "_forward zeroed a slice but returned " + repr(changed)
+    assert changed_arrays(model, result) == ["3.weight", "4.running_mean"], \
+        f"_forward on Conv(3 -> 4) reading a constant channel 1 changed {changed_arrays(model, result)}"
+    assert not result[3].weight[:, 1].any(), f"the consumer still reads channel 1: {result[3].weight[:, 1].ravel()}"
+    np.testing.assert_allclose(result[4].running_mean, model[4].running_mean - w * c_eval, rtol=1e-12,
+                               err_msg=f"the running mean must drop by W[:, 1] * c_eval = {w * c_eval}")
+    assert _forward(segments(result)[0]) is False, "a second forward sweep changed something"
+
+
+@pytest.mark.ex_propagate_1
+def test_forward_sweep_zeroes_a_zero_channel_without_a_fold():
+    model = fold_chain()
+    set_statistics(model[1], [1.2, 0.0, 1.1], [0.1, 0.0, -0.3], [0.3, -0.4, 0.2], [0.5, 2.0, 1.5])   # channel 1: 0
+    result = model.copy()
+    assert _forward(segments(result)[0]) is True
+    assert changed_arrays(model, result) == ["3.weight"], \
+        f"_forward on a channel that is 0 in both modes changed {changed_arrays(model, result)}, expected 3.weight"
+    assert not result[3].weight[:, 1].any() and result[3].weight[:, [0, 2]].all()
+
+
+@pytest.mark.ex_propagate_1
+def test_forward_sweep_folds_equal_constants_into_the_consumers_bias():
+    model, _ = dense_chain(5)             # channel 2 is 0.7 in both modes; no BatchNorm after the consumer
+    model[2].bias[:] = [0.05, -0.05]
+    result = model.copy()
+    assert _forward(segments(result)[0]) is True
+    want = model[2].bias + 0.7 * model[2].weight[:, 2]
+    np.testing.assert_allclose(result[2].bias, want, rtol=1e-12,
+                               err_msg=f"Dense bias [0.05, -0.05] must rise by 0.7 * W[:, 2]: to {want}")
+    assert not result[2].weight[:, 2].any() and changed_arrays(model, result) == ["2.bias", "2.weight"]
+
+
+@pytest.mark.ex_propagate_1
+def test_forward_sweep_leaves_what_it_cannot_fold_alone():
+    for model in (padded_chain(), dense_chain(12)[0]):
+        if isinstance(model[2], Dense):
+            model[2].masks["bias"] = np.array([True, False])
+        result = model.copy()
+        assert _forward(segments(result)[0]) is False, f"_forward changed {changed_arrays(model, result)}"
+        assert changed_arrays(model, result) == [], \
+            f"_forward changed {changed_arrays(model, result)} of {type(model[3]).__name__}, which cannot take the fold"
+
+
+@pytest.mark.ex_propagate_2
+def test_backward_sweep_zeroes_the_producer_batchnorms_and_depthwise_filter_of_an_unread_channel():
+    model, _ = unread_chain()
+    for bn in (model[1], model[4]):
+        set_statistics(bn, [1.2, 0.8, 1.1], [0.1, 1.3, -0.3], [0.3, -0.4, 0.2], [0.5, 2.0, 1.5])
+    model[0].masks["weight"] = np.ones(model[0].weight.shape, dtype=bool)
+    result = model.copy()
+    changed = _backward(segments(result)[0])
+    assert changed is True, "_backward zeroed channel 2 but returned " + repr(changed)
+    made = ["0.weight", "1.weight", "1.bias", "3.weight", "4.weight", "4.bias"]
+    assert changed_arrays(model, result) == sorted(made), \
+        (f"channel 2 is read by nobody: _backward changed {changed_arrays(model, result)}, expected {sorted(made)} "
+         "(conv row, both BatchNorms' gamma and beta, the depthwise filter; not the running statistics)")
+    for key in made:
+        value = result.state_dict()[key]
+        assert not value[2].any() and value[:2].all(), f"{key}: channel 2 must be zero, channels 0 and 1 kept"
+    assert not result[0].masks["weight"][2].any(), "the conv's mask must lose row 2"
+    assert _backward(segments(result)[0]) is False, "a second backward sweep changed something"
+
+
+@pytest.mark.ex_propagate_2
+def test_backward_sweep_follows_a_new_per_channel_layer_through_its_declaration():
+    model = Chain(Conv2d(2, 4, 1, rng=np.random.default_rng(13)), BatchNorm2d(4), ChannelScale(4), ReLU(),
+                  Conv2d(4, 3, 1, rng=np.random.default_rng(14))).to(np.float64)
+    model[4].weight[:, 1] = 0
+    result = model.copy()
+    assert _backward(segments(result)[0]) is True
+    assert result[2].scale[1] == 0 and result[2].scale[[0, 2, 3]].all(), \
+        f"ChannelScale declares scale's channels on axis 0: expected scale[1] zeroed, got {result[2].scale}"
 
 
 # ---------------------------------------------------------------------------

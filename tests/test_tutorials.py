@@ -15,7 +15,7 @@ import runpy
 
 import pytest
 
-pytestmark = pytest.mark.tutorials
+pytestmark = [pytest.mark.tutorials, pytest.mark.integration]   # runs the whole pipeline: see conftest.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_RESIZED_MULTS = 3_680_115      # the course text's "Resized MobileNet Mults"
@@ -203,3 +203,10 @@ def test_sensitivity_tutorial_compares_with_uniform_pruning(sensitivity):
         assert 0 <= sensitivity["recalibrated"][name] <= 1
         assert is_whole_share(sensitivity["recalibrated"][name], QUICK_VAL_IMAGES)
     assert sensitivity["calibration_images"] == 64
+
+
+def test_a_test_of_the_whole_pipeline_carries_every_chapter_and_exercise_marker(request):
+    from tinyprune.tools.exercises import CHAPTERS, EXERCISES, marker
+    names = {mark.name for mark in request.node.iter_markers()}
+    assert set(CHAPTERS) <= names
+    assert {marker(exercise.id) for exercise in EXERCISES} <= names

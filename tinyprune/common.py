@@ -9,10 +9,12 @@ tables the same way.
 * ``atomic_write``: write a file through a temporary name and a rename, so a
   reader sees the old file or the whole new one, never half of one;
 * ``format_table``: an aligned text table with rules under the header and
-  above a total row;
-* ``data_dir``: where data sets, caches and the shipped checkpoint live.
+  above a total row, and ``format_html_table``, the same table for Jupyter;
+* ``data_dir``: where data sets, caches and the shipped checkpoint live;
+* ``output_dir``: the folder each program writes its figures and files into.
 """
 
+import html
 import numbers
 import os
 import tempfile
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["check_int", "check_number", "check_level", "check_bool", "atomic_write", "format_table", "data_dir"]
+__all__ = ["check_int", "check_number", "check_level", "check_bool", "atomic_write", "format_table",
+           "format_html_table", "data_dir", "output_dir"]
 
 
 # ---------------------------------------------------------------------------
@@ -168,6 +171,29 @@ def format_table(header, rows, left=1, total=None, title=None):
     return "\n".join(lines)
 
 
+def format_html_table(header, rows, left=1, total=None, title=None):
+    """``format_table``'s table as HTML, for Jupyter's ``_repr_html_``: same arguments, same cells.
+
+    The first ``left`` columns are left-aligned, the rest right-aligned; the
+    ``total`` row goes in the table's foot, the ``title`` in its caption.
+    Every cell is escaped, so a layer path such as ``[0][7]`` shows as typed.
+    """
+    def line(cells, tag):
+        aligned = [(html.escape(str(cell), quote=False), "left" if i < left else "right")
+                   for i, cell in enumerate(cells)]
+        return "<tr>" + "".join(f'<{tag} style="text-align:{side}">{text}</{tag}>' for text, side in aligned) + "</tr>"
+
+    parts = ["<table>"]
+    if title:
+        parts.append(f"<caption>{html.escape(str(title), quote=False)}</caption>")
+    parts.append("<thead>" + line(header, "th") + "</thead>")
+    parts += ["<tbody>"] + [line(row, "td") for row in rows] + ["</tbody>"]
+    if total is not None:
+        parts.append("<tfoot>" + line(total, "th") + "</tfoot>")
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
 # ---------------------------------------------------------------------------
 # Folders
 # ---------------------------------------------------------------------------
@@ -192,3 +218,13 @@ def data_dir():
     if (repo / "setup.cfg").is_file():
         return repo / "data"
     return Path.home() / ".cache" / "tinyprune"
+
+
+def output_dir(name):
+    """The folder a program writes its files into: ``<base>/<name>``, as a Path (not created).
+
+    ``<base>`` is ``$TINYPRUNE_OUT`` if set, else ``./tinyprune-out``; each
+    program (the main job: ``"main"``, each tutorial: its name) has its own
+    subfolder, so no run overwrites another's figures.
+    """
+    return Path(os.environ.get("TINYPRUNE_OUT") or "tinyprune-out") / name

@@ -30,9 +30,10 @@ Three rules:
     for whole channels.
 """
 
+
 import numpy as np
 
-from .common import check_int, format_table
+from .common import check_int, format_html_table, format_table
 from .layers import Conv2d, Dense, DepthwiseConv2d, Layer
 from .model import TUTORIAL_INPUT
 
@@ -85,7 +86,12 @@ def layer_dot_prods(layer, patches, rule):
 
 
 class DotProdTable(list):
-    """Rows ``(path, type, output shape, mults, adds)``; ``str()`` gives an aligned table."""
+    """Rows ``(path, type, output shape, mults, adds)``; ``str()`` gives an aligned table.
+
+    At a prompt (``repr``) it shows that table too, and in Jupyter an HTML
+    table with the same columns and total row; it is still a list of tuples
+    to index, loop over and compare.
+    """
 
     def __init__(self, rows, rule):
         super().__init__(rows)
@@ -99,11 +105,21 @@ class DotProdTable(list):
     def adds(self):
         return sum(row[4] for row in self)
 
-    def __str__(self):
+    def _cells(self):
+        """``format_table``'s arguments: header, rows and total as strings, the title."""
         rows = [(path, kind, str(shape), f"{mults:,}", f"{adds:,}") for path, kind, shape, mults, adds in self]
-        return format_table(("layer", "type", "output shape", "mults", "adds"), rows, left=3,
-                            total=("total", "", "", f"{self.mults:,}", f"{self.adds:,}"),
-                            title=f"dot products, rule {self.rule!r}")
+        return dict(header=("layer", "type", "output shape", "mults", "adds"), rows=rows, left=3,
+                    total=("total", "", "", f"{self.mults:,}", f"{self.adds:,}"),
+                    title=f"dot products, rule {self.rule!r}")
+
+    def __str__(self):
+        return format_table(**self._cells())
+
+    def __repr__(self):
+        return str(self)
+
+    def _repr_html_(self):
+        return format_html_table(**self._cells())
 
 
 def dot_prod_table(model, input_shape, rule="reference"):

@@ -37,11 +37,16 @@ MOBILENET_CONFIG = (
 )
 
 
+# The BatchNorm gammas a new MobileNet starts with, by ``init``: "flux" is
+# Flux's (and PyTorch's) gamma = 1; "calm" halves it so that the network
+# trains from scratch (MobileNet's docstring says why).
+BATCHNORM_GAMMA = {"calm": 0.5, "flux": 1.0}
+
 MAX_WEIGHTS = 2 ** 28   # conv and dense weights; the tutorial's model has 224,048, width 1 has 4.2 million
 
 
 def MobileNet(activation="slopehtanh", width_mult=1.0, fcsize=1024, nclasses=1000, inchannels=3,
-              seed=None, rng=None, dtype=np.float32):
+              seed=None, rng=None, dtype=np.float32, init="calm"):
     """Build MobileNet v1 with every channel count scaled by ``width_mult`` (truncated).
 
     ``MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1)`` is the tutorial's
@@ -50,6 +55,21 @@ def MobileNet(activation="slopehtanh", width_mult=1.0, fcsize=1024, nclasses=100
     ``seed`` (an integer >= 0) or ``rng`` (a ``numpy.random.Generator``)
     makes the Glorot initialisation reproducible.  ``dtype`` is float32 or
     float64.  New models start in train mode.
+
+    ``init`` chooses the starting BatchNorm gammas; every random draw is the
+    same for both, so a seed gives the same conv and dense weights:
+
+    * ``"calm"`` (the default): gamma = 0.5.  The network trains from scratch.
+    * ``"flux"``: gamma = 1, Flux's exact initialisation.  Each BatchNorm
+      then hands the activation unit-variance inputs; for slopehtanh a
+      third of them lie beyond +-1, where its slope flips to -1/4, and 27
+      such folds in a row make the untrained network chaotic: Adam finds
+      little to follow, and training stays near chance for epochs.
+      Halving gamma keeps most units in slopehtanh's linear middle.  (The
+      README and ``tutorials/layers.py`` tell the longer story.)
+
+    No count depends on ``init``: pruning and counting read the conv and
+    dense weights only.
 
     Every argument is checked before anything is allocated; a configuration
     of more than ``MAX_WEIGHTS`` weights (a width_mult of 100 instead of
@@ -60,6 +80,7 @@ def MobileNet(activation="slopehtanh", width_mult=1.0, fcsize=1024, nclasses=100
     check_int(nclasses, "nclasses", "MobileNet")
     check_int(inchannels, "inchannels", "MobileNet")
     _check_dtype(dtype)
+    gamma = _check_init(init)
     groups = _groups(width_mult, inchannels)
     _check_size(groups, fcsize, nclasses)
     try:
@@ -68,27 +89,37 @@ def MobileNet(activation="slopehtanh", width_mult=1.0, fcsize=1024, nclasses=100
     except (TypeError, ValueError) as error:
         raise type(error)(f"MobileNet: {error}") from None
 
-    layers = []
-    for depthwise, c_in, c_out, stride in groups:
-        if depthwise:
-            layers += [DepthwiseConv2d(c_in, 3, stride=stride, pad=1, rng=rng, dtype=dtype),
-                       BatchNorm2d(c_in, dtype=dtype),
-                       activation_layer(activation),
-                       Conv2d(c_in, c_out, 1, rng=rng, dtype=dtype),
-                       BatchNorm2d(c_out, dtype=dtype),
-                       activation_layer(activation)]
-        else:
-            layers += [Conv2d(c_in, c_out, 3, stride=stride, pad=1, rng=rng, dtype=dtype),
-                       BatchNorm2d(c_out, dtype=dtype),
-                       activation_layer(activation)]
+    backbone = _backbone(groups, activation, gamma, rng, dtype)
     c_in = groups[-1][2]
-    backbone = Chain(*layers)
     head = Chain(GlobalMeanPool(),
                  Flatten(),
                  Dense(c_in, fcsize, rng=rng, dtype=dtype),
                  activation_layer(activation),
                  Dense(fcsize, nclasses, rng=rng, dtype=dtype))
     return Chain(backbone, head)
+
+
+def _backbone(groups, activation, gamma, rng, dtype):
+    """The backbone Chain: the groups' convs drawn from ``rng`` in order, every BatchNorm gamma at ``gamma``."""
+    def batchnorm(channels):
+        layer = BatchNorm2d(channels, dtype=dtype)
+        layer.weight[:] = gamma
+        return layer
+
+    layers = []
+    for depthwise, c_in, c_out, stride in groups:
+        if depthwise:
+            layers += [DepthwiseConv2d(c_in, 3, stride=stride, pad=1, rng=rng, dtype=dtype),
+                       batchnorm(c_in),
+                       activation_layer(activation),
+                       Conv2d(c_in, c_out, 1, rng=rng, dtype=dtype),
+                       batchnorm(c_out),
+                       activation_layer(activation)]
+        else:
+            layers += [Conv2d(c_in, c_out, 3, stride=stride, pad=1, rng=rng, dtype=dtype),
+                       batchnorm(c_out),
+                       activation_layer(activation)]
+    return Chain(*layers)
 
 
 def _groups(width_mult, inchannels):
@@ -117,6 +148,16 @@ def _check_size(groups, fcsize, nclasses):
     if weights > MAX_WEIGHTS:
         raise ValueError(f"MobileNet: this configuration has {weights:,} conv and dense weights, more than "
                          f"MAX_WEIGHTS = {MAX_WEIGHTS:,}; check width_mult, fcsize, nclasses and inchannels")
+
+
+def _check_init(init):
+    """The starting BatchNorm gamma that ``init`` names, or an error listing the names."""
+    names = " or ".join(map(repr, BATCHNORM_GAMMA))
+    if not isinstance(init, str):
+        raise TypeError(f"MobileNet: init must be the string {names}, got {init!r}")
+    if init not in BATCHNORM_GAMMA:
+        raise ValueError(f"MobileNet: init must be {names}, got {init!r}")
+    return BATCHNORM_GAMMA[init]
 
 
 def _check_dtype(dtype):

@@ -29,14 +29,16 @@ from collections import namedtuple
 
 from .activations import slopehtanh
 from .count import RULES, dot_prod_table
+from .layers import Conv2d, Dense, DepthwiseConv2d
 from .model import TUTORIAL_INPUT, MobileNet
 from .propagate import prune_propagate
 from .prune import ChannelPrune, LevelPrune, keepprune, prune
 from .resize import resize
 from .train import trainer
 
-__all__ = ["TUTORIAL_INPUT", "Stage", "ChannelStages", "tutorial_model", "count_rules",
-           "bake_and_propagate", "prune_and_resize", "tutorial_stages", "finetune"]
+__all__ = ["TUTORIAL_INPUT", "Stage", "ChannelStages", "tutorial_model", "check_tutorial_model",
+           "count_rules", "bake_and_propagate", "prune_and_resize", "tutorial_stages", "finetune",
+           "layer_labels_by_path"]
 
 
 Stage = namedtuple("Stage", "label model counts")
@@ -59,6 +61,25 @@ def tutorial_model(seed=0):
     features, and one logit: "is there a person in the picture?".
     """
     return MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed)
+
+
+def check_tutorial_model(model, where):
+    """ValueError naming ``where`` unless ``model`` takes the tutorial's images and gives one logit.
+
+    The pipeline feeds batches of 96 x 96 RGB images, (N, 3, 96, 96), and
+    trains and scores one logit per image, (N, 1): "is there a person?".
+    Checked on shapes alone (``output_shape``), so it costs nothing.
+    """
+    images = (2,) + TUTORIAL_INPUT[1:]
+    try:
+        out = tuple(model.output_shape(images))
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"{where}: the model does not take the tutorial's images, "
+                         f"shape (N, 3, 96, 96): {error}") from None
+    if out not in ((2,), (2, 1)):
+        raise ValueError(f"{where}: for a batch of 2 images the model gives shape {out}; the tutorial "
+                         "scores one logit per image, shape (N, 1), as MobileNet(..., nclasses=1)")
+    return model
 
 
 def count_rules(model, input_shape=TUTORIAL_INPUT):
@@ -124,3 +145,30 @@ def finetune(model, epochs, data, seed=0, progress=True):
     trainer(tuned, epochs, data=data, seed=seed, progress=progress,
             callback=lambda epoch, batch, loss: batch_losses.append(float(loss)))
     return tuned, batch_losses
+
+
+# ---------------------------------------------------------------------------
+# Naming layers and folders (until count.py and common.py have these)
+# ---------------------------------------------------------------------------
+
+def layer_labels_by_path(model):
+    """``{path: label}`` of the conv and dense layers: ``{"[0][0]": "conv1", "[0][3]": "dw1", ...}``.
+
+    The labels the figures use (``plots.layer_labels``): one counter per
+    kind, ``conv`` (a full convolution), ``dw`` (depthwise), ``pw``
+    (pointwise, 1 x 1) and ``fc`` (dense), in forward order.  Written here
+    without matplotlib so that ``tinyprune count`` need not load it.
+    """
+    seen, labels = {}, {}
+    for path, layer in model.named_layers():
+        if isinstance(layer, DepthwiseConv2d):
+            kind = "dw"
+        elif isinstance(layer, Dense):
+            kind = "fc"
+        elif isinstance(layer, Conv2d):
+            kind = "pw" if layer.kernel == (1, 1) else "conv"
+        else:
+            continue
+        seen[kind] = seen.get(kind, 0) + 1
+        labels[path] = f"{kind}{seen[kind]}"
+    return labels

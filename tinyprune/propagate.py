@@ -431,13 +431,33 @@ def channel_constants(seg):
 
 
 def _forward(seg):
-    """Zero the consumer's slices of zero channels and fold constant ones; True if changed.
+    """The forward sweep on one segment: zero the consumer's slices of zero channels, fold constant ones.
 
-    A fold of channel j with constant (t, e) and per-output weight sums
-    ``s[i] = sum(W[i, j])``: the consumer's output loses ``o = c * s`` when
-    its slice is zeroed, which we give back either to the BatchNorm right
-    after it (``running_mean -= s * e``; train mode's batch mean follows by
-    itself) or, if t == e, to its bias (``bias += s * t``).
+    Given above the fence: ``constant, c_train, c_eval`` (C,), channel j a
+    known constant at the consumer (``channel_constants``), ``c_train[j]`` in
+    train and ``c_eval[j]`` in eval mode; ``reading`` (O, C, block) float64,
+    ``reading[i, j, :]`` the weights with which output i reads channel j
+    (``read``: any of them non-zero); ``padded``; ``bn``, the BatchNorm2d on
+    the consumer's O outputs right after it, or None; ``has_bias`` and
+    ``bias_kept`` (O,), the consumer's bias mask (all True unmasked).
+
+    For every constant, read channel j, in index order: if both constants
+    are 0, zero its slice.  Else the channel adds ``o = c * s`` to every
+    pixel of the consumer's outputs, ``s[i] = reading[i, j, :].sum()``,
+    unless the consumer is padded (its borders read zeros too: leave j).
+    Zero the slice only where o can be given back exactly: (a) to ``bn``,
+    whose train-mode batch mean drops by o too, by lowering its
+    ``running_mean`` by ``s * c_eval[j]``; else (b) to the consumer's bias,
+    ``bias += s * c_train[j]``, if it has one, ``c_train[j] == c_eval[j]``
+    and every output i with a non-zero share has a kept bias entry; else
+    leave j alone.  The derivation is in the module docstring ("At the
+    consumer").
+
+    Zero a slice with ``_zero`` (it unmasks, and says whether anything
+    changed) at ``seg.consumer_index(j)`` of the array ``seg.reading_array``.
+    Sum the shifts over the channels in float64; write ``bn.running_mean``
+    and ``consumer.bias`` once at the end, as new arrays of their own dtype,
+    only if the shift is not all zero.  Return True if a slice changed.
     """
     constant, c_train, c_eval = channel_constants(seg)
     reading = seg.reading_weights()                 # (O, C, block)
@@ -450,6 +470,7 @@ def _forward(seg):
     has_bias = getattr(consumer, "bias", None) is not None
     bias_kept = consumer.masks.get("bias", np.ones(O, bool)) if has_bias else None
 
+    ### BEGIN SOLUTION
     running_mean_shift = np.zeros(O)     # accumulated in float64, written once
     bias_shift = np.zeros(O)
     changed = False
@@ -472,6 +493,7 @@ def _forward(seg):
     if bias_shift.any():
         consumer.bias = (consumer.bias + bias_shift).astype(consumer.bias.dtype)
     return changed
+    ### END SOLUTION
 
 
 # ---------------------------------------------------------------------------
@@ -479,16 +501,34 @@ def _forward(seg):
 # ---------------------------------------------------------------------------
 
 def _backward(seg):
-    """Zero everything that makes a channel the consumer no longer reads; True if changed.
+    """The backward sweep on one segment: zero everything that makes a channel nobody reads.
 
-    That is every trained array carrying the channel from the producer on:
-    the producer's row and bias, a depthwise filter, BatchNorm gamma and beta.
+    Returns True if anything changed.  ``seg.unread()`` (C,) is True for
+    channel j when the consumer's whole input slice for j is zero: nothing
+    after the segment sees channel j, so whatever makes it can be zeroed
+    without changing the model.  That is every *trained* array that carries
+    channel j, in every layer of the segment before the consumer: the
+    producer (``seg.producer``: its row j and its bias j) and each
+    per-channel layer in between (``seg.inner``, a list of (path, layer): a
+    depthwise conv's filter j, a BatchNorm's gamma j and beta j -- not its
+    running statistics, which are not trained and only describe the
+    values).  The model's outputs have no consumer; they are never in a
+    segment.
+
+    Each layer declares which of its arrays carry its output channels, and
+    along which axis (``layer.out_channel_arrays``, {name: axis}); a conv
+    without a bias declares one but holds None.  ``held_arrays`` and
+    ``Segment.channel_arrays`` list what a layer holds, ``channel_index``
+    indexes channel j along an axis, and ``_zero`` zeroes entries (dropping
+    them from the array's mask) and says whether anything changed.
     """
+    ### BEGIN SOLUTION
     changed = False
     for j in np.flatnonzero(seg.unread()):
         for layer, name, axis in seg.channel_arrays(parameters_only=True):
             changed |= _zero(layer, name, channel_index(axis, j))
     return changed
+    ### END SOLUTION
 
 
 def prune_propagate(model):

@@ -30,7 +30,7 @@ from collections import namedtuple
 import numpy as np
 
 from .activations import identity
-from .common import check_int, format_table
+from .common import check_int, format_html_table, format_table
 from .layers import Chain, Dense, Layer, layer_at, parse_path
 from .strategies import WEIGHTED_LAYERS, PruningStrategy, check_weights
 # re-exported, so that ``from tinyprune.prune import LevelPrune`` keeps working
@@ -158,7 +158,8 @@ def _add_mask(layer, name, keep):
     old = layer.masks.get(name)
     keep = keep if old is None else old & keep
     layer.masks[name] = keep
-    getattr(layer, name)[~keep] = 0
+    value = getattr(layer, name)
+    value[~keep] = 0
 
 
 def _strategy_mask(strategy, layer, path):
@@ -179,11 +180,9 @@ def _channel_parameters(layer):
 def _prune_channels(strategy, layer, following, keep):
     """Mask the channels a channel strategy pruned in the other parameters that carry them.
 
-    Those are ``layer``'s own (a bias) and those of the next leaf if it keeps
-    the same channels apart and the strategy does not prune it for itself (a
-    depthwise conv is ranked on its own): a BatchNorm, whose gamma and beta
-    would turn a zero channel into a non-zero constant.  A mask that keeps
-    part of a channel is refused.
+    ``keep`` is the strategy's mask of ``layer.weight``; it must keep or
+    prune each output channel whole (a mask that keeps part of one is
+    refused).  The masking is ``_mask_channel_parameters``'s.
     """
     rows = np.moveaxis(keep, layer.out_channel_arrays["weight"], 0)
     rows = rows.reshape(rows.shape[0], -1)
@@ -192,6 +191,37 @@ def _prune_channels(strategy, layer, following, keep):
     if split.size:
         raise ValueError(f"{strategy!r} prunes whole channels (structure 'channels'), but its mask "
                          f"keeps only part of output channel(s) {split[:5].tolist()}")
+    _mask_channel_parameters(strategy, layer, following, kept)
+
+
+def _mask_channel_parameters(strategy, layer, following, kept):
+    """Mask a pruned channel in the other parameters that make it: ``layer``'s bias, the next BatchNorm.
+
+    ``kept``: (C,) bool, False for the output channels of ``layer`` that
+    ``strategy`` pruned (their weights get masked by ``prune`` itself);
+    ``following``: the leaf after ``layer`` in the model, or None.  Zeroing
+    a channel's weights is not enough to silence it: the forward pass
+    still adds ``layer``'s bias j, and a BatchNorm after it outputs
+    ``beta_j`` in train mode (the zero channel equals its batch mean) and
+    ``beta_j - gamma_j * mean_j / sqrt(var_j + eps)`` in eval mode.  So mask
+    channel j, too, in
+
+    * ``layer``'s own trained arrays that carry its output channels, other
+      than the weight (a conv's bias; absent when the conv has none);
+    * the trained arrays of ``following``, if it keeps channels apart
+      (``mixes_channels is False``) and ``strategy`` does not prune it for
+      itself (``strategy.can_prune(following)`` is False: ChannelPrune ranks
+      a depthwise conv on its own): a BatchNorm's gamma and beta (its
+      running statistics are not trained, and stay).
+
+    Each layer declares its output-channel arrays as ``{name: axis}``
+    (``layer.out_channel_arrays``; ``_channel_parameters(layer)`` lists the
+    trained ones).  Mask only an array whose channel axis has ``len(kept)``
+    entries, with a keep-mask of the array's own shape (``kept`` spread
+    along the other axes), through ``_add_mask(owner, name, mask)``, which
+    combines it with an older mask and zeroes the stored entries.
+    """
+    ### BEGIN SOLUTION
     arrays = [(layer, name, axis) for name, axis in _channel_parameters(layer) if name != "weight"]
     if following is not None and following.mixes_channels is False and not strategy.can_prune(following):
         arrays += [(following, name, axis) for name, axis in _channel_parameters(following)]
@@ -201,6 +231,7 @@ def _prune_channels(strategy, layer, following, keep):
             along = [1] * value.ndim
             along[axis] = -1
             _add_mask(owner, name, np.broadcast_to(kept.reshape(along), value.shape).copy())
+    ### END SOLUTION
 
 
 def _prune_whole_model(strategy, layers):
@@ -288,14 +319,25 @@ def keepprune(model):
 
     Training the result may regrow the zeroed weights, since nothing keeps
     them at zero any more.  ``model`` itself is not changed.
+
+    How: copy the model (``model.copy()``, a deep copy, masks included).
+    Every leaf layer of the copy (``named_layers()``) holds its masks in
+    ``layer.masks``, a dict from an array's name (``"weight"``, ``"bias"``)
+    to a boolean array of that array's shape, True = kept.  Set the copy's
+    array to 0 wherever its mask is False -- a mask may hide a non-zero
+    stored value (the forward pass reads ``layer.effective(name)``, the
+    array times its mask), and the baked array must hold what the forward
+    pass used -- then leave the layer with no masks (an empty dict).
     """
     _check_model(model, "keepprune")
+    ### BEGIN SOLUTION
     baked = model.copy()
     for _, layer in baked.named_layers():
         for name, keep in layer.masks.items():
             getattr(layer, name)[~keep] = 0
         layer.masks = {}
     return baked
+    ### END SOLUTION
 
 
 # ---------------------------------------------------------------------------
@@ -308,7 +350,7 @@ and for convolutions the output channels and the all-zero ones (None for Dense).
 
 
 class SparsityTable(list):
-    """Rows of :class:`SparsityRow`, one per conv/dense layer; ``str()`` gives a table.
+    """Rows of :class:`SparsityRow`, one per conv/dense layer; ``str()`` and ``repr()`` give a table.
 
     Totals: ``.weights``, ``.zeros``, ``.fraction`` (zeros / weights), and
     ``.channels``, ``.zero_channels`` summed over the convolutions.  For a
@@ -324,7 +366,8 @@ class SparsityTable(list):
     def fraction(self):
         return self.zeros / self.weights if self.weights else 0.0
 
-    def __str__(self):
+    def _cells(self):
+        """``format_table``'s arguments: header, rows and total, as strings."""
         def channels(c, z):
             return "-" if c is None else f"{z}/{c}"
         header = ("layer", "type", "weights", "zeros", "sparsity", "zero channels")
@@ -333,8 +376,17 @@ class SparsityTable(list):
         total = ("total", "", f"{self.weights:,}", f"{self.zeros:,}", f"{self.fraction:.1%}",
                  channels(self.channels, self.zero_channels))
         if not body:                 # no layers: the total right under the header, one rule
-            return format_table(header, [total], left=2)
-        return format_table(header, body, left=2, total=total)
+            return dict(header=header, rows=[total], left=2)
+        return dict(header=header, rows=body, left=2, total=total)
+
+    def __str__(self):
+        return format_table(**self._cells())
+
+    def __repr__(self):              # at a prompt, the table itself
+        return str(self)
+
+    def _repr_html_(self):           # in Jupyter, the same table in HTML
+        return format_html_table(**self._cells())
 
 
 def sparsity(model):

@@ -71,27 +71,60 @@ def channel_counts(model):
     return rows
 
 
-def _take(layer, name, index):
-    """Replace ``layer.<name>`` (and its mask) by the entries at ``index``, as a fresh array."""
-    setattr(layer, name, np.ascontiguousarray(getattr(layer, name)[index]))
-    if name in layer.masks:
-        layer.masks[name] = np.ascontiguousarray(layer.masks[name][index])
-    layer.grads = {}       # old gradients have the old shapes
-    layer._cache = None
+def _slice_segment(seg, channels, consumer_index):
+    """Keep only ``channels`` of the segment ``seg``, in that order, in every array that carries them.
+
+    ``seg``: a :class:`tinyprune.propagate.Segment` of C channels, from
+    ``seg.producer`` through the per-channel layers ``seg.inner`` (a list
+    of (path, layer)) to ``seg.consumer``; ``channels``: (C',) channel
+    numbers; ``consumer_index``: the index into the consumer's reading
+    array (``seg.reading_array``, its weight) that selects what reads
+    ``channels`` -- computed by the caller before any change, because it
+    depends on the producer's channel count, which this cut changes.
+
+    Replace, by the entries for ``channels`` along the array's channel axis:
+
+    * every array of the producer and of each layer in ``seg.inner`` that
+      carries their output channels (declared as ``{name: axis}`` in
+      ``layer.out_channel_arrays``; a conv without a bias holds None there):
+      the producer's weight (C, ...) -> (C', ...) and bias, a depthwise
+      filter (C, 1, KH, KW) -> (C', 1, KH, KW), a BatchNorm's gamma, beta
+      *and running statistics* (eval mode uses them; sliced, never reset);
+      ``seg.channel_arrays()`` lists them as (layer, name, axis) and
+      ``channel_index(axis, channels)`` is the index along one axis;
+    * the consumer's reading array at ``consumer_index``: a conv's input
+      slices ``W[:, channels]``, its axis 1 (axis 0 is its outputs, which
+      the next segment may cut), a dense layer's columns.
+
+    Each new array is a fresh C-contiguous one (``np.ascontiguousarray``),
+    and an array that carries a mask (``layer.masks[name]``) gets its mask
+    cut by the same index.  Nothing else changes, so the model still
+    computes what it did if the channels left out were read by nobody.
+    """
+    ### BEGIN SOLUTION
+    cuts = [(layer, name, channel_index(axis, channels)) for layer, name, axis in seg.channel_arrays()]
+    cuts.append((seg.consumer, seg.reading_array, consumer_index))
+    for layer, name, index in cuts:
+        setattr(layer, name, np.ascontiguousarray(getattr(layer, name)[index]))
+        if name in layer.masks:
+            layer.masks[name] = np.ascontiguousarray(layer.masks[name][index])
+    ### END SOLUTION
 
 
 def _select_channels(selections):
     """Keep, for each ``(segment, channels, consumer_index)``, the ``channels`` in that order.
 
     Every array the segment's channels cross is cut (or permuted) along its
-    channel axis, and the consumer's reading array at ``consumer_index``.
-    That index must be computed before any change: a cut producer changes
-    the channel count it is computed from.
+    channel axis, and the consumer's reading array at ``consumer_index``
+    (``_slice_segment``).  That index must be computed before any change: a
+    cut producer changes the channel count it is computed from.  The layers
+    cut forget their gradients and forward caches, which have the old shapes.
     """
     for seg, channels, consumer_index in selections:
-        for layer, name, axis in seg.channel_arrays():
-            _take(layer, name, channel_index(axis, channels))
-        _take(seg.consumer, seg.reading_array, consumer_index)
+        _slice_segment(seg, channels, consumer_index)
+        for layer in [layer for layer, _, _ in seg.channel_arrays()] + [seg.consumer]:
+            layer.grads = {}
+            layer._cache = None
 
 
 def resize(model, return_record=False):

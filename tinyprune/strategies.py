@@ -178,16 +178,41 @@ class LevelPrune(PruningStrategy):
         return f"{type(self).__name__}({self.p})"
 
     def __call__(self, w, keep=None):
+        """The keep-mask of ``w`` without its ``n - ceil((1 - p) n)`` smallest magnitudes.
+
+        ``w``: one weight array of any shape (OIHW for a conv, (out, in) for
+        a dense layer), n = ``w.size`` entries.  ``keep``: the boolean mask
+        it already carries, of ``w``'s shape, True = still kept (None, nothing
+        pruned yet, arrives here as all True).  Returns a new boolean array
+        of ``w``'s shape with exactly ``_n_pruned(self.p, w.size)`` entries
+        False (that helper computes ``n - ceil((1 - p) n)``).
+
+        Which entries: read ``w`` flattened in C order and rank its entries
+        by three keys, the first deciding first, and prune the lowest-ranked:
+
+        1. already masked before still kept (``keep`` False first), whatever
+           value a masked entry holds, so a level counts from the full size;
+        2. then by magnitude ``|w|``, smallest first;
+        3. then by position, the lower flat index first.
+
+        Magnitude, not signed value: removing -0.9 changes the layer's
+        output as much as removing 0.9 (Han et al., "Learning both Weights
+        and Connections for Efficient Neural Networks", 2015, prune the
+        weights of smallest absolute value).  ``np.lexsort`` ranks by
+        several keys (its *last* key is the first one) and is stable.
+        """
         w = np.asarray(w)
         keep = check_weights(w, keep, repr(self))
+        ### BEGIN SOLUTION
         magnitude = np.abs(w).ravel()
         # np.lexsort sorts by its *last* key first: masked entries (keep False)
         # come before kept ones, then by magnitude.  It is a stable sort, so
         # equal magnitudes stay in index order.
         order = np.lexsort((magnitude, keep.ravel()))
-        mask = np.ones(w.size, dtype=bool)
-        mask[order[:_n_pruned(self.p, w.size)]] = False
-        return mask.reshape(w.shape)
+        kept = np.ones(w.size, dtype=bool)
+        kept[order[:_n_pruned(self.p, w.size)]] = False
+        return kept.reshape(w.shape)
+        ### END SOLUTION
 
 
 class GlobalLevelPrune(LevelPrune):
@@ -227,9 +252,21 @@ class ThresholdPrune(PruningStrategy):
         return f"ThresholdPrune({self.t})"
 
     def __call__(self, w, keep=None):
+        """The keep-mask of ``w`` that keeps exactly its weights of magnitude ``self.t`` or more.
+
+        ``w``: one weight array of any shape; ``keep``: the mask it already
+        carries (checked, then not needed: ``prune`` combines the old mask
+        with this one, and a masked entry is zero, below any t > 0).
+        Returns a new boolean array of ``w``'s shape, True where ``|w|``
+        reaches the threshold: a weight exactly at t stays, so
+        ``ThresholdPrune(0)`` keeps everything.  Magnitude, not signed
+        value: -0.5 is as large a weight as 0.5 (Han et al., 2015).
+        """
         w = np.asarray(w)
         check_weights(w, keep, repr(self))
+        ### BEGIN SOLUTION
         return np.abs(w) >= self.t
+        ### END SOLUTION
 
 
 class ChannelPrune(PruningStrategy):
@@ -303,28 +340,68 @@ class ChannelPrune(PruningStrategy):
                                    f"scores[{path!r}] holds")
 
     def __call__(self, w, keep=None):
+        """The keep-mask of ``w`` (C_out, ...) without its weakest output channels: the scores.
+
+        ``w``: a conv weight, OIHW (C_out, C_in, KH, KW) or depthwise (C, 1,
+        KH, KW); ``keep``: the mask it already carries, True = kept (None
+        arrives here as all True).  Here, score the channels: give
+        ``self.magnitude`` (``l1`` unless another was asked for) one
+        (C_out, K) array, K = C_in * KH * KW, whose row c is channel ``w[c]``
+        flattened *as the forward pass uses it*, masked entries 0 -- a copy,
+        which the function may change -- and take its (C_out,) answer as
+        ``scores``.  ``_keep_channels``, below, ranks them (the rest of this
+        exercise).
+
+        The score of a channel is its magnitude as a whole: L1 by default,
+        the sum of ``|w|`` over its K weights, since a channel of small
+        weights changes the next layer little (Li et al., "Pruning Filters
+        for Efficient ConvNets", 2017).  Not the signed sum, in which large
+        weights of both signs cancel.
+        """
         if self.scores is not None:
             raise TypeError(f"{self!r} takes its scores by layer path: use it through prune()")
         w = np.asarray(w)
         keep = check_weights(w, keep, repr(self))
+        ### BEGIN SOLUTION
         channels = np.where(keep, w, 0).reshape(w.shape[0], -1)    # (C_out, K), masked entries 0
-        return self._keep_channels(w, keep, np.asarray(self.magnitude(channels.copy())),
-                                   "the magnitude function returned")
+        scores = np.asarray(self.magnitude(channels.copy()))
+        ### END SOLUTION
+        return self._keep_channels(w, keep, scores, "the magnitude function returned")
 
     def _keep_channels(self, w, keep, scores, source):
-        """Prune the lowest-scoring channels: ``scores`` (C_out,) -> a keep-mask of ``w``'s shape."""
+        """Prune the lowest-scoring channels: ``scores`` (C_out,) -> a keep-mask of ``w``'s shape.
+
+        ``w`` (C_out, ...) and its mask ``keep`` as in ``__call__``;
+        ``scores``: (C_out,) finite numbers, higher = more important (from
+        the magnitude function, or given to ``ChannelPrune(p, scores=...)``
+        for this layer).  Returns a new boolean array of ``w``'s shape that
+        is False on every weight of exactly ``_n_pruned(self.p, C_out)``
+        channels (``C_out - ceil((1 - p) C_out)``) and True elsewhere.
+
+        Which channels: rank them by three keys, the first deciding first,
+        and prune the lowest-ranked:
+
+        1. dead before alive: a channel none of whose weights is kept any
+           more goes first, whatever its score (a score function may rate an
+           all-zero channel high), so repeated pruning counts from the full
+           C_out;
+        2. then by score, lowest first;
+        3. then by position, the lower channel index first.
+        """
         c_out = w.shape[0]
         if scores.shape != (c_out,):
             raise ValueError(f"{self!r}: {source} shape {scores.shape} for {c_out} channels "
                              f"of {w.size // max(c_out, 1)} weights; expected ({c_out},)")
         if scores.dtype.kind not in "fiu" or not np.all(np.isfinite(scores)):
             raise ValueError(f"{self!r}: {source} {scores!r}; expected finite numbers, one per channel")
+        ### BEGIN SOLUTION
         alive = keep.reshape(c_out, -1).any(axis=1)        # channels with a weight left
         order = np.lexsort((scores, alive))                # dead channels first, then by score
         kept = np.ones(c_out, dtype=bool)
         kept[order[:_n_pruned(self.p, c_out)]] = False
         # Spread the (C_out,) decision over each channel's K weights.
         return np.broadcast_to(kept.reshape((-1,) + (1,) * (w.ndim - 1)), w.shape).copy()
+        ### END SOLUTION
 
 
 def _rows(w):

@@ -30,11 +30,12 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
 from .common import check_int
-from .data import IMAGE_SIZE, DataLoader, SyntheticVWW, as_dataset
+from .data import DataLoader, SyntheticVWW, as_dataset, augment_batch
 from .layers import Layer
 from .optim import Adam, DivergenceError, Optimizer, StepLR, first_non_finite
 
@@ -206,30 +207,53 @@ class _RunningSums:
         return f"loss {self.loss_sum / self.seen:.4f} acc {self.correct / self.seen:.3f} {rate:.0f} img/s"
 
 
+def _redraws_in_place(stream):
+    """True if a carriage return on ``stream`` goes back to redraw the line: a terminal or a notebook.
+
+    A Jupyter notebook's output (ipykernel's stream) shows a redrawn line
+    as a terminal does, though its ``isatty()`` says False.  A file, a
+    pipe, a StringIO or a closed stream keeps every redraw.
+    """
+    if type(stream).__module__.startswith("ipykernel."):
+        return True
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 class _ProgressBar:
-    """One line on stderr, redrawn in place with a carriage return."""
+    """One line per epoch on stderr: redrawn in place on a terminal or in a notebook, written once elsewhere.
+
+    On a terminal or in a notebook a carriage return brings the cursor
+    back to redraw the line.  Into a log file or a pipe each redraw would
+    only add to one endless line, so there the bar stays silent until
+    ``close`` writes the epoch's last state and summary as one plain line.
+    """
 
     def __init__(self, total, label, enabled, stream=None):
         self.total, self.label, self.enabled = total, label, enabled
         self.stream = stream or sys.stderr
+        self.redraw = _redraws_in_place(self.stream)
         self.last_draw = 0.0
+        self.line = f"{label} 0/{total}"
 
     def update(self, done, text, force=False):
         if not self.enabled:
             return
-        now = time.perf_counter()
-        if not force and now - self.last_draw < 0.1 and done < self.total:
-            return   # redrawing more often than 10 times a second only costs time
-        self.last_draw = now
         width = 24
         filled = width * done // max(self.total, 1)
-        bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} {text}")
+        self.line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {text}"
+        now = time.perf_counter()
+        if not self.redraw or (not force and now - self.last_draw < 0.1 and done < self.total):
+            return   # redrawing more often than 10 times a second only costs time
+        self.last_draw = now
+        self.stream.write("\r" + self.line)
         self.stream.flush()
 
     def close(self, text=""):
         if self.enabled:
-            self.stream.write(text + "\n")
+            self.stream.write((text if self.redraw else self.line + text) + "\n")
             self.stream.flush()
 
 
@@ -388,8 +412,8 @@ def trainer(model, epochs, optimizer=None, lr=1e-3, batch_size=32, data=None, se
     seed: an integer >= 0 fixing the batch order and the augmentation draws.
     milestones, gamma: a step schedule (``StepLR``): the lr is multiplied by
         ``gamma`` at the start of each milestone epoch, e.g. ``(8,)``.
-    augment: False feeds training images only scaled (any image size);
-        True applies the augmentation, whose output is 96 x 96.
+    augment: False feeds training images only scaled (any size); True applies the
+        augmentation (output min(H, W, 96) a side).  A warning says if validation images differ in size.
     progress: False hides the progress bar (it goes to stderr).
     callback: ``callback(epoch, batch, loss)`` after every training batch.
 
@@ -483,13 +507,36 @@ def _checked_data(model, epochs, batch_size, val_batch_size, data, augment):
     what = "trainer: data[0] (the training set)"
     train_set = _dataset(data[0], what)
     val_set = _dataset(data[1], "trainer: data[1] (the validation set)")
-    # The augmentation crops every image to IMAGE_SIZE x IMAGE_SIZE, whatever its stored size.
-    channels = train_set.images.shape[1]
-    train_shape = (channels, IMAGE_SIZE, IMAGE_SIZE) if augment else train_set.images.shape[1:]
+    train_shape = _training_image_shape(train_set, val_set, augment)
     _check_model_input(model, train_shape, what)
     _check_train_batches(model, train_shape, len(train_set.labels), batch_size, what)
     _check_model_input(model, val_set.images.shape[1:], "trainer: data[1] (the validation set)")
     return train_set, val_set
+
+
+def _training_image_shape(train_set, val_set, augment):
+    """(C, H, W) of a training image as the model gets it; a warning if validation images differ in size.
+
+    The augmentation decides the size of what it gives (a window of
+    min(H, W, 96) a side), so it is asked, on one image, rather than
+    assumed here.  A model trained on one picture size and validated on
+    another (128 x 128 photos cut to 96 x 96 for training but validated
+    whole, say) validates near chance however well it trains: worth a warning.
+    """
+    stored = tuple(train_set.images.shape[1:])
+    shape = stored
+    if augment:
+        shape = tuple(augment_batch(train_set.images[:1], np.random.default_rng(0)).shape[1:])
+    val_shape = tuple(val_set.images.shape[1:])
+    if shape[1:] != val_shape[1:]:
+        def size(s):
+            return f"{s[1]}x{s[2]}"
+        given = f"augment=True turns the {size(stored)} training images into {size(shape)}" if augment else \
+            f"the training images are {size(shape)}"
+        advice = f"; pass augment=False, or {size(shape)} images" if augment else ""
+        warnings.warn(f"trainer: {given} but the validation images are {size(val_shape)}: the model would be "
+                      f"validated on pictures of another size than it learns from{advice}", stacklevel=4)
+    return shape
 
 
 def _bound_optimizer(model, optimizer, lr):

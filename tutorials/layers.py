@@ -33,16 +33,15 @@
 # it, run the tutorial again, and `gradcheck` tells you whether it is right.
 
 # %%
-import os
-from pathlib import Path
 
 import numpy as np
 
+from tinyprune.common import output_dir
 from tinyprune import (BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, Layer, MobileNet, SlopeHTanh,
                        bce_with_logits, gradcheck, slopehtanh)
 from tinyprune import plots
 
-OUT = Path(os.environ.get("TINYPRUNE_OUT", "tinyprune-out")) / "layers"   # this tutorial's figure
+OUT = output_dir("layers")   # this tutorial's figure
 rng = np.random.default_rng(0)
 reports = {}    # name -> what gradcheck found, kept for the last cell
 

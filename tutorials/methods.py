@@ -27,13 +27,12 @@
 # %%
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 
 from tinyprune import (ChannelPrune, GlobalLevelPrune, LevelPrune, compute_dot_prods, evaluate,
                        pretrained, prune, trainer)
-from tinyprune.common import format_table
+from tinyprune.common import format_table, output_dir
 from tinyprune.criteria import batchnorm_scores, magnitude_scores, random_scores, taylor_scores
 from tinyprune.data import SyntheticVWW, to_float
 from tinyprune.gradual import GradualPrune
@@ -49,7 +48,7 @@ VAL_IMAGES = 32 if QUICK else 1000
 BATCH = 32
 BISECTION_STEPS = 4 if QUICK else 12    # 12 halvings of [0, 1]: a level to within 0.0003
 TAYLOR_BATCHES = 1 if QUICK else 4
-OUT = Path(os.environ.get("TINYPRUNE_OUT", "tinyprune-out")) / "methods"
+OUT = output_dir("methods")
 OUT.mkdir(parents=True, exist_ok=True)
 
 # %% [markdown]

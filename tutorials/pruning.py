@@ -26,10 +26,10 @@
 # %%
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
+from tinyprune.common import output_dir
 from tinyprune import plots
 from tinyprune.tools.bench import time_sparse_pointwise
 from tinyprune import (ChannelPrune, LevelPrune, MobileNet, compute_dot_prods, evaluate, keepprune,
@@ -41,7 +41,7 @@ QUICK = os.environ.get("TINYPRUNE_QUICK") == "1"
 TRAIN_IMAGES = 64 if QUICK else None    # None = the full synthetic sets: 8,000 train,
 VAL_IMAGES = 32 if QUICK else None      # 2,000 validation images
 TIMING_BATCH = 4 if QUICK else 64
-OUT = Path(os.environ.get("TINYPRUNE_OUT", "tinyprune-out")) / "pruning"   # this tutorial's figures
+OUT = output_dir("pruning")   # this tutorial's figures
 OUT.mkdir(parents=True, exist_ok=True)
 
 # %% [markdown]

@@ -21,10 +21,10 @@
 
 # %%
 import os
-from pathlib import Path
 
 import numpy as np
 
+from tinyprune.common import output_dir
 from tinyprune import (BatchNorm2d, ChannelPrune, Conv2d, Dense, DepthwiseConv2d, LevelPrune,
                        accuracy, compute_dot_prods, parse_path, pretrained, prune)
 from tinyprune import plots
@@ -38,7 +38,7 @@ CALIBRATION_IMAGES = 64 if QUICK else 1000
 BISECTION_STEPS = 4 if QUICK else 8     # 8 halvings of [0, 0.95] find p to within 0.004
 TOLERANCE = 0.01           # accuracy a layer may lose in the plan (1 point)
 BATCH = 100                # images per forward pass when evaluating
-OUT = Path(os.environ.get("TINYPRUNE_OUT", "tinyprune-out")) / "sensitivity"   # this tutorial's figures
+OUT = output_dir("sensitivity")   # this tutorial's figures
 
 # %% [markdown]
 # ## The model, the data, and a shortcut

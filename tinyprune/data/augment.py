@@ -113,10 +113,12 @@ def augment_batch(images, rng):
     rng: a numpy Generator; the same Generator state gives the same result.
     Per image, independently: rotation uniform in +-10 degrees, translation
     uniform in +-5 % of the height / width per axis, zoom uniform in
-    0.9-1.1, left-right mirror with probability 1/2; then the central 96 x 96
-    window. All four are combined into one affine map and sampled once,
-    bilinearly, with edge pixels repeated outside the frame.
-    Returns float32 (N, C, 96, 96) in [0, 1].
+    0.9-1.1, left-right mirror with probability 1/2; then the central window
+    of S = min(H, W, 96) pixels a side: 96 x 96 on Visual Wake Words, while
+    smaller pictures keep their size, the size validation sees them at. All
+    four are combined into one affine map and sampled once, bilinearly, with
+    edge pixels repeated outside the frame.
+    Returns float32 (N, C, S, S) in [0, 1].
     """
     images = as_pixels(images, "augment_batch")
     if images.ndim != 4:
@@ -132,4 +134,4 @@ def augment_batch(images, rng):
     shifts = rng.uniform(-0.05, 0.05, size=(n, 2)) * np.array([height, width])
     zooms = rng.uniform(0.9, 1.1, size=n)
     flips = rng.random(n) < 0.5
-    return _augment_with(images, angles, shifts, zooms, flips)
+    return _augment_with(images, angles, shifts, zooms, flips, out_size=min(height, width, IMAGE_SIZE))

@@ -13,7 +13,7 @@ class DataLoader:
     """Iterate over a data set in batches of model input.
 
     Each iteration is one epoch and yields ``(x, y)``: x float32
-    (B, C, H, W) in [0, 1] (the stored size, or 96 x 96 when augmenting),
+    (B, C, H, W) in [0, 1] (the stored size, or min(H, W, 96) a side when augmenting),
     y float32 (B,) of 0/1. Iteration k (counting from 0; ``loader.epoch``
     is the next one and may be set to resume) uses a fresh permutation and
     augmentation stream drawn from (seed, k), so two epochs differ while the

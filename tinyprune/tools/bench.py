@@ -33,7 +33,6 @@ on a busy machine they mean less.
 (one repetition, no cold start) for tests: its figures are rough.
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -42,8 +41,8 @@ import tempfile
 import time
 
 from ..common import atomic_write, format_table
-from ..pipeline import TUTORIAL_INPUT, prune_and_resize, tutorial_model
-from .cli import whole_number
+from ..pipeline import TUTORIAL_INPUT, layer_labels_by_path, prune_and_resize, tutorial_model
+from .args import DEBUG_VARIABLE, CommandParser, output_file, whole_number, writable_folder
 
 __all__ = ["main", "time_sparse_pointwise"]
 
@@ -160,6 +159,16 @@ def _sparse_figures(repeats, warmup, threads):
                                  csr_threads=threads)
 
 
+def _conv_channels(full, resized):
+    """Output channels of every full and pointwise conv, before and after resizing, with their labels."""
+    from tinyprune import Conv2d
+    labels = layer_labels_by_path(full)
+    paths = [path for path, layer in full.named_layers() if isinstance(layer, Conv2d)]
+    return {"channel_labels": [labels[path] for path in paths],
+            "channels_full": [layer.c_out for _, layer in full.named_layers() if isinstance(layer, Conv2d)],
+            "channels": [layer.c_out for _, layer in resized.named_layers() if isinstance(layer, Conv2d)]}
+
+
 def _measure(quick, blas_threads):
     """Sections 1, 2, 3 and 6, in this process; returns a dict of figures."""
     import numba
@@ -186,8 +195,7 @@ def _measure(quick, blas_threads):
               "mult_ratio": resized_mults / full_mults,
               "time_ratio_batch64": r["batch64_s"] / figures["inference"]["batch64_s"],
               "saving_efficiency": time_saving / mult_saving,
-              "channels": [layer.c_out for _, layer in resized.named_layers()
-                           if isinstance(layer, tp.Conv2d)]})
+              **_conv_channels(model, resized)})
     figures["resized"] = r
 
     figures["sparse"] = _sparse_figures(repeats, warmup, blas_threads)
@@ -248,7 +256,10 @@ def _run_child(code, env):
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if run.returncode != 0:
-        raise RuntimeError(f"bench: a measuring process failed:\n{run.stderr}")
+        if os.environ.get(DEBUG_VARIABLE):
+            sys.stderr.write(run.stderr)
+        last = (run.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"bench: a measuring process failed (exit code {run.returncode}): {last}")
     return seconds, run.stdout.strip().splitlines()[-1]
 
 
@@ -295,8 +306,10 @@ def _report(fig):
              f"{fig['inference']['batch64_images_per_s']:.0f} images/s",
              f"   batch 1:  {fig['inference']['batch1_ms']:.2f} ms"]
     r = fig["resized"]
+    channels = format_table(["channels"] + r["channel_labels"],
+                            [["full"] + r["channels_full"], ["resized"] + r["channels"]])
     lines += ["3. ChannelPrune(0.5) + keepprune + prune_propagate + resize",
-              f"   channels {r['channels']}",
+              *("   " + line for line in channels.splitlines()),
               f"   dense multiplies {r['dense_mults_resized']:,} of {r['dense_mults_full']:,} "
               f"(ratio {r['mult_ratio']:.3f})",
               f"   batch 64: {r['batch64_s'] * 1e3:.1f} ms   {r['batch64_images_per_s']:.0f} images/s   "
@@ -319,9 +332,8 @@ def _report(fig):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    """Run the benchmark; ``argv`` as for ``python -m tinyprune.tools.bench`` (see ``--help``)."""
-    parser = argparse.ArgumentParser(
+def build_parser():
+    parser = CommandParser(
         prog="tinyprune bench",
         description="Time the tutorial's MobileNet: a training step, inference, the resized model, "
                     "start-up, peak memory, and a sparse (CSR) kernel against dense BLAS. "
@@ -332,22 +344,39 @@ def main(argv=None):
                         help="threads for NumPy's BLAS matrix products (default 1)")
     parser.add_argument("--quick", action="store_true", help="a rough smoke run: one repetition, no cold start")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_benchmark(quick, threads, blas_threads):
+    """Every measurement, in child processes (the long part); returns the figures as a dict."""
+    load_before = os.getloadavg()[0]
+    env = _child_env(threads, blas_threads)
+    _, line = _run_child(_MEASURE.format(quick=quick, blas_threads=blas_threads), env)
+    figures = {"quick": quick,
+               "threads": {"numba": threads, "blas": blas_threads},
+               "machine": {"cpu_count": os.cpu_count(), "loadavg_before": load_before}}
+    figures.update(json.loads(line))
+    figures["startup"] = _startup(threads, blas_threads, quick)
+    figures["peak_memory"] = {"bytes": _peak_memory(threads, blas_threads, quick)}
+    figures["machine"]["loadavg_after"] = os.getloadavg()[0]
+    return figures
+
+
+def main(argv=None):
+    """Run the benchmark; ``argv`` as for ``python -m tinyprune.tools.bench`` (see ``--help``).
+
+    ``--json``'s file is checked (not a folder, its folder writable) before
+    any measurement, so a typo does not cost the whole run.
+    """
+    args = build_parser().parse_args(argv)
     threads = args.threads
     if threads is None:
         import numba
         threads = numba.config.NUMBA_NUM_THREADS
-
-    load_before = os.getloadavg()[0]
-    env = _child_env(threads, args.blas_threads)
-    _, line = _run_child(_MEASURE.format(quick=args.quick, blas_threads=args.blas_threads), env)
-    figures = {"quick": args.quick,
-               "threads": {"numba": threads, "blas": args.blas_threads},
-               "machine": {"cpu_count": os.cpu_count(), "loadavg_before": load_before}}
-    figures.update(json.loads(line))
-    figures["startup"] = _startup(threads, args.blas_threads, args.quick)
-    figures["peak_memory"] = {"bytes": _peak_memory(threads, args.blas_threads, args.quick)}
-    figures["machine"]["loadavg_after"] = os.getloadavg()[0]
+    if args.json:
+        path = output_file(args.json, "--json", example="bench.json")
+        writable_folder(path.parent, "--json", given=path)
+    figures = run_benchmark(args.quick, threads, args.blas_threads)
     print(_report(figures))
     if args.json:
         atomic_write(args.json, lambda stream: json.dump(figures, stream, indent=1), binary=False)

@@ -6,10 +6,12 @@
 Training builds the tutorial's model, ``MobileNet(slopehtanh, 0.25,
 fcsize=64, nclasses=1)``, with a fixed seed, and trains it with
 ``trainer`` on the default ``SyntheticVWW`` sets with Adam.  The defaults
-are the shipped checkpoint's recipe: 26 epochs at lr 2e-3, no decay, BatchNorm
-gammas started at 0.5 (the README says why this recipe and not an annealed one).  After every epoch the model
-is saved, so an interrupted run still leaves the latest whole epoch; the
-metadata records the command, the history and the validation accuracy.
+are the shipped checkpoint's recipe, the one its metadata records: 26
+epochs at lr 2e-3, no decay, BatchNorm gammas started at 0.5, seed 0 (the
+README says why this recipe and not an annealed one).  After every epoch
+the model is saved, so an interrupted run still leaves the latest whole
+epoch; the metadata records the command, the history and the validation
+accuracy.
 
 ``--check`` loads the checkpoint and prints what the project promises:
 
@@ -23,32 +25,27 @@ metadata records the command, the history and the validation accuracy.
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from ..checkpoint import PRETRAINED_FILE, load, pretrained_path, save
 from ..common import data_dir
 from ..count import compute_dot_prods
 from ..data import SyntheticVWW
 from ..layers import BatchNorm2d
-from ..pipeline import TUTORIAL_INPUT, finetune, prune_and_resize, tutorial_model
+from ..pipeline import TUTORIAL_INPUT, check_tutorial_model, finetune, prune_and_resize, tutorial_model
 from ..prune import ChannelPrune
 from ..train import Adam, evaluate, trainer
-from .cli import positive_number, whole_number
+from .args import (CommandParser, UsageError, existing_file, output_file, positive_number, whole_number,
+                   writable_folder)
 
 __all__ = []   # a script: nothing to import from here
 
 
 def calm_start(model, bn_gamma):
-    """Set every BatchNorm's gamma to ``bn_gamma`` before training.
+    """Set every BatchNorm's gamma to ``bn_gamma`` before training (``--bn-gamma``).
 
-    With Flux's gamma = 1 each BatchNorm hands slopehtanh unit-variance
-    inputs, so about a third of all units start beyond +-1, where the slope
-    flips to -1/4.  Twenty-seven such folds in a row make the untrained
-    network chaotic: a tiny change of an early weight reshuffles the output,
-    the gradients of the first layers dwarf their weights, and Adam's steps
-    find nothing to follow, so training stays at chance (the README gives
-    the measurements).  With gamma = 0.5 most units start in the linear
-    middle of slopehtanh and training leaves chance at once; the gammas are
-    trained like any weight from there on.
+    ``MobileNet`` already starts its gammas at 0.5 (``init="calm"``; its
+    docstring says why Flux's 1 does not train); this sets any other value.
     """
     for _, layer in model.named_layers():
         if isinstance(layer, BatchNorm2d):
@@ -98,6 +95,14 @@ def train_checkpoint(epochs=26, out=None, lr=2e-3, decay_epochs=0, seed=0, progr
     return model
 
 
+def points_versus_checkpoint(drop):
+    """``drop`` (checkpoint accuracy - finetuned accuracy) in words: "1.60 points below the checkpoint"."""
+    points = f"{100 * abs(drop):.2f} points"
+    if points == "0.00 points":
+        return "level with the checkpoint"
+    return f"{points} {'below' if drop > 0 else 'above'} the checkpoint"
+
+
 def check(path=None, progress=True):
     """Print the acceptance figures for the checkpoint at ``path``; returns True if all hold."""
     path = path or pretrained_path()
@@ -123,34 +128,59 @@ def check(path=None, progress=True):
     history = tuned.history
     tuned_acc = history.val_accuracy[-1]
     drop = acc - tuned_acc
-    print(f"  after trainer(m, 1): accuracy {tuned_acc:.4f} ({100 * drop:+.2f} points below the "
-          f"checkpoint; allowed 2)")
+    print(f"  after trainer(m, 1): accuracy {tuned_acc:.4f} ({points_versus_checkpoint(drop)}; "
+          f"at most 2 below allowed)")
     print(f"  one epoch: {history.seconds[-1]:.0f} s, {history.images_per_second[-1]:.0f} images/s")
     ok = ok and drop <= 0.02
     print("acceptance:", "PASS" if ok else "FAIL")
     return ok
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="tinyprune pretrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    """The options; their defaults are the shipped checkpoint's recipe (a test holds them to it)."""
+    parser = CommandParser(prog="tinyprune pretrain", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="--check exits with code 1 if a figure misses its bar, 2 if it "
+                                  "cannot run\n(one line on stderr).")
     parser.add_argument("--epochs", type=whole_number(1), default=26, help="epochs to train (default 26)")
-    parser.add_argument("--lr", type=positive_number, default=2e-3, help="Adam's learning rate (default 2e-3)")
+    parser.add_argument("--lr", type=positive_number, default=2e-3,
+                        help="Adam's learning rate (default 2e-3)")
     parser.add_argument("--decay-epochs", type=whole_number(0), default=0,
                         help="train the last this many epochs at lr/decay-factor (default 0)")
     parser.add_argument("--decay-factor", type=positive_number, default=10.0,
                         help="divide the lr by this for the last --decay-epochs (default 10)")
-    parser.add_argument("--seed", type=whole_number(0), default=0, help="initialisation and shuffling seed")
+    parser.add_argument("--seed", type=whole_number(0), default=0,
+                        help="initialisation and shuffling seed (default 0)")
     parser.add_argument("--bn-gamma", type=positive_number, default=0.5,
                         help="starting BatchNorm gamma (default 0.5; Flux's 1 starts chaotic)")
-    parser.add_argument("--out", default=None, help=f"where to save (default data/{PRETRAINED_FILE})")
+    parser.add_argument("--out", default=None,
+                        help=f"where to save; with --check, the checkpoint to check (default: "
+                             f"the shipped checkpoint, data/{PRETRAINED_FILE} in a source checkout)")
     parser.add_argument("--check", action="store_true", help="check the checkpoint instead of training")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _checked_checkpoint(path):
+    """``path`` once it is known to hold a checkpoint of the tutorial's shape; UsageError if not."""
+    option = "--out" if path != pretrained_path() else "the pretrained checkpoint"
+    path = existing_file(path, option)
+    try:
+        check_tutorial_model(load(path), f"{option} {str(path)!r}")
+    except ValueError as error:           # CheckpointError is one
+        raise UsageError(str(error)) from None
+    return path
+
+
+def main(argv=None):
+    """Train the checkpoint, or check it with ``--check``; every argument is checked first."""
+    args = build_parser().parse_args(argv)
     if args.check:
-        return 0 if check(args.out, progress=not args.no_progress) else 1
-    out = args.out or str(data_dir() / PRETRAINED_FILE)
-    train_checkpoint(args.epochs, out, lr=args.lr, decay_epochs=args.decay_epochs, seed=args.seed,
+        path = _checked_checkpoint(Path(args.out) if args.out else pretrained_path())
+        return 0 if check(path, progress=not args.no_progress) else 1
+    out = output_file(args.out or data_dir() / PRETRAINED_FILE, "--out")
+    writable_folder(out.parent, "--out", given=out)
+    train_checkpoint(args.epochs, str(out), lr=args.lr, decay_epochs=args.decay_epochs, seed=args.seed,
                      progress=not args.no_progress, bn_gamma=args.bn_gamma, decay_factor=args.decay_factor)
     return 0
 
