@@ -10,12 +10,10 @@ Run this chapter alone with ``python -m pytest -m layers``, one exercise's
 tests with ``python -m pytest -m ex_layers_3`` (the markers are listed by
 ``tinyprune assignment --markers``).  A test of one exercise carries its
 marker; a test of the chapter's machinery that runs every layer on the way
-(a chain's gradients, its dtypes) carries none and is skipped, not failed,
-in a student copy that has not written all its exercises yet
-(``skipped_if_cut``).
+(a chain's gradients, its dtypes) carries none, and in a course copy it
+waits (is skipped) until the exercises it passes through are written
+(``waits_for`` in tests/helpers.py).
 """
-
-import contextlib
 
 import numba
 import numpy as np
@@ -25,6 +23,8 @@ from tinyprune import (Activation, BatchNorm2d, Chain, Conv2d, Dense, DepthwiseC
                        GlobalMeanPool, HardTanh, Identity, Layer, ReLU, SlopeHTanh, activation_layer,
                        gradcheck, hardtanh, identity, relu, slopehtanh)
 from tinyprune.activations import slopehtanh_derivative
+
+from helpers import waits_for
 
 pytestmark = pytest.mark.layers
 
@@ -44,23 +44,6 @@ def one_numba_thread():
     numba.set_num_threads(1)
     yield
     numba.set_num_threads(before)
-
-
-@contextlib.contextmanager
-def skipped_if_cut():
-    """Skip the test (as a decorator, or the rest of a ``with`` block) where it reaches a cut exercise.
-
-    In a student copy a cut exercise raises NotImplementedError("Exercise
-    <id>: <title>").  Tests of the chapter's machinery run many exercises on
-    the way; each exercise's own tests (marked ``ex_<chapter>_<n>``) say
-    what is wrong with it, so these wait until every one is written.
-    """
-    try:
-        yield
-    except NotImplementedError as error:
-        if not str(error).startswith("Exercise "):
-            raise
-        pytest.skip(f"runs {error}, not yet written in this copy")
 
 
 def set_mode(layer, mode):
@@ -262,7 +245,7 @@ def small_nested_chain():
     )
 
 
-@skipped_if_cut()
+@waits_for("layers", "kernels")
 @pytest.mark.parametrize("mode", MODES)
 def test_nested_chain_gradients_match_finite_differences(mode):
     chain = set_mode(small_nested_chain(), mode)
@@ -310,7 +293,7 @@ def test_backward_overwrites_gradients_instead_of_adding():
     np.testing.assert_array_equal(dense.grads["weight"], first)
 
 
-@skipped_if_cut()
+@waits_for("layers", "kernels")
 def test_a_model_casts_the_incoming_gradient_to_its_own_dtype():
     rng = np.random.default_rng(16)
     model = Chain(Conv2d(2, 3, 3, pad=1, rng=rng), BatchNorm2d(3), SlopeHTanh(), DepthwiseConv2d(3, 3, rng=rng),
@@ -587,7 +570,7 @@ def test_chain_accepts_a_list_and_rejects_non_layers():
         Chain(ReLU(), 3)
 
 
-@skipped_if_cut()
+@waits_for("layers", "kernels")
 def test_chain_backward_runs_the_layers_in_reverse():
     chain = small_nested_chain()
     by_hand = chain.copy()
