@@ -58,7 +58,7 @@ def layer_to_json(layer, where="model"):
                 "bias": layer.bias is not None}
     if kind is DepthwiseConv2d:
         return {"type": "DepthwiseConv2d", "channels": layer.channels, "kernel": list(layer.kernel),
-                "stride": layer.stride, "pad": layer.pad}
+                "stride": layer.stride, "pad": layer.pad, "bias": layer.bias is not None}
     if kind is Dense:
         return {"type": "Dense", "n_in": layer.n_in, "n_out": layer.n_out,
                 "bias": layer.bias is not None}
@@ -90,8 +90,9 @@ def layer_from_json(spec, where="model"):
             return Conv2d(spec["c_in"], spec["c_out"], tuple(spec["kernel"]), stride=spec["stride"],
                           pad=spec["pad"], bias=spec["bias"], rng=rng)
         if kind == "DepthwiseConv2d":
+            # Files written before depthwise convs could have a bias say nothing: none.
             return DepthwiseConv2d(spec["channels"], tuple(spec["kernel"]), stride=spec["stride"],
-                                   pad=spec["pad"], rng=rng)
+                                   pad=spec["pad"], bias=spec.get("bias", False), rng=rng)
         if kind == "Dense":
             return Dense(spec["n_in"], spec["n_out"], bias=spec["bias"], rng=rng)
         if kind == "BatchNorm2d":

@@ -417,14 +417,15 @@ class Conv2d(Layer):
 class DepthwiseConv2d(Layer):
     """Depthwise convolution: channel c of the output sees only channel c of the input.
 
-    ``weight`` (C, 1, KH, KW) (PyTorch's layout for ``groups=C``), no bias.
+    ``weight`` (C, 1, KH, KW) (PyTorch's layout for ``groups=C``), optional
+    ``bias`` (C,) (MobileNet has none; ``fold_batchnorm`` gives one).
     Input (N, C, H, W) -> output (N, C, HO, WO).
     """
 
     mixes_channels = False
-    out_channel_arrays = {"weight": 0}
+    out_channel_arrays = {"weight": 0, "bias": 0}
 
-    def __init__(self, channels, kernel, stride=1, pad=0, rng=None, dtype=np.float32):
+    def __init__(self, channels, kernel, stride=1, pad=0, bias=False, rng=None, dtype=np.float32):
         super().__init__()
         name = "DepthwiseConv2d"
         channels = _positive_int(channels, "channels", name)
@@ -433,7 +434,8 @@ class DepthwiseConv2d(Layer):
         self.pad = _non_negative_int(pad, "pad", name)
         # Flux counts a grouped conv's fans per group: fan_in = KH*KW*1, fan_out = KH*KW*C.
         self.weight = glorot_uniform((channels, 1, kh, kw), kh * kw, channels * kh * kw, rng, dtype)
-        self.param_names = ("weight",)
+        self.bias = np.zeros(channels, dtype) if bias else None
+        self.param_names = ("weight", "bias") if bias else ("weight",)
 
     channels = property(lambda self: self.weight.shape[0])
     c_in = channels
@@ -442,7 +444,8 @@ class DepthwiseConv2d(Layer):
 
     def extra_repr(self):
         kh, kw = self.kernel
-        return f"{self.channels}, kernel=({kh}, {kw}), stride={self.stride}, pad={self.pad}"
+        return (f"{self.channels}, kernel=({kh}, {kw}), stride={self.stride}, pad={self.pad}, "
+                f"bias={self.bias is not None}")
 
     def output_shape(self, shape, where="DepthwiseConv2d"):
         _check_rank(shape, 4, where, "(N, C, H, W)")
@@ -462,6 +465,8 @@ class DepthwiseConv2d(Layer):
         out = np.empty((N, C, _conv_output_size(H, kh, self.stride, self.pad),
                         _conv_output_size(W, kw, self.stride, self.pad)), x.dtype)
         kernels.depthwise_forward(x, self._filters(), self.stride, self.pad, out)
+        if self.bias is not None:
+            out += self.effective("bias")[:, None, None]
         self._cache = x
         return out
 
@@ -474,6 +479,8 @@ class DepthwiseConv2d(Layer):
         dw = np.empty((self.channels,) + tuple(self.kernel), x.dtype)
         kernels.depthwise_backward(x, self._filters(), np.ascontiguousarray(dy), self.stride, self.pad, dx, dw)
         self.set_grad("weight", dw.reshape(self.weight.shape))
+        if self.bias is not None:                   # y += b[c] at every pixel: db = sum of dy
+            self.set_grad("bias", dy.sum(axis=(0, 2, 3)))
         return dx
 
 
@@ -771,10 +778,18 @@ class Chain(Layer):
 
     Backward runs the layers in reverse, each turning dL/d(its output) into
     dL/d(its input): the chain rule, one layer at a time.
+
+    In eval mode, calling a chain (``model(x)``) takes the fused fast path of
+    :mod:`tinyprune.fused` (same outputs up to float rounding); set
+    ``fast_eval = False`` to run the plain layers.  ``forward`` always runs them.
     """
+
+    fast_eval = True
 
     def __init__(self, *layers):
         super().__init__()
+        self._fused = None          # the fast path's plan, built when first needed
+        self._fused_input = None    # the input of the last fast-path call, for backward
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         for i, layer in enumerate(layers):
@@ -811,6 +826,26 @@ class Chain(Layer):
     def prepare_input(self, x, where="model"):
         return super().prepare_input(x, where)
 
+    def __call__(self, x):
+        x = self.prepare_input(x)
+        if not self.training and self.fast_eval:
+            from .fused import fused_call
+            y = fused_call(self, x)
+            if y is not None:
+                self._fused_input = x
+                return y
+        return self.forward(x)
+
+    def train(self, mode=True):
+        self._fused = None          # rebuilt from the weights as they are now
+        self._fused_input = None
+        return super().train(mode)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_fused"] = state["_fused_input"] = None    # a copy builds its own
+        return state
+
     def output_shape(self, shape, where="model"):
         for i, layer in enumerate(self.layers):
             shape = layer.output_shape(shape, f"{where}[{i}]")
@@ -822,6 +857,7 @@ class Chain(Layer):
         return tuple(shape)
 
     def forward(self, x):
+        self._fused_input = None
         for layer in self.layers:
             x = layer.forward(x)
         return x
@@ -831,6 +867,8 @@ class Chain(Layer):
         # model's dtype (float64 dlogits must not turn a float32 model's backward
         # pass into a slower float64 one) and make it contiguous for the kernels.
         dy = np.ascontiguousarray(dy, dtype=self.dtype)      # dtype None (no parameters): kept
+        if self._fused_input is not None:   # the fast path kept nothing: run the plain layers
+            self.forward(self._fused_input)
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
         return dy

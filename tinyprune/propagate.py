@@ -51,7 +51,9 @@ eval values):
 * activation f: ``f(t)``, ``f(e)`` (zero stays zero if f(0) = 0);
 * ``DepthwiseConv2d``: an all-zero filter gives zero; without padding a
   constant x gives ``x * sum(filter)``; with padding a non-zero constant
-  becomes live, since the border pixels also see the zero padding;
+  becomes live, since the border pixels also see the zero padding; a bias
+  (a folded model's, see ``fold_batchnorm``) is added to whatever constant
+  comes out;
 * ``GlobalMeanPool``, ``Flatten``: the value is unchanged.
 
 At the consumer
@@ -320,6 +322,8 @@ def channel_constants(seg):
             constant = constant | silent
             c_train = np.where(silent, 0.0, c_train)
             c_eval = np.where(silent, 0.0, c_eval)
+            bias = _effective64(layer, "bias")          # zeros if the layer has none
+            c_train, c_eval = c_train + bias, c_eval + bias
         # GlobalMeanPool and Flatten leave every value as it is.
         c_train = np.where(constant, c_train, 0.0)   # keep the placeholders of live channels at 0
         c_eval = np.where(constant, c_eval, 0.0)
@@ -383,6 +387,7 @@ def _backward(seg):
         for _, layer in seg.inner:
             if isinstance(layer, DepthwiseConv2d):
                 changed |= _zero(layer, "weight", j)
+                changed |= _zero(layer, "bias", j)
             elif isinstance(layer, BatchNorm2d):
                 changed |= _zero(layer, "weight", j)
                 changed |= _zero(layer, "bias", j)

@@ -6,7 +6,7 @@
 layer of its segment (see :mod:`tinyprune.propagate`):
 
 * the producer's output row j (and bias j): weight (C, ...) -> (C', ...);
-* depthwise filter j: weight (C, 1, KH, KW) -> (C', 1, KH, KW);
+* depthwise filter j: weight (C, 1, KH, KW) -> (C', 1, KH, KW) (and bias j);
 * every BatchNorm's gamma j, beta j, running mean j and running variance j
   (sliced, never re-initialised, so the learned statistics stay);
 * the consumer's input slice: conv weight (O, C, KH, KW) -> (O, C', KH, KW),
@@ -118,6 +118,7 @@ def resize(model, return_record=False):
         for _, layer in seg.inner:
             if isinstance(layer, DepthwiseConv2d):
                 _take(layer, "weight", keep)
+                _take(layer, "bias", keep)
             elif isinstance(layer, BatchNorm2d):
                 for name in ("weight", "bias", "running_mean", "running_var"):
                     _take(layer, name, keep)

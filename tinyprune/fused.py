@@ -1,0 +1,286 @@
+"""The eval-mode fast path: a model compiled into a short plan of fused steps.
+
+The layers of :mod:`tinyprune.layers` each make one pass over the whole
+batch: a convolution writes its output, BatchNorm reads and rewrites it, the
+activation once more, and the next layer reads it again.  In eval mode most
+of that is unnecessary:
+
+1. BatchNorm is a fixed affine map, so it folds into the convolution before
+   it (:func:`tinyprune.fold.folded_parameters`): conv + BatchNorm is one
+   convolution with a bias.
+2. The activation can be applied to each row of the convolution's output
+   the moment it is written, while it is in the level-1 cache.
+3. Images can go through the layers a *tile* at a time: the tile's
+   activations stay in the level-2 cache from one layer to the next, where
+   a whole batch would have to travel to memory and back.
+
+So a model in eval mode is turned into a *plan*: a table of steps, each one
+"convolution + bias + activation" (or a pooling), with all their weights
+packed into one array, run by one compiled function
+(:func:`tinyprune.fused_kernels.run_plan`) that hands tiles to threads.
+A call from Python runs the whole network; at batch 1 that matters more
+than anything else.
+
+When it is used.  ``model(x)`` on a Chain in eval mode takes the fast path
+(``model.forward(x)`` always runs the plain layers, and keeps what backward
+needs; after a fast-path call, ``backward`` first runs the plain forward
+pass on the same input).  Set ``model.fast_eval = False`` to switch it off.
+The plan covers the longest run of leading layers it knows (convs,
+depthwise convs, BatchNorms, the four activations, pooling, flatten after
+pooling, dense); any layer after that runs as a plain layer, and a model
+that starts with anything else is run plainly altogether.
+
+When it is rebuilt.  The plan is a copy of the weights, folded.  It is
+built at the first eval-mode call after ``eval()``, ``train()``, a copy or a
+load, and it is dropped by every ``eval()`` and ``train()`` call.  At every
+call the plan also checks that the model still holds the very arrays it
+was built from (parameters, statistics, masks), so replacing an array --
+``load_state_dict``, ``to(dtype)``, a new mask, ``conv.weight = w`` -- is
+seen at once.  Changing an array's *values in place* (``conv.weight[0] = 0``)
+is not seen until you call ``model.eval()`` again: checking every value at
+every call would cost as much as a layer.
+"""
+
+import numba
+import numpy as np
+
+from . import fused_kernels as fk
+from .fold import folded_parameters
+from .layers import (Activation, BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, Flatten,
+                     GlobalMeanPool, HardTanh, Identity, ReLU, SlopeHTanh)
+
+__all__ = ["FusedPlan", "build_plan", "fused_call", "TILE_BYTES"]
+
+# How much one tile's largest activation may take: a quarter of a typical
+# level-2 cache per core, leaving room for the layer's input and weights.
+TILE_BYTES = 256 * 1024
+
+_ACTIVATIONS = {Identity: fk.IDENTITY, ReLU: fk.RELU, HardTanh: fk.HARDTANH, SlopeHTanh: fk.SLOPEHTANH}
+
+
+def _round4(n):
+    return (n + 3) // 4 * 4
+
+
+def _padded(array, shape):
+    """``array`` (float64) zero-padded at the end of every axis to ``shape``."""
+    out = np.zeros(shape)
+    out[tuple(slice(0, n) for n in array.shape)] = array
+    return out
+
+
+class _Builder:
+    """Collects the steps of a plan and their packed weights while walking the layers."""
+
+    def __init__(self):
+        self.rows = []
+        self.chunks = []
+        self.size = 0
+        self.channels = None     # the real channel count flowing out of the last step
+        self.pooled = False      # True after pooling: one pixel per image
+        self.flattened = False   # True after Flatten or Dense: (N, features) rather than NCHW
+
+    def pack(self, array):
+        """Append ``array`` to the packed weights; returns where it starts."""
+        at = self.size
+        self.chunks.append(np.ravel(array))
+        self.size += array.size
+        return at
+
+    def add(self, kind, c_in, c_out, weight, bias, kernel=(1, 1), stride=1, pad=0):
+        """Append a step (its activation is set afterwards); weight and bias already padded."""
+        row = np.zeros(fk.FIELDS, np.int64)
+        row[[fk.KIND, fk.C_IN, fk.C_OUT, fk.KH, fk.KW, fk.STRIDE, fk.PAD]] = (
+            kind, c_in, c_out, kernel[0], kernel[1], stride, pad)
+        row[fk.W_AT] = self.pack(weight) if weight is not None else 0
+        row[fk.B_AT] = self.pack(bias) if bias is not None else 0
+        self.rows.append(row)
+
+    @property
+    def c_in(self):
+        """Channels of the tile layout going into the next step (a multiple of 4 after a step)."""
+        return int(self.rows[-1][fk.C_OUT]) if self.rows else None
+
+
+def _conv_step(builder, conv, bn):
+    """A Conv2d or DepthwiseConv2d (with the BatchNorm after it folded in, if any)."""
+    if bn is not None:
+        weight, bias = folded_parameters(conv, bn)
+    else:
+        weight = conv.effective("weight").astype(np.float64)
+        bias = (conv.effective("bias").astype(np.float64) if conv.bias is not None
+                else np.zeros(conv.c_out))
+    O = _round4(conv.c_out)
+    kh, kw = conv.kernel
+    if isinstance(conv, DepthwiseConv2d):
+        c_in = builder.c_in or O
+        builder.add(fk.DEPTHWISE, c_in, c_in, _padded(weight[:, 0], (c_in, kh, kw)),
+                    _padded(bias, (c_in,)), (kh, kw), conv.stride, conv.pad)
+    elif conv.pointwise:
+        _matrix_step(builder, weight.reshape(conv.c_out, conv.c_in), bias)
+    else:
+        c_in = builder.c_in or conv.c_in          # the first step reads the images as they are
+        builder.add(fk.CONV, c_in, O, _padded(weight, (O, c_in, kh, kw)), _padded(bias, (O,)),
+                    (kh, kw), conv.stride, conv.pad)
+    builder.channels = conv.c_out
+
+
+def _matrix_step(builder, weight, bias):
+    """A product with weight (O, K): a 1x1 convolution or a dense layer, cut into 4x4 blocks."""
+    O, K = _round4(weight.shape[0]), _round4(weight.shape[1])
+    blocks = _padded(weight, (O, K)).reshape(O // 4, 4, K // 4, 4).transpose(0, 2, 1, 3)
+    builder.add(fk.POINTWISE, K, O, blocks, _padded(bias, (O,)))
+    builder.channels = weight.shape[0]
+
+
+def _affine_step(builder, scale, shift, channels):
+    """A per-channel y = x * scale + shift on its own: a 1x1 depthwise step."""
+    C = builder.c_in or _round4(channels)
+    builder.add(fk.DEPTHWISE, C, C, _padded(scale.reshape(-1, 1, 1), (C, 1, 1)), _padded(shift, (C,)))
+    builder.channels = channels
+
+
+def _next_step(builder, leaves, i):
+    """Add the step starting at ``leaves[i]``; returns the index after it, or None if unknown.
+
+    An activation is attached to the step before it by ``build_plan``; one
+    that has no step to join gets an identity step of its own (returns i).
+    """
+    layer = leaves[i]
+    after = leaves[i + 1] if i + 1 < len(leaves) else None
+    channels = builder.channels
+    spatial = not builder.pooled
+    if isinstance(layer, (Conv2d, DepthwiseConv2d)) and spatial and channels in (None, layer.c_in):
+        bn = after if isinstance(after, BatchNorm2d) and after.channels == layer.c_out else None
+        _conv_step(builder, layer, bn)
+        return i + 1 + (bn is not None)
+    if isinstance(layer, BatchNorm2d) and spatial and channels in (None, layer.channels):
+        scale, shift = layer.eval_scale_shift()
+        _affine_step(builder, scale, shift, layer.channels)
+        return i + 1
+    if not builder.rows:
+        return None                              # the first step must say how many channels come in
+    if isinstance(layer, Dense) and builder.flattened and layer.n_in == channels:
+        bias = layer.effective("bias") if layer.bias is not None else np.zeros(layer.n_out)
+        _matrix_step(builder, layer.effective("weight").astype(np.float64), bias.astype(np.float64))
+        return i + 1
+    if type(layer) in _ACTIVATIONS:
+        _affine_step(builder, np.ones(channels), np.zeros(channels), channels)
+        return i
+    if isinstance(layer, GlobalMeanPool) and spatial:
+        builder.add(fk.POOL, builder.c_in, builder.c_in, None, None)
+        builder.pooled = True
+        return i + 1
+    if isinstance(layer, Flatten) and builder.pooled:
+        builder.flattened = True                 # one pixel per image: nothing moves
+        return i + 1
+    return None
+
+
+class FusedPlan:
+    """A model's leading layers as fused steps, and the plain layers after them.
+
+    ``steps`` (S, FIELDS) int64, one row per step (columns named in
+    ``fused_kernels``); ``params`` the packed, folded, padded weights;
+    ``tail`` the leaf layers the plan does not cover, run plainly after it;
+    ``channels`` the real channel count of the plan's output; ``flattened``
+    True if that output is (N, channels) rather than (N, channels, H, W).
+    """
+
+    def __init__(self, model, steps, params, tail, channels, flattened):
+        self.steps = steps
+        self.params = params
+        self.tail = tail
+        self.channels = channels
+        self.flattened = flattened
+        self.sources = _sources(model)
+        self.shapes = {}         # (H, W) of the input -> (output shape of one image, images per tile)
+
+    def is_current(self, model):
+        """True if ``model`` still has its layers and holds every array this plan was built from."""
+        for owner, items in self.sources:
+            if isinstance(owner, list):                   # a chain's list of layers
+                if len(owner) != len(items) or any(a is not b for a, b in zip(owner, items)):
+                    return False
+            elif owner.masks.keys() != items[-1].keys():  # a mask was added or removed
+                return False
+            elif any(getattr(owner, name) is not array for name, array in items[:-1]):
+                return False
+            elif any(owner.masks[name] is not mask for name, mask in items[-1].items()):
+                return False
+        return True
+
+    def _sizes(self, H, W):
+        """Output (C, HO, WO) of one image and images per tile, for H x W inputs (remembered)."""
+        if (H, W) not in self.shapes:
+            shapes = fk.step_shapes(self.steps, self.steps[0, fk.C_IN], H, W)
+            largest = int((shapes[:, 0] * shapes[:, 1] * shapes[:, 2]).max()) * self.params.itemsize
+            self.shapes[H, W] = (tuple(int(n) for n in shapes[-1]), max(1, TILE_BYTES // largest))
+        return self.shapes[H, W]
+
+    def __call__(self, x):
+        """The model's output for ``x`` (N, C, H, W), already checked and in the plan's dtype."""
+        N = x.shape[0]
+        (_, HO, WO), tile = self._sizes(x.shape[2], x.shape[3])
+        out = np.empty((N, self.channels, HO, WO), x.dtype)
+        fk.run_plan(x, self.steps, self.params, tile, numba.get_num_threads(), out)
+        y = out.reshape(N, self.channels) if self.flattened else out
+        for layer in self.tail:
+            y = layer.forward(y)
+        return y
+
+
+def _sources(model):
+    """What ``is_current`` compares: every chain's layer list, every leaf's arrays and masks."""
+    sources = []
+    for chain in _chains(model):
+        sources.append((chain.layers, tuple(chain.layers)))
+    for _, layer in model.named_layers():
+        names = tuple(layer.param_names) + tuple(layer.buffer_names)
+        sources.append((layer, tuple((name, getattr(layer, name)) for name in names) + (dict(layer.masks),)))
+    return sources
+
+
+def _chains(layer):
+    """``layer`` and every chain nested in it."""
+    if not hasattr(layer, "layers"):
+        return []
+    return [layer] + [c for child in layer.layers for c in _chains(child)]
+
+
+def build_plan(model):
+    """The :class:`FusedPlan` of ``model`` (a Chain), or None if its first layer is not fusable."""
+    leaves = [layer for _, layer in model.named_layers()]
+    if model.dtype is None:
+        return None
+    builder = _Builder()
+    i = 0
+    while i < len(leaves):
+        following = _next_step(builder, leaves, i)
+        if following is None:
+            break
+        i = following
+        last = builder.rows[-1]
+        if i < len(leaves) and type(leaves[i]) in _ACTIVATIONS and last[fk.KIND] != fk.POOL:
+            if last[fk.ACT] == fk.IDENTITY:
+                last[fk.ACT] = _ACTIVATIONS[type(leaves[i])]
+                i += 1
+    if not builder.rows:
+        return None
+    params = np.concatenate(builder.chunks).astype(model.dtype)
+    return FusedPlan(model, np.array(builder.rows), params, leaves[i:], builder.channels,
+                     builder.flattened)
+
+
+def fused_call(chain, x):
+    """``chain(x)`` in eval mode through its plan (built if missing or stale), or None if it has none.
+
+    ``x`` is already checked and cast (``prepare_input``).  The plan lives
+    in ``chain._fused``: False means "no plan possible", None "not built".
+    """
+    plan = chain._fused
+    if plan is None or (plan is not False and not plan.is_current(chain)):
+        plan = chain._fused = build_plan(chain) or False
+    if plan is False:
+        return None
+    return plan(x)
