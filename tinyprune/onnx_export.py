@@ -104,10 +104,14 @@ def _layer_nodes(graph, layer, x, where):
     if kind is DepthwiseConv2d:
         return _conv(graph, layer, x, where, group=layer.channels)
     if kind is BatchNorm2d:
+        # ONNX stores epsilon as a float32; the variance absorbs the difference, so that
+        # running_var + epsilon is the model's exact sum even for a float64 graph.
+        eps32 = float(np.float32(layer.eps))
+        variance = layer.running_var.astype(np.float64) + (layer.eps - eps32)
         inputs = [x] + [graph.weight(f"{where}.{name}", value) for name, value in (
             ("weight", layer.effective("weight")), ("bias", layer.effective("bias")),
-            ("running_mean", layer.running_mean), ("running_var", layer.running_var))]
-        return graph.node("BatchNormalization", inputs, where, epsilon=layer.eps)
+            ("running_mean", layer.running_mean), ("running_var", variance))]
+        return graph.node("BatchNormalization", inputs, where, epsilon=eps32)
     if kind is Dense:
         inputs = [x, graph.weight(where + ".weight", layer.effective("weight"))]
         if layer.bias is not None:
@@ -137,15 +141,16 @@ def _layer_nodes(graph, layer, x, where):
 def onnx_model(model, input_shape=(None, 3, 96, 96)):
     """The ``onnx.ModelProto`` computing ``model`` in eval mode.
 
-    ``input_shape`` (N, C, H, W) is recorded in the graph's input
-    description; None (the default for N) leaves that size open.  The
-    channel count is checked against the model.
+    ``input_shape`` (N, C, H, W) is recorded in the graph's input and output
+    descriptions (and checked against the model); N None, the default,
+    leaves the batch size open.
     """
     import onnx
     if not isinstance(model, Layer):
         raise TypeError(f"export_onnx: expected a model (a Layer or Chain), got {type(model).__name__}")
-    if len(input_shape) != 4:
-        raise ValueError(f"export_onnx: input_shape must be (N, C, H, W), got {tuple(input_shape)}")
+    if len(input_shape) != 4 or any(s is None for s in input_shape[1:]):
+        raise ValueError(f"export_onnx: input_shape must be (N, C, H, W) with C, H and W given "
+                         f"(N may be None), got {tuple(input_shape)}")
     dtype = model.dtype or np.float32
     graph = _Graph(onnx, dtype)
     x = "input"
