@@ -16,10 +16,10 @@ of that is unnecessary:
 
 So a model in eval mode is turned into a *plan*: a table of steps, each one
 "convolution + bias + activation" (or a pooling), with all their weights
-packed into one array, run by one compiled function
-(:func:`tinyprune.fused_kernels.run_plan`) that hands tiles to threads.
-A call from Python runs the whole network; at batch 1 that matters more
-than anything else.
+packed into one array, run by one compiled function (``run_plan`` below)
+that hands tiles to threads.  One call from Python runs the whole network;
+at batch 1 that matters more than anything else.  The loops themselves are
+in :mod:`tinyprune.fused_kernels`.
 
 When it is used.  ``model(x)`` on a Chain in eval mode takes the fast path
 (``model.forward(x)`` always runs the plain layers, and keeps what backward
@@ -46,17 +46,29 @@ import numpy as np
 
 from . import fused_kernels as fk
 from .fold import folded_parameters
-from .layers import (Activation, BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, Flatten,
-                     GlobalMeanPool, HardTanh, Identity, ReLU, SlopeHTanh)
+from .layers import (BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, Flatten, GlobalMeanPool, HardTanh,
+                     Identity, ReLU, SlopeHTanh)
 
 __all__ = ["FusedPlan", "build_plan", "fused_call", "TILE_BYTES"]
 
 # How much one tile's largest activation may take: a quarter of a typical
-# level-2 cache per core, leaving room for the layer's input and weights.
+# level-2 cache per core, leaving room for the step's input and weights.
 TILE_BYTES = 256 * 1024
 
 _ACTIVATIONS = {Identity: fk.IDENTITY, ReLU: fk.RELU, HardTanh: fk.HARDTANH, SlopeHTanh: fk.SLOPEHTANH}
 
+# Step kinds, and the columns of a step's row in the plan's table.  W_AT and
+# WT_AT say where the step's weight starts in the packed array, arranged for
+# the planes layout and for the pixels layout; B_AT, where its bias starts.
+CONV, DEPTHWISE, POINTWISE, POOL = 0, 1, 2, 3
+KIND, C_IN, C_OUT, KH, KW, STRIDE, PAD, ACT, W_AT, WT_AT, B_AT = range(11)
+FIELDS = 11
+PLANES, PIXELS = 0, 1
+
+
+# ---------------------------------------------------------------------------
+# Building a plan from the layers
+# ---------------------------------------------------------------------------
 
 def _round4(n):
     return (n + 3) // 4 * 4
@@ -87,19 +99,23 @@ class _Builder:
         self.size += array.size
         return at
 
-    def add(self, kind, c_in, c_out, weight, bias, kernel=(1, 1), stride=1, pad=0):
-        """Append a step (its activation is set afterwards); weight and bias already padded."""
-        row = np.zeros(fk.FIELDS, np.int64)
-        row[[fk.KIND, fk.C_IN, fk.C_OUT, fk.KH, fk.KW, fk.STRIDE, fk.PAD]] = (
-            kind, c_in, c_out, kernel[0], kernel[1], stride, pad)
-        row[fk.W_AT] = self.pack(weight) if weight is not None else 0
-        row[fk.B_AT] = self.pack(bias) if bias is not None else 0
+    def add(self, kind, c_in, c_out, weights=(), bias=None, kernel=(1, 1), stride=1, pad=0):
+        """Append a step (its activation is set afterwards); weights and bias already padded.
+
+        ``weights``: the weight arranged for planes, then (if it differs) for pixels.
+        """
+        row = np.zeros(FIELDS, np.int64)
+        row[[KIND, C_IN, C_OUT, KH, KW, STRIDE, PAD]] = (kind, c_in, c_out, kernel[0], kernel[1],
+                                                         stride, pad)
+        at = [self.pack(w) for w in weights]
+        row[W_AT], row[WT_AT] = (at + at)[:2] if at else (0, 0)
+        row[B_AT] = self.pack(bias) if bias is not None else 0
         self.rows.append(row)
 
     @property
     def c_in(self):
         """Channels of the tile layout going into the next step (a multiple of 4 after a step)."""
-        return int(self.rows[-1][fk.C_OUT]) if self.rows else None
+        return int(self.rows[-1][C_OUT]) if self.rows else None
 
 
 def _conv_step(builder, conv, bn):
@@ -110,33 +126,35 @@ def _conv_step(builder, conv, bn):
         weight = conv.effective("weight").astype(np.float64)
         bias = (conv.effective("bias").astype(np.float64) if conv.bias is not None
                 else np.zeros(conv.c_out))
-    O = _round4(conv.c_out)
     kh, kw = conv.kernel
     if isinstance(conv, DepthwiseConv2d):
-        c_in = builder.c_in or O
-        builder.add(fk.DEPTHWISE, c_in, c_in, _padded(weight[:, 0], (c_in, kh, kw)),
-                    _padded(bias, (c_in,)), (kh, kw), conv.stride, conv.pad)
+        C = builder.c_in or _round4(conv.c_out)
+        filters = _padded(weight[:, 0], (C, kh, kw))
+        builder.add(DEPTHWISE, C, C, (filters, filters.transpose(1, 2, 0)), _padded(bias, (C,)),
+                    (kh, kw), conv.stride, conv.pad)
     elif conv.pointwise:
         _matrix_step(builder, weight.reshape(conv.c_out, conv.c_in), bias)
     else:
         c_in = builder.c_in or conv.c_in          # the first step reads the images as they are
-        builder.add(fk.CONV, c_in, O, _padded(weight, (O, c_in, kh, kw)), _padded(bias, (O,)),
+        O = _round4(conv.c_out)
+        builder.add(CONV, c_in, O, (_padded(weight, (O, c_in, kh, kw)),), _padded(bias, (O,)),
                     (kh, kw), conv.stride, conv.pad)
     builder.channels = conv.c_out
 
 
 def _matrix_step(builder, weight, bias):
-    """A product with weight (O, K): a 1x1 convolution or a dense layer, cut into 4x4 blocks."""
+    """A product with weight (O, K): a 1x1 convolution or a dense layer."""
     O, K = _round4(weight.shape[0]), _round4(weight.shape[1])
-    blocks = _padded(weight, (O, K)).reshape(O // 4, 4, K // 4, 4).transpose(0, 2, 1, 3)
-    builder.add(fk.POINTWISE, K, O, blocks, _padded(bias, (O,)))
+    padded = _padded(weight, (O, K))
+    builder.add(POINTWISE, K, O, (padded, padded.T), _padded(bias, (O,)))
     builder.channels = weight.shape[0]
 
 
 def _affine_step(builder, scale, shift, channels):
     """A per-channel y = x * scale + shift on its own: a 1x1 depthwise step."""
     C = builder.c_in or _round4(channels)
-    builder.add(fk.DEPTHWISE, C, C, _padded(scale.reshape(-1, 1, 1), (C, 1, 1)), _padded(shift, (C,)))
+    filters = _padded(scale.reshape(-1, 1, 1), (C, 1, 1))
+    builder.add(DEPTHWISE, C, C, (filters, filters.transpose(1, 2, 0)), _padded(shift, (C,)))
     builder.channels = channels
 
 
@@ -168,7 +186,7 @@ def _next_step(builder, leaves, i):
         _affine_step(builder, np.ones(channels), np.zeros(channels), channels)
         return i
     if isinstance(layer, GlobalMeanPool) and spatial:
-        builder.add(fk.POOL, builder.c_in, builder.c_in, None, None)
+        builder.add(POOL, builder.c_in, builder.c_in)
         builder.pooled = True
         return i + 1
     if isinstance(layer, Flatten) and builder.pooled:
@@ -176,6 +194,136 @@ def _next_step(builder, leaves, i):
         return i + 1
     return None
 
+
+# ---------------------------------------------------------------------------
+# The program: every step of the plan, tile by tile
+# ---------------------------------------------------------------------------
+
+def _step_shapes(steps, C, H, W):
+    """(S + 1, 3) array: the (channels, H, W) of one image before each step and after the last."""
+    S = steps.shape[0]
+    shapes = np.empty((S + 1, 3), np.int64)
+    shapes[0, 0], shapes[0, 1], shapes[0, 2] = C, H, W
+    for s in range(S):
+        if steps[s, KIND] == POOL:
+            H, W = 1, 1
+        elif steps[s, KIND] != POINTWISE:
+            H = (H + 2 * steps[s, PAD] - steps[s, KH]) // steps[s, STRIDE] + 1
+            W = (W + 2 * steps[s, PAD] - steps[s, KW]) // steps[s, STRIDE] + 1
+        shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2] = steps[s, C_OUT], H, W
+    return shapes
+
+
+step_shapes = numba.njit(cache=True)(_step_shapes)
+
+
+def _layout(kind, C, T, H, W):
+    """The layout a step runs in, given its input: pixels when the tile has fewer pixels than channels."""
+    if kind != CONV and T * H * W < C:
+        return PIXELS
+    return PLANES
+
+
+def _run_step(step, params, layout, x, T, H, W, y, HO, WO):
+    """Run one step on a tile of T images: flat buffer x (its input) -> flat buffer y.
+
+    Both buffers hold the ``layout`` form: planes (C, T, H, W) or pixels
+    (P, C) with P = T*H*W rounded up to a multiple of 4.
+    """
+    kind, act, C, O = step[KIND], step[ACT], step[C_IN], step[C_OUT]
+    b = params[step[B_AT]:step[B_AT] + O]
+    kh, kw, stride, pad = step[KH], step[KW], step[STRIDE], step[PAD]
+    P, PO = (T * H * W + 3) // 4 * 4, (T * HO * WO + 3) // 4 * 4
+    if kind == CONV:
+        w = params[step[W_AT]:step[W_AT] + O * C * kh * kw].reshape(O, C, kh, kw)
+        fk.conv_planes(x[:C * T * H * W].reshape(C, T, H, W), w, b, stride, pad, act,
+                       y[:O * T * HO * WO].reshape(O, T, HO, WO))
+    elif kind == DEPTHWISE and layout == PLANES:
+        w = params[step[W_AT]:step[W_AT] + C * kh * kw].reshape(C, kh, kw)
+        fk.depthwise_planes(x[:C * T * H * W].reshape(C, T, H, W), w, b, stride, pad, act,
+                            y[:O * T * HO * WO].reshape(O, T, HO, WO))
+    elif kind == DEPTHWISE:
+        w = params[step[WT_AT]:step[WT_AT] + C * kh * kw].reshape(kh, kw, C)
+        out = y[:PO * O].reshape(PO, O)
+        fk.depthwise_pixels(x[:T * H * W * C].reshape(T, H, W, C), w, b, stride, pad, act,
+                            out[:T * HO * WO].reshape(T, HO, WO, O))
+        out[T * HO * WO:] = 0.0
+    elif kind == POINTWISE and layout == PLANES:
+        w = params[step[W_AT]:step[W_AT] + O * C].reshape(O, C)
+        fk.matmul_act(w, x[:C * T * H * W].reshape(C, T * H * W), b, True, act,
+                      y[:O * T * H * W].reshape(O, T * H * W))
+    elif kind == POINTWISE:
+        w = params[step[WT_AT]:step[WT_AT] + C * O].reshape(C, O)
+        fk.matmul_act(x[:P * C].reshape(P, C), w, b, False, act, y[:P * O].reshape(P, O))
+    elif layout == PLANES:
+        fk.mean_planes(x[:C * T * H * W].reshape(C, T, H * W), y[:C * T].reshape(C, T))
+    else:
+        fk.mean_pixels(x[:P * C].reshape(P, C), T, H * W, y[:PO * C].reshape(PO, C))
+
+
+layout = numba.njit(cache=True)(_layout)
+run_step = numba.njit(cache=True)(_run_step)
+
+
+def _convert(x, C, T, H, W, to, y):
+    """Copy the tile in flat buffer x into flat buffer y in layout ``to`` (from the other one)."""
+    P = (T * H * W + 3) // 4 * 4
+    if to == PIXELS:
+        fk.to_pixels(x[:C * T * H * W].reshape(C, T, H, W), y[:P * C].reshape(P, C))
+    else:
+        fk.to_planes(x[:P * C].reshape(P, C), y[:C * T * H * W].reshape(C, T, H, W))
+
+
+convert = numba.njit(cache=True)(_convert)
+
+
+def _run_plan(x, steps, params, tile, workers, out):
+    """Run every step on every tile of ``tile`` images, ``workers`` threads sharing the tiles.
+
+    x (N, C, H, W) the input (C <= the first step's C_IN: gather pads);
+    steps (S, FIELDS) int64, params the flat weights they point into;
+    out (N, O, HO, WO) overwritten with the last step's first O channels.
+    Each worker has two scratch buffers, sized for the largest activation
+    of a tile, and passes each step's output to the next by swapping them.
+    """
+    N = x.shape[0]
+    shapes = step_shapes(steps, steps[0, C_IN], x.shape[2], x.shape[3])
+    largest = 0
+    for s in range(shapes.shape[0]):
+        largest = max(largest, shapes[s, 0] * ((tile * shapes[s, 1] * shapes[s, 2] + 3) // 4 * 4))
+    n_tiles = (N + tile - 1) // tile
+    workers = min(workers, n_tiles)
+    for worker in numba.prange(workers):
+        a = np.empty(largest, x.dtype)
+        b = np.empty(largest, x.dtype)
+        for t in range(worker, n_tiles, workers):
+            n0 = t * tile
+            T = min(tile, N - n0)
+            C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
+            fk.gather(x, n0, a[:C * T * H * W].reshape(C, T, H, W))
+            current = PLANES
+            for s in range(steps.shape[0]):
+                wanted = layout(steps[s, KIND], C, T, H, W)
+                if wanted != current:
+                    convert(a, C, T, H, W, wanted, b)
+                    a, b, current = b, a, wanted
+                O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
+                run_step(steps[s], params, current, a, T, H, W, b, HO, WO)
+                a, b = b, a
+                C, H, W = O, HO, WO
+            if current == PLANES:
+                fk.scatter_planes(a[:C * T * H * W].reshape(C, T, H, W), n0, out)
+            else:
+                P = (T * H * W + 3) // 4 * 4
+                fk.scatter_pixels(a[:P * C].reshape(P, C), n0, T, out)
+
+
+run_plan = numba.njit(cache=True, nogil=True, parallel=True)(_run_plan)
+
+
+# ---------------------------------------------------------------------------
+# The plan object and the hook
+# ---------------------------------------------------------------------------
 
 class FusedPlan:
     """A model's leading layers as fused steps, and the plain layers after them.
@@ -213,7 +361,7 @@ class FusedPlan:
     def _sizes(self, H, W):
         """Output (C, HO, WO) of one image and images per tile, for H x W inputs (remembered)."""
         if (H, W) not in self.shapes:
-            shapes = fk.step_shapes(self.steps, self.steps[0, fk.C_IN], H, W)
+            shapes = step_shapes(self.steps, self.steps[0, C_IN], H, W)
             largest = int((shapes[:, 0] * shapes[:, 1] * shapes[:, 2]).max()) * self.params.itemsize
             self.shapes[H, W] = (tuple(int(n) for n in shapes[-1]), max(1, TILE_BYTES // largest))
         return self.shapes[H, W]
@@ -223,7 +371,7 @@ class FusedPlan:
         N = x.shape[0]
         (_, HO, WO), tile = self._sizes(x.shape[2], x.shape[3])
         out = np.empty((N, self.channels, HO, WO), x.dtype)
-        fk.run_plan(x, self.steps, self.params, tile, numba.get_num_threads(), out)
+        run_plan(x, self.steps, self.params, tile, numba.get_num_threads(), out)
         y = out.reshape(N, self.channels) if self.flattened else out
         for layer in self.tail:
             y = layer.forward(y)
@@ -261,9 +409,9 @@ def build_plan(model):
             break
         i = following
         last = builder.rows[-1]
-        if i < len(leaves) and type(leaves[i]) in _ACTIVATIONS and last[fk.KIND] != fk.POOL:
-            if last[fk.ACT] == fk.IDENTITY:
-                last[fk.ACT] = _ACTIVATIONS[type(leaves[i])]
+        if i < len(leaves) and type(leaves[i]) in _ACTIVATIONS and last[KIND] != POOL:
+            if last[ACT] == fk.IDENTITY:
+                last[ACT] = _ACTIVATIONS[type(leaves[i])]
                 i += 1
     if not builder.rows:
         return None

@@ -5,47 +5,46 @@ with its shapes in the docstring, compiled on the line after it by Numba
 (``cache=True``); the plain function is there to be read and stepped
 through, and the tests check that both give the same numbers.
 
-The layout.  The fast path carries a *tile* of T images through all the
-layers before it starts on the next tile, so a tile's activations stay in
-the processor's cache instead of making a round trip to memory between
-layers.  Inside a tile, an activation is stored channel-major:
-``(C, T, H, W)``, channel c of every image of the tile in one contiguous
-block.  A 1x1 convolution is then one matrix product over the whole tile,
-``(O, C) @ (C, T*H*W)``, with long rows for the inner loop to run along even
-when the images are small (6x6 pixels at MobileNet's end).
+Every kernel computes a *fused step* on a *tile* of T images: a convolution
+with its bias (the folded BatchNorm) and then the activation, applied to
+each row while it is still in the level-1 cache, instead of three passes
+over the whole batch.  Activations are numbered (``IDENTITY`` ...
+``SLOPEHTANH``) so that a step can be described by integers.
 
-Every kernel computes a *fused step*: a convolution with its bias (the
-folded BatchNorm) and then the activation, applied to each row while it is
-still in the level-1 cache, instead of three passes over the whole tile.
-Activations are numbered (``IDENTITY`` ... ``SLOPEHTANH``) so a step can be
-described by integers.
+Two layouts of a tile, because what makes a loop fast is a long innermost
+run of contiguous numbers, and which axis is long changes along MobileNet:
 
-Channel counts of the tile layout are multiples of 4 (``fused.py`` pads the
-weights with zeros, so the extra channels hold zeros): the matrix product
-then works on 4x4 blocks of the weight with no leftover rows or columns.
+* *planes*, ``(C, T, H, W)``: channel c of every image in one block.  Good
+  for the first layers, where a channel of a 48x48 image is 2304 numbers
+  and there are 8 to 32 channels.
+* *pixels*, ``(P, C)`` with P = T*H*W (rounded up to a multiple of 4; the
+  extra rows hold zeros or don't-care values): all channels of a pixel in
+  one row.  Good for the last layers, where a 6x6 or 3x3 image has 36 or 9
+  pixels per channel but 128 to 256 channels.
+
+Channel counts are multiples of 4 (``fused.py`` pads the weights with
+zeros, so the extra channels hold zeros): the matrix product then works on
+4x4 blocks with no leftover rows or columns.  Numba checks an array index
+for being negative (Python's ``a[-1]``) unless it can see that it is not;
+such a check in an inner loop stops it from being turned into vector
+instructions.  So inner loops index a slice by the bare loop counter, and
+divisions stay out of them (a ``%`` costs as much as ten additions).
 """
 
 import numba
 import numpy as np
-from numba import prange
 
-__all__ = ["IDENTITY", "RELU", "HARDTANH", "SLOPEHTANH", "CONV", "DEPTHWISE", "POINTWISE", "POOL",
-           "FIELDS", "COLUMNS"]
+__all__ = ["IDENTITY", "RELU", "HARDTANH", "SLOPEHTANH", "COLUMNS"]
 
 # Activation numbers, as a step stores them.
 IDENTITY, RELU, HARDTANH, SLOPEHTANH = 0, 1, 2, 3
-# Step kinds, and the columns of a step's row in the plan's table.
-CONV, DEPTHWISE, POINTWISE, POOL = 0, 1, 2, 3
-KIND, C_IN, C_OUT, KH, KW, STRIDE, PAD, ACT, W_AT, B_AT = range(10)
-FIELDS = 10
 # Columns of a matrix product done at a time: 4 input rows of 512 float32
 # is 8 KB, so the rows being combined stay in the level-1 cache.
 COLUMNS = 512
 
-# Kernels run on one thread each (the program below splits the tiles over
+# Kernels run on one thread each (the program in fused.py splits tiles over
 # threads); "contract" lets the compiler fuse a*b + c into one instruction.
 _serial = dict(cache=True, nogil=True, fastmath={"contract"})
-_parallel = dict(cache=True, nogil=True, parallel=True)
 
 
 # ---------------------------------------------------------------------------
@@ -71,11 +70,11 @@ activate = numba.njit(**_serial)(_activate)
 
 
 # ---------------------------------------------------------------------------
-# Moving images into and out of the tile layout.
+# Moving images between the caller's NCHW batch and the two tile layouts.
 # ---------------------------------------------------------------------------
 
 def _gather(x, n0, tile):
-    """tile[c, t] = x[n0 + t, c]; the rows c >= C (channel padding) are zeroed.
+    """tile[c, t] = x[n0 + t, c] (planes); the rows c >= C (channel padding) are zeroed.
 
     x (N, C, H, W) the caller's images;  tile (CP, T, H, W), CP >= C.
     """
@@ -89,25 +88,65 @@ def _gather(x, n0, tile):
                 tile[c, t] = 0.0
 
 
-def _scatter(tile, n0, out):
-    """out[n0 + t, o] = tile[o, t] for the O channels of out (padding rows dropped).
+def _scatter_planes(tile, n0, out):
+    """out[n0 + t, o] = tile[o, t] for the O channels of out (padding dropped).
 
-    tile (OP, T, HO, WO);  out (N, O, HO, WO), O <= OP.
+    tile (OP, T, HO, WO) planes;  out (N, O, HO, WO), O <= OP.
     """
-    O = out.shape[1]
-    T = tile.shape[1]
-    for o in range(O):
-        for t in range(T):
+    for o in range(out.shape[1]):
+        for t in range(tile.shape[1]):
             out[n0 + t, o] = tile[o, t]
 
 
+def _scatter_pixels(tile, n0, T, out):
+    """out[n0 + t, o, i, j] = tile[(t*HO + i)*WO + j, o] for the T images and O channels of out.
+
+    tile (P, OP) pixels, P >= T*HO*WO;  out (N, O, HO, WO), O <= OP.
+    """
+    O, HO, WO = out.shape[1], out.shape[2], out.shape[3]
+    for t in range(T):
+        for i in range(HO):
+            for j in range(WO):
+                row = tile[(t * HO + i) * WO + j]
+                for o in range(O):
+                    out[n0 + t, o, i, j] = row[o]
+
+
+def _to_pixels(planes, pixels):
+    """pixels[(t*H + i)*W + j, c] = planes[c, t, i, j]; the rows after T*H*W are zeroed.
+
+    planes (C, T, H, W);  pixels (P, C), P >= T*H*W.
+    """
+    C = planes.shape[0]
+    flat = planes.reshape(C, planes.size // C)
+    M = flat.shape[1]
+    for m in range(M):
+        row = pixels[m]
+        for c in range(C):
+            row[c] = flat[c, m]
+    pixels[M:] = 0.0
+
+
+def _to_planes(pixels, planes):
+    """planes[c, t, i, j] = pixels[(t*H + i)*W + j, c].  pixels (P, C), planes (C, T, H, W)."""
+    C = planes.shape[0]
+    flat = planes.reshape(C, planes.size // C)
+    for c in range(C):
+        row = flat[c]
+        for m in range(row.size):
+            row[m] = pixels[m, c]
+
+
 gather = numba.njit(**_serial)(_gather)
-scatter = numba.njit(**_serial)(_scatter)
+scatter_planes = numba.njit(**_serial)(_scatter_planes)
+scatter_pixels = numba.njit(**_serial)(_scatter_pixels)
+to_pixels = numba.njit(**_serial)(_to_pixels)
+to_planes = numba.njit(**_serial)(_to_planes)
 
 
 # ---------------------------------------------------------------------------
-# Convolutions that are not 1x1: depthwise ones, and full ones with few
-# input channels (MobileNet's first), computed straight from the image.
+# Convolutions on planes: depthwise, and full ones with few input channels
+# (MobileNet's first), computed straight from the image.
 #
 # The ideas are those of kernels._depthwise_forward and kernels._conv_direct
 # (read their comments first): copy the input into zero-bordered scratch
@@ -115,9 +154,7 @@ scatter = numba.njit(**_serial)(_scatter)
 # multiply-add along a "grid" of the scratch plane's row length, reading a
 # unit-step slice of one phase plane.  Here the tile's T images are stacked
 # into one tall plane, each with its own border rows, so that a tap's loop
-# runs over all T images at once: on MobileNet's 6x6 planes a loop of 46
-# steps per image becomes one of ~400 per tile, long enough for vector
-# instructions to pay.
+# runs over all T images at once.
 #
 # Sizes, for stride s: each image takes HP = H + 2*pad rows of the tall
 # plane, rounded up to a multiple of s, so a phase plane holds R = HP/s rows
@@ -126,6 +163,13 @@ scatter = numba.njit(**_serial)(_scatter)
 # grid position g reads phase plane (u, v) at g + da*WS + db.
 # ---------------------------------------------------------------------------
 
+def _phase_sizes(T, H, W, HO, WO, s, pad):
+    """(R, WS, G): phase rows per image, phase columns, grid positions up to the last output."""
+    R = (H + 2 * pad + s - 1) // s
+    WS = (W + 2 * pad + s - 1) // s
+    return R, WS, ((T - 1) * R + HO - 1) * WS + WO
+
+
 def _split_phases(x, c, pad, s, phases):
     """phases[u, v, t*R + r, q] = the padded image t of channel c at row r*s + u, column q*s + v.
 
@@ -133,25 +177,32 @@ def _split_phases(x, c, pad, s, phases):
     (only the image pixels are written: the caller zeroes it once).
     """
     T, H, W = x.shape[1], x.shape[2], x.shape[3]
-    R = phases.shape[2] // T
-    for t in range(T):
-        for r in range(H):
-            u = (r + pad) % s
-            row = t * R + (r + pad) // s
-            for v in range(s):
-                first = (v - pad) % s            # the first column q with (q + pad) % s == v
-                src = x[c, t, r, first::s]
-                dst = phases[u, v, row, (first + pad) // s:]
-                for k in range(src.size):
-                    dst[k] = src[k]
+    R, WS = phases.shape[2] // T, phases.shape[3]
+    for u in range(s):
+        for v in range(s):
+            first = max(0, (pad - v + s - 1) // s)   # the first phase column inside the image
+            n = min(WS, (W + pad - v + s - 1) // s) - first
+            for t in range(T):
+                for r in range(R):
+                    row = r * s + u - pad                # the image row this phase row holds
+                    if row < 0 or row >= H:
+                        continue
+                    dst = phases[u, v, t * R + r, first:first + n]
+                    src = x[c, t, row, first * s + v - pad:]
+                    if s == 1:
+                        for q in range(n):
+                            dst[q] = src[q]
+                    else:
+                        for q in range(n):
+                            dst[q] = src[q * s]
 
 
 def _add_taps(phases, w, s, WS, grid):
-    """grid[g] += sum over taps (a, b) of w[a, b] * (input pixel under tap (a, b) of position g).
+    """grid[g] += sum over taps (a, b) of w[a, b] * (the input pixel tap (a, b) of position g sees).
 
     phases (s, s, rows, WS) from _split_phases;  w (KH, KW);  grid (G,).
-    Taps next to each other in a phase plane row go three at a time (one
-    pass over the grid instead of three), then one at a time.
+    Taps side by side in a phase plane go three at a time (one pass over
+    the grid instead of three), the rest one at a time.
     """
     KH, KW = w.shape
     G = grid.size
@@ -159,20 +210,19 @@ def _add_taps(phases, w, s, WS, grid):
         for v in range(s):
             plane = phases[u, v].reshape(phases.shape[2] * WS)
             for da in range((KH - u + s - 1) // s):
-                taps = (KW - v + s - 1) // s     # taps of this row that fall in phase v
+                a = da * s + u
+                taps = (KW - v + s - 1) // s           # taps of this kernel row in phase v
                 db = 0
                 while db + 3 <= taps:
-                    w0, w1, w2 = w[da * s + u, db * s + v], w[da * s + u, (db + 1) * s + v], \
-                        w[da * s + u, (db + 2) * s + v]
-                    first = da * WS + db
-                    t0, t1, t2 = plane[first:first + G], plane[first + 1:first + 1 + G], \
-                        plane[first + 2:first + 2 + G]
+                    w0, w1, w2 = w[a, db * s + v], w[a, (db + 1) * s + v], w[a, (db + 2) * s + v]
+                    t0 = plane[da * WS + db:]
+                    t1, t2 = t0[1:], t0[2:]
                     for g in range(G):
                         grid[g] += w0 * t0[g] + w1 * t1[g] + w2 * t2[g]
                     db += 3
                 while db < taps:
-                    w0 = w[da * s + u, db * s + v]
-                    t0 = plane[da * WS + db:da * WS + db + G]
+                    w0 = w[a, db * s + v]
+                    t0 = plane[da * WS + db:]
                     for g in range(G):
                         grid[g] += w0 * t0[g]
                     db += 1
@@ -183,29 +233,21 @@ def _copy_out(grid, R, WS, y, o, act):
     T, HO, WO = y.shape[1], y.shape[2], y.shape[3]
     for t in range(T):
         for i in range(HO):
-            at = (t * R + i) * WS
+            src = grid[(t * R + i) * WS:]
+            dst = y[o, t, i]
             for j in range(WO):
-                y[o, t, i, j] = grid[at + j]
+                dst[j] = src[j]
     activate(y[o].reshape(T * HO * WO), act)
 
 
+phase_sizes = numba.njit(**_serial)(_phase_sizes)
 split_phases = numba.njit(**_serial)(_split_phases)
 add_taps = numba.njit(**_serial)(_add_taps)
 copy_out = numba.njit(**_serial)(_copy_out)
 
 
-def _phase_sizes(T, H, W, HO, WO, s, pad):
-    """(R, WS, G): phase rows per image, phase columns, grid positions up to the last output."""
-    R = (H + 2 * pad + s - 1) // s
-    WS = (W + 2 * pad + s - 1) // s
-    return R, WS, ((T - 1) * R + HO - 1) * WS + WO
-
-
-phase_sizes = numba.njit(**_serial)(_phase_sizes)
-
-
-def _depthwise_act(x, w, b, stride, pad, act, y):
-    """y[c, t] = act(depthwise(x[c, t], w[c]) + b[c]).
+def _depthwise_planes(x, w, b, stride, pad, act, y):
+    """y[c, t] = act(depthwise(x[c, t], w[c]) + b[c]) on planes.
 
     x (C, T, H, W);  w (C, KH, KW);  b (C,);  y (C, T, HO, WO) overwritten.
     """
@@ -220,87 +262,134 @@ def _depthwise_act(x, w, b, stride, pad, act, y):
         copy_out(grid, R, WS, y, c, act)
 
 
-depthwise_act = numba.njit(**_serial)(_depthwise_act)
-
-
-def _conv_act(x, w, b, stride, pad, act, y):
-    """y[o, t] = act(sum_c conv(x[c, t], w[o, c]) + b[o]).
+def _conv_planes(x, w, b, stride, pad, act, y):
+    """y[o, t] = act(sum_c conv(x[c, t], w[o, c]) + b[o]) on planes.
 
     x (C, T, H, W);  w (O, C, KH, KW);  b (O,);  y (O, T, HO, WO) overwritten.
     All C channels are split into phase planes first, then each output
     channel sums its taps over them.
     """
     C, T, H, W = x.shape
-    O = w.shape[0]
     R, WS, G = phase_sizes(T, H, W, y.shape[2], y.shape[3], stride, pad)
     phases = np.zeros((C, stride, stride, T * R, WS), x.dtype)
     for c in range(C):
         split_phases(x, c, pad, stride, phases[c])
     grid = np.empty(G, x.dtype)
-    for o in range(O):
+    for o in range(w.shape[0]):
         grid[:] = b[o]
         for c in range(C):
             add_taps(phases[c], w[o, c], stride, WS, grid)
         copy_out(grid, R, WS, y, o, act)
 
 
-conv_act = numba.njit(**_serial)(_conv_act)
+depthwise_planes = numba.njit(**_serial)(_depthwise_planes)
+conv_planes = numba.njit(**_serial)(_conv_planes)
 
 
 # ---------------------------------------------------------------------------
-# 1x1 convolution (and Dense) + bias + activation: a blocked matrix product.
-#
-#   y (O, M) = act(W (O, K) @ x (K, M) + b),   M = T*H*W columns.
-#
-# The weight comes cut into 4x4 blocks, w4[i, j] = W[4i:4i+4, 4j:4j+4].
-# Block (i, j) adds its 16 products to 4 output rows from 4 input rows, so
-# each value loaded from x serves 4 outputs and each output row is loaded
-# and stored once per 4 inputs: that keeps the processor's multiply-add
-# units busy instead of waiting for memory.  The innermost loop runs along
-# the columns, a unit-step loop the compiler turns into vector instructions.
-# Columns go COLUMNS at a time, so the rows being combined stay in cache.
+# Depthwise convolution on pixels: every tap is one multiply-add along the
+# channels of a pixel, y[t, i, j, :] += w[a, b, :] * x[t, r, q, :], so the
+# innermost loop runs over C = 64 ... 256 contiguous numbers.  The three
+# taps of a kernel row go together when they all fall inside the image
+# (every pixel but the border ones).
 # ---------------------------------------------------------------------------
 
-def _pointwise_act(x, w4, b, act, y):
-    """y = act(W @ x + b), W given as 4x4 blocks.
+def _depthwise_pixels(x, w, b, stride, pad, act, y):
+    """y[t, i, j] = act(sum_ab w[a, b] * x[t, i*s + a - pad, j*s + b - pad] + b) on pixels.
 
-    x (K, M);  w4 (O/4, K/4, 4, 4) with w4[i, j, r, q] = W[4i + r, 4j + q];
-    b (O,);  y (O, M) overwritten.  O and K are multiples of 4.
+    x (T, H, W, C);  w (KH, KW, C);  b (C,);  y (T, HO, WO, C) overwritten.
+    Taps that fall on the padding are skipped: they would add zeros.
     """
-    M = x.shape[1]
-    for m0 in range(0, M, COLUMNS):
-        m1 = min(m0 + COLUMNS, M)
-        for i in range(w4.shape[0]):
-            o = 4 * i
-            y0, y1, y2, y3 = y[o, m0:m1], y[o + 1, m0:m1], y[o + 2, m0:m1], y[o + 3, m0:m1]
-            y0[:] = b[o]
-            y1[:] = b[o + 1]
-            y2[:] = b[o + 2]
-            y3[:] = b[o + 3]
-            for j in range(w4.shape[1]):
-                k = 4 * j
-                x0, x1, x2, x3 = x[k, m0:m1], x[k + 1, m0:m1], x[k + 2, m0:m1], x[k + 3, m0:m1]
-                blk = w4[i, j]
-                for m in range(m1 - m0):
-                    v0, v1, v2, v3 = x0[m], x1[m], x2[m], x3[m]
-                    y0[m] += blk[0, 0] * v0 + blk[0, 1] * v1 + blk[0, 2] * v2 + blk[0, 3] * v3
-                    y1[m] += blk[1, 0] * v0 + blk[1, 1] * v1 + blk[1, 2] * v2 + blk[1, 3] * v3
-                    y2[m] += blk[2, 0] * v0 + blk[2, 1] * v1 + blk[2, 2] * v2 + blk[2, 3] * v3
-                    y3[m] += blk[3, 0] * v0 + blk[3, 1] * v1 + blk[3, 2] * v2 + blk[3, 3] * v3
+    T, H, W, C = x.shape
+    KH, KW = w.shape[0], w.shape[1]
+    HO, WO = y.shape[1], y.shape[2]
+    for t in range(T):
+        for i in range(HO):
+            for j in range(WO):
+                out = y[t, i, j]
+                out[:] = b
+                q0 = j * stride - pad                   # the input column of tap b = 0
+                for a in range(KH):
+                    r = i * stride + a - pad
+                    if r < 0 or r >= H:
+                        continue
+                    if KW == 3 and q0 >= 0 and q0 + 3 <= W:
+                        x0, x1, x2 = x[t, r, q0], x[t, r, q0 + 1], x[t, r, q0 + 2]
+                        w0, w1, w2 = w[a, 0], w[a, 1], w[a, 2]
+                        for c in range(C):
+                            out[c] += w0[c] * x0[c] + w1[c] * x1[c] + w2[c] * x2[c]
+                        continue
+                    for q in range(KW):
+                        if 0 <= q0 + q < W:
+                            x0, w0 = x[t, r, q0 + q], w[a, q]
+                            for c in range(C):
+                                out[c] += w0[c] * x0[c]
+                activate(out, act)
+
+
+depthwise_pixels = numba.njit(**_serial)(_depthwise_pixels)
+
+
+# ---------------------------------------------------------------------------
+# The matrix product + bias + activation, for 1x1 convolutions and dense
+# layers in either layout:
+#
+#   planes:  y (O, P) = W (O, K) @ x (K, P)      + bias down the rows
+#   pixels:  y (P, O) = x (P, K) @ W.T (K, O)    + bias along each row
+#
+# In both, 4 rows of ``a`` meet 4 rows of ``b`` at a time: the 16 numbers of
+# the 4x4 block of ``a`` are read once and each is used along a whole row of
+# ``b``; every value loaded from ``b`` serves 4 outputs and every output
+# row is loaded and stored once per 4 inputs.  That keeps the processor's
+# multiply-add units busy instead of waiting for memory.  The innermost loop
+# runs along the rows, a unit-step loop the compiler turns into vector
+# instructions; rows go COLUMNS at a time, so the ones being combined stay
+# in the level-1 cache.
+# ---------------------------------------------------------------------------
+
+def _matmul_act(a, b, bias, bias_per_row, act, y):
+    """y = act(a @ b + bias), bias added down the rows (``bias_per_row``) or along them.
+
+    a (R, K);  b (K, N);  y (R, N) overwritten;  bias (R,) or (N,).
+    R and K are multiples of 4.
+    """
+    R, K = a.shape
+    N = b.shape[1]
+    for n0 in range(0, N, COLUMNS):
+        n1 = min(n0 + COLUMNS, N)
+        for r in range(0, R, 4):
+            y0, y1, y2, y3 = y[r, n0:n1], y[r + 1, n0:n1], y[r + 2, n0:n1], y[r + 3, n0:n1]
+            if bias_per_row:
+                y0[:] = bias[r]
+                y1[:] = bias[r + 1]
+                y2[:] = bias[r + 2]
+                y3[:] = bias[r + 3]
+            else:
+                for yk in (y0, y1, y2, y3):
+                    yk[:] = bias[n0:n1]
+            for k in range(0, K, 4):
+                b0, b1, b2, b3 = b[k, n0:n1], b[k + 1, n0:n1], b[k + 2, n0:n1], b[k + 3, n0:n1]
+                blk = a[r:r + 4, k:k + 4]
+                for n in range(n1 - n0):
+                    v0, v1, v2, v3 = b0[n], b1[n], b2[n], b3[n]
+                    y0[n] += blk[0, 0] * v0 + blk[0, 1] * v1 + blk[0, 2] * v2 + blk[0, 3] * v3
+                    y1[n] += blk[1, 0] * v0 + blk[1, 1] * v1 + blk[1, 2] * v2 + blk[1, 3] * v3
+                    y2[n] += blk[2, 0] * v0 + blk[2, 1] * v1 + blk[2, 2] * v2 + blk[2, 3] * v3
+                    y3[n] += blk[3, 0] * v0 + blk[3, 1] * v1 + blk[3, 2] * v2 + blk[3, 3] * v3
             activate(y0, act)
             activate(y1, act)
             activate(y2, act)
             activate(y3, act)
 
 
-pointwise_act = numba.njit(**_serial)(_pointwise_act)
+matmul_act = numba.njit(**_serial)(_matmul_act)
 
 
 # ---------------------------------------------------------------------------
-# Global mean pooling on a tile.
+# Global mean pooling, in either layout.
 # ---------------------------------------------------------------------------
 
-def _mean_pool(x, y):
+def _mean_planes(x, y):
     """y[c, t] = mean of x[c, t] over its L pixels.  x (C, T, L);  y (C, T)."""
     C, T, L = x.shape
     for c in range(C):
@@ -311,93 +400,24 @@ def _mean_pool(x, y):
             y[c, t] = s / L
 
 
-mean_pool = numba.njit(**_serial)(_mean_pool)
+def _mean_pixels(x, T, L, y):
+    """y[t] = mean of the rows t*L ... t*L + L - 1 of x; the rows of y after the T images are zeroed.
 
-
-# ---------------------------------------------------------------------------
-# The program: every step of the plan, tile by tile.
-# ---------------------------------------------------------------------------
-
-def _output_size(size, k, stride, pad):
-    return (size + 2 * pad - k) // stride + 1
-
-
-output_size = numba.njit(**_serial)(_output_size)
-
-
-def _step_shapes(steps, C, H, W):
-    """(S + 1, 3) array: the (channels, H, W) of one image before each step and after the last."""
-    S = steps.shape[0]
-    shapes = np.empty((S + 1, 3), np.int64)
-    shapes[0, 0], shapes[0, 1], shapes[0, 2] = C, H, W
-    for s in range(S):
-        kind = steps[s, KIND]
-        if kind == POOL:
-            H, W = 1, 1
-        elif kind != POINTWISE:
-            H = output_size(H, steps[s, KH], steps[s, STRIDE], steps[s, PAD])
-            W = output_size(W, steps[s, KW], steps[s, STRIDE], steps[s, PAD])
-        shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2] = steps[s, C_OUT], H, W
-    return shapes
-
-
-step_shapes = numba.njit(**_serial)(_step_shapes)
-
-
-def _run_step(step, params, x, y):
-    """Run one step of the plan: x (C, T, H, W) -> y (O, T, HO, WO), both in the tile layout."""
-    kind, act = step[KIND], step[ACT]
-    C, T, H, W = x.shape
-    O = y.shape[0]
-    b = params[step[B_AT]:step[B_AT] + O]
-    if kind == POINTWISE:
-        w4 = params[step[W_AT]:step[W_AT] + O * C].reshape(O // 4, C // 4, 4, 4)
-        pointwise_act(x.reshape(C, T * H * W), w4, b, act, y.reshape(O, -1))
-    elif kind == DEPTHWISE:
-        w = params[step[W_AT]:step[W_AT] + C * step[KH] * step[KW]].reshape(C, step[KH], step[KW])
-        depthwise_act(x, w, b, step[STRIDE], step[PAD], act, y)
-    elif kind == CONV:
-        size = O * C * step[KH] * step[KW]
-        w = params[step[W_AT]:step[W_AT] + size].reshape(O, C, step[KH], step[KW])
-        conv_act(x, w, b, step[STRIDE], step[PAD], act, y)
-    else:
-        mean_pool(x.reshape(C, T, H * W), y.reshape(O, T))
-
-
-run_step = numba.njit(**_serial)(_run_step)
-
-
-def _run_plan(x, steps, params, tile, workers, out):
-    """Run every step on every tile of ``tile`` images, ``workers`` threads sharing the tiles.
-
-    x (N, C, H, W) the input (C <= the first step's C_IN: gather pads);
-    steps (S, FIELDS) int64, params the flat weights they point into;
-    out (N, O, HO, WO) overwritten with the last step's first O channels.
-    Each worker has two scratch tiles, sized for the largest activation,
-    and passes each step's output to the next by swapping them.
+    x (P, C) pixels with L pixels for each of T images;  y (Q, C), Q >= T.
     """
-    N = x.shape[0]
-    shapes = step_shapes(steps, steps[0, C_IN], x.shape[2], x.shape[3])
-    largest = 0
-    for s in range(shapes.shape[0]):
-        largest = max(largest, shapes[s, 0] * shapes[s, 1] * shapes[s, 2])
-    n_tiles = (N + tile - 1) // tile
-    workers = min(workers, n_tiles)
-    for worker in prange(workers):
-        a = np.empty(tile * largest, x.dtype)
-        b = np.empty(tile * largest, x.dtype)
-        for t in range(worker, n_tiles, workers):
-            n0 = t * tile
-            T = min(tile, N - n0)
-            C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
-            gather(x, n0, a[:C * T * H * W].reshape(C, T, H, W))
-            for s in range(steps.shape[0]):
-                O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
-                run_step(steps[s], params, a[:C * T * H * W].reshape(C, T, H, W),
-                         b[:O * T * HO * WO].reshape(O, T, HO, WO))
-                a, b = b, a
-                C, H, W = O, HO, WO
-            scatter(a[:C * T * H * W].reshape(C, T, H, W), n0, out)
+    C = x.shape[1]
+    total = np.zeros(C)                          # float64 sums, as in _mean_planes
+    for t in range(T):
+        total[:] = 0.0
+        for k in range(t * L, t * L + L):
+            row = x[k]
+            for c in range(C):
+                total[c] += row[c]
+        out = y[t]
+        for c in range(C):
+            out[c] = total[c] / L
+    y[T:] = 0.0
 
 
-run_plan = numba.njit(**_parallel)(_run_plan)
+mean_planes = numba.njit(**_serial)(_mean_planes)
+mean_pixels = numba.njit(**_serial)(_mean_pixels)
