@@ -217,11 +217,21 @@ def _step_shapes(steps, C, H, W):
 step_shapes = numba.njit(cache=True)(_step_shapes)
 
 
-def _layout(kind, C, T, H, W):
-    """The layout a step runs in, given its input: pixels when the tile has fewer pixels than channels."""
-    if kind != CONV and T * H * W < C:
-        return PIXELS
-    return PLANES
+def _layout(kind, C, T, H, W, current):
+    """The layout a step runs in, given its input (C channels, T images of H x W) and the current one.
+
+    What the kernels measure fastest: a 1x1 convolution on pixels when the
+    tile has fewer pixels than channels (its rows are then the longer
+    ones); a depthwise one on pixels when an image has at most 4 pixels per
+    channel; a full convolution on planes; pooling where the tile already is.
+    """
+    if kind == POINTWISE:
+        return PIXELS if T * H * W < C else PLANES
+    if kind == DEPTHWISE:
+        return PIXELS if H * W <= 4 * C else PLANES
+    if kind == CONV:
+        return PLANES
+    return current
 
 
 def _run_step(step, params, layout, x, T, H, W, y, HO, WO):
@@ -303,7 +313,7 @@ def _run_plan(x, steps, params, tile, workers, out):
             fk.gather(x, n0, a[:C * T * H * W].reshape(C, T, H, W))
             current = PLANES
             for s in range(steps.shape[0]):
-                wanted = layout(steps[s, KIND], C, T, H, W)
+                wanted = layout(steps[s, KIND], C, T, H, W, current)
                 if wanted != current:
                     convert(a, C, T, H, W, wanted, b)
                     a, b, current = b, a, wanted

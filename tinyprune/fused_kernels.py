@@ -192,6 +192,9 @@ def _split_phases(x, c, pad, s, phases):
                     if s == 1:
                         for q in range(n):
                             dst[q] = src[q]
+                    elif s == 2:                         # the step as a literal: vectorised
+                        for q in range(n):
+                            dst[q] = src[2 * q]
                     else:
                         for q in range(n):
                             dst[q] = src[q * s]
@@ -201,8 +204,8 @@ def _add_taps(phases, w, s, WS, grid):
     """grid[g] += sum over taps (a, b) of w[a, b] * (the input pixel tap (a, b) of position g sees).
 
     phases (s, s, rows, WS) from _split_phases;  w (KH, KW);  grid (G,).
-    Taps side by side in a phase plane go three at a time (one pass over
-    the grid instead of three), the rest one at a time.
+    Taps side by side in a phase plane go three or two at a time (one pass
+    over the grid instead of three or two), the rest one at a time.
     """
     KH, KW = w.shape
     G = grid.size
@@ -220,6 +223,13 @@ def _add_taps(phases, w, s, WS, grid):
                     for g in range(G):
                         grid[g] += w0 * t0[g] + w1 * t1[g] + w2 * t2[g]
                     db += 3
+                if db + 2 <= taps:
+                    w0, w1 = w[a, db * s + v], w[a, (db + 1) * s + v]
+                    t0 = plane[da * WS + db:]
+                    t1 = t0[1:]
+                    for g in range(G):
+                        grid[g] += w0 * t0[g] + w1 * t1[g]
+                    db += 2
                 while db < taps:
                     w0 = w[a, db * s + v]
                     t0 = plane[da * WS + db:]
@@ -287,44 +297,79 @@ conv_planes = numba.njit(**_serial)(_conv_planes)
 
 
 # ---------------------------------------------------------------------------
-# Depthwise convolution on pixels: every tap is one multiply-add along the
-# channels of a pixel, y[t, i, j, :] += w[a, b, :] * x[t, r, q, :], so the
-# innermost loop runs over C = 64 ... 256 contiguous numbers.  The three
-# taps of a kernel row go together when they all fall inside the image
-# (every pixel but the border ones).
+# Depthwise convolution on pixels.  An output row of WO pixels is WO*C
+# contiguous numbers, and for stride 1 the input pixels under tap (a, b) of
+# that row are contiguous too: row i + a of the zero-padded image, from
+# column b on.  With the tap's C weights repeated WO times ("wide"), every
+# tap is one multiply-add along WO*C numbers -- a long loop even for a 3x3
+# image of 256 channels.  For stride s the padded image is split into s
+# column phases (column q*s + v goes to phase v, column q), as for planes,
+# so tap b = db*s + v reads phase v from column db on.  The taps of a
+# kernel row that fall in one phase go together (three, or two at stride 2).
 # ---------------------------------------------------------------------------
 
 def _depthwise_pixels(x, w, b, stride, pad, act, y):
     """y[t, i, j] = act(sum_ab w[a, b] * x[t, i*s + a - pad, j*s + b - pad] + b) on pixels.
 
     x (T, H, W, C);  w (KH, KW, C);  b (C,);  y (T, HO, WO, C) overwritten.
-    Taps that fall on the padding are skipped: they would add zeros.
     """
     T, H, W, C = x.shape
     KH, KW = w.shape[0], w.shape[1]
     HO, WO = y.shape[1], y.shape[2]
+    s = stride
+    WS = (W + 2 * pad + s - 1) // s                    # columns of a phase
+    phases = np.zeros((s, H + 2 * pad, WS * C), x.dtype)
+    wide = np.empty((KH * KW + 1, WO * C), x.dtype)   # every tap's weights, then the bias
+    taps = w.reshape(KH * KW, C)
+    for j in range(WO):
+        for k in range(KH * KW):
+            row = wide[k, j * C:]
+            for c in range(C):
+                row[c] = taps[k, c]
+        row = wide[KH * KW, j * C:]
+        for c in range(C):
+            row[c] = b[c]
     for t in range(T):
+        for r in range(H):
+            src = x[t, r].reshape(W * C)
+            if s == 1:                                  # one phase: the row as it is
+                dst = phases[0, r + pad, pad * C:]
+                for k in range(W * C):
+                    dst[k] = src[k]
+                continue
+            for v in range(s):                          # column q*s + v of the padded row
+                first = max(0, (pad - v + s - 1) // s)
+                dst = phases[v, r + pad]
+                for q in range(first, min(WS, (W + pad - v + s - 1) // s)):
+                    pixel = src[(q * s + v - pad) * C:]
+                    out = dst[q * C:]
+                    for c in range(C):
+                        out[c] = pixel[c]
         for i in range(HO):
-            for j in range(WO):
-                out = y[t, i, j]
-                out[:] = b
-                q0 = j * stride - pad                   # the input column of tap b = 0
-                for a in range(KH):
-                    r = i * stride + a - pad
-                    if r < 0 or r >= H:
+            out = y[t, i].reshape(WO * C)
+            bias = wide[KH * KW]
+            for k in range(WO * C):
+                out[k] = bias[k]
+            for a in range(KH):
+                for v in range(s):
+                    row = phases[v, i * s + a]
+                    n = (KW - v + s - 1) // s          # taps of this kernel row in phase v
+                    if n == 3:
+                        w0, w1, w2 = wide[a * KW + v], wide[a * KW + s + v], wide[a * KW + 2 * s + v]
+                        x0, x1, x2 = row, row[C:], row[2 * C:]
+                        for k in range(WO * C):
+                            out[k] += w0[k] * x0[k] + w1[k] * x1[k] + w2[k] * x2[k]
                         continue
-                    if KW == 3 and q0 >= 0 and q0 + 3 <= W:
-                        x0, x1, x2 = x[t, r, q0], x[t, r, q0 + 1], x[t, r, q0 + 2]
-                        w0, w1, w2 = w[a, 0], w[a, 1], w[a, 2]
-                        for c in range(C):
-                            out[c] += w0[c] * x0[c] + w1[c] * x1[c] + w2[c] * x2[c]
+                    if n == 2:
+                        w0, w1, x0, x1 = wide[a * KW + v], wide[a * KW + s + v], row, row[C:]
+                        for k in range(WO * C):
+                            out[k] += w0[k] * x0[k] + w1[k] * x1[k]
                         continue
-                    for q in range(KW):
-                        if 0 <= q0 + q < W:
-                            x0, w0 = x[t, r, q0 + q], w[a, q]
-                            for c in range(C):
-                                out[c] += w0[c] * x0[c]
-                activate(out, act)
+                    for db in range(n):
+                        w0, x0 = wide[a * KW + db * s + v], row[db * C:]
+                        for k in range(WO * C):
+                            out[k] += w0[k] * x0[k]
+            activate(out, act)
 
 
 depthwise_pixels = numba.njit(**_serial)(_depthwise_pixels)
@@ -338,9 +383,10 @@ depthwise_pixels = numba.njit(**_serial)(_depthwise_pixels)
 #   pixels:  y (P, O) = x (P, K) @ W.T (K, O)    + bias along each row
 #
 # In both, 4 rows of ``a`` meet 4 rows of ``b`` at a time: the 16 numbers of
-# the 4x4 block of ``a`` are read once and each is used along a whole row of
-# ``b``; every value loaded from ``b`` serves 4 outputs and every output
-# row is loaded and stored once per 4 inputs.  That keeps the processor's
+# the 4x4 block of ``a`` are read once into local variables (the compiler
+# keeps them in registers) and each is used along a whole row of ``b``;
+# every value loaded from ``b`` serves 4 outputs and every output row is
+# loaded and stored once per 4 inputs.  That keeps the processor's
 # multiply-add units busy instead of waiting for memory.  The innermost loop
 # runs along the rows, a unit-step loop the compiler turns into vector
 # instructions; rows go COLUMNS at a time, so the ones being combined stay
@@ -367,15 +413,19 @@ def _matmul_act(a, b, bias, bias_per_row, act, y):
             else:
                 for yk in (y0, y1, y2, y3):
                     yk[:] = bias[n0:n1]
+            a0, a1, a2, a3 = a[r], a[r + 1], a[r + 2], a[r + 3]
             for k in range(0, K, 4):
                 b0, b1, b2, b3 = b[k, n0:n1], b[k + 1, n0:n1], b[k + 2, n0:n1], b[k + 3, n0:n1]
-                blk = a[r:r + 4, k:k + 4]
+                a00, a01, a02, a03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
+                a10, a11, a12, a13 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
+                a20, a21, a22, a23 = a2[k], a2[k + 1], a2[k + 2], a2[k + 3]
+                a30, a31, a32, a33 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
                 for n in range(n1 - n0):
                     v0, v1, v2, v3 = b0[n], b1[n], b2[n], b3[n]
-                    y0[n] += blk[0, 0] * v0 + blk[0, 1] * v1 + blk[0, 2] * v2 + blk[0, 3] * v3
-                    y1[n] += blk[1, 0] * v0 + blk[1, 1] * v1 + blk[1, 2] * v2 + blk[1, 3] * v3
-                    y2[n] += blk[2, 0] * v0 + blk[2, 1] * v1 + blk[2, 2] * v2 + blk[2, 3] * v3
-                    y3[n] += blk[3, 0] * v0 + blk[3, 1] * v1 + blk[3, 2] * v2 + blk[3, 3] * v3
+                    y0[n] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
+                    y1[n] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
+                    y2[n] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
+                    y3[n] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
             activate(y0, act)
             activate(y1, act)
             activate(y2, act)
