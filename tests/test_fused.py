@@ -35,6 +35,11 @@ def both(name):
     return [getattr(fk, name), getattr(fk, "_" + name)]
 
 
+def both_program(name):
+    """A compiled function of the program in fused.py and its plain reading."""
+    return [getattr(fused, name), getattr(fused, "_" + name)]
+
+
 def random(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape)
 
@@ -177,14 +182,27 @@ def test_mean_pooling_in_both_layouts(mean_planes, mean_pixels):
     assert np.all(y[3] == 0)
 
 
-@pytest.mark.parametrize("run_plan", [fused.run_plan, fused._run_plan])
-def test_the_program_runs_compiled_and_plain(run_plan):
+@pytest.mark.parametrize("run_tile", both_program("run_tile"))
+def test_the_program_runs_a_tile_compiled_and_plain(run_tile):
     model = MobileNet("relu", 0.125, fcsize=8, nclasses=3, seed=16, dtype=np.float64).eval()
     plan = fused.build_plan(model)
     x = random((3, 3, 16, 16), 17)
-    out = np.empty((3, 3, 1, 1))
-    run_plan(x, plan.steps, plan.params, 2, 2, out)       # tiles of 2 images, 2 workers
-    np.testing.assert_allclose(out.reshape(3, 3), plain(model, x), rtol=1e-10)
+    shapes = fused.step_shapes(plan.steps, plan.steps[0, fused.C_IN], 16, 16)
+    size = int((shapes[:, 0] * ((2 * shapes[:, 1] * shapes[:, 2] + 3) // 4 * 4)).max())
+    out = np.zeros((3, 3, 1, 1))
+    run_tile(x, 1, 2, plan.steps, plan.params, shapes, np.empty(size), np.empty(size), out)
+    np.testing.assert_allclose(out[1:].reshape(2, 3), plain(model, x)[1:], rtol=1e-10)
+    assert np.all(out[0] == 0)                      # the tile was images 1 and 2
+
+
+@pytest.mark.parametrize("tile, workers", [(1, 2), (2, 2), (2, 3), (8, 2), (8, 1)])
+def test_any_tiles_and_threads_give_the_same_output(tile, workers):
+    model = MobileNet("slopehtanh", 0.125, fcsize=8, nclasses=3, seed=16, dtype=np.float64).eval()
+    plan = fused.build_plan(model)
+    x = random((5, 3, 16, 16), 17)
+    out = np.empty((5, 3, 1, 1))
+    fused.run_plan(x, plan.steps, plan.params, tile, workers, out)
+    np.testing.assert_allclose(out.reshape(5, 3), plain(model, x), rtol=1e-10)
 
 
 # ---------------------------------------------------------------------------

@@ -16,10 +16,11 @@ of that is unnecessary:
 
 So a model in eval mode is turned into a *plan*: a table of steps, each one
 "convolution + bias + activation" (or a pooling), with all their weights
-packed into one array, run by one compiled function (``run_plan`` below)
-that hands tiles to threads.  One call from Python runs the whole network;
-at batch 1 that matters more than anything else.  The loops themselves are
-in :mod:`tinyprune.fused_kernels`.
+packed into one array, run by one compiled function per tile of images
+(``run_tile`` below), with threads taking turns at the tiles.  One call
+from Python runs the whole network through a tile; at batch 1 that matters
+more than anything else.  The loops themselves are in
+:mod:`tinyprune.fused_kernels`.
 
 When it is used.  ``model(x)`` on a Chain in eval mode takes the fast path
 (``model.forward(x)`` always runs the plain layers, and keeps what backward
@@ -40,6 +41,9 @@ seen at once.  Changing an array's *values in place* (``conv.weight[0] = 0``)
 is not seen until you call ``model.eval()`` again: checking every value at
 every call would cost as much as a layer.
 """
+
+import concurrent.futures
+import functools
 
 import numba
 import numpy as np
@@ -244,14 +248,14 @@ def _run_step(step, params, layout, x, T, H, W, y, HO, WO):
     b = params[step[B_AT]:step[B_AT] + O]
     kh, kw, stride, pad = step[KH], step[KW], step[STRIDE], step[PAD]
     P, PO = (T * H * W + 3) // 4 * 4, (T * HO * WO + 3) // 4 * 4
+    x4 = x[:C * T * H * W].reshape(C, T, H, W)
+    y4 = y[:O * T * HO * WO].reshape(O, T, HO, WO)
     if kind == CONV:
         w = params[step[W_AT]:step[W_AT] + O * C * kh * kw].reshape(O, C, kh, kw)
-        fk.conv_planes(x[:C * T * H * W].reshape(C, T, H, W), w, b, stride, pad, act,
-                       y[:O * T * HO * WO].reshape(O, T, HO, WO))
+        fk.conv_planes(x4, w, b, stride, pad, act, y4)
     elif kind == DEPTHWISE and layout == PLANES:
         w = params[step[W_AT]:step[W_AT] + C * kh * kw].reshape(C, kh, kw)
-        fk.depthwise_planes(x[:C * T * H * W].reshape(C, T, H, W), w, b, stride, pad, act,
-                            y[:O * T * HO * WO].reshape(O, T, HO, WO))
+        fk.depthwise_planes(x4, w, b, stride, pad, act, y4)
     elif kind == DEPTHWISE:
         w = params[step[WT_AT]:step[WT_AT] + C * kh * kw].reshape(kh, kw, C)
         out = y[:PO * O].reshape(PO, O)
@@ -272,7 +276,7 @@ def _run_step(step, params, layout, x, T, H, W, y, HO, WO):
 
 
 layout = numba.njit(cache=True)(_layout)
-run_step = numba.njit(cache=True)(_run_step)
+run_step = numba.njit(cache=True, nogil=True)(_run_step)
 
 
 def _convert(x, C, T, H, W, to, y):
@@ -287,48 +291,70 @@ def _convert(x, C, T, H, W, to, y):
 convert = numba.njit(cache=True)(_convert)
 
 
-def _run_plan(x, steps, params, tile, workers, out):
-    """Run every step on every tile of ``tile`` images, ``workers`` threads sharing the tiles.
+def _run_tile(x, n0, T, steps, params, shapes, a, b, out):
+    """Run every step on the tile of images n0 ... n0 + T - 1 of x, into out.
 
     x (N, C, H, W) the input (C <= the first step's C_IN: gather pads);
-    steps (S, FIELDS) int64, params the flat weights they point into;
-    out (N, O, HO, WO) overwritten with the last step's first O channels.
-    Each worker has two scratch buffers, sized for the largest activation
-    of a tile, and passes each step's output to the next by swapping them.
+    steps (S, FIELDS) int64 and params, the plan; shapes: ``step_shapes``;
+    a, b: two flat scratch buffers, each large enough for any activation of
+    the tile (each step's output goes to the other one);
+    out (N, O, HO, WO): images n0 ... n0 + T - 1 overwritten.
+    """
+    C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
+    fk.gather(x, n0, a[:C * T * H * W].reshape(C, T, H, W))
+    current = PLANES
+    for s in range(steps.shape[0]):
+        wanted = layout(steps[s, KIND], C, T, H, W, current)
+        if wanted != current:
+            convert(a, C, T, H, W, wanted, b)
+            a, b, current = b, a, wanted
+        O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
+        run_step(steps[s], params, current, a, T, H, W, b, HO, WO)
+        a, b = b, a
+        C, H, W = O, HO, WO
+    if current == PLANES:
+        fk.scatter_planes(a[:C * T * H * W].reshape(C, T, H, W), n0, out)
+    else:
+        P = (T * H * W + 3) // 4 * 4
+        fk.scatter_pixels(a[:P * C].reshape(P, C), n0, T, out)
+
+
+run_tile = numba.njit(cache=True, nogil=True)(_run_tile)
+
+
+@functools.cache
+def _pool(workers):
+    """A pool of ``workers`` threads, made once per process; run_tile releases the GIL."""
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tinyprune-fused")
+
+
+def run_plan(x, steps, params, tile, workers, out, shapes=None):
+    """Run the plan on the batch x (N, C, H, W) into out (N, O, HO, WO), in tiles of ``tile`` images.
+
+    ``workers`` threads take turns at the tiles, each with its own scratch
+    buffers, so a tile stays in the cache of the core working on it.
+    ``shapes``: ``step_shapes`` for this input size, if known.  Threads
+    share whole tiles, not steps: handing a step's halves to two threads
+    and waiting for both costs more, at MobileNet's sizes, than the half.
     """
     N = x.shape[0]
-    shapes = step_shapes(steps, steps[0, C_IN], x.shape[2], x.shape[3])
-    largest = 0
-    for s in range(shapes.shape[0]):
-        largest = max(largest, shapes[s, 0] * ((tile * shapes[s, 1] * shapes[s, 2] + 3) // 4 * 4))
-    n_tiles = (N + tile - 1) // tile
-    workers = min(workers, n_tiles)
-    for worker in numba.prange(workers):
-        a = np.empty(largest, x.dtype)
-        b = np.empty(largest, x.dtype)
-        for t in range(worker, n_tiles, workers):
-            n0 = t * tile
-            T = min(tile, N - n0)
-            C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
-            fk.gather(x, n0, a[:C * T * H * W].reshape(C, T, H, W))
-            current = PLANES
-            for s in range(steps.shape[0]):
-                wanted = layout(steps[s, KIND], C, T, H, W, current)
-                if wanted != current:
-                    convert(a, C, T, H, W, wanted, b)
-                    a, b, current = b, a, wanted
-                O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
-                run_step(steps[s], params, current, a, T, H, W, b, HO, WO)
-                a, b = b, a
-                C, H, W = O, HO, WO
-            if current == PLANES:
-                fk.scatter_planes(a[:C * T * H * W].reshape(C, T, H, W), n0, out)
-            else:
-                P = (T * H * W + 3) // 4 * 4
-                fk.scatter_pixels(a[:P * C].reshape(P, C), n0, T, out)
+    if shapes is None:
+        shapes = step_shapes(steps, steps[0, C_IN], x.shape[2], x.shape[3])
+    tile = min(tile, N)
+    size = int((shapes[:, 0] * ((tile * shapes[:, 1] * shapes[:, 2] + 3) // 4 * 4)).max())
+    starts = list(range(0, N, tile))
 
+    def work(first):
+        a, b = np.empty(size, x.dtype), np.empty(size, x.dtype)
+        for n0 in starts[first::workers]:
+            run_tile(x, n0, min(tile, N - n0), steps, params, shapes, a, b, out)
 
-run_plan = numba.njit(cache=True, nogil=True, parallel=True)(_run_plan)
+    workers = min(workers, len(starts))
+    if workers == 1:
+        work(0)
+        return
+    for job in [_pool(workers).submit(work, first) for first in range(workers)]:
+        job.result()
 
 
 # ---------------------------------------------------------------------------
@@ -369,19 +395,19 @@ class FusedPlan:
         return True
 
     def _sizes(self, H, W):
-        """Output (C, HO, WO) of one image and images per tile, for H x W inputs (remembered)."""
+        """``step_shapes`` and images per tile for H x W inputs (remembered)."""
         if (H, W) not in self.shapes:
             shapes = step_shapes(self.steps, self.steps[0, C_IN], H, W)
             largest = int((shapes[:, 0] * shapes[:, 1] * shapes[:, 2]).max()) * self.params.itemsize
-            self.shapes[H, W] = (tuple(int(n) for n in shapes[-1]), max(1, TILE_BYTES // largest))
+            self.shapes[H, W] = (shapes, max(1, TILE_BYTES // largest))
         return self.shapes[H, W]
 
     def __call__(self, x):
         """The model's output for ``x`` (N, C, H, W), already checked and in the plan's dtype."""
         N = x.shape[0]
-        (_, HO, WO), tile = self._sizes(x.shape[2], x.shape[3])
-        out = np.empty((N, self.channels, HO, WO), x.dtype)
-        run_plan(x, self.steps, self.params, tile, numba.get_num_threads(), out)
+        shapes, tile = self._sizes(x.shape[2], x.shape[3])
+        out = np.empty((N, self.channels, shapes[-1, 1], shapes[-1, 2]), x.dtype)
+        run_plan(x, self.steps, self.params, tile, numba.get_num_threads(), out, shapes)
         y = out.reshape(N, self.channels) if self.flattened else out
         for layer in self.tail:
             y = layer.forward(y)
