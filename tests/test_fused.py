@@ -116,12 +116,18 @@ def conv_output(layer, x):
     return layer.eval().forward(x)
 
 
+def depthwise_layer(channels, kernel, stride, pad, seed):
+    """A float64 DepthwiseConv2d with random weights and a random bias."""
+    layer = DepthwiseConv2d(channels, kernel, stride=stride, pad=pad, bias=True, dtype=np.float64,
+                            rng=np.random.default_rng(seed))
+    layer.bias[:] = random(channels, seed + 1)
+    return layer
+
+
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
 @pytest.mark.parametrize("depthwise_planes", both("depthwise_planes"))
 def test_depthwise_on_planes_matches_the_layer(depthwise_planes, kernel, stride, pad):
-    layer = DepthwiseConv2d(4, kernel, stride=stride, pad=pad, bias=True, dtype=np.float64,
-                            rng=np.random.default_rng(2))
-    layer.bias[:] = random(4, 3)
+    layer = depthwise_layer(4, kernel, stride, pad, seed=2)
     x = random((3, 4, 7, 6), 4)
     expected = conv_output(layer, x)
     y = np.empty(planes(expected).shape)
@@ -132,9 +138,7 @@ def test_depthwise_on_planes_matches_the_layer(depthwise_planes, kernel, stride,
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
 @pytest.mark.parametrize("depthwise_pixels", both("depthwise_pixels"))
 def test_depthwise_on_pixels_matches_the_layer(depthwise_pixels, kernel, stride, pad):
-    layer = DepthwiseConv2d(5, kernel, stride=stride, pad=pad, bias=True, dtype=np.float64,
-                            rng=np.random.default_rng(5))
-    layer.bias[:] = random(5, 6)
+    layer = depthwise_layer(5, kernel, stride, pad, seed=5)
     x = random((2, 5, 6, 7), 7)
     expected = np.maximum(conv_output(layer, x), 0)
     y = np.empty(pixels(expected).shape)
@@ -154,6 +158,35 @@ def test_full_conv_on_planes_matches_the_layer(conv_planes, kernel, stride, pad)
     y = np.empty(planes(expected).shape)
     conv_planes(planes(x), layer.weight, layer.bias, stride, pad, fk.SLOPEHTANH, y)
     np.testing.assert_allclose(y, planes(expected), rtol=1e-12, atol=1e-12)
+
+
+def helper_cases():
+    """(helper name, its arguments): each helper of the convolutions on a small input."""
+    x = random((2, 3, 7, 6), 40)
+    R, WS, G = fk.phase_sizes(3, 7, 6, 4, 3, 2, 1)       # stride 2, pad 1
+    phases = random((2, 2, 3 * R, WS), 41)
+    return [("split_phases", (x, 1, 1, 2, np.zeros((2, 2, 3 * R, WS)))),
+            ("split_phases", (x, 0, 2, 3, np.zeros((3, 3, 3 * 4, 4)))),
+            ("add_taps", (phases, random((3, 3), 42), 2, WS, random(G, 43))),
+            ("copy_out", (random(G, 44), R, WS, np.zeros((2, 3, 4, 3)), 1, fk.SLOPEHTANH)),
+            ("repeat_taps", (random((3, 2, 5), 45), random(5, 46), 4)),
+            ("split_pixel_rows", (random((2, 5, 4, 3), 47), 1, 1, np.zeros((2, 7, 9)))),
+            ("split_pixel_rows", (random((2, 5, 4, 3), 47), 0, 2, np.zeros((1, 9, 24))))]
+
+
+@pytest.mark.parametrize("name, args", helper_cases())
+def test_each_helper_gives_the_same_numbers_compiled_and_plain(name, args):
+    compiled_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
+    plain_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
+    compiled = getattr(fk, name)(*compiled_args)
+    by_hand = getattr(fk, "_" + name)(*plain_args)
+    if compiled is not None:
+        np.testing.assert_array_equal(compiled, by_hand)
+    for a, b, before in zip(compiled_args, plain_args, args):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
+    assert any(isinstance(a, np.ndarray) and not np.array_equal(a, before)
+               for a, before in zip(compiled_args, args)) or compiled is not None
 
 
 @pytest.mark.parametrize("matmul_act", both("matmul_act"))

@@ -55,9 +55,10 @@ from .layers import (BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, Flatten, Globa
 
 __all__ = ["FusedPlan", "build_plan", "fused_call", "TILE_BYTES"]
 
-# How much one tile's largest activation may take: a quarter of a typical
-# level-2 cache per core, leaving room for the step's input and weights.
-TILE_BYTES = 256 * 1024
+# How much a step's input and output together may take for one tile: the
+# level-2 cache of a core (1 MB on the machine the README's figures come
+# from), so that a tile goes from step to step without leaving it.
+TILE_BYTES = 1024 * 1024
 
 _ACTIVATIONS = {Identity: fk.IDENTITY, ReLU: fk.RELU, HardTanh: fk.HARDTANH, SlopeHTanh: fk.SLOPEHTANH}
 
@@ -398,7 +399,8 @@ class FusedPlan:
         """``step_shapes`` and images per tile for H x W inputs (remembered)."""
         if (H, W) not in self.shapes:
             shapes = step_shapes(self.steps, self.steps[0, C_IN], H, W)
-            largest = int((shapes[:, 0] * shapes[:, 1] * shapes[:, 2]).max()) * self.params.itemsize
+            sizes = shapes[:, 0] * shapes[:, 1] * shapes[:, 2]
+            largest = int((sizes[:-1] + sizes[1:]).max()) * self.params.itemsize   # input + output
             self.shapes[H, W] = (shapes, max(1, TILE_BYTES // largest))
         return self.shapes[H, W]
 
