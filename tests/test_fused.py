@@ -421,3 +421,12 @@ def test_a_copy_does_not_share_the_plan():
     twin[0][3].weight[:] = 0                        # in place, but on the copy's own arrays
     assert relative_error(twin(x), plain(twin, x)) < 1e-10
     assert relative_error(model(x), plain(model, x)) < 1e-10
+
+
+def test_input_errors_name_the_layer_on_the_fast_path_too():
+    model = small_mobilenet("relu").eval()
+    model(np.zeros((1, 3, 32, 32)))                 # the plan is built and has seen this shape
+    with pytest.raises(ValueError, match=r"model\[0\]\[0\]: Conv2d expects 3 input channels, got 4"):
+        model(np.zeros((1, 4, 32, 32)))
+    with pytest.raises(ValueError, match="expected floating-point input, got int64"):
+        model(np.zeros((1, 3, 32, 32), dtype=np.int64))

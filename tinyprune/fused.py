@@ -378,22 +378,34 @@ class FusedPlan:
         self.tail = tail
         self.channels = channels
         self.flattened = flattened
-        self.sources = _sources(model)
-        self.shapes = {}         # (H, W) of the input -> (output shape of one image, images per tile)
+        self.shapes = {}         # (H, W) of the input -> (step_shapes, images per tile)
+        self.checked = set()     # (shape, dtype) of inputs the model's own checks accepted
+        # What is_current compares: (dict, key, value) that must still be there, the masks
+        # dicts and how many masks each had, every chain's list of layers and a copy of it.
+        self.same, self.mask_counts, self.lists = [], [], []
+        for chain in _chains(model):
+            self.lists.append((chain.layers, list(chain.layers)))
+        for _, layer in model.named_layers():
+            for name in tuple(layer.param_names) + tuple(layer.buffer_names) + ("masks",):
+                self.same.append((layer.__dict__, name, getattr(layer, name)))
+            self.same += [(layer.masks, name, mask) for name, mask in layer.masks.items()]
+            self.mask_counts.append((layer.masks, len(layer.masks)))
 
     def is_current(self, model):
         """True if ``model`` still has its layers and holds every array this plan was built from."""
-        for owner, items in self.sources:
-            if isinstance(owner, list):                   # a chain's list of layers
-                if len(owner) != len(items) or any(a is not b for a, b in zip(owner, items)):
-                    return False
-            elif owner.masks.keys() != items[-1].keys():  # a mask was added or removed
-                return False
-            elif any(getattr(owner, name) is not array for name, array in items[:-1]):
-                return False
-            elif any(owner.masks[name] is not mask for name, mask in items[-1].items()):
-                return False
-        return True
+        return (all(d.get(key) is value for d, key, value in self.same)
+                and all(len(masks) == n for masks, n in self.mask_counts)
+                and all(now == then for now, then in self.lists))
+
+    def accept(self, model, x):
+        """``x`` cast for the plan, after the model's checks (run once per input shape and dtype)."""
+        key = (x.shape, x.dtype) if isinstance(x, np.ndarray) else None
+        if key is None or key not in self.checked:
+            x = model.prepare_input(x)          # raises naming the layer that does not fit
+            if key is not None:
+                self.checked.add(key)
+            return x
+        return np.ascontiguousarray(x, dtype=self.params.dtype)
 
     def _sizes(self, H, W):
         """``step_shapes`` and images per tile for H x W inputs (remembered)."""
@@ -414,17 +426,6 @@ class FusedPlan:
         for layer in self.tail:
             y = layer.forward(y)
         return y
-
-
-def _sources(model):
-    """What ``is_current`` compares: every chain's layer list, every leaf's arrays and masks."""
-    sources = []
-    for chain in _chains(model):
-        sources.append((chain.layers, tuple(chain.layers)))
-    for _, layer in model.named_layers():
-        names = tuple(layer.param_names) + tuple(layer.buffer_names)
-        sources.append((layer, tuple((name, getattr(layer, name)) for name in names) + (dict(layer.masks),)))
-    return sources
 
 
 def _chains(layer):
@@ -461,12 +462,15 @@ def build_plan(model):
 def fused_call(chain, x):
     """``chain(x)`` in eval mode through its plan (built if missing or stale), or None if it has none.
 
-    ``x`` is already checked and cast (``prepare_input``).  The plan lives
-    in ``chain._fused``: False means "no plan possible", None "not built".
+    The plan lives in ``chain._fused``: False means "no plan possible",
+    None "not built yet".  The input is kept in ``chain._fused_input`` for
+    a backward pass (see the module docstring).
     """
     plan = chain._fused
     if plan is None or (plan is not False and not plan.is_current(chain)):
         plan = chain._fused = build_plan(chain) or False
     if plan is False:
         return None
+    x = plan.accept(chain, x)
+    chain._fused_input = x
     return plan(x)

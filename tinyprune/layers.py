@@ -827,14 +827,12 @@ class Chain(Layer):
         return super().prepare_input(x, where)
 
     def __call__(self, x):
-        x = self.prepare_input(x)
         if not self.training and self.fast_eval:
             from .fused import fused_call
-            y = fused_call(self, x)
+            y = fused_call(self, x)         # None if the chain has no fast path
             if y is not None:
-                self._fused_input = x
                 return y
-        return self.forward(x)
+        return self.forward(self.prepare_input(x))
 
     def train(self, mode=True):
         self._fused = None          # rebuilt from the weights as they are now
