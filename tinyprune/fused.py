@@ -365,8 +365,8 @@ def run_plan(x, steps, params, tile, workers, out, shapes=None):
 class FusedPlan:
     """A model's leading layers as fused steps, and the plain layers after them.
 
-    ``steps`` (S, FIELDS) int64, one row per step (columns named in
-    ``fused_kernels``); ``params`` the packed, folded, padded weights;
+    ``steps`` (S, FIELDS) int64, one row per step (columns named at the top
+    of this module); ``params`` the packed, folded, padded weights;
     ``tail`` the leaf layers the plan does not cover, run plainly after it;
     ``channels`` the real channel count of the plan's output; ``flattened``
     True if that output is (N, channels) rather than (N, channels, H, W).

@@ -3,7 +3,9 @@
 As in :mod:`tinyprune.kernels`: every kernel is a plain Python function
 with its shapes in the docstring, compiled on the line after it by Numba
 (``cache=True``); the plain function is there to be read and stepped
-through, and the tests check that both give the same numbers.
+through, and the tests check that both give the same numbers.  A plain
+function calls the compiled helpers; to step through those as well, run
+with ``NUMBA_DISABLE_JIT=1``.
 
 Every kernel computes a *fused step* on a *tile* of T images: a convolution
 with its bias (the folded BatchNorm) and then the activation, applied to
@@ -28,7 +30,7 @@ zeros, so the extra channels hold zeros): the matrix product then works on
 for being negative (Python's ``a[-1]``) unless it can see that it is not;
 such a check in an inner loop stops it from being turned into vector
 instructions.  So inner loops index a slice by the bare loop counter, and
-divisions stay out of them (a ``%`` costs as much as ten additions).
+divisions stay out of them (a ``%`` is many times slower than an addition).
 """
 
 import numba
