@@ -163,12 +163,13 @@ def test_full_conv_on_planes_matches_the_layer(conv_planes, kernel, stride, pad)
 def helper_cases():
     """(helper name, its arguments): each helper of the convolutions on a small input."""
     x = random((2, 3, 7, 6), 40)
-    R, WS, G = fk.phase_sizes(3, 7, 6, 4, 3, 2, 1)       # stride 2, pad 1
-    phases = random((2, 2, 3 * R, WS), 41)
-    return [("split_phases", (x, 1, 1, 2, np.zeros((2, 2, 3 * R, WS)))),
-            ("split_phases", (x, 0, 2, 3, np.zeros((3, 3, 3 * 4, 4)))),
-            ("add_taps", (phases, random((3, 3), 42), 2, WS, random(G, 43))),
-            ("copy_out", (random(G, 44), R, WS, np.zeros((2, 3, 4, 3)), 1, fk.SLOPEHTANH)),
+    R, WP, G = fk.grid_sizes(3, 7, 6, 4, 3, 2, 1)        # stride 2, pad 1
+    phases = random((2, 3 * R, WP), 41)
+    return [("split_rows", (x, 1, 1, np.zeros((2, 3 * R, WP)))),
+            ("split_rows", (x, 0, 2, np.zeros((3, 3 * 4, 10)))),
+            ("add_taps", (phases, random((3, 3), 42), WP, random(G, 43))),
+            ("add_taps", (phases, random((3, 2), 42), WP, random(G, 43))),
+            ("copy_out", (random(G, 44), R, WP, 2, np.zeros((2, 3, 4, 3)), 1, fk.SLOPEHTANH)),
             ("repeat_taps", (random((3, 2, 5), 45), random(5, 46), 4)),
             ("split_pixel_rows", (random((2, 5, 4, 3), 47), 1, 1, np.zeros((2, 7, 9)))),
             ("split_pixel_rows", (random((2, 5, 4, 3), 47), 0, 2, np.zeros((1, 9, 24))))]

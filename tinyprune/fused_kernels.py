@@ -158,110 +158,97 @@ to_planes = numba.njit(**_serial)(_to_planes)
 # Convolutions on planes: depthwise, and full ones with few input channels
 # (MobileNet's first), computed straight from the image.
 #
-# The ideas are those of kernels._depthwise_forward and kernels._conv_direct
-# (read their comments first): copy the input into zero-bordered scratch
-# planes, split by stride phase, and make every filter tap ONE long
-# multiply-add along a "grid" of the scratch plane's row length, reading a
-# unit-step slice of one phase plane.  Here the tile's T images are stacked
+# The idea is that of kernels._depthwise_forward (read its comment first):
+# copy the input into a zero-bordered scratch plane, read it as one long
+# row, and make every filter tap ONE long multiply-add along a "grid" of
+# the scratch plane's row length WP.  Here the tile's T images are stacked
 # into one tall plane, each with its own border rows, so that a tap's loop
 # runs over all T images at once.
 #
-# Sizes, for stride s: each image takes HP = H + 2*pad rows of the tall
-# plane, rounded up to a multiple of s, so a phase plane holds R = HP/s rows
-# per image and WS = ceil((W + 2*pad)/s) columns.  Output pixel (t, i, j) is
-# grid position (t*R + i)*WS + j, and tap (a, b) = (da*s + u, db*s + v) of
-# grid position g reads phase plane (u, v) at g + da*WS + db.
+# A stride s > 1 is dealt with by rows only: the padded rows are dealt out
+# to s "row phases" (row r*s + u of an image goes to row r of phase u), so
+# that tap (a, b) = (da*s + u, b) of output row i reads row i + da of phase
+# u -- a plain shift, and the three taps of a kernel row are neighbours.
+# The grid keeps every column, and copying out takes every s-th: at stride
+# 2 half the columns are computed for nothing, which costs less than
+# splitting the columns too (a copy with a step is many times slower than
+# one without).
+#
+# Sizes: each image takes HP = H + 2*pad rows, rounded up to a multiple of
+# s, so R = HP/s rows of each phase; output pixel (t, i, j) is grid
+# position (t*R + i)*WP + s*j, and tap (a, b) of grid position g reads
+# phase a % s at g + (a // s)*WP + b.
 # ---------------------------------------------------------------------------
 
-def _phase_sizes(T, H, W, HO, WO, s, pad):
-    """(R, WS, G): phase rows per image, phase columns, grid positions up to the last output."""
+def _grid_sizes(T, H, W, HO, WO, s, pad):
+    """(R, WP, G): phase rows per image, row length, grid positions up to the last output."""
     R = (H + 2 * pad + s - 1) // s
-    WS = (W + 2 * pad + s - 1) // s
-    return R, WS, ((T - 1) * R + HO - 1) * WS + WO
+    WP = W + 2 * pad
+    return R, WP, ((T - 1) * R + HO - 1) * WP + s * (WO - 1) + 1
 
 
-def _split_phases(x, c, pad, s, phases):
-    """phases[u, v, t*R + r, q] = the padded image t of channel c at row r*s + u, column q*s + v.
+def _split_rows(x, c, pad, phases):
+    """phases[u, t*R + r, q] = the padded image t of channel c at row r*s + u, column q.
 
-    x (C, T, H, W);  phases (s, s, T*R, WS), zero wherever the padding is
+    x (C, T, H, W);  phases (s, T*R, WP), zero wherever the padding is
     (only the image pixels are written: the caller zeroes it once).
     """
     T, H, W = x.shape[1], x.shape[2], x.shape[3]
-    R, WS = phases.shape[2] // T, phases.shape[3]
-    for u in range(s):
-        for v in range(s):
-            first = max(0, (pad - v + s - 1) // s)   # the first phase column inside the image
-            n = min(WS, (W + pad - v + s - 1) // s) - first
-            for t in range(T):
-                for r in range(R):
-                    row = r * s + u - pad                # the image row this phase row holds
-                    if row < 0 or row >= H:
-                        continue
-                    dst = phases[u, v, t * R + r, first:first + n]
-                    src = x[c, t, row, first * s + v - pad:]
-                    if s == 1:
-                        for q in range(n):
-                            dst[q] = src[q]
-                    elif s == 2:                         # the step as a literal: vectorised
-                        for q in range(n):
-                            dst[q] = src[2 * q]
-                    else:
-                        for q in range(n):
-                            dst[q] = src[q * s]
+    s, R = phases.shape[0], phases.shape[1] // T
+    for t in range(T):
+        for r in range(H):
+            src = x[c, t, r]
+            dst = phases[(r + pad) % s, t * R + (r + pad) // s, pad:]
+            for q in range(W):
+                dst[q] = src[q]
 
 
-def _add_taps(phases, w, s, WS, grid):
-    """grid[g] += sum over taps (a, b) of w[a, b] * (the input pixel tap (a, b) of position g sees).
+def _add_taps(phases, w, WP, grid):
+    """grid[g] += sum over taps (a, b) of w[a, b] * phases[a % s].flat[g + (a // s)*WP + b].
 
-    phases (s, s, rows, WS) from _split_phases;  w (KH, KW);  grid (G,).
-    Taps side by side in a phase plane go three or two at a time (one pass
-    over the grid instead of three or two), the rest one at a time.
+    phases (s, rows, WP) from _split_rows;  w (KH, KW);  grid (G,).  The
+    taps of a kernel row go three at a time (one pass over the grid
+    instead of three), the rest one at a time.
     """
     KH, KW = w.shape
+    s = phases.shape[0]
     G = grid.size
-    for u in range(s):
-        for v in range(s):
-            plane = phases[u, v].reshape(phases.shape[2] * WS)
-            for da in range((KH - u + s - 1) // s):
-                a = da * s + u
-                taps = (KW - v + s - 1) // s           # taps of this kernel row in phase v
-                db = 0
-                while db + 3 <= taps:
-                    w0, w1, w2 = w[a, db * s + v], w[a, (db + 1) * s + v], w[a, (db + 2) * s + v]
-                    t0 = plane[da * WS + db:]
-                    t1, t2 = t0[1:], t0[2:]
-                    for g in range(G):
-                        grid[g] += w0 * t0[g] + w1 * t1[g] + w2 * t2[g]
-                    db += 3
-                if db + 2 <= taps:
-                    w0, w1 = w[a, db * s + v], w[a, (db + 1) * s + v]
-                    t0 = plane[da * WS + db:]
-                    t1 = t0[1:]
-                    for g in range(G):
-                        grid[g] += w0 * t0[g] + w1 * t1[g]
-                    db += 2
-                while db < taps:
-                    w0 = w[a, db * s + v]
-                    t0 = plane[da * WS + db:]
-                    for g in range(G):
-                        grid[g] += w0 * t0[g]
-                    db += 1
+    for a in range(KH):
+        plane = phases[a % s].reshape(phases.shape[1] * WP)
+        first = (a // s) * WP
+        b = 0
+        while b + 3 <= KW:
+            w0, w1, w2 = w[a, b], w[a, b + 1], w[a, b + 2]
+            t0 = plane[first + b:]
+            t1, t2 = t0[1:], t0[2:]
+            for g in range(G):
+                grid[g] += w0 * t0[g] + w1 * t1[g] + w2 * t2[g]
+            b += 3
+        while b < KW:
+            w0, t0 = w[a, b], plane[first + b:]
+            for g in range(G):
+                grid[g] += w0 * t0[g]
+            b += 1
 
 
-def _copy_out(grid, R, WS, y, o, act):
-    """y[o, t, i, j] = act(grid[(t*R + i)*WS + j]): the grid's real pixels, activated."""
+def _copy_out(grid, R, WP, s, y, o, act):
+    """y[o, t, i, j] = act(grid[(t*R + i)*WP + s*j]): the grid's real pixels, activated."""
     T, HO, WO = y.shape[1], y.shape[2], y.shape[3]
     for t in range(T):
         for i in range(HO):
-            src = grid[(t * R + i) * WS:]
+            src = grid[(t * R + i) * WP:]
             dst = y[o, t, i]
-            for j in range(WO):
-                dst[j] = src[j]
+            if s == 1:
+                for j in range(WO):
+                    dst[j] = src[j]
+            else:
+                for j in range(WO):
+                    dst[j] = src[s * j]
     activate(y[o].reshape(T * HO * WO), act)
 
 
-phase_sizes = numba.njit(**_serial)(_phase_sizes)
-split_phases = numba.njit(**_serial)(_split_phases)
+grid_sizes = numba.njit(**_serial)(_grid_sizes)
+split_rows = numba.njit(**_serial)(_split_rows)
 add_taps = numba.njit(**_serial)(_add_taps)
 copy_out = numba.njit(**_serial)(_copy_out)
 
@@ -272,34 +259,34 @@ def _depthwise_planes(x, w, b, stride, pad, act, y):
     x (C, T, H, W);  w (C, KH, KW);  b (C,);  y (C, T, HO, WO) overwritten.
     """
     C, T, H, W = x.shape
-    R, WS, G = phase_sizes(T, H, W, y.shape[2], y.shape[3], stride, pad)
-    phases = np.zeros((stride, stride, T * R, WS), x.dtype)
+    R, WP, G = grid_sizes(T, H, W, y.shape[2], y.shape[3], stride, pad)
+    phases = np.zeros((stride, T * R, WP), x.dtype)
     grid = np.empty(G, x.dtype)
     for c in range(C):
-        split_phases(x, c, pad, stride, phases)
+        split_rows(x, c, pad, phases)
         grid[:] = b[c]
-        add_taps(phases, w[c], stride, WS, grid)
-        copy_out(grid, R, WS, y, c, act)
+        add_taps(phases, w[c], WP, grid)
+        copy_out(grid, R, WP, stride, y, c, act)
 
 
 def _conv_planes(x, w, b, stride, pad, act, y):
     """y[o, t] = act(sum_c conv(x[c, t], w[o, c]) + b[o]) on planes.
 
     x (C, T, H, W);  w (O, C, KH, KW);  b (O,);  y (O, T, HO, WO) overwritten.
-    All C channels are split into phase planes first, then each output
+    All C channels are split into row phases first, then each output
     channel sums its taps over them.
     """
     C, T, H, W = x.shape
-    R, WS, G = phase_sizes(T, H, W, y.shape[2], y.shape[3], stride, pad)
-    phases = np.zeros((C, stride, stride, T * R, WS), x.dtype)
+    R, WP, G = grid_sizes(T, H, W, y.shape[2], y.shape[3], stride, pad)
+    phases = np.zeros((C, stride, T * R, WP), x.dtype)
     for c in range(C):
-        split_phases(x, c, pad, stride, phases[c])
+        split_rows(x, c, pad, phases[c])
     grid = np.empty(G, x.dtype)
     for o in range(w.shape[0]):
         grid[:] = b[o]
         for c in range(C):
-            add_taps(phases[c], w[o, c], stride, WS, grid)
-        copy_out(grid, R, WS, y, o, act)
+            add_taps(phases[c], w[o, c], WP, grid)
+        copy_out(grid, R, WP, stride, y, o, act)
 
 
 depthwise_planes = numba.njit(**_serial)(_depthwise_planes)
