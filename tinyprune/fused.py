@@ -64,10 +64,11 @@ _ACTIVATIONS = {Identity: fk.IDENTITY, ReLU: fk.RELU, HardTanh: fk.HARDTANH, Slo
 
 # Step kinds, and the columns of a step's row in the plan's table.  W_AT and
 # WT_AT say where the step's weight starts in the packed array, arranged for
-# the planes layout and for the pixels layout; B_AT, where its bias starts.
+# the planes layout and for the pixels layout; B_AT, where its bias starts;
+# REAL, how many of the C_OUT channels are real (the rest pad to 4: zeros).
 CONV, DEPTHWISE, POINTWISE, POOL = 0, 1, 2, 3
-KIND, C_IN, C_OUT, KH, KW, STRIDE, PAD, ACT, W_AT, WT_AT, B_AT = range(11)
-FIELDS = 11
+KIND, C_IN, C_OUT, KH, KW, STRIDE, PAD, ACT, W_AT, WT_AT, B_AT, REAL = range(12)
+FIELDS = 12
 PLANES, PIXELS = 0, 1
 
 
@@ -104,14 +105,14 @@ class _Builder:
         self.size += array.size
         return at
 
-    def add(self, kind, c_in, c_out, weights=(), bias=None, kernel=(1, 1), stride=1, pad=0):
+    def add(self, kind, c_in, c_out, real, weights=(), bias=None, kernel=(1, 1), stride=1, pad=0):
         """Append a step (its activation is set afterwards); weights and bias already padded.
 
         ``weights``: the weight arranged for planes, then (if it differs) for pixels.
         """
         row = np.zeros(FIELDS, np.int64)
-        row[[KIND, C_IN, C_OUT, KH, KW, STRIDE, PAD]] = (kind, c_in, c_out, kernel[0], kernel[1],
-                                                         stride, pad)
+        row[[KIND, C_IN, C_OUT, REAL, KH, KW, STRIDE, PAD]] = (kind, c_in, c_out, real, kernel[0],
+                                                               kernel[1], stride, pad)
         at = [self.pack(w) for w in weights]
         row[W_AT], row[WT_AT] = (at + at)[:2] if at else (0, 0)
         row[B_AT] = self.pack(bias) if bias is not None else 0
@@ -135,15 +136,15 @@ def _conv_step(builder, conv, bn):
     if isinstance(conv, DepthwiseConv2d):
         C = builder.c_in or _round4(conv.c_out)
         filters = _padded(weight[:, 0], (C, kh, kw))
-        builder.add(DEPTHWISE, C, C, (filters, filters.transpose(1, 2, 0)), _padded(bias, (C,)),
-                    (kh, kw), conv.stride, conv.pad)
+        builder.add(DEPTHWISE, C, C, conv.c_out, (filters, filters.transpose(1, 2, 0)),
+                    _padded(bias, (C,)), (kh, kw), conv.stride, conv.pad)
     elif conv.pointwise:
         _matrix_step(builder, weight.reshape(conv.c_out, conv.c_in), bias)
     else:
         c_in = builder.c_in or conv.c_in          # the first step reads the images as they are
         O = _round4(conv.c_out)
-        builder.add(CONV, c_in, O, (_padded(weight, (O, c_in, kh, kw)),), _padded(bias, (O,)),
-                    (kh, kw), conv.stride, conv.pad)
+        builder.add(CONV, c_in, O, conv.c_out, (_padded(weight, (O, c_in, kh, kw)),),
+                    _padded(bias, (O,)), (kh, kw), conv.stride, conv.pad)
     builder.channels = conv.c_out
 
 
@@ -151,7 +152,7 @@ def _matrix_step(builder, weight, bias):
     """A product with weight (O, K): a 1x1 convolution or a dense layer."""
     O, K = _round4(weight.shape[0]), _round4(weight.shape[1])
     padded = _padded(weight, (O, K))
-    builder.add(POINTWISE, K, O, (padded, padded.T), _padded(bias, (O,)))
+    builder.add(POINTWISE, K, O, weight.shape[0], (padded, padded.T), _padded(bias, (O,)))
     builder.channels = weight.shape[0]
 
 
@@ -159,7 +160,8 @@ def _affine_step(builder, scale, shift, channels):
     """A per-channel y = x * scale + shift on its own: a 1x1 depthwise step."""
     C = builder.c_in or _round4(channels)
     filters = _padded(scale.reshape(-1, 1, 1), (C, 1, 1))
-    builder.add(DEPTHWISE, C, C, (filters, filters.transpose(1, 2, 0)), _padded(shift, (C,)))
+    builder.add(DEPTHWISE, C, C, channels, (filters, filters.transpose(1, 2, 0)),
+                _padded(shift, (C,)))
     builder.channels = channels
 
 
@@ -191,7 +193,7 @@ def _next_step(builder, leaves, i):
         _affine_step(builder, np.ones(channels), np.zeros(channels), channels)
         return i
     if isinstance(layer, GlobalMeanPool) and spatial:
-        builder.add(POOL, builder.c_in, builder.c_in)
+        builder.add(POOL, builder.c_in, builder.c_in, channels)
         builder.pooled = True
         return i + 1
     if isinstance(layer, Flatten) and builder.pooled:
@@ -251,12 +253,15 @@ def _run_step(step, params, layout, x, T, H, W, y, HO, WO):
     P, PO = (T * H * W + 3) // 4 * 4, (T * HO * WO + 3) // 4 * 4
     x4 = x[:C * T * H * W].reshape(C, T, H, W)
     y4 = y[:O * T * HO * WO].reshape(O, T, HO, WO)
+    real = step[REAL]                      # channels real..O are padding: zeros, not computed
     if kind == CONV:
         w = params[step[W_AT]:step[W_AT] + O * C * kh * kw].reshape(O, C, kh, kw)
-        fk.conv_planes(x4, w, b, stride, pad, act, y4)
+        fk.conv_planes(x4, w[:real], b[:real], stride, pad, act, y4[:real])
+        y4[real:] = 0.0
     elif kind == DEPTHWISE and layout == PLANES:
         w = params[step[W_AT]:step[W_AT] + C * kh * kw].reshape(C, kh, kw)
-        fk.depthwise_planes(x4, w, b, stride, pad, act, y4)
+        fk.depthwise_planes(x4[:real], w[:real], b[:real], stride, pad, act, y4[:real])
+        y4[real:] = 0.0
     elif kind == DEPTHWISE:
         w = params[step[WT_AT]:step[WT_AT] + C * kh * kw].reshape(kh, kw, C)
         out = y[:PO * O].reshape(PO, O)
