@@ -412,7 +412,7 @@ class FusedPlan:
             return x
         return np.ascontiguousarray(x, dtype=self.params.dtype)
 
-    def _sizes(self, H, W):
+    def sizes(self, H, W):
         """``step_shapes`` and images per tile for H x W inputs (remembered)."""
         if (H, W) not in self.shapes:
             shapes = step_shapes(self.steps, self.steps[0, C_IN], H, W)
@@ -424,7 +424,7 @@ class FusedPlan:
     def __call__(self, x):
         """The model's output for ``x`` (N, C, H, W), already checked and in the plan's dtype."""
         N = x.shape[0]
-        shapes, tile = self._sizes(x.shape[2], x.shape[3])
+        shapes, tile = self.sizes(x.shape[2], x.shape[3])
         out = np.empty((N, self.channels, shapes[-1, 1], shapes[-1, 2]), x.dtype)
         run_plan(x, self.steps, self.params, tile, numba.get_num_threads(), out, shapes)
         y = out.reshape(N, self.channels) if self.flattened else out
