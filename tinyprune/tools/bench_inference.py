@@ -112,6 +112,7 @@ def inference_figures(rounds=7, seconds_per_round=0.2, threads=None):
             for (name, engine, batch), n in calls.items():
                 samples[name, engine, batch].append(
                     _seconds_per_call(runners[name, engine], inputs[batch], n))
+                time.sleep(0.05)      # let spinning threads (ONNX Runtime's) go to sleep first
     seconds = {}
     for (name, engine, batch), values in samples.items():
         seconds.setdefault(name, {}).setdefault(engine, {})[batch] = float(np.median(values))
