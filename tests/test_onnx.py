@@ -106,3 +106,25 @@ def test_a_custom_activation_is_refused_with_its_place(tmp_path):
     with pytest.raises(ValueError, match=r"model\[1\] is an activation with a custom function \(tanh\)"):
         export_onnx(model, tmp_path / "tanh.onnx")
     assert not (tmp_path / "tanh.onnx").exists()
+
+
+def test_the_inference_benchmark_times_every_engine_side_by_side():
+    from tinyprune.tools import bench_inference
+    figures = bench_inference.inference_figures(rounds=1, seconds_per_round=0.001)
+    assert set(figures["seconds"]) == {"tutorial", "relu", "resized"}
+    for engines in figures["seconds"].values():
+        assert set(engines) == {"fused", "plain", "onnxruntime"}
+        assert all(s > 0 for by_batch in engines.values() for s in by_batch.values())
+    assert "fused/onnxruntime batch 64" in figures["ratios"]["relu"]
+    assert figures["resized"]["mult_saving"] == pytest.approx(1 - 880_077 / 7_505_600)
+    assert "onnxruntime" in bench_inference.report(figures)
+
+
+def test_the_step_profile_has_a_row_for_every_step_of_the_plan():
+    from tinyprune import fused
+    from tinyprune.tools import bench_inference
+    model = pretrained()
+    T, rows = bench_inference.step_profile(model, batch=2, repeats=1)
+    steps = [row for row in rows if row[1] != "convert"]
+    assert T == 2 and len(steps) == len(fused.build_plan(model).steps) == 30
+    assert all(row[6] > 0 for row in rows)
