@@ -171,6 +171,8 @@ def helper_cases():
             ("add_taps", (phases, random((3, 2), 42), WP, random(G, 43))),
             ("copy_out", (random(G, 44), R, WP, 2, np.zeros((2, 3, 4, 3)), 1, fk.SLOPEHTANH)),
             ("repeat_taps", (random((3, 2, 5), 45), random(5, 46), 4)),
+            ("eight_rows", (random((12, 8), 48), random((8, 30), 49), 4, 3, 29, random((12, 30), 50))),
+            ("four_rows", (random((12, 8), 48), random((8, 30), 49), 8, 0, 30, random((12, 30), 50))),
             ("split_pixel_rows", (random((2, 5, 4, 3), 47), 1, 1, np.zeros((2, 7, 9)))),
             ("split_pixel_rows", (random((2, 5, 4, 3), 47), 0, 2, np.zeros((1, 9, 24))))]
 
@@ -190,13 +192,14 @@ def test_each_helper_gives_the_same_numbers_compiled_and_plain(name, args):
                for a, before in zip(compiled_args, args)) or compiled is not None
 
 
+@pytest.mark.parametrize("rows", [8, 12])             # blocks of 8 rows, then one of 4
 @pytest.mark.parametrize("matmul_act", both("matmul_act"))
-def test_matmul_adds_the_bias_down_the_rows_or_along_them(matmul_act):
-    a, b = random((8, 12), 11), random((12, 1030), 12)   # more columns than COLUMNS
-    y = np.empty((8, 1030))
-    matmul_act(a, b, random(8, 13), True, fk.HARDTANH, y)
-    np.testing.assert_allclose(y, np.clip(a @ b + random(8, 13)[:, None], -1, 1), rtol=1e-12, atol=1e-12)
-    y = np.empty((8, 1030))
+def test_matmul_adds_the_bias_down_the_rows_or_along_them(matmul_act, rows):
+    a, b = random((rows, 12), 11), random((12, 1030), 12)   # more columns than COLUMNS
+    y = np.empty((rows, 1030))
+    matmul_act(a, b, random(rows, 13), True, fk.HARDTANH, y)
+    np.testing.assert_allclose(y, np.clip(a @ b + random(rows, 13)[:, None], -1, 1), rtol=1e-12, atol=1e-12)
+    y = np.empty((rows, 1030))
     matmul_act(a, b, random(1030, 14), False, fk.IDENTITY, y)
     np.testing.assert_allclose(y, a @ b + random(1030, 14), rtol=1e-12, atol=1e-12)
 

@@ -399,16 +399,67 @@ depthwise_pixels = numba.njit(**_serial)(_depthwise_pixels)
 #   planes:  y (O, P) = W (O, K) @ x (K, P)      + bias down the rows
 #   pixels:  y (P, O) = x (P, K) @ W.T (K, O)    + bias along each row
 #
-# In both, 4 rows of ``a`` meet 4 rows of ``b`` at a time: the 16 numbers of
-# the 4x4 block of ``a`` are read once into local variables (the compiler
+# In both, 8 rows of ``a`` meet 4 rows of ``b`` at a time: the 32 numbers of
+# the 8x4 block of ``a`` are read once into local variables (the compiler
 # keeps them in registers) and each is used along a whole row of ``b``;
-# every value loaded from ``b`` serves 4 outputs and every output row is
+# every value loaded from ``b`` serves 8 outputs and every output row is
 # loaded and stored once per 4 inputs.  That keeps the processor's
-# multiply-add units busy instead of waiting for memory.  The innermost loop
-# runs along the rows, a unit-step loop the compiler turns into vector
-# instructions; rows go COLUMNS at a time, so the ones being combined stay
-# in the level-1 cache.
+# multiply-add units busy instead of waiting for memory.  (R is a multiple
+# of 4, so a last block may have 4 rows: the same loop, half as wide.)  The
+# innermost loop runs along the rows, a unit-step loop the compiler turns
+# into vector instructions; rows go COLUMNS at a time, so the ones being
+# combined stay in the level-1 cache.
 # ---------------------------------------------------------------------------
+
+def _eight_rows(a, b, r, n0, n1, y):
+    """y[r:r + 8, n0:n1] += a[r:r + 8] @ b[:, n0:n1].  a (R, K), b (K, N), y (R, N)."""
+    y0, y1, y2, y3 = y[r, n0:n1], y[r + 1, n0:n1], y[r + 2, n0:n1], y[r + 3, n0:n1]
+    y4, y5, y6, y7 = y[r + 4, n0:n1], y[r + 5, n0:n1], y[r + 6, n0:n1], y[r + 7, n0:n1]
+    a0, a1, a2, a3 = a[r], a[r + 1], a[r + 2], a[r + 3]
+    a4, a5, a6, a7 = a[r + 4], a[r + 5], a[r + 6], a[r + 7]
+    for k in range(0, a.shape[1], 4):
+        b0, b1, b2, b3 = b[k, n0:n1], b[k + 1, n0:n1], b[k + 2, n0:n1], b[k + 3, n0:n1]
+        a00, a01, a02, a03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
+        a10, a11, a12, a13 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
+        a20, a21, a22, a23 = a2[k], a2[k + 1], a2[k + 2], a2[k + 3]
+        a30, a31, a32, a33 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
+        a40, a41, a42, a43 = a4[k], a4[k + 1], a4[k + 2], a4[k + 3]
+        a50, a51, a52, a53 = a5[k], a5[k + 1], a5[k + 2], a5[k + 3]
+        a60, a61, a62, a63 = a6[k], a6[k + 1], a6[k + 2], a6[k + 3]
+        a70, a71, a72, a73 = a7[k], a7[k + 1], a7[k + 2], a7[k + 3]
+        for n in range(n1 - n0):
+            v0, v1, v2, v3 = b0[n], b1[n], b2[n], b3[n]
+            y0[n] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
+            y1[n] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
+            y2[n] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
+            y3[n] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
+            y4[n] += a40 * v0 + a41 * v1 + a42 * v2 + a43 * v3
+            y5[n] += a50 * v0 + a51 * v1 + a52 * v2 + a53 * v3
+            y6[n] += a60 * v0 + a61 * v1 + a62 * v2 + a63 * v3
+            y7[n] += a70 * v0 + a71 * v1 + a72 * v2 + a73 * v3
+
+
+def _four_rows(a, b, r, n0, n1, y):
+    """y[r:r + 4, n0:n1] += a[r:r + 4] @ b[:, n0:n1]: _eight_rows for a last block of 4."""
+    y0, y1, y2, y3 = y[r, n0:n1], y[r + 1, n0:n1], y[r + 2, n0:n1], y[r + 3, n0:n1]
+    a0, a1, a2, a3 = a[r], a[r + 1], a[r + 2], a[r + 3]
+    for k in range(0, a.shape[1], 4):
+        b0, b1, b2, b3 = b[k, n0:n1], b[k + 1, n0:n1], b[k + 2, n0:n1], b[k + 3, n0:n1]
+        a00, a01, a02, a03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
+        a10, a11, a12, a13 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
+        a20, a21, a22, a23 = a2[k], a2[k + 1], a2[k + 2], a2[k + 3]
+        a30, a31, a32, a33 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
+        for n in range(n1 - n0):
+            v0, v1, v2, v3 = b0[n], b1[n], b2[n], b3[n]
+            y0[n] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
+            y1[n] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
+            y2[n] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
+            y3[n] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
+
+
+eight_rows = numba.njit(**_serial)(_eight_rows)
+four_rows = numba.njit(**_serial)(_four_rows)
+
 
 def _matmul_act(a, b, bias, bias_per_row, act, y):
     """y = act(a @ b + bias), bias added down the rows (``bias_per_row``) or along them.
@@ -416,37 +467,21 @@ def _matmul_act(a, b, bias, bias_per_row, act, y):
     a (R, K);  b (K, N);  y (R, N) overwritten;  bias (R,) or (N,).
     R and K are multiples of 4.
     """
-    R, K = a.shape
+    R = a.shape[0]
     N = b.shape[1]
     for n0 in range(0, N, COLUMNS):
         n1 = min(n0 + COLUMNS, N)
-        for r in range(0, R, 4):
-            y0, y1, y2, y3 = y[r, n0:n1], y[r + 1, n0:n1], y[r + 2, n0:n1], y[r + 3, n0:n1]
+        for r in range(R):
             if bias_per_row:
-                y0[:] = bias[r]
-                y1[:] = bias[r + 1]
-                y2[:] = bias[r + 2]
-                y3[:] = bias[r + 3]
+                y[r, n0:n1] = bias[r]
             else:
-                for yk in (y0, y1, y2, y3):
-                    yk[:] = bias[n0:n1]
-            a0, a1, a2, a3 = a[r], a[r + 1], a[r + 2], a[r + 3]
-            for k in range(0, K, 4):
-                b0, b1, b2, b3 = b[k, n0:n1], b[k + 1, n0:n1], b[k + 2, n0:n1], b[k + 3, n0:n1]
-                a00, a01, a02, a03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
-                a10, a11, a12, a13 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
-                a20, a21, a22, a23 = a2[k], a2[k + 1], a2[k + 2], a2[k + 3]
-                a30, a31, a32, a33 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
-                for n in range(n1 - n0):
-                    v0, v1, v2, v3 = b0[n], b1[n], b2[n], b3[n]
-                    y0[n] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
-                    y1[n] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
-                    y2[n] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
-                    y3[n] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
-            activate(y0, act)
-            activate(y1, act)
-            activate(y2, act)
-            activate(y3, act)
+                y[r, n0:n1] = bias[n0:n1]
+        for r in range(0, R - 7, 8):
+            eight_rows(a, b, r, n0, n1, y)
+        if R % 8:
+            four_rows(a, b, R - 4, n0, n1, y)
+        for r in range(R):
+            activate(y[r, n0:n1], act)
 
 
 matmul_act = numba.njit(**_serial)(_matmul_act)
