@@ -300,9 +300,10 @@ conv_planes = numba.njit(**_serial)(_conv_planes)
 # column b on.  With the tap's C weights repeated WO times ("wide"), every
 # tap is one multiply-add along WO*C numbers -- a long loop even for a 3x3
 # image of 256 channels.  For stride s the padded image is split into s
-# column phases (column q*s + v goes to phase v, column q), as for planes,
-# so tap b = db*s + v reads phase v from column db on.  The taps of a
-# kernel row that fall in one phase go together (three, or two at stride 2).
+# column phases (column q*s + v goes to phase v, column q; here a pixel is
+# C numbers, so this copy is cheap, unlike on planes), so tap b = db*s + v
+# reads phase v from column db on.  The taps of a kernel row that fall in
+# one phase go together (three, or two at stride 2).
 # ---------------------------------------------------------------------------
 
 def _repeat_taps(w, b, WO):
