@@ -17,9 +17,10 @@ of that is unnecessary:
 So a model in eval mode is turned into a *plan*: a table of steps, each one
 "convolution + bias + activation" (or a pooling), with all their weights
 packed into one array, run by one compiled function per tile of images
-(``run_tile`` below), with threads taking turns at the tiles.  One call
-from Python runs the whole network through a tile; at batch 1 that matters
-more than anything else.  The loops themselves are in
+(``run_tile`` below), with as many threads as Numba has
+(``numba.set_num_threads``) taking turns at the tiles.  One call from
+Python runs the whole network through a tile; at batch 1 that matters more
+than anything else.  The loops themselves are in
 :mod:`tinyprune.fused_kernels`.
 
 When it is used.  ``model(x)`` on a Chain in eval mode takes the fast path
