@@ -225,6 +225,14 @@ def _step_shapes(steps, C, H, W):
 step_shapes = numba.njit(cache=True)(_step_shapes)
 
 
+def _pixel_rows(pixels):
+    """Rows of the pixels layout for that many pixels: a multiple of 8, the matrix product's block."""
+    return (pixels + 7) // 8 * 8
+
+
+pixel_rows = numba.njit(cache=True)(_pixel_rows)
+
+
 def _layout(kind, C, T, H, W, current):
     """The layout a step runs in, given its input (C channels, T images of H x W) and the current one.
 
@@ -246,12 +254,12 @@ def _run_step(step, params, layout, x, T, H, W, y, HO, WO):
     """Run one step on a tile of T images: flat buffer x (its input) -> flat buffer y.
 
     Both buffers hold the ``layout`` form: planes (C, T, H, W) or pixels
-    (P, C) with P = T*H*W rounded up to a multiple of 4.
+    (P, C) with P = pixel_rows(T*H*W).
     """
     kind, act, C, O = step[KIND], step[ACT], step[C_IN], step[C_OUT]
     b = params[step[B_AT]:step[B_AT] + O]
     kh, kw, stride, pad = step[KH], step[KW], step[STRIDE], step[PAD]
-    P, PO = (T * H * W + 3) // 4 * 4, (T * HO * WO + 3) // 4 * 4
+    P, PO = pixel_rows(T * H * W), pixel_rows(T * HO * WO)
     x4 = x[:C * T * H * W].reshape(C, T, H, W)
     y4 = y[:O * T * HO * WO].reshape(O, T, HO, WO)
     real = step[REAL]                      # channels real..O are padding: zeros, not computed
@@ -288,7 +296,7 @@ run_step = numba.njit(cache=True, nogil=True)(_run_step)
 
 def _convert(x, C, T, H, W, to, y):
     """Copy the tile in flat buffer x into flat buffer y in layout ``to`` (from the other one)."""
-    P = (T * H * W + 3) // 4 * 4
+    P = pixel_rows(T * H * W)
     if to == PIXELS:
         fk.to_pixels(x[:C * T * H * W].reshape(C, T, H, W), y[:P * C].reshape(P, C))
     else:
@@ -322,7 +330,7 @@ def _run_tile(x, n0, T, steps, params, shapes, a, b, out):
     if current == PLANES:
         fk.scatter_planes(a[:C * T * H * W].reshape(C, T, H, W), n0, out)
     else:
-        P = (T * H * W + 3) // 4 * 4
+        P = pixel_rows(T * H * W)
         fk.scatter_pixels(a[:P * C].reshape(P, C), n0, T, out)
 
 
@@ -348,7 +356,7 @@ def run_plan(x, steps, params, tile, workers, out, shapes=None):
     if shapes is None:
         shapes = step_shapes(steps, steps[0, C_IN], x.shape[2], x.shape[3])
     tile = min(tile, N)
-    size = int((shapes[:, 0] * ((tile * shapes[:, 1] * shapes[:, 2] + 3) // 4 * 4)).max())
+    size = int((shapes[:, 0] * _pixel_rows(tile * shapes[:, 1] * shapes[:, 2])).max())
     starts = list(range(0, N, tile))
 
     def work(first):

@@ -19,9 +19,9 @@ run of contiguous numbers, and which axis is long changes along MobileNet:
 * *planes*, ``(C, T, H, W)``: channel c of every image in one block.  Good
   for the first layers, where a channel of a 48x48 image is 2304 numbers
   and there are 8 to 32 channels.
-* *pixels*, ``(P, C)`` with P = T*H*W (rounded up to a multiple of 4; the
-  extra rows hold zeros or don't-care values): all channels of a pixel in
-  one row.  Good for the last layers, where a 6x6 or 3x3 image has 36 or 9
+* *pixels*, ``(P, C)`` with P = T*H*W (rounded up to a multiple of 8, the
+  matrix product's block; the extra rows hold zeros or don't-care values):
+  all channels of a pixel in one row.  Good for the last layers, where a 6x6 or 3x3 image has 36 or 9
   pixels per channel but 128 to 256 channels.
 
 Channel counts are multiples of 4 (``fused.py`` pads the weights with
@@ -405,11 +405,11 @@ depthwise_pixels = numba.njit(**_serial)(_depthwise_pixels)
 # keeps them in registers) and each is used along a whole row of ``b``;
 # every value loaded from ``b`` serves 8 outputs and every output row is
 # loaded and stored once per 4 inputs.  That keeps the processor's
-# multiply-add units busy instead of waiting for memory.  (R is a multiple
-# of 4, so a last block may have 4 rows: the same loop, half as wide.)  The
-# innermost loop runs along the rows, a unit-step loop the compiler turns
-# into vector instructions; rows go COLUMNS at a time, so the ones being
-# combined stay in the level-1 cache.
+# multiply-add units busy instead of waiting for memory.  (Rows left over
+# after the blocks of 8 go one at a time.)  The innermost loop runs along
+# the rows, a unit-step loop the compiler turns into vector instructions;
+# rows go COLUMNS at a time, so the ones being combined stay in the level-1
+# cache.
 # ---------------------------------------------------------------------------
 
 def _eight_rows(a, b, r, n0, n1, y):
@@ -440,33 +440,25 @@ def _eight_rows(a, b, r, n0, n1, y):
             y7[n] += a70 * v0 + a71 * v1 + a72 * v2 + a73 * v3
 
 
-def _four_rows(a, b, r, n0, n1, y):
-    """y[r:r + 4, n0:n1] += a[r:r + 4] @ b[:, n0:n1]: _eight_rows for a last block of 4."""
-    y0, y1, y2, y3 = y[r, n0:n1], y[r + 1, n0:n1], y[r + 2, n0:n1], y[r + 3, n0:n1]
-    a0, a1, a2, a3 = a[r], a[r + 1], a[r + 2], a[r + 3]
+def _one_row(a, b, r, n0, n1, y):
+    """y[r, n0:n1] += a[r] @ b[:, n0:n1], for the rows left over after the blocks of 8."""
+    out, a_r = y[r, n0:n1], a[r]
     for k in range(0, a.shape[1], 4):
         b0, b1, b2, b3 = b[k, n0:n1], b[k + 1, n0:n1], b[k + 2, n0:n1], b[k + 3, n0:n1]
-        a00, a01, a02, a03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
-        a10, a11, a12, a13 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
-        a20, a21, a22, a23 = a2[k], a2[k + 1], a2[k + 2], a2[k + 3]
-        a30, a31, a32, a33 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
+        w0, w1, w2, w3 = a_r[k], a_r[k + 1], a_r[k + 2], a_r[k + 3]
         for n in range(n1 - n0):
-            v0, v1, v2, v3 = b0[n], b1[n], b2[n], b3[n]
-            y0[n] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
-            y1[n] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
-            y2[n] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
-            y3[n] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
+            out[n] += w0 * b0[n] + w1 * b1[n] + w2 * b2[n] + w3 * b3[n]
 
 
 eight_rows = numba.njit(**_serial)(_eight_rows)
-four_rows = numba.njit(**_serial)(_four_rows)
+one_row = numba.njit(**_serial)(_one_row)
 
 
 def _matmul_act(a, b, bias, bias_per_row, act, y):
     """y = act(a @ b + bias), bias added down the rows (``bias_per_row``) or along them.
 
     a (R, K);  b (K, N);  y (R, N) overwritten;  bias (R,) or (N,).
-    R and K are multiples of 4.
+    K is a multiple of 4.
     """
     R = a.shape[0]
     N = b.shape[1]
@@ -479,8 +471,8 @@ def _matmul_act(a, b, bias, bias_per_row, act, y):
                 y[r, n0:n1] = bias[n0:n1]
         for r in range(0, R - 7, 8):
             eight_rows(a, b, r, n0, n1, y)
-        if R % 8:
-            four_rows(a, b, R - 4, n0, n1, y)
+        for r in range(R - R % 8, R):
+            one_row(a, b, r, n0, n1, y)
         for r in range(R):
             activate(y[r, n0:n1], act)
 

@@ -163,7 +163,7 @@ def step_profile(model, batch=64, repeats=20):
     shapes = fused.step_shapes(steps, steps[0, fused.C_IN], IMAGE[1], IMAGE[2])
     _, T = plan.sizes(IMAGE[1], IMAGE[2])
     T = min(T, batch)
-    size = max(int(c) * ((T * h * w + 3) // 4 * 4) for c, h, w in shapes)
+    size = max(int(c) * fused.pixel_rows(int(T * h * w)) for c, h, w in shapes)
     a = np.random.default_rng(0).random(size).astype(params.dtype)
     b = np.empty_like(a)
 
