@@ -94,6 +94,9 @@ FAKE_FIGURES = {
                 "channel_labels": ["conv1"], "channels_full": [8], "channels": [4]},
     "sparse": [{"sparsity": 0.5, "dense_s": 1.0, "csr_s": 1.0, "csr_speedup": 1.0}],
     "startup": {"warm_s": 1.0, "cold_s": None}, "peak_memory": {"bytes": 2 ** 20},
+    "engines": {"threads": 1, "numba_threading_layer": "stub", "rounds": 1, "loadavg_before": 0.0,
+                "loadavg_after": 0.0, "seconds": {"tutorial": {"fused": {"64": 1.0, "1": 0.1}}},
+                "ratios": {}, "resized": {"dense_mults_full": 2, "dense_mults_resized": 1, "mult_saving": 0.5}},
 }
 
 

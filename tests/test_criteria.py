@@ -138,8 +138,13 @@ def small_net(seed):
 
 
 def mean_loss(model, batches):
-    """The mean over ``batches`` of each batch's mean binary cross-entropy, in eval mode."""
-    return np.mean([bce_with_logits(model(x), y)[0] for x, y in batches])
+    """The mean over ``batches`` of each batch's mean binary cross-entropy, in eval mode.
+
+    ``forward``, the plain layers: the eval-mode fast path of ``model(x)``
+    sees weights changed in place only after ``eval()``, and the finite
+    differences below change them in place.
+    """
+    return np.mean([bce_with_logits(model.forward(x), y)[0] for x, y in batches])
 
 
 def finite_difference_gradient(model, layer, batches, h=1e-5):

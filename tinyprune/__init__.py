@@ -22,6 +22,8 @@ from .criteria import *  # noqa: F401,F403
 from .gradual import *  # noqa: F401,F403
 from .checkpoint import *  # noqa: F401,F403
 from .gradcheck import *  # noqa: F401,F403
+from .fold import fold_batchnorm  # noqa: F401
+from .onnx_export import export_onnx  # noqa: F401  (imports onnx only when called)
 from . import pipeline  # noqa: F401  (the tutorial's stages, written once: tinyprune.pipeline)
 # tinyprune.plots is imported on demand: it loads matplotlib.
 

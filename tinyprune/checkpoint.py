@@ -125,6 +125,11 @@ def layer_from_json(spec, where="model"):
     if kind is None:
         raise ValueError(f"{where}: unknown layer type {reprlib.repr(spec['type'])}")
     names = ["layers"] if kind is Chain else _arguments(kind)
+    # An argument with a default may be absent: the file was written before the
+    # argument existed (a DepthwiseConv2d's bias), and the default is what it meant.
+    defaults = {} if kind is Chain else {name: p.default for name, p in inspect.signature(kind).parameters.items()
+                                         if p.default is not inspect.Parameter.empty}
+    spec = {**{name: value for name, value in defaults.items() if name in names}, **spec}
     missing = [name for name in names if name not in spec]
     if missing:
         raise ValueError(f"{where}: the {kind.__name__} description lacks {missing[0]!r}")

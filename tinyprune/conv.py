@@ -182,14 +182,15 @@ class Conv2d(Layer):
 class DepthwiseConv2d(Layer):
     """Depthwise convolution: channel c of the output sees only channel c of the input.
 
-    ``weight`` (C, 1, KH, KW) (PyTorch's layout for ``groups=C``), no bias.
+    ``weight`` (C, 1, KH, KW) (PyTorch's layout for ``groups=C``), optional
+    ``bias`` (C,) (MobileNet has none; ``fold_batchnorm`` gives one).
     Input (N, C, H, W) -> output (N, C, HO, WO).
     """
 
     mixes_channels = False
-    out_channel_arrays = {"weight": 0}
+    out_channel_arrays = {"weight": 0, "bias": 0}
 
-    def __init__(self, channels, kernel, stride=1, pad=0, rng=None, dtype=np.float32):
+    def __init__(self, channels, kernel, stride=1, pad=0, bias=False, rng=None, dtype=np.float32):
         super().__init__()
         name = "DepthwiseConv2d"
         channels = check_int(channels, "channels", name)
@@ -199,7 +200,8 @@ class DepthwiseConv2d(Layer):
         dtype = check_parameter_dtype(dtype, "dtype", name)
         # Flux counts a grouped conv's fans per group: fan_in = KH*KW*1, fan_out = KH*KW*C.
         self.weight = glorot_uniform((channels, 1, kh, kw), kh * kw, channels * kh * kw, rng, dtype)
-        self.param_names = ("weight",)
+        self.bias = np.zeros(channels, dtype) if bias else None
+        self.param_names = ("weight", "bias") if bias else ("weight",)
 
     channels = property(lambda self: self.weight.shape[0])
     c_in = channels
@@ -208,7 +210,8 @@ class DepthwiseConv2d(Layer):
 
     def extra_repr(self):
         kh, kw = self.kernel
-        return f"{self.channels}, kernel=({kh}, {kw}), stride={self.stride}, pad={self.pad}"
+        return (f"{self.channels}, kernel=({kh}, {kw}), stride={self.stride}, pad={self.pad}, "
+                f"bias={self.bias is not None}")
 
     def output_shape(self, shape, where="DepthwiseConv2d"):
         check_shape(shape, 4, where, self.channels, "DepthwiseConv2d", "input channels")
@@ -226,6 +229,8 @@ class DepthwiseConv2d(Layer):
         out = np.empty((N, C, _conv_output_size(H, kh, self.stride, self.pad),
                         _conv_output_size(W, kw, self.stride, self.pad)), x.dtype)
         kernels.depthwise_forward(x, self._filters(), self.stride, self.pad, out)
+        if self.bias is not None:
+            out += self.effective("bias")[:, None, None]
         return self.keep_for_backward(x, out)
 
     def backward(self, dy):
@@ -261,5 +266,7 @@ class DepthwiseConv2d(Layer):
         # Both sums are in the kernel, one channel per thread; see its comment for the loops.
         kernels.depthwise_backward(x, self._filters(), dy, self.stride, self.pad, dx, dw)
         self.set_grad("weight", dw.reshape(self.weight.shape))
+        if self.bias is not None:                   # y += b[c] at every pixel: db = sum of dy
+            self.set_grad("bias", dy.sum(axis=(0, 2, 3)))
         return dx
         ### END SOLUTION

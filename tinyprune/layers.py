@@ -513,10 +513,18 @@ class Chain(Layer):
 
     Backward runs the layers in reverse, each turning dL/d(its output) into
     dL/d(its input): the chain rule, one layer at a time.
+
+    In eval mode, calling a chain (``model(x)``) takes the fused fast path of
+    :mod:`tinyprune.fused` (same outputs up to float rounding); set
+    ``fast_eval = False`` to run the plain layers.  ``forward`` always runs them.
     """
+
+    fast_eval = True
 
     def __init__(self, *layers):
         super().__init__()
+        self._fused = None          # the fast path's plan, built when first needed
+        self._fused_input = None    # the input of the last fast-path call, for backward
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         for i, layer in enumerate(layers):
@@ -564,7 +572,22 @@ class Chain(Layer):
         return tuple(shape)
 
     def __call__(self, x):
+        if not self.training and self.fast_eval:
+            from .fused import fused_call
+            y = fused_call(self, x)         # None if the chain has no fast path
+            if y is not None:
+                return y
         return self.forward(x)            # a chain's forward checks all that a call checks
+
+    def train(self, mode=True):
+        self._fused = None                # rebuilt from the weights as they are now
+        self._fused_input = None
+        return super().train(mode)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_fused"] = state["_fused_input"] = None    # a copy builds its own
+        return state
 
     def forward(self, x):
         # The whole chain is checked before any layer runs (naming the layer that
@@ -575,6 +598,7 @@ class Chain(Layer):
     def _run(self, x):
         """Run the layers on ``x``, which the whole chain has accepted: nested chains skip their check."""
         self._cache = None                  # until every layer has run
+        self._fused_input = None
         for layer in self.layers:
             x = layer._run(x) if isinstance(layer, Chain) else layer.forward(x)
         return self.keep_for_backward(True, x)
@@ -583,6 +607,8 @@ class Chain(Layer):
         # A model is a Chain, so this is where a user's gradient enters: check it
         # against the last output and give it that output's dtype (float64 dlogits
         # must not turn a float32 model's backward pass into a slower float64 one).
+        if self._fused_input is not None:   # the fast path kept nothing: run the plain layers
+            self._run(self._fused_input)
         dy = self.backward_input(dy)
         for layer in reversed(self.layers):
             dy = layer.backward(dy)

@@ -53,7 +53,7 @@ eval values; the code is in the ``_through_*`` functions below):
   live channel into the constant ``beta`` (that is how ChannelPrune, which
   masks gamma and beta, makes a pruned channel exactly zero);
 * activation f: ``f(t)``, ``f(e)`` (zero stays zero if f(0) = 0);
-* ``DepthwiseConv2d``: an all-zero filter gives zero; without padding a
+* ``DepthwiseConv2d``: an all-zero filter gives zero (its bias, if it has one); without padding a
   constant x gives ``x * sum(filter)``; with padding a non-zero constant
   becomes live, since the border pixels also see the zero padding;
 * ``GlobalMeanPool``, ``Flatten``: the value is unchanged.
@@ -383,8 +383,10 @@ def _through_depthwise(conv, constant, c_train, c_eval):
     else:
         # Borders see the zero padding: only a zero constant stays constant.
         constant = constant & (c_train == 0) & (c_eval == 0)
-    silent = ~filters.any(axis=1)           # an all-zero filter outputs zero
-    return constant | silent, np.where(silent, 0.0, c_train), np.where(silent, 0.0, c_eval)
+    silent = ~filters.any(axis=1)           # an all-zero filter outputs zero (plus its bias)
+    bias = _effective64(conv, "bias", len(constant))     # a folded model's depthwise has one
+    return (constant | silent, np.where(silent, 0.0, c_train) + bias,
+            np.where(silent, 0.0, c_eval) + bias)
 
 
 def _through(layer, constant, c_train, c_eval):

@@ -170,7 +170,7 @@ def _conv_channels(full, resized):
 
 
 def _measure(quick, blas_threads):
-    """Sections 1, 2, 3 and 6, in this process; returns a dict of figures."""
+    """Sections 1, 2, 3, 6 and 7, in this process; returns a dict of figures."""
     import numba
     import tinyprune as tp
     repeats, warmup = (1, 1) if quick else (10, 3)
@@ -199,6 +199,9 @@ def _measure(quick, blas_threads):
     figures["resized"] = r
 
     figures["sparse"] = _sparse_figures(repeats, warmup, blas_threads)
+    from tinyprune.tools import bench_inference
+    figures["engines"] = bench_inference.inference_figures(rounds=1 if quick else 7,
+                                                           seconds_per_round=0.01 if quick else 0.2)
     figures["numba_threading_layer"] = numba.threading_layer()
     return figures
 
@@ -329,6 +332,9 @@ def _report(fig):
                            f"{row['csr_s'] * 1e3:.2f}", f"{row['csr_speedup']:.2f}x"]
                           for row in fig["sparse"]], left=0)
     lines += ["   " + line for line in table.splitlines()]
+    from tinyprune.tools import bench_inference
+    lines += ["7. inference engines: the fused fast path, the plain layers, ONNX Runtime (if installed)",
+              *("   " + line for line in bench_inference.report(fig["engines"]).splitlines())]
     return "\n".join(lines)
 
 

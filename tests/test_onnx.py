@@ -1,0 +1,130 @@
+"""Exporting to ONNX: the file ONNX Runtime runs computes what tinyprune computes.
+
+float32 models are run by ONNX Runtime and compared with tinyprune's eval
+output to 1e-5 relative: the shipped checkpoint, a ReLU MobileNet, and the
+checkpoint pruned, propagated, resized and folded.  ONNX Runtime has no
+float64 convolution, so a float64 model's file is run by ``onnx.reference``
+(the ONNX package's own NumPy evaluator) and compared to 1e-10.
+"""
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx.reference import ReferenceEvaluator
+
+from helpers import give_statistics, relative_error
+from tinyprune import (Activation, ChannelPrune, Chain, Conv2d, MobileNet, pretrained, prune,
+                       prune_propagate, resize)
+from tinyprune.fold import fold_batchnorm
+from tinyprune.onnx_export import export_onnx
+
+pytestmark = pytest.mark.inference
+
+
+def plain_eval(model, x):
+    model = model.copy().eval()
+    model.fast_eval = False
+    return model(x)
+
+
+def run_onnx_runtime(path, x):
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+def node_types(path):
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_stages():
+    model = pretrained()
+    pruned = prune(ChannelPrune(0.5), model)
+    resized = resize(prune_propagate(pruned))
+    return {"checkpoint": model, "pruned": pruned, "resized": resized,
+            "folded": fold_batchnorm(model), "resized and folded": fold_batchnorm(resized)}
+
+
+@pytest.mark.parametrize("stage", ["checkpoint", "pruned", "resized", "folded", "resized and folded"])
+def test_onnx_runtime_computes_what_tinyprune_computes(checkpoint_stages, stage, tmp_path):
+    model = checkpoint_stages[stage]
+    x = np.random.default_rng(0).random((5, 3, 96, 96), dtype=np.float32)
+    path = export_onnx(model, tmp_path / "model.onnx")
+    assert relative_error(run_onnx_runtime(path, x), plain_eval(model, x)) < 1e-5
+
+
+def test_a_relu_mobilenet_runs_in_onnx_runtime_at_any_batch_size(tmp_path):
+    # The checkpoint's weights in a ReLU MobileNet: a well-conditioned float32 model.
+    model = MobileNet("relu", 0.25, fcsize=64, nclasses=1)
+    model.load_state_dict(pretrained().state_dict())
+    path = export_onnx(model, tmp_path / "relu.onnx", input_shape=(None, 3, 64, 64))
+    assert node_types(path).count("Relu") == 28
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).random((batch, 3, 64, 64), dtype=np.float32)
+        assert relative_error(run_onnx_runtime(path, x), plain_eval(model, x)) < 1e-5
+
+
+@pytest.mark.parametrize("activation", ["slopehtanh", "hardtanh", "identity"])
+def test_a_float64_model_runs_in_the_onnx_reference_evaluator(activation, tmp_path):
+    rng = np.random.default_rng(3)
+    model = give_statistics(MobileNet(activation, 0.125, fcsize=8, nclasses=2, seed=4, dtype=np.float64),
+                            rng, rng.random((3, 3, 32, 32)))
+    x = rng.random((2, 3, 32, 32))
+    path = export_onnx(model, tmp_path / "model64.onnx", input_shape=(None, 3, 32, 32))
+    assert onnx.load(str(path)).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    (y,) = ReferenceEvaluator(str(path)).run(None, {"input": x})
+    assert relative_error(y, plain_eval(model, x)) < 1e-10
+
+
+def test_slopehtanh_becomes_a_four_node_subgraph(tmp_path):
+    path = export_onnx(Chain(Conv2d(3, 2, 1), MobileNet().layers[0][2]), tmp_path / "slope.onnx")
+    assert node_types(path) == ["Conv", "Clip", "Sub", "Mul", "Sub", "Identity"]
+
+
+def test_a_folded_model_has_no_batchnormalization_nodes(checkpoint_stages, tmp_path):
+    full = node_types(export_onnx(checkpoint_stages["checkpoint"], tmp_path / "full.onnx"))
+    folded = node_types(export_onnx(checkpoint_stages["folded"], tmp_path / "folded.onnx"))
+    assert full.count("BatchNormalization") == 27 and "BatchNormalization" not in folded
+    assert folded.count("Conv") == full.count("Conv") == 27
+
+
+def test_export_replaces_an_existing_file_and_leaves_no_temporary(checkpoint_stages, tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"an older file")
+    export_onnx(checkpoint_stages["resized"], path)
+    assert onnx.load(str(path)).graph.output[0].name == "output"
+    assert os.listdir(tmp_path) == ["model.onnx"]
+
+
+def test_a_custom_activation_is_refused_with_its_place(tmp_path):
+    model = Chain(Conv2d(3, 2, 1), Activation(np.tanh, lambda x: 1 - np.tanh(x) ** 2))
+    with pytest.raises(ValueError, match=r"model\[1\] is an activation with a custom function \(tanh\)"):
+        export_onnx(model, tmp_path / "tanh.onnx")
+    assert not (tmp_path / "tanh.onnx").exists()
+
+
+def test_the_inference_benchmark_times_every_engine_side_by_side():
+    from tinyprune.tools import bench_inference
+    figures = bench_inference.inference_figures(rounds=1, seconds_per_round=0.001)
+    assert set(figures["seconds"]) == {"tutorial", "relu", "resized"}
+    for engines in figures["seconds"].values():
+        assert set(engines) == {"fused", "plain", "onnxruntime"}
+        assert all(s > 0 for by_batch in engines.values() for s in by_batch.values())
+    assert "fused/onnxruntime batch 64" in figures["ratios"]["relu"]
+    assert figures["resized"]["mult_saving"] == pytest.approx(1 - 880_077 / 7_505_600)
+    assert "onnxruntime" in bench_inference.report(figures)
+
+
+def test_the_step_profile_has_a_row_for_every_step_of_the_plan():
+    from tinyprune import fused
+    from tinyprune.tools import bench_inference
+    model = pretrained()
+    T, rows = bench_inference.step_profile(model, batch=2, repeats=1)
+    steps = [row for row in rows if row[1] != "convert"]
+    assert T == 2 and len(steps) == len(fused.build_plan(model).steps) == 30
+    assert all(row[6] > 0 for row in rows)

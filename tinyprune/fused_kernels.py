@@ -1,0 +1,518 @@
+"""The loops of the eval-mode fast path (see :mod:`tinyprune.fused`), each written twice.
+
+As in :mod:`tinyprune.kernels`: every kernel is a plain Python function
+with its shapes in the docstring, compiled on the line after it by Numba
+(``cache=True``); the plain function is there to be read and stepped
+through, and the tests check that both give the same numbers.  A plain
+function calls the compiled helpers; to step through those as well, run
+with ``NUMBA_DISABLE_JIT=1``.
+
+Every kernel computes a *fused step* on a *tile* of T images: a convolution
+with its bias (the folded BatchNorm) and then the activation, applied to
+each row while it is still in the level-1 cache, instead of three passes
+over the whole batch.  Activations are numbered (``IDENTITY`` ...
+``SLOPEHTANH``) so that a step can be described by integers.
+
+Two layouts of a tile, because what makes a loop fast is a long innermost
+run of contiguous numbers, and which axis is long changes along MobileNet:
+
+* *planes*, ``(C, T, H, W)``: channel c of every image in one block.  Good
+  for the first layers, where a channel of a 48x48 image is 2304 numbers
+  and there are 8 to 32 channels.
+* *pixels*, ``(P, C)`` with P = T*H*W (rounded up to a multiple of 8, the
+  matrix product's block; the extra rows hold zeros or don't-care values):
+  all channels of a pixel in one row.  Good for the last layers, where a 6x6 or 3x3 image has 36 or 9
+  pixels per channel but 128 to 256 channels.
+
+Channel counts are multiples of 4 (``fused.py`` pads the weights with
+zeros, so the extra channels hold zeros): the matrix product then works on
+4x4 blocks with no leftover rows or columns.  Numba checks an array index
+for being negative (Python's ``a[-1]``) unless it can see that it is not;
+such a check in an inner loop stops it from being turned into vector
+instructions.  So inner loops index a slice by the bare loop counter, and
+divisions stay out of them (a ``%`` is many times slower than an addition).
+"""
+
+import numba
+import numpy as np
+
+__all__ = ["IDENTITY", "RELU", "HARDTANH", "SLOPEHTANH", "COLUMNS"]
+
+# Activation numbers, as a step stores them.
+IDENTITY, RELU, HARDTANH, SLOPEHTANH = 0, 1, 2, 3
+# Columns of a matrix product done at a time: 4 input rows of 512 float32
+# is 8 KB, so the rows being combined stay in the level-1 cache.
+COLUMNS = 512
+
+# Kernels run on one thread each (the program in fused.py splits tiles over
+# threads); "contract" lets the compiler fuse a*b + c into one instruction.
+_serial = dict(cache=True, nogil=True, fastmath={"contract"})
+
+
+# ---------------------------------------------------------------------------
+# Activations, applied in place to a row that was just written.
+# ---------------------------------------------------------------------------
+
+def _activate(y, act):
+    """y = act(y) in place; y a 1-D array.  The formulas are those of kernels.py."""
+    if act == RELU:
+        for k in range(y.size):
+            y[k] = max(y[k], 0.0)
+    elif act == HARDTANH:
+        for k in range(y.size):
+            y[k] = min(max(y[k], -1.0), 1.0)
+    elif act == SLOPEHTANH:
+        for k in range(y.size):
+            v = y[k]
+            h = min(max(v, -1.0), 1.0)
+            y[k] = h - (v - h) * 0.25
+
+
+activate = numba.njit(**_serial)(_activate)
+
+
+# ---------------------------------------------------------------------------
+# Moving images between the caller's NCHW batch and the two tile layouts.
+# ---------------------------------------------------------------------------
+
+def _gather(x, n0, tile):
+    """tile[c, t] = x[n0 + t, c] (planes); the rows c >= C (channel padding) are zeroed.
+
+    x (N, C, H, W) the caller's images;  tile (CP, T, H, W), CP >= C.
+    """
+    C = x.shape[1]
+    CP, T = tile.shape[0], tile.shape[1]
+    for c in range(CP):
+        for t in range(T):
+            if c < C:
+                tile[c, t] = x[n0 + t, c]
+            else:
+                tile[c, t] = 0.0
+
+
+def _scatter_planes(tile, n0, out):
+    """out[n0 + t, o] = tile[o, t] for the O channels of out (padding dropped).
+
+    tile (OP, T, HO, WO) planes;  out (N, O, HO, WO), O <= OP.
+    """
+    for o in range(out.shape[1]):
+        for t in range(tile.shape[1]):
+            out[n0 + t, o] = tile[o, t]
+
+
+def _scatter_pixels(tile, n0, T, out):
+    """out[n0 + t, o, i, j] = tile[(t*HO + i)*WO + j, o] for the T images and O channels of out.
+
+    tile (P, OP) pixels, P >= T*HO*WO;  out (N, O, HO, WO), O <= OP.
+    """
+    O, HO, WO = out.shape[1], out.shape[2], out.shape[3]
+    for t in range(T):
+        for i in range(HO):
+            for j in range(WO):
+                row = tile[(t * HO + i) * WO + j]
+                for o in range(O):
+                    out[n0 + t, o, i, j] = row[o]
+
+
+def _to_pixels(planes, pixels):
+    """pixels[(t*H + i)*W + j, c] = planes[c, t, i, j]; the rows after T*H*W are zeroed.
+
+    planes (C, T, H, W);  pixels (P, C), P >= T*H*W.
+    """
+    C = planes.shape[0]
+    flat = planes.reshape(C, planes.size // C)
+    M = flat.shape[1]
+    for m in range(M):
+        row = pixels[m]
+        for c in range(C):
+            row[c] = flat[c, m]
+    pixels[M:] = 0.0
+
+
+def _to_planes(pixels, planes):
+    """planes[c, t, i, j] = pixels[(t*H + i)*W + j, c].  pixels (P, C), planes (C, T, H, W).
+
+    Sixteen pixel rows at a time, so that the rows being read stay in the
+    level-1 cache while every channel takes its 16 numbers from them.
+    """
+    C = planes.shape[0]
+    flat = planes.reshape(C, planes.size // C)
+    M = flat.shape[1]
+    for m0 in range(0, M, 16):
+        m1 = min(m0 + 16, M)
+        block = pixels[m0:m1]
+        for c in range(C):
+            row = flat[c, m0:m1]
+            for k in range(m1 - m0):
+                row[k] = block[k, c]
+
+
+gather = numba.njit(**_serial)(_gather)
+scatter_planes = numba.njit(**_serial)(_scatter_planes)
+scatter_pixels = numba.njit(**_serial)(_scatter_pixels)
+to_pixels = numba.njit(**_serial)(_to_pixels)
+to_planes = numba.njit(**_serial)(_to_planes)
+
+
+# ---------------------------------------------------------------------------
+# Convolutions on planes: depthwise, and full ones with few input channels
+# (MobileNet's first), computed straight from the image.
+#
+# The idea is that of kernels._depthwise_forward (read its comment first):
+# copy the input into a zero-bordered scratch plane, read it as one long
+# row, and make every filter tap ONE long multiply-add along a "grid" of
+# the scratch plane's row length WP.  Here the tile's T images are stacked
+# into one tall plane, each with its own border rows, so that a tap's loop
+# runs over all T images at once.
+#
+# A stride s > 1 is dealt with by rows only: the padded rows are dealt out
+# to s "row phases" (row r*s + u of an image goes to row r of phase u), so
+# that tap (a, b) = (da*s + u, b) of output row i reads row i + da of phase
+# u -- a plain shift, and the three taps of a kernel row are neighbours.
+# The grid keeps every column, and copying out takes every s-th: at stride
+# 2 half the columns are computed for nothing, which costs less than
+# splitting the columns too (a copy with a step is many times slower than
+# one without).
+#
+# Sizes: each image takes HP = H + 2*pad rows, rounded up to a multiple of
+# s, so R = HP/s rows of each phase; output pixel (t, i, j) is grid
+# position (t*R + i)*WP + s*j, and tap (a, b) of grid position g reads
+# phase a % s at g + (a // s)*WP + b.
+# ---------------------------------------------------------------------------
+
+def _grid_sizes(T, H, W, HO, WO, s, pad):
+    """(R, WP, G): phase rows per image, row length, grid positions up to the last output."""
+    R = (H + 2 * pad + s - 1) // s
+    WP = W + 2 * pad
+    return R, WP, ((T - 1) * R + HO - 1) * WP + s * (WO - 1) + 1
+
+
+def _split_rows(x, c, pad, phases):
+    """phases[u, t*R + r, q] = the padded image t of channel c at row r*s + u, column q.
+
+    x (C, T, H, W);  phases (s, T*R, WP), zero wherever the padding is
+    (only the image pixels are written: the caller zeroes it once).
+    """
+    T, H, W = x.shape[1], x.shape[2], x.shape[3]
+    s, R = phases.shape[0], phases.shape[1] // T
+    for t in range(T):
+        for r in range(H):
+            src = x[c, t, r]
+            dst = phases[(r + pad) % s, t * R + (r + pad) // s, pad:]
+            for q in range(W):
+                dst[q] = src[q]
+
+
+def _add_taps(phases, w, WP, grid):
+    """grid[g] += sum over taps (a, b) of w[a, b] * phases[a % s].flat[g + (a // s)*WP + b].
+
+    phases (s, rows, WP) from _split_rows;  w (KH, KW);  grid (G,).  The
+    taps of a kernel row go three at a time (one pass over the grid
+    instead of three), the rest one at a time.
+    """
+    KH, KW = w.shape
+    s = phases.shape[0]
+    G = grid.size
+    for a in range(KH):
+        plane = phases[a % s].reshape(phases.shape[1] * WP)
+        first = (a // s) * WP
+        b = 0
+        while b + 3 <= KW:
+            w0, w1, w2 = w[a, b], w[a, b + 1], w[a, b + 2]
+            t0 = plane[first + b:]
+            t1, t2 = t0[1:], t0[2:]
+            for g in range(G):
+                grid[g] += w0 * t0[g] + w1 * t1[g] + w2 * t2[g]
+            b += 3
+        while b < KW:
+            w0, t0 = w[a, b], plane[first + b:]
+            for g in range(G):
+                grid[g] += w0 * t0[g]
+            b += 1
+
+
+def _copy_out(grid, R, WP, s, y, o, act):
+    """y[o, t, i, j] = act(grid[(t*R + i)*WP + s*j]): the grid's real pixels, activated."""
+    T, HO, WO = y.shape[1], y.shape[2], y.shape[3]
+    for t in range(T):
+        for i in range(HO):
+            src = grid[(t * R + i) * WP:]
+            dst = y[o, t, i]
+            if s == 1:
+                for j in range(WO):
+                    dst[j] = src[j]
+            else:
+                for j in range(WO):
+                    dst[j] = src[s * j]
+    activate(y[o].reshape(T * HO * WO), act)
+
+
+grid_sizes = numba.njit(**_serial)(_grid_sizes)
+split_rows = numba.njit(**_serial)(_split_rows)
+add_taps = numba.njit(**_serial)(_add_taps)
+copy_out = numba.njit(**_serial)(_copy_out)
+
+
+def _depthwise_planes(x, w, b, stride, pad, act, y):
+    """y[c, t] = act(depthwise(x[c, t], w[c]) + b[c]) on planes.
+
+    x (C, T, H, W);  w (C, KH, KW);  b (C,);  y (C, T, HO, WO) overwritten.
+    """
+    C, T, H, W = x.shape
+    R, WP, G = grid_sizes(T, H, W, y.shape[2], y.shape[3], stride, pad)
+    phases = np.zeros((stride, T * R, WP), x.dtype)
+    grid = np.empty(G, x.dtype)
+    for c in range(C):
+        split_rows(x, c, pad, phases)
+        grid[:] = b[c]
+        add_taps(phases, w[c], WP, grid)
+        copy_out(grid, R, WP, stride, y, c, act)
+
+
+def _conv_planes(x, w, b, stride, pad, act, y):
+    """y[o, t] = act(sum_c conv(x[c, t], w[o, c]) + b[o]) on planes.
+
+    x (C, T, H, W);  w (O, C, KH, KW);  b (O,);  y (O, T, HO, WO) overwritten.
+    All C channels are split into row phases first, then each output
+    channel sums its taps over them.
+    """
+    C, T, H, W = x.shape
+    R, WP, G = grid_sizes(T, H, W, y.shape[2], y.shape[3], stride, pad)
+    phases = np.zeros((C, stride, T * R, WP), x.dtype)
+    for c in range(C):
+        split_rows(x, c, pad, phases[c])
+    grid = np.empty(G, x.dtype)
+    for o in range(w.shape[0]):
+        grid[:] = b[o]
+        for c in range(C):
+            add_taps(phases[c], w[o, c], WP, grid)
+        copy_out(grid, R, WP, stride, y, o, act)
+
+
+depthwise_planes = numba.njit(**_serial)(_depthwise_planes)
+conv_planes = numba.njit(**_serial)(_conv_planes)
+
+
+# ---------------------------------------------------------------------------
+# Depthwise convolution on pixels.  An output row of WO pixels is WO*C
+# contiguous numbers, and for stride 1 the input pixels under tap (a, b) of
+# that row are contiguous too: row i + a of the zero-padded image, from
+# column b on.  With the tap's C weights repeated WO times ("wide"), every
+# tap is one multiply-add along WO*C numbers -- a long loop even for a 3x3
+# image of 256 channels.  For stride s the padded image is split into s
+# column phases (column q*s + v goes to phase v, column q; here a pixel is
+# C numbers, so this copy is cheap, unlike on planes), so tap b = db*s + v
+# reads phase v from column db on.  The taps of a kernel row that fall in
+# one phase go together (three, or two at stride 2).
+# ---------------------------------------------------------------------------
+
+def _repeat_taps(w, b, WO):
+    """(KH*KW + 1, WO*C): row a*KW + b holds tap (a, b)'s C weights WO times; the last, the bias.
+
+    w (KH, KW, C);  b (C,).
+    """
+    KH, KW, C = w.shape
+    wide = np.empty((KH * KW + 1, WO * C), w.dtype)
+    taps = w.reshape(KH * KW, C)
+    for j in range(WO):
+        for k in range(KH * KW):
+            row = wide[k, j * C:]
+            for c in range(C):
+                row[c] = taps[k, c]
+        row = wide[KH * KW, j * C:]
+        for c in range(C):
+            row[c] = b[c]
+    return wide
+
+
+def _split_pixel_rows(x, t, pad, phases):
+    """phases[v, r + pad, q*C:(q + 1)*C] = pixel (r, q*s + v - pad) of image t (zero on the border).
+
+    x (T, H, W, C);  phases (s, H + 2*pad, WS*C), zeroed once by the caller.
+    """
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    s = phases.shape[0]
+    WS = phases.shape[2] // C
+    for r in range(H):
+        src = x[t, r].reshape(W * C)
+        if s == 1:                                      # one phase: the row as it is
+            dst = phases[0, r + pad, pad * C:]
+            for k in range(W * C):
+                dst[k] = src[k]
+            continue
+        for v in range(s):                              # column q*s + v of the padded row
+            first = max(0, (pad - v + s - 1) // s)
+            for q in range(first, min(WS, (W + pad - v + s - 1) // s)):
+                pixel, out = src[(q * s + v - pad) * C:], phases[v, r + pad, q * C:]
+                for c in range(C):
+                    out[c] = pixel[c]
+
+
+repeat_taps = numba.njit(**_serial)(_repeat_taps)
+split_pixel_rows = numba.njit(**_serial)(_split_pixel_rows)
+
+
+def _depthwise_pixels(x, w, b, stride, pad, act, y):
+    """y[t, i, j] = act(sum_ab w[a, b] * x[t, i*s + a - pad, j*s + b - pad] + b) on pixels.
+
+    x (T, H, W, C);  w (KH, KW, C);  b (C,);  y (T, HO, WO, C) overwritten.
+    """
+    T, H, W, C = x.shape
+    KH, KW = w.shape[0], w.shape[1]
+    HO, WO = y.shape[1], y.shape[2]
+    s = stride
+    phases = np.zeros((s, H + 2 * pad, (W + 2 * pad + s - 1) // s * C), x.dtype)
+    wide = repeat_taps(w, b, WO)
+    for t in range(T):
+        split_pixel_rows(x, t, pad, phases)
+        for i in range(HO):
+            out = y[t, i].reshape(WO * C)
+            out[:] = wide[KH * KW]
+            for a in range(KH):
+                for v in range(s):
+                    row = phases[v, i * s + a]
+                    n = (KW - v + s - 1) // s          # taps of this kernel row in phase v
+                    if n == 3:
+                        w0, w1, w2 = wide[a * KW + v], wide[a * KW + s + v], wide[a * KW + 2 * s + v]
+                        x0, x1, x2 = row, row[C:], row[2 * C:]
+                        for k in range(WO * C):
+                            out[k] += w0[k] * x0[k] + w1[k] * x1[k] + w2[k] * x2[k]
+                        continue
+                    if n == 2:
+                        w0, w1, x0, x1 = wide[a * KW + v], wide[a * KW + s + v], row, row[C:]
+                        for k in range(WO * C):
+                            out[k] += w0[k] * x0[k] + w1[k] * x1[k]
+                        continue
+                    for db in range(n):
+                        w0, x0 = wide[a * KW + db * s + v], row[db * C:]
+                        for k in range(WO * C):
+                            out[k] += w0[k] * x0[k]
+            activate(out, act)
+
+
+depthwise_pixels = numba.njit(**_serial)(_depthwise_pixels)
+
+
+# ---------------------------------------------------------------------------
+# The matrix product + bias + activation, for 1x1 convolutions and dense
+# layers in either layout:
+#
+#   planes:  y (O, P) = W (O, K) @ x (K, P)      + bias down the rows
+#   pixels:  y (P, O) = x (P, K) @ W.T (K, O)    + bias along each row
+#
+# In both, 8 rows of ``a`` meet 4 rows of ``b`` at a time: the 32 numbers of
+# the 8x4 block of ``a`` are read once into local variables (the compiler
+# keeps them in registers) and each is used along a whole row of ``b``;
+# every value loaded from ``b`` serves 8 outputs and every output row is
+# loaded and stored once per 4 inputs.  That keeps the processor's
+# multiply-add units busy instead of waiting for memory.  (Rows left over
+# after the blocks of 8 go one at a time.)  The innermost loop runs along
+# the rows, a unit-step loop the compiler turns into vector instructions;
+# rows go COLUMNS at a time, so the ones being combined stay in the level-1
+# cache.
+# ---------------------------------------------------------------------------
+
+def _eight_rows(a, b, r, n0, n1, y):
+    """y[r:r + 8, n0:n1] += a[r:r + 8] @ b[:, n0:n1].  a (R, K), b (K, N), y (R, N)."""
+    y0, y1, y2, y3 = y[r, n0:n1], y[r + 1, n0:n1], y[r + 2, n0:n1], y[r + 3, n0:n1]
+    y4, y5, y6, y7 = y[r + 4, n0:n1], y[r + 5, n0:n1], y[r + 6, n0:n1], y[r + 7, n0:n1]
+    a0, a1, a2, a3 = a[r], a[r + 1], a[r + 2], a[r + 3]
+    a4, a5, a6, a7 = a[r + 4], a[r + 5], a[r + 6], a[r + 7]
+    for k in range(0, a.shape[1], 4):
+        b0, b1, b2, b3 = b[k, n0:n1], b[k + 1, n0:n1], b[k + 2, n0:n1], b[k + 3, n0:n1]
+        a00, a01, a02, a03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
+        a10, a11, a12, a13 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
+        a20, a21, a22, a23 = a2[k], a2[k + 1], a2[k + 2], a2[k + 3]
+        a30, a31, a32, a33 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
+        a40, a41, a42, a43 = a4[k], a4[k + 1], a4[k + 2], a4[k + 3]
+        a50, a51, a52, a53 = a5[k], a5[k + 1], a5[k + 2], a5[k + 3]
+        a60, a61, a62, a63 = a6[k], a6[k + 1], a6[k + 2], a6[k + 3]
+        a70, a71, a72, a73 = a7[k], a7[k + 1], a7[k + 2], a7[k + 3]
+        for n in range(n1 - n0):
+            v0, v1, v2, v3 = b0[n], b1[n], b2[n], b3[n]
+            y0[n] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
+            y1[n] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
+            y2[n] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
+            y3[n] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
+            y4[n] += a40 * v0 + a41 * v1 + a42 * v2 + a43 * v3
+            y5[n] += a50 * v0 + a51 * v1 + a52 * v2 + a53 * v3
+            y6[n] += a60 * v0 + a61 * v1 + a62 * v2 + a63 * v3
+            y7[n] += a70 * v0 + a71 * v1 + a72 * v2 + a73 * v3
+
+
+def _one_row(a, b, r, n0, n1, y):
+    """y[r, n0:n1] += a[r] @ b[:, n0:n1], for the rows left over after the blocks of 8."""
+    out, a_r = y[r, n0:n1], a[r]
+    for k in range(0, a.shape[1], 4):
+        b0, b1, b2, b3 = b[k, n0:n1], b[k + 1, n0:n1], b[k + 2, n0:n1], b[k + 3, n0:n1]
+        w0, w1, w2, w3 = a_r[k], a_r[k + 1], a_r[k + 2], a_r[k + 3]
+        for n in range(n1 - n0):
+            out[n] += w0 * b0[n] + w1 * b1[n] + w2 * b2[n] + w3 * b3[n]
+
+
+eight_rows = numba.njit(**_serial)(_eight_rows)
+one_row = numba.njit(**_serial)(_one_row)
+
+
+def _matmul_act(a, b, bias, bias_per_row, act, y):
+    """y = act(a @ b + bias), bias added down the rows (``bias_per_row``) or along them.
+
+    a (R, K);  b (K, N);  y (R, N) overwritten;  bias (R,) or (N,).
+    K is a multiple of 4.
+    """
+    R = a.shape[0]
+    N = b.shape[1]
+    for n0 in range(0, N, COLUMNS):
+        n1 = min(n0 + COLUMNS, N)
+        for r in range(R):
+            if bias_per_row:
+                y[r, n0:n1] = bias[r]
+            else:
+                y[r, n0:n1] = bias[n0:n1]
+        for r in range(0, R - 7, 8):
+            eight_rows(a, b, r, n0, n1, y)
+        for r in range(R - R % 8, R):
+            one_row(a, b, r, n0, n1, y)
+        for r in range(R):
+            activate(y[r, n0:n1], act)
+
+
+matmul_act = numba.njit(**_serial)(_matmul_act)
+
+
+# ---------------------------------------------------------------------------
+# Global mean pooling, in either layout.
+# ---------------------------------------------------------------------------
+
+def _mean_planes(x, y):
+    """y[c, t] = mean of x[c, t] over its L pixels.  x (C, T, L);  y (C, T)."""
+    C, T, L = x.shape
+    for c in range(C):
+        for t in range(T):
+            s = np.float64(0.0)
+            for k in range(L):
+                s += x[c, t, k]
+            y[c, t] = s / L
+
+
+def _mean_pixels(x, T, L, y):
+    """y[t] = mean of the rows t*L ... t*L + L - 1 of x; the rows of y after the T images are zeroed.
+
+    x (P, C) pixels with L pixels for each of T images;  y (Q, C), Q >= T.
+    """
+    C = x.shape[1]
+    total = np.zeros(C)                          # float64 sums, as in _mean_planes
+    for t in range(T):
+        total[:] = 0.0
+        for k in range(t * L, t * L + L):
+            row = x[k]
+            for c in range(C):
+                total[c] += row[c]
+        out = y[t]
+        for c in range(C):
+            out[c] = total[c] / L
+    y[T:] = 0.0
+
+
+mean_planes = numba.njit(**_serial)(_mean_planes)
+mean_pixels = numba.njit(**_serial)(_mean_pixels)

@@ -1,0 +1,240 @@
+"""Inference speed: the fused fast path, the plain layers and ONNX Runtime, side by side.
+
+``python -m tinyprune.tools.bench_inference`` times eval-mode inference at
+batch 64 and batch 1 (96x96 images) for three models:
+
+* ``tutorial``: the tutorial's ``MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1)``;
+* ``relu``: the same network with ReLU, an activation ONNX Runtime fuses
+  into its convolutions (so it is ONNX Runtime's best case);
+* ``resized``: the tutorial's model after ``ChannelPrune(0.5)``,
+  keepprune, ``prune_propagate`` and ``resize``, with its "dense" multiply
+  count beside the full model's: the wall-clock saving of the fast path
+  should follow the multiplies saved.
+
+Each model is timed three ways: tinyprune's fast path (``model(x)`` in
+eval mode), its plain layers (``fast_eval = False``) and, when
+``onnxruntime`` is installed, ONNX Runtime running the same model exported
+with :func:`tinyprune.onnx_export.export_onnx`, given as many threads as
+Numba has (``intra_op_num_threads``; ``inter_op_num_threads = 1``).
+
+On a shared machine single timings mean little, so the measurements are
+interleaved: each round times every (model, engine, batch) once, and the
+figures are medians over the rounds, with the load average before and
+after.  :func:`inference_figures` returns them as a dict (the benchmark
+command prints them), :func:`step_profile` gives the fast path's time per
+step, which is where to look when a ratio falls short.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+__all__ = ["inference_figures", "step_profile", "report", "main"]
+
+IMAGE = (3, 96, 96)
+BATCHES = (64, 1)
+ENGINES = ("fused", "plain", "onnxruntime")
+
+
+def _models():
+    """The three models of the module docstring, in eval mode."""
+    import tinyprune as tp
+    tutorial = tp.MobileNet(tp.slopehtanh, 0.25, fcsize=64, nclasses=1, seed=0)
+    relu = tp.MobileNet("relu", 0.25, fcsize=64, nclasses=1, seed=0)
+    resized = tp.resize(tp.prune_propagate(tp.keepprune(tp.prune(tp.ChannelPrune(0.5), tutorial))))
+    return {"tutorial": tutorial.eval(), "relu": relu.eval(), "resized": resized.eval()}
+
+
+def _onnx_session(model, folder, name, threads):
+    """An ONNX Runtime session for ``model`` with ``threads`` threads, or None without onnxruntime."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    from tinyprune.onnx_export import export_onnx
+    path = export_onnx(model, os.path.join(folder, name + ".onnx"))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _runner(model, engine, session):
+    if engine == "onnxruntime":
+        return None if session is None else (lambda x: session.run(None, {"input": x}))
+    copy = model.copy().eval()
+    copy.fast_eval = engine == "fused"
+    return copy
+
+
+def _seconds_per_call(fn, x, calls):
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn(x)
+    return (time.perf_counter() - start) / calls
+
+
+def inference_figures(rounds=7, seconds_per_round=0.2, threads=None):
+    """Median seconds per call for every (model, engine, batch), interleaved over ``rounds``.
+
+    Returns ``{"seconds": {model: {engine: {batch: s}}}, "ratios": ...,
+    "resized": {...}, "threads": n, "loadavg_before"/"loadavg_after": ...}``;
+    engines missing (no onnxruntime) are left out.  ``threads`` defaults
+    to Numba's thread count.
+    """
+    import numba
+    import tinyprune as tp
+    threads = threads or numba.get_num_threads()
+    load_before = os.getloadavg()[0]
+    models = _models()
+    rng = np.random.default_rng(0)
+    inputs = {batch: rng.random((batch,) + IMAGE, dtype=np.float32) for batch in BATCHES}
+    with tempfile.TemporaryDirectory(prefix="tinyprune-bench-") as folder:
+        runners = {}
+        for name, model in models.items():
+            session = _onnx_session(model, folder, name, threads)
+            for engine in ENGINES:
+                fn = _runner(model, engine, session)
+                if fn is not None:
+                    runners[name, engine] = fn
+        calls = {}
+        for (name, engine), fn in runners.items():        # warm up; size each round's work
+            for batch, x in inputs.items():
+                fn(x)
+                once = _seconds_per_call(fn, x, 3)
+                calls[name, engine, batch] = max(1, int(seconds_per_round / max(once, 1e-6) / 4))
+        samples = {key: [] for key in calls}
+        for _ in range(rounds):
+            for (name, engine, batch), n in calls.items():
+                samples[name, engine, batch].append(
+                    _seconds_per_call(runners[name, engine], inputs[batch], n))
+                time.sleep(0.05)      # let spinning threads (ONNX Runtime's) go to sleep first
+    seconds = {}
+    for (name, engine, batch), values in samples.items():
+        seconds.setdefault(name, {}).setdefault(engine, {})[batch] = float(np.median(values))
+    return {"seconds": seconds, "ratios": _ratios(seconds), "resized": _resized(models, seconds),
+            "threads": threads, "rounds": rounds,
+            "loadavg_before": load_before, "loadavg_after": os.getloadavg()[0],
+            "numba_threading_layer": numba.threading_layer(), "tinyprune": tp.__version__}
+
+
+def _ratios(seconds):
+    """fused / onnxruntime and fused / plain, per model and batch."""
+    ratios = {}
+    for name, engines in seconds.items():
+        for other in ("onnxruntime", "plain"):
+            if other in engines:
+                for batch in BATCHES:
+                    ratios.setdefault(name, {})[f"fused/{other} batch {batch}"] = (
+                        engines["fused"][batch] / engines[other][batch])
+    return ratios
+
+
+def _resized(models, seconds):
+    """Multiply saving of the resized model and the fast path's wall-clock saving at batch 64."""
+    import tinyprune as tp
+    shape = (1,) + IMAGE
+    full = tp.compute_dot_prods(models["tutorial"], shape, "dense")[0]
+    resized = tp.compute_dot_prods(models["resized"], shape, "dense")[0]
+    mult_saving = 1 - resized / full
+    out = {"dense_mults_full": int(full), "dense_mults_resized": int(resized), "mult_saving": mult_saving}
+    for engine in seconds["tutorial"]:
+        time_saving = 1 - seconds["resized"][engine][64] / seconds["tutorial"][engine][64]
+        out[f"time_saving_{engine}"] = time_saving
+        out[f"saving_efficiency_{engine}"] = time_saving / mult_saving
+    return out
+
+
+def step_profile(model, batch=64, repeats=20):
+    """The fast path's time per step for one tile of ``model``'s plan, on one thread.
+
+    Returns rows ``(step, kind, layout, c_in, c_out, size in, microseconds,
+    GMAC/s)`` for a tile of the size ``batch`` would use, and the layout
+    conversions between steps as rows of their own.  CPU time of this
+    thread, so other programs on the machine disturb it less.
+    """
+    from tinyprune import fused
+    plan = fused.build_plan(model.copy().eval())
+    steps, params = plan.steps, plan.params
+    shapes = fused.step_shapes(steps, steps[0, fused.C_IN], IMAGE[1], IMAGE[2])
+    _, T = plan.sizes(IMAGE[1], IMAGE[2])
+    T = min(T, batch)
+    size = max(int(c) * fused.pixel_rows(int(T * h * w)) for c, h, w in shapes)
+    a = np.random.default_rng(0).random(size).astype(params.dtype)
+    b = np.empty_like(a)
+
+    def cpu_seconds(fn):
+        fn()
+        start = time.thread_time()
+        for _ in range(repeats):
+            fn()
+        return (time.thread_time() - start) / repeats
+
+    kinds = {fused.CONV: "conv", fused.DEPTHWISE: "depthwise", fused.POINTWISE: "pointwise",
+             fused.POOL: "pool"}
+    rows = []
+    C, H, W = (int(n) for n in shapes[0])
+    current = fused.PLANES
+    for s, step in enumerate(steps):
+        wanted = fused.layout(step[fused.KIND], C, T, H, W, current)
+        if wanted != current:
+            seconds = cpu_seconds(lambda: fused.convert(a, C, T, H, W, wanted, b))
+            rows.append((s, "convert", "pixels" if wanted else "planes", C, C, f"{H}x{W}", seconds * 1e6, 0.0))
+            current = wanted
+        O, HO, WO = (int(n) for n in shapes[s + 1])
+        seconds = cpu_seconds(lambda: fused.run_step(step, params, current, a, T, H, W, b, HO, WO))
+        kh, kw = int(step[fused.KH]), int(step[fused.KW])
+        macs = {fused.CONV: O * C * kh * kw, fused.DEPTHWISE: C * kh * kw, fused.POINTWISE: O * C,
+                fused.POOL: 0}[int(step[fused.KIND])] * HO * WO * T
+        rows.append((s, kinds[int(step[fused.KIND])], "pixels" if current else "planes", C, O,
+                     f"{H}x{W}", seconds * 1e6, macs / seconds / 1e9))
+        C, H, W = O, HO, WO
+    return T, rows
+
+
+def report(figures):
+    """The figures as text: one table of milliseconds per model, the ratios, the resized model."""
+    lines = [f"inference, eval mode, {IMAGE[1]}x{IMAGE[2]} images, {figures['threads']} threads "
+             f"({figures['numba_threading_layer']}); medians of {figures['rounds']} interleaved rounds; "
+             f"load average {figures['loadavg_before']:.2f} before, {figures['loadavg_after']:.2f} after",
+             f"   {'model':9s} {'engine':12s} {'batch 64 ms':>12s} {'batch 1 ms':>11s}"]
+    for name, engines in figures["seconds"].items():
+        for engine, by_batch in engines.items():
+            by_batch = {int(batch): seconds for batch, seconds in by_batch.items()}   # JSON makes keys text
+            lines.append(f"   {name:9s} {engine:12s} {by_batch[64] * 1e3:12.2f} {by_batch[1] * 1e3:11.3f}")
+    for name, ratios in figures["ratios"].items():
+        lines.append(f"   {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+    r = figures["resized"]
+    lines.append(f"   resized: dense multiplies {r['dense_mults_resized']:,} of {r['dense_mults_full']:,} "
+                 f"(saving {r['mult_saving']:.3f}); time saved / multiplies saved at batch 64: "
+                 + ", ".join(f"{e} {r['saving_efficiency_' + e]:.2f}"
+                             for e in ENGINES if "saving_efficiency_" + e in r))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """``python -m tinyprune.tools.bench_inference [--rounds N] [--profile MODEL]``."""
+    parser = argparse.ArgumentParser(prog="python -m tinyprune.tools.bench_inference",
+                                     description="Time the fast path, the plain layers and ONNX Runtime.")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--profile", choices=("tutorial", "relu", "resized"),
+                        help="instead, print the fast path's time per step for this model")
+    parser.add_argument("--batch", type=int, default=64, help="batch size for --profile (default 64)")
+    args = parser.parse_args(argv)
+    if args.profile:
+        T, rows = step_profile(_models()[args.profile], args.batch)
+        print(f"{args.profile}: one tile of {T} images, one thread, CPU microseconds per step")
+        for row in rows:
+            print("   {:3d} {:10s} {:6s} {:4d} -> {:4d}  {:>7s} {:9.1f} us {:6.1f} GMAC/s".format(*row))
+        print(f"   total {sum(r[6] for r in rows):.1f} us per tile, {sum(r[6] for r in rows) / T:.1f} per image")
+        return 0
+    print(report(inference_figures(rounds=args.rounds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
