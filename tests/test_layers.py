@@ -123,6 +123,18 @@ def test_depthwise_gradients_match_finite_differences(kernel, stride, pad, H, W,
     assert report.worst < GRAD_TOL, explained(dw, mode, x, report)
 
 
+@pytest.mark.ex_layers_5
+@pytest.mark.parametrize("mode", MODES)
+def test_depthwise_with_a_bias_gradients_match_finite_differences(mode):
+    # MobileNet's depthwise convolutions have no bias; fold_batchnorm gives them one.
+    dw = set_mode(DepthwiseConv2d(3, 3, stride=2, pad=1, bias=True, rng=np.random.default_rng(1)), mode)
+    dw.bias = np.array([0.5, -1.0, 2.0], np.float32)
+    x = np.random.default_rng(3).standard_normal((2, 3, 6, 5))
+    report = gradcheck(dw, x)
+    assert set(report) == {"input", "weight", "bias"}
+    assert report.worst < GRAD_TOL, explained(dw, mode, x, report)
+
+
 @pytest.mark.ex_layers_1
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bias", [False, True])

@@ -17,7 +17,7 @@ is a stub, the wrapped stub fails the tests all the same.
 import numpy as np
 import pytest
 
-from tinyprune import BatchNorm2d, Conv2d, Dense, kernels
+from tinyprune import BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, kernels
 
 from helpers import assert_caught
 
@@ -30,6 +30,7 @@ EXERCISE_TESTS = ("test_layers.py", "test_kernels.py", "test_hostile_model.py")
 DENSE_BACKWARD = Dense.backward
 BATCHNORM_BACKWARD = BatchNorm2d.backward
 CONV_BACKWARD = Conv2d.backward
+DEPTHWISE_BACKWARD = DepthwiseConv2d.backward
 KERNELS = {name: getattr(kernels, name) for name in
            ("slopehtanh_backward", "batchnorm_train_backward", "depthwise_backward")}
 
@@ -180,6 +181,14 @@ def depthwise_without_the_padding_offset(x, w, dy, stride, pad, dx, dw):
     dx[...] = shifted_by(dx, pad)
 
 
+def depthwise_bias_gradient_left_at_zero(self, dy):
+    """Leaves the (optional) bias gradient at zero."""
+    dx = DEPTHWISE_BACKWARD(self, dy)
+    if self.bias is not None:
+        self.grads["bias"] = np.zeros_like(self.bias)
+    return dx
+
+
 def depthwise_weight_gradient_of_the_first_image_only(x, w, dy, stride, pad, dx, dw):
     """Sums dw over the first image only, not over the batch."""
     KERNELS["depthwise_backward"](x, w, only_the_first_image(dy), stride, pad, np.empty_like(dx), dw)
@@ -201,6 +210,7 @@ MISTAKES = [   # (exercise, where the mistake goes, the mistake)
     ("layers.5", ("kernel", "depthwise_backward"), depthwise_without_flipping_the_filter),
     ("layers.5", ("kernel", "depthwise_backward"), depthwise_without_the_padding_offset),
     ("layers.5", ("kernel", "depthwise_backward"), depthwise_weight_gradient_of_the_first_image_only),
+    ("layers.5", (DepthwiseConv2d, "backward"), depthwise_bias_gradient_left_at_zero),
 ]
 
 

@@ -241,22 +241,23 @@ class DepthwiseConv2d(Layer):
         forward used it, (C, KH, KW).  With xp the input padded by ``pad``
         zeros on every side and s the stride, forward computed
 
-            y[n, c, i, j] = sum over a, b of w[c, a, b] * xp[n, c, i*s + a, j*s + b]
+            y[n, c, i, j] = sum over a, b of w[c, a, b] * xp[n, c, i*s + a, j*s + b]  (+ b[c])
 
         Each term touches one tap and one padded pixel, so the chain rule sends
-        dy[n, c, i, j] back along every term:
+        dy[n, c, i, j] back along every term (and, with a bias, to b[c]):
 
             dL/dw[c, a, b]                  = sum over n, i, j of dy[n, c, i, j] * xp[n, c, i*s + a, j*s + b]
             dL/dxp[n, c, i*s + a, j*s + b] += w[c, a, b] * dy[n, c, i, j]    for every i, j, a, b
 
-        and dL/dx is dL/dxp without its border (the padding is no input).
+        and dL/dx is dL/dxp without its border (the padding is no input);
+        dL/db[c] (the optional ``bias``, (C,)) sums dy over n, i and j.
 
         Write the loops in the kernel ``kernels._depthwise_backward`` (its
         docstring gives its arguments); here, call it as
         ``kernels.depthwise_backward`` (Numba's compiled copy of it; in a
         student copy, your plain function itself) to fill the ``dx`` and
         ``dw`` (C, KH, KW) allocated for you, store dL/dw in the weight's shape
-        (C, 1, KH, KW) with ``self.set_grad``, and return dL/dx.
+        (C, 1, KH, KW) and dL/db with ``self.set_grad``, and return dL/dx.
         """
         dy = self.backward_input(dy)
         x = self._cache

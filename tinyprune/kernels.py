@@ -491,7 +491,7 @@ batchnorm_eval_forward = numba.njit(**_parallel)(_batchnorm_eval_forward)
 #        = -1 - (x + 1)/4    for x < -1
 # All three cases are  h - (x - h)/4  with h = x clamped to [-1, 1], which
 # needs no branch (inside, x - h is exactly 0), so the loop vectorises.
-# The backward pass is exercise layers.2 (SlopeHTanh.backward in layers.py).
+# The backward pass is exercise layers.2 (SlopeHTanh.backward in activations.py).
 # ---------------------------------------------------------------------------
 
 def _slopehtanh_forward(x, y):

@@ -23,19 +23,16 @@ start with cheap checks of their own (dtype and shape: tinyprune/module.py),
 so no public method hands a kernel an array it would read out of bounds.
 
 Where things are: ``Layer`` (the contract every layer keeps), ``Dense``,
-``BatchNorm2d``, the activations, pooling, ``Flatten`` and ``Chain`` are
-below; the convolutions are in :mod:`tinyprune.conv` (imported here, so
-``from tinyprune.layers import Conv2d`` works); what every layer inherits
-(modes, state dicts, masks by key, dtype, copies) is in
-:mod:`tinyprune.module`; the loops the layers call are in
-:mod:`tinyprune.kernels`.
+``BatchNorm2d``, pooling, ``Flatten`` and ``Chain`` are below; the
+convolutions are in :mod:`tinyprune.conv`, the activation layers beside
+their functions in :mod:`tinyprune.activations` (both reachable from here:
+``from tinyprune.layers import Conv2d, SlopeHTanh`` works); what every layer
+inherits (modes, state dicts, masks by key, dtype, copies) is in
+:mod:`tinyprune.module`; the loops the layers call are in :mod:`tinyprune.kernels`.
 """
-
-import copy
 
 import numpy as np
 
-from . import activations as act
 from . import kernels
 from .common import check_int, check_number
 from .module import Module, NonFiniteError, check_parameter_dtype, layer_at, parse_path  # noqa: F401  (paths: see module.py)
@@ -161,6 +158,17 @@ class Layer(Module):
 # ---------------------------------------------------------------------------
 
 from .conv import Conv2d, DepthwiseConv2d  # noqa: E402  (conv.py needs Layer defined first)
+
+# The activation layers live in tinyprune.activations, which imports Layer from
+# here (and is imported first, by the package); they are handed out here by name.
+_ACTIVATION_LAYERS = ("Activation", "SlopeHTanh", "ReLU", "HardTanh", "Identity", "activation_layer")
+
+
+def __getattr__(name):
+    if name in _ACTIVATION_LAYERS:
+        from . import activations
+        return getattr(activations, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -356,105 +364,6 @@ class BatchNorm2d(Layer):
         self.set_grad("weight", dgamma.astype(x3.dtype))
         self.set_grad("bias", dbeta.astype(x3.dtype))
         return dx.reshape(dy.shape)
-
-
-# ---------------------------------------------------------------------------
-# Activations
-# ---------------------------------------------------------------------------
-
-class Activation(Layer):
-    """Elementwise ``fn`` with derivative ``derivative`` (both functions of the input).
-
-    Backward: dx = dy * fn'(x).  Use this for your own activation, e.g.
-    ``Activation(np.tanh, lambda x: 1 - np.tanh(x) ** 2)``.
-    """
-
-    mixes_channels = False     # elementwise: every channel stays apart
-
-    def __init__(self, fn, derivative, name=None):
-        super().__init__()
-        self.fn = fn
-        self.derivative = derivative
-        self.name = name or getattr(fn, "__name__", "activation")
-
-    def extra_repr(self):
-        return self.name
-
-    def forward(self, x):
-        x = self.forward_input(x)
-        return self.keep_for_backward(x, self.fn(x))
-
-    def backward(self, dy):
-        dy = self.backward_input(dy)
-        return dy * self.derivative(self._cache)
-
-
-class SlopeHTanh(Activation):
-    """slopehtanh as a layer, with a fused Numba kernel in each direction."""
-
-    def __init__(self):
-        super().__init__(act.slopehtanh, act.slopehtanh_derivative, "slopehtanh")
-
-    def forward(self, x):
-        x = self.forward_input(x)
-        y = np.empty_like(x)
-        kernels.slopehtanh_forward(x.reshape(-1), y.reshape(-1))
-        return self.keep_for_backward(x, y)
-
-    def backward(self, dy):
-        """Exercise layers.2: dL/dx for slopehtanh, entry by entry (x, dy, dx: the input's shape).
-
-        f(x) = x on [-1, 1], 1 - (x - 1)/4 above, -1 - (x + 1)/4 below; each output
-        depends on its own input only, so dx = dy * f'(x), taking at the kinks x = +-1
-        the slope from inside [-1, 1].  Written three times: the loop of
-        ``kernels._slopehtanh_backward``; its call here (``kernels.slopehtanh_backward``
-        on flat views of x, dy and the ``dx`` allocated for you); ``activations.slopehtanh_derivative``.
-        """
-        dy = self.backward_input(dy)
-        x = self._cache
-        dx = np.empty_like(x)
-        ### BEGIN SOLUTION
-        kernels.slopehtanh_backward(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
-        ### END SOLUTION
-        return dx
-
-
-class ReLU(Activation):
-    def __init__(self):
-        super().__init__(act.relu, act.relu_derivative, "relu")
-
-
-class HardTanh(Activation):
-    def __init__(self):
-        super().__init__(act.hardtanh, act.hardtanh_derivative, "hardtanh")
-
-
-class Identity(Activation):
-    def __init__(self):
-        super().__init__(act.identity, act.identity_derivative, "identity")
-
-
-_ACTIVATION_LAYERS = {
-    act.slopehtanh: SlopeHTanh, "slopehtanh": SlopeHTanh,
-    act.relu: ReLU, "relu": ReLU,
-    act.hardtanh: HardTanh, "hardtanh": HardTanh,
-    act.identity: Identity, "identity": Identity,
-}
-
-
-def activation_layer(activation):
-    """A fresh activation layer for ``slopehtanh``, ``relu``, ``hardtanh`` or ``identity``.
-
-    Accepts the function itself, its name, or an ``Activation`` layer (copied).
-    """
-    if isinstance(activation, Activation):
-        return copy.deepcopy(activation)
-    try:
-        return _ACTIVATION_LAYERS[activation]()
-    except (KeyError, TypeError):
-        known = "slopehtanh, relu, hardtanh, identity"
-        raise ValueError(f"unknown activation {activation!r}; expected one of {known} "
-                         "(or an Activation layer)") from None
 
 
 # ---------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def marker(exercise_id):
 EXERCISES = (
     Exercise("layers.1", "the dense layer's backward pass", ("tinyprune/layers.py:Dense.backward",)),
     Exercise("layers.2", "slopehtanh's backward pass",
-             ("tinyprune/layers.py:SlopeHTanh.backward", "tinyprune/kernels.py:_slopehtanh_backward",
+             ("tinyprune/activations.py:SlopeHTanh.backward", "tinyprune/kernels.py:_slopehtanh_backward",
               "tinyprune/activations.py:slopehtanh_derivative")),
     Exercise("layers.3", "BatchNorm's backward pass in train mode",
              ("tinyprune/layers.py:BatchNorm2d.backward", "tinyprune/kernels.py:_batchnorm_train_backward")),
