@@ -80,7 +80,9 @@ def tutorial():
 @pytest.mark.parametrize("rule", RULES)
 def test_tutorial_model_counts_7505600_mults_and_7273983_adds(tutorial, rule):
     mults, adds, out_shape = compute_dot_prods(tutorial, TUTORIAL_INPUT, rule=rule)
-    assert (mults, adds) == (7_505_600, 7_273_983)
+    assert (mults, adds) == (7_505_600, 7_273_983), \
+        f"the tutorial's unpruned MobileNet under the {rule!r} rule: counted {mults:,} multiplies and {adds:,} " \
+        "adds, the course's numbers are 7,505,600 and 7,273,983 (no zero weights: every rule agrees)"
     assert out_shape == (1, 1)
 
 
@@ -106,7 +108,9 @@ def test_counts_follow_the_closed_form_for_widths_and_resolutions(width):
         expected = closed_form(width, side)
         for rule in ALL_RULES:
             mults, adds, _ = compute_dot_prods(model, (1, 3, side, side), rule=rule)
-            assert (mults, adds) == expected, (width, side, rule)
+            assert (mults, adds) == expected, \
+                f"MobileNet width {width} on {side} x {side}, {rule!r} rule: counted ({mults:,}, {adds:,}), the " \
+                f"closed form P*K*C, P*(K-1)*C summed over the layers gives ({expected[0]:,}, {expected[1]:,})"
 
 
 @pytest.mark.ex_count_1
@@ -133,7 +137,8 @@ def test_closed_form_for_another_head():
 @pytest.mark.parametrize("rule", RULES)
 def test_batch_size_multiplies_the_counts(tutorial, rule):
     mults, adds, out_shape = compute_dot_prods(tutorial, (3, 3, 96, 96), rule=rule)
-    assert (mults, adds) == (3 * 7_505_600, 3 * 7_273_983)
+    assert (mults, adds) == (3 * 7_505_600, 3 * 7_273_983), \
+        f"3 images under the {rule!r} rule: counted ({mults:,}, {adds:,}), expected 3 x (7,505,600, 7,273,983)"
     assert out_shape == (3, 1)
 
 
@@ -296,7 +301,9 @@ def test_masked_weights_count_as_zero(rule):
     masked.masks["weight"] = zeroed.weight != 0
     weights = masked.weight.copy()
     counts = compute_dot_prods(Chain(masked), (1, 2, 4, 4), rule=rule)[:2]
-    assert counts == CONV_COUNTS[rule]
+    assert counts == CONV_COUNTS[rule], \
+        f"Conv2d(2, 3, 3) on 4 x 4 with the zeros of conv_with_zeros as a mask, {rule!r} rule: counted {counts}, " \
+        f"expected {CONV_COUNTS[rule]} as with the zeros stored"
     np.testing.assert_array_equal(masked.weight, weights)     # counting changes nothing
 
 
@@ -354,7 +361,9 @@ HAND_CASES = {
 def test_counts_by_hand(case, rule):
     build, input_shape, output_shape, counts = HAND_CASES[case]
     mults, adds, out_shape = compute_dot_prods(build(), input_shape, rule=rule)
-    assert (mults, adds) == counts[rule]
+    assert (mults, adds) == counts[rule], \
+        f"the {case} case of HAND_CASES on input {input_shape}, {rule!r} rule: counted ({mults}, {adds}), " \
+        f"worked out by hand (the comment above the case): {counts[rule]}"
     assert out_shape == output_shape
 
 
