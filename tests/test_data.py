@@ -562,7 +562,8 @@ def test_the_identity_map_samples_each_pixel_itself_or_the_centred_window():
     _assert_samples((5, 5), (5, 5), [((0, 0), (0, 0)), ((3, 1), (3, 1)), ((4, 4), (4, 4))],
                     "no transform: every pixel stays")
     _assert_samples((8, 6), (4, 4), [((0, 0), (2, 1)), ((3, 3), (5, 4))],
-                    "no transform: the 4 x 4 output is the middle of the 8 x 6 picture, centre (3.5, 2.5) on (1.5, 1.5)")
+                    "no transform: the 4 x 4 output is the middle of the 8 x 6 picture, centre (3.5, 2.5) "
+                    "on (1.5, 1.5)")
 
 
 @pytest.mark.data

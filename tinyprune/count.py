@@ -10,25 +10,18 @@ K = KH*KW*C_in/groups the terms in one dot product, C = C_out.  A dense layer
 is the case P = 1, K = in, C = out.  Zeros are read from the weights as the
 forward pass uses them (masked entries are zero).
 
-Three rules, each a function of one layer's weights (``reference_counts``,
-``sparse_counts``, ``dense_counts``; ``layer_dot_prods`` picks one):
+Three rules, each a function of one layer's weights (``layer_dot_prods``
+picks one; their docstrings have the formulas):
 
-``"dense"``
-    What a dense kernel executes: zeros change nothing.  P*K*C multiplies
-    and P*(K-1)*C adds.
-``"sparse"``
+``"reference"``, ``reference_counts``
+    The original tutorial's rule, which reproduces its printed numbers: an
+    all-zero output channel saves its work in every patch, but a scattered
+    zero saves one multiply in total, and no add.
+``"sparse"``, ``sparse_counts``
     An ideal zero-skipping machine: a zero weight is skipped in every output
-    it feeds.  Multiplies: P * (non-zero weights).  Adds: P * sum over output
-    channels of (non-zero weights in it - 1), an all-zero channel costing
-    nothing.
-``"reference"``
-    The original tutorial's rule, which reproduces its printed numbers.  With
-    Z = output channels whose weights are all zero and U = the other zero
-    weights: conv multiplies P*K*C - U - Z*P*K and adds P*(K-1)*(C-Z); dense
-    multiplies in*out - (zeros) and adds (in-1)*(out - all-zero rows).  So a
-    whole zero channel saves its multiplies in every patch, but a scattered
-    zero in a conv saves exactly one multiply in total, and adds only shrink
-    for whole channels.
+    it feeds, and an all-zero channel costs nothing.
+``"dense"``, ``dense_counts``
+    What a dense kernel executes: zeros change nothing.
 """
 
 
@@ -108,7 +101,7 @@ def reference_counts(w, patches):
     add.  That asymmetry is the original tutorial's, and it is what makes
     its printed numbers come out: LevelPrune(0.2) barely moves the count
     (7,505,600 -> 7,460,806 multiplies, adds unchanged), ChannelPrune(0.2)
-    moves it a lot (6,105,200).  See the README's "Counting" section.
+    moves it a lot (6,105,200).  The README, "Counting multiplies and adds", compares the rules.
 
     Worked case: w = [[1, 0, 2], [0, 0, 0]] (C = 2, K = 3: one scattered
     zero, one dead channel) on P = 4 patches gives 4*3*2 - 1 - 1*4*3 = 11
