@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyprune import count
+from tinyprune import count, train
 from tinyprune.data import augment
 from tinyprune.optim import Adam
-from tinyprune import train
 
 TESTS = Path(__file__).resolve().parent
 
