@@ -1,5 +1,14 @@
-"""Chapter 8: checkpoints -- save, load, the shipped pretrained model, and every bad file."""
+"""Chapter 8: checkpoints -- save, load, the shipped pretrained model, and every bad file.
 
+The pruned and resized models saved here are made in the tests (masks set
+directly, channels cut by hand), not by the prune, propagate and resize
+chapters, so these tests run in a course copy where those are exercises.
+Comparing outputs runs the convolutions' forward pass, which unfolds
+receptive fields (exercise kernels.1): in a copy where that is still to do,
+those tests are skipped (``waits_for``).
+"""
+
+import contextlib
 import json
 import os
 import zipfile
@@ -13,19 +22,82 @@ from tinyprune.common import data_dir
 from tinyprune.data import SyntheticVWW, to_float
 from tinyprune.layers import (Activation, BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten,
                               GlobalMeanPool, HardTanh, Identity, Layer, ReLU, SlopeHTanh)
-from tinyprune.propagate import prune_propagate
-from tinyprune.prune import ChannelPrune, LevelPrune, keepprune, prune
-from tinyprune.resize import resize
 
 pytestmark = pytest.mark.train
+
+WEIGHTED = (Conv2d, DepthwiseConv2d, Dense)
+
+
+@contextlib.contextmanager
+def waits_for(*names):
+    """Skip the test while the code it runs is a stub of the exercises or chapters ``names``.
+
+    In a course copy a cut exercise raises ``NotImplementedError("Exercise
+    <id>: ...")``; a test that only passes through that code is skipped,
+    saying what it waits for, rather than failed.  A stub of any other
+    exercise (the one the test checks) still fails it.  ``names`` are
+    exercise ids (``"train.2"``) or chapters (``"layers"``).  Use it as
+    ``with waits_for(...):`` or as a decorator on the test.
+    """
+    try:
+        yield
+    except NotImplementedError as error:
+        message = str(error)
+        if any(message.startswith(f"Exercise {name}.") or message.startswith(f"Exercise {name}:")
+               for name in names):
+            pytest.skip(f"waits for {message}")
+        raise
 
 
 @pytest.fixture(scope="module")
 def model():
     """A small trained-looking MobileNet: non-trivial BatchNorm statistics, eval mode."""
     m = MobileNet(slopehtanh, 0.25, fcsize=16, nclasses=1, seed=3)
-    m(np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32))   # moves running stats
+    rng = np.random.default_rng(0)
+    for _, layer in m.named_layers():
+        if isinstance(layer, BatchNorm2d):
+            layer.running_mean[:] = rng.normal(0, 0.5, layer.channels)
+            layer.running_var[:] = rng.uniform(0.5, 2.0, layer.channels)
     return m.eval()
+
+
+def masked(model, seed=0):
+    """A copy of ``model`` pruned as the prune chapter would leave it, with masks set here.
+
+    Every conv and dense weight gets a keep-mask (about half its entries);
+    the first conv also loses whole output channels, with its BatchNorm's
+    gamma and beta masked there.  The stored values under the masks stay,
+    as prune leaves them.
+    """
+    result = model.copy()
+    rng = np.random.default_rng(seed)
+    for _, layer in result.named_layers():
+        if isinstance(layer, WEIGHTED):
+            layer.masks["weight"] = rng.random(layer.weight.shape) < 0.5
+    conv, bn = result[0][0], result[0][1]
+    dead = np.arange(conv.c_out) % 3 == 0
+    conv.masks["weight"][dead] = False
+    bn.masks["weight"], bn.masks["bias"] = ~dead, ~dead
+    return result
+
+
+def narrowed(model, keep):
+    """A copy of MobileNet ``model`` keeping only the channels ``keep`` of its first group.
+
+    The group is made by the conv [0][0], filtered by the depthwise conv
+    [0][3] (each followed by a BatchNorm) and read by the pointwise conv
+    [0][6]: the shape ``resize`` gives a model whose other channels there
+    were pruned, made here by cutting every array that carries the group's
+    channels (as each layer declares in ``out_channel_arrays``).
+    """
+    result = model.copy()
+    for i in (0, 1, 3, 4):
+        layer = result[0][i]
+        for name, axis in layer.out_channel_arrays.items():
+            if getattr(layer, name) is not None:
+                setattr(layer, name, np.take(getattr(layer, name), keep, axis=axis))
+    result[0][6].weight = np.take(result[0][6].weight, keep, axis=1)
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -57,38 +129,42 @@ def test_round_trip_gives_identical_outputs_and_arrays(model, x, tmp_path):
     loaded = load(path)
     assert _same_arrays(model, loaded)
     assert not loaded.training
-    assert np.array_equal(model(x), loaded(x))
     assert loaded.metadata == {"val_accuracy": 0.5, "note": "hi"}
     assert read_metadata(path) == loaded.metadata
+    with waits_for("kernels"):
+        assert np.array_equal(model(x), loaded(x))
 
 
 def test_round_trip_keeps_train_mode_and_float64(model, x, tmp_path):
     m64 = model.copy().to(np.float64).train()
     loaded = load(save(m64, tmp_path / "m64.npz"))
     assert loaded.training and loaded.dtype == np.float64
-    assert np.array_equal(m64.copy()(x), loaded(x))   # train mode: batch statistics, on copies
     assert loaded.metadata == {}
+    with waits_for("kernels"):
+        assert np.array_equal(m64.copy()(x), loaded(x))   # train mode: batch statistics, on copies
 
 
 def test_round_trip_of_a_pruned_model_keeps_its_masks(model, x, tmp_path):
-    pruned = prune(LevelPrune(0.5), prune(ChannelPrune(0.2), model))
+    pruned = masked(model)
     loaded = load(save(pruned, tmp_path / "pruned.npz"))
     masks, loaded_masks = pruned.mask_dict(), loaded.mask_dict()
     assert masks.keys() == loaded_masks.keys() and len(masks) > 27   # every conv/dense weight
     assert all(np.array_equal(masks[k], loaded_masks[k]) and loaded_masks[k].dtype == bool
                for k in masks)
     assert _same_arrays(pruned, loaded)
-    assert np.array_equal(pruned(x), loaded(x))
+    with waits_for("kernels"):
+        assert np.array_equal(pruned(x), loaded(x))
 
 
 def test_round_trip_of_a_resized_model(model, x, tmp_path):
-    small = resize(prune_propagate(keepprune(prune(ChannelPrune(0.5), model))))
+    small = narrowed(model, [6, 1, 4, 2])
     assert small[0][3].c_out < model[0][3].c_out   # really smaller
     loaded = load(save(small, tmp_path / "small.npz"))
     assert [repr(layer) for _, layer in loaded.named_layers()] == \
            [repr(layer) for _, layer in small.named_layers()]
     assert _same_arrays(small, loaded)
-    assert np.array_equal(small(x), loaded(x))
+    with waits_for("kernels"):
+        assert np.array_equal(small(x), loaded(x))
 
 
 def test_round_trip_keeps_the_arguments_of_every_layer_type(tmp_path):
@@ -248,10 +324,12 @@ def test_pretrained_is_the_tutorial_model_trained_on_the_current_data():
     assert meta["data_version"] == SyntheticVWW.VERSION   # the data changed: retrain the checkpoint
     assert len(meta["history"]["val_accuracy"]) == meta["epochs_trained"]
     assert meta["val_accuracy"] == meta["history"]["val_accuracy"][-1]
-    logits = m(to_float(SyntheticVWW("val", seed=7, size=16).images))
+    with waits_for("kernels"):
+        logits = m(to_float(SyntheticVWW("val", seed=7, size=16).images))
     assert logits.shape == (16, 1) and np.isfinite(logits).all()
 
 
+@waits_for("kernels", "train.1")
 def test_pretrained_reaches_90_percent_on_the_validation_set_as_its_metadata_says():
     from tinyprune.train import evaluate
     m = pretrained()
@@ -289,7 +367,7 @@ def test_the_checkpoint_reader_gives_every_entry_exactly_as_numpy_reads_it(model
     # load reads the archive itself (checking each header before its data); it must
     # not change a bit of what np.load would give, in the shipped file or a pruned one.
     from tinyprune.checkpoint import _read_arrays, pretrained_path
-    pruned = save(prune(LevelPrune(0.5), model), tmp_path / "pruned.npz")
+    pruned = save(masked(model), tmp_path / "pruned.npz")
     for path in (pretrained_path(), pruned):
         ours = _read_arrays(path)
         with np.load(path, allow_pickle=False) as stored:

@@ -1,12 +1,18 @@
-"""Chapter 3: counting the multiplies and adds of a forward pass.
+"""Chapter 6: counting the multiplies and adds of a forward pass.
 
-The tutorial's numbers (7,505,600 multiplies and 7,273,983 adds), a closed
-form for other widths and resolutions, and small cases worked out by hand for
-each of the three rules.
+The tutorial's numbers (7,505,600 multiplies and 7,273,983 adds; 7,460,806
+after LevelPrune(0.2), 6,105,200 after ChannelPrune(0.2)), a closed form for
+other widths and resolutions, and small cases worked out by hand for each of
+the three rules, each rule also on its own (``count.reference_counts``,
+``count.sparse_counts``, ``count.dense_counts``: exercises count.1, count.2
+and count.3).  The pruned models are made here, without the prune chapter,
+so these tests run in a course copy where pruning is an exercise.
 
-Run this chapter alone with ``python -m pytest -m count``.
+Run this chapter alone with ``python -m pytest -m count``, one rule's tests
+with ``-m ex_count_1`` (reference), ``ex_count_2`` (sparse), ``ex_count_3`` (dense).
 """
 
+import math
 import re
 from xml.etree import ElementTree
 
@@ -16,13 +22,18 @@ import pytest
 from tinyprune import (BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten, GlobalMeanPool,
                        HardTanh, Identity, MobileNet, ReLU, SlopeHTanh, TUTORIAL_INPUT, compute_dot_prods,
                        dot_prod_table, slopehtanh)
+from tinyprune import count
 from tinyprune.count import format_html_table
 
 from mobilenet_table import CONFIG
 
 pytestmark = pytest.mark.count
 
-RULES = ("reference", "sparse", "dense")
+# Each rule is an exercise; a test of one rule carries its marker.
+EXERCISE = {"reference": pytest.mark.ex_count_1, "sparse": pytest.mark.ex_count_2, "dense": pytest.mark.ex_count_3}
+RULES = [pytest.param(rule, marks=EXERCISE[rule], id=rule) for rule in EXERCISE]
+ALL_RULES = tuple(EXERCISE)
+EVERY_RULE = [pytest.mark.ex_count_1, pytest.mark.ex_count_2, pytest.mark.ex_count_3]
 
 
 def closed_form(width, side, fcsize=64, nclasses=1, batch=1):
@@ -69,7 +80,9 @@ def tutorial():
 @pytest.mark.parametrize("rule", RULES)
 def test_tutorial_model_counts_7505600_mults_and_7273983_adds(tutorial, rule):
     mults, adds, out_shape = compute_dot_prods(tutorial, TUTORIAL_INPUT, rule=rule)
-    assert (mults, adds) == (7_505_600, 7_273_983)
+    assert (mults, adds) == (7_505_600, 7_273_983), \
+        f"the tutorial's unpruned MobileNet under the {rule!r} rule: counted {mults:,} multiplies and {adds:,} " \
+        "adds, the course's numbers are 7,505,600 and 7,273,983 (no zero weights: every rule agrees)"
     assert out_shape == (1, 1)
 
 
@@ -77,33 +90,43 @@ def test_closed_form_reproduces_the_tutorial_numbers():
     assert closed_form(0.25, 96) == (7_505_600, 7_273_983)
 
 
+@pytest.mark.ex_count_1
 def test_default_rule_is_reference(tutorial):
     assert compute_dot_prods(tutorial, TUTORIAL_INPUT)[:2] == (7_505_600, 7_273_983)
     assert dot_prod_table(tutorial, TUTORIAL_INPUT).rule == "reference"
 
 
 @pytest.mark.parametrize("width", [0.25, 0.5, 1.0])
+@pytest.mark.ex_count_1
+@pytest.mark.ex_count_2
+@pytest.mark.ex_count_3
 def test_counts_follow_the_closed_form_for_widths_and_resolutions(width):
     # Eval mode: at 32x32 the last maps are 1x1, which a train-mode BatchNorm
     # cannot normalise with batch 1 (the next test is about that).
     model = MobileNet(slopehtanh, width, fcsize=64, nclasses=1, seed=0).eval()
     for side in (32, 64, 96, 128, 224):
         expected = closed_form(width, side)
-        for rule in RULES:
+        for rule in ALL_RULES:
             mults, adds, _ = compute_dot_prods(model, (1, 3, side, side), rule=rule)
-            assert (mults, adds) == expected, (width, side, rule)
+            assert (mults, adds) == expected, \
+                f"MobileNet width {width} on {side} x {side}, {rule!r} rule: counted ({mults:,}, {adds:,}), the " \
+                f"closed form P*K*C, P*(K-1)*C summed over the layers gives ({expected[0]:,}, {expected[1]:,})"
 
 
+@pytest.mark.ex_count_1
+@pytest.mark.ex_count_2
+@pytest.mark.ex_count_3
 def test_counts_do_not_depend_on_train_or_eval_mode():
     # Counting is about the architecture and the weights, not about batch
     # statistics: a model as built (train mode) counts at any resolution the
     # same as in eval mode, even where the last maps are 1x1 (32x32 input).
     model = MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=0)
-    for rule in RULES:
+    for rule in ALL_RULES:
         assert compute_dot_prods(model, (1, 3, 32, 32), rule=rule)[:2] == closed_form(0.25, 32), rule
     assert model.training
 
 
+@pytest.mark.ex_count_3
 def test_closed_form_for_another_head():
     model = MobileNet(slopehtanh, 0.5, fcsize=10, nclasses=3, seed=0)
     mults, adds, out_shape = compute_dot_prods(model, (1, 3, 64, 64), rule="dense")
@@ -114,8 +137,136 @@ def test_closed_form_for_another_head():
 @pytest.mark.parametrize("rule", RULES)
 def test_batch_size_multiplies_the_counts(tutorial, rule):
     mults, adds, out_shape = compute_dot_prods(tutorial, (3, 3, 96, 96), rule=rule)
-    assert (mults, adds) == (3 * 7_505_600, 3 * 7_273_983)
+    assert (mults, adds) == (3 * 7_505_600, 3 * 7_273_983), \
+        f"3 images under the {rule!r} rule: counted ({mults:,}, {adds:,}), expected 3 x (7,505,600, 7,273,983)"
     assert out_shape == (3, 1)
+
+
+# ---------------------------------------------------------------------------
+# The course's pruned models
+# ---------------------------------------------------------------------------
+
+WEIGHTED = (Conv2d, DepthwiseConv2d, Dense)
+
+
+def level_pruned(model, level):
+    """A copy of ``model`` with the zeros ``prune(LevelPrune(level), model)`` leaves, made without it.
+
+    In each conv and dense weight of n entries the n - ceil((1 - level) n)
+    of smallest magnitude (ties by position) become 0.0.  No masks: zeros
+    count as masked entries do (``test_masked_weights_count_as_zero``).
+    """
+    result = model.copy()
+    for _, layer in result.named_layers():
+        if isinstance(layer, WEIGHTED):
+            w = layer.weight
+            n_zeros = w.size - math.ceil((1 - level) * w.size)
+            smallest = np.argsort(np.abs(w), axis=None, kind="stable")[:n_zeros]
+            w[np.unravel_index(smallest, w.shape)] = 0
+    return result
+
+
+def channel_pruned(model, level):
+    """A copy of ``model`` with the zero weights ``prune(ChannelPrune(level), model)`` leaves, made without it.
+
+    In each Conv2d and DepthwiseConv2d of C output channels the
+    C - ceil((1 - level) C) of smallest L1 norm (ties by index) become all
+    zero; the dense layers keep every weight.  (Biases and BatchNorms,
+    which ChannelPrune also zeroes, count nothing.)
+    """
+    result = model.copy()
+    for _, layer in result.named_layers():
+        if isinstance(layer, (Conv2d, DepthwiseConv2d)):
+            w = layer.weight
+            n_dead = len(w) - math.ceil((1 - level) * len(w))
+            w[np.argsort(np.abs(w).reshape(len(w), -1).sum(axis=1), kind="stable")[:n_dead]] = 0
+    return result
+
+
+# The course's counts of MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1) on one 96 x 96
+# image, the same for every seed: (mults, adds) by rule.  LevelPrune(0.2) scatters its zeros,
+# which the reference rule barely notices; ChannelPrune(0.2) kills whole channels.
+PRUNED_COUNTS = {
+    "LevelPrune(0.2)": (level_pruned, {"reference": (7_460_806, 7_273_983), "sparse": (6_009_230, 5_777_613),
+                                       "dense": (7_505_600, 7_273_983)}),
+    "ChannelPrune(0.2)": (channel_pruned, {"reference": (6_105_200, 5_915_181), "sparse": (6_105_200, 5_915_181),
+                                           "dense": (7_505_600, 7_273_983)}),
+}
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("pruning", PRUNED_COUNTS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_course_numbers_of_the_pruned_tutorial_model(seed, pruning, rule):
+    make, counts = PRUNED_COUNTS[pruning]
+    level = float(pruning[pruning.index("(") + 1:-1])
+    model = make(MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=seed), level)
+    got = compute_dot_prods(model, TUTORIAL_INPUT, rule=rule)[:2]
+    assert got == counts[rule], (f"{pruning} of MobileNet(seed={seed}) under the {rule!r} rule: counted "
+                                 f"{got[0]:,} multiplies and {got[1]:,} adds, the course's numbers are "
+                                 f"{counts[rule][0]:,} and {counts[rule][1]:,}")
+
+
+# ---------------------------------------------------------------------------
+# Each rule on its own: (mults, adds) of one weight matrix (C, K) over P patches
+# ---------------------------------------------------------------------------
+
+def assert_rule_counts(rule, w, patches, want):
+    """``count.<rule>_counts(w, patches)`` gives ``want``, or a message naming the input."""
+    function = getattr(count, f"{rule}_counts")
+    w = np.array(w, dtype=np.float32)
+    got = function(w, patches)
+    C, K = w.shape
+    assert tuple(got) == want, (f"{function.__name__}(w, patches={patches}) with w = {w.tolist()} "
+                                f"(C = {C} channels of K = {K} weights): got (mults, adds) = {tuple(got)}, "
+                                f"expected {want}")
+
+
+# Weight matrices, one output channel per row, and their (mults, adds) on P = 4 patches by rule.
+#   no zeros:       C = 2, K = 3.  Every rule: 4*3*2 = 24 mults, 4*2*2 = 16 adds.
+#   one scattered:  row 0 has one zero (U = 1).  Reference: 24 - 1 = 23 mults, 16 adds (a scattered
+#                   zero saves one multiply in all, no add).  Sparse: 4*(2+3) = 20, 4*(1+2) = 12.
+#   one dead row:   row 1 all zero (Z = 1).  Reference: 24 - 4*3 = 12 mults, 4*2*1 = 8 adds.
+#                   Sparse: 4*3 = 12, 4*2 = 8 (a dead row costs nothing, not -1 add).
+#   both:           the docstring's case, U = 1, Z = 1.  Reference: 24 - 1 - 12 = 11, 8.
+#                   Sparse: 4*2 = 8, 4*1 = 4.
+#   depthwise:      C = 3, K = 9: row 0 has 2 zeros, row 2 is dead.  Reference: 4*9*3 - 2 - 4*9 = 70,
+#                   4*8*2 = 64.  Sparse: 4*(7+9) = 64, 4*(6+8) = 56.  Dense: 108, 96.
+#   one weight:     C = 1, K = 1: one multiply per patch and no add.
+BY_HAND = {
+    "no zeros": ([[1, 2, 3], [4, 5, 6]], {"reference": (24, 16), "sparse": (24, 16), "dense": (24, 16)}),
+    "one scattered": ([[1, 0, 2], [3, 4, 5]], {"reference": (23, 16), "sparse": (20, 12), "dense": (24, 16)}),
+    "one dead row": ([[1, 2, 3], [0, 0, 0]], {"reference": (12, 8), "sparse": (12, 8), "dense": (24, 16)}),
+    "both": ([[1, 0, 2], [0, 0, 0]], {"reference": (11, 8), "sparse": (8, 4), "dense": (24, 16)}),
+    "depthwise": ([[0, 1, 2, 3, 0, 4, 5, 6, 7], [1] * 9, [0] * 9],
+                  {"reference": (70, 64), "sparse": (64, 56), "dense": (108, 96)}),
+    "one weight": ([[-0.5]], {"reference": (4, 0), "sparse": (4, 0), "dense": (4, 0)}),
+}
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("case", BY_HAND)
+def test_each_rule_on_one_weight_matrix_by_hand(case, rule):
+    w, counts = BY_HAND[case]
+    assert_rule_counts(rule, w, 4, counts[rule])
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_each_rule_on_one_patch_is_a_dense_layers_count(rule):
+    # A dense layer is the case P = 1: weight (out = 3, in = 4) with 1 + 4 + 2 zeros, row 1 dead.
+    w = [[1, 2, 0, 3], [0, 0, 0, 0], [0, 4, 5, 0]]
+    want = {"reference": (12 - 7, 3 * 2), "sparse": (3 + 2, 2 + 1), "dense": (12, 9)}[rule]
+    assert_rule_counts(rule, w, 1, want)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_each_rule_grows_with_the_patches_as_its_formula_says(rule):
+    # Reference: P*K*C - U - Z*P*K grows by K*(C - Z) per patch, and U does not; sparse and dense are P * (one patch).
+    w = [[1, 0, 2], [0, 0, 0], [3, 4, 5]]
+    one, many = ({"reference": (9 - 1 - 3, 4), "sparse": (5, 3), "dense": (9, 6)}[rule],
+                 {"reference": (7 * 9 - 1 - 7 * 3, 7 * 2 * 2), "sparse": (35, 21), "dense": (63, 42)}[rule])
+    assert_rule_counts(rule, w, 1, one)
+    assert_rule_counts(rule, w, 7, many)
 
 
 # ---------------------------------------------------------------------------
@@ -150,7 +301,9 @@ def test_masked_weights_count_as_zero(rule):
     masked.masks["weight"] = zeroed.weight != 0
     weights = masked.weight.copy()
     counts = compute_dot_prods(Chain(masked), (1, 2, 4, 4), rule=rule)[:2]
-    assert counts == CONV_COUNTS[rule]
+    assert counts == CONV_COUNTS[rule], \
+        f"Conv2d(2, 3, 3) on 4 x 4 with the zeros of conv_with_zeros as a mask, {rule!r} rule: counted {counts}, " \
+        f"expected {CONV_COUNTS[rule]} as with the zeros stored"
     np.testing.assert_array_equal(masked.weight, weights)     # counting changes nothing
 
 
@@ -208,7 +361,9 @@ HAND_CASES = {
 def test_counts_by_hand(case, rule):
     build, input_shape, output_shape, counts = HAND_CASES[case]
     mults, adds, out_shape = compute_dot_prods(build(), input_shape, rule=rule)
-    assert (mults, adds) == counts[rule]
+    assert (mults, adds) == counts[rule], \
+        f"the {case} case of HAND_CASES on input {input_shape}, {rule!r} rule: counted ({mults}, {adds}), " \
+        f"worked out by hand (the comment above the case): {counts[rule]}"
     assert out_shape == output_shape
 
 
@@ -220,12 +375,14 @@ def test_hand_counts_scale_with_the_batch(rule):
         tuple(3 * n for n in DENSE_COUNTS[rule])
 
 
+@pytest.mark.ex_count_3
 def test_biases_are_not_counted():
     with_bias = Conv2d(2, 3, 3, pad=1, bias=True, rng=np.random.default_rng(0))
     with_bias.bias[:] = 1.0
     assert compute_dot_prods(Chain(with_bias), (1, 2, 4, 4), rule="dense")[:2] == (16 * 18 * 3, 16 * 17 * 3)
 
 
+@pytest.mark.ex_count_1
 def test_a_scattered_zero_saves_one_multiply_in_total_under_the_reference_rule():
     # The original's asymmetry: one zero in a conv saves 1 multiply (not one
     # per patch) and no add; a whole zero channel saves P*K multiplies and
@@ -249,6 +406,7 @@ def test_layers_without_dot_products_count_zero(rule):
     assert compute_dot_prods(model, (2, 3, 8, 8), rule=rule) == (0, 0, (2, 3))
 
 
+@pytest.mark.ex_count_3
 def test_mobilenet_table_counts_only_conv_and_dense_rows(tutorial):
     table = dot_prod_table(tutorial, TUTORIAL_INPUT, rule="dense")
     assert len(table) == 86
@@ -263,6 +421,7 @@ def test_mobilenet_table_counts_only_conv_and_dense_rows(tutorial):
 # The table
 # ---------------------------------------------------------------------------
 
+@pytest.mark.ex_count_1
 def test_table_rows_name_path_type_shape_and_counts(tutorial):
     table = dot_prod_table(tutorial, TUTORIAL_INPUT)
     # The first conv: P = 48*48, K = 3*3*3, C = 8.
@@ -279,6 +438,7 @@ def test_table_totals_equal_compute_dot_prods(tutorial, rule):
     assert table.mults == sum(row[3] for row in table)
 
 
+@pytest.mark.ex_count_1
 def test_table_prints_aligned_columns_with_totals(tutorial):
     text = str(dot_prod_table(tutorial, TUTORIAL_INPUT))
     lines = text.splitlines()
@@ -300,6 +460,7 @@ def test_table_prints_aligned_columns_with_totals(tutorial):
     assert "Conv2d" in row and "(1, 8, 48, 48)" in row and "497,664" in row
 
 
+@pytest.mark.ex_count_1
 def test_table_shows_as_its_text_at_a_prompt_and_stays_a_list_of_tuples(tutorial):
     table = dot_prod_table(tutorial, TUTORIAL_INPUT)
     assert repr(table) == str(table)
@@ -308,6 +469,7 @@ def test_table_shows_as_its_text_at_a_prompt_and_stays_a_list_of_tuples(tutorial
     assert table[-1] == ("[1][4]", "Dense", (1, 1), 64, 63)
 
 
+@pytest.mark.ex_count_1
 def test_table_shows_as_an_html_table_in_jupyter_with_the_same_columns_and_total(tutorial):
     table = dot_prod_table(tutorial, TUTORIAL_INPUT)
     root = ElementTree.fromstring(table._repr_html_())     # well-formed: every cell escaped and closed
@@ -361,6 +523,7 @@ def test_input_shape_entries_must_be_positive_integers(tutorial, input_shape, er
         dot_prod_table(tutorial, input_shape)
 
 
+@pytest.mark.ex_count_2
 def test_counting_does_not_change_the_model(tutorial):
     before = tutorial.state_dict()
     compute_dot_prods(tutorial, TUTORIAL_INPUT, rule="sparse")
@@ -379,6 +542,7 @@ def test_input_shape_must_be_a_tuple_of_ints_naming_the_function(tutorial, funct
         function(tutorial, input_shape)
 
 
+@pytest.mark.ex_count_1
 def test_input_shape_may_be_a_list_or_a_numpy_array(tutorial):
     counts = compute_dot_prods(tutorial, TUTORIAL_INPUT)
     assert compute_dot_prods(tutorial, list(TUTORIAL_INPUT)) == counts

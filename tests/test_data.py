@@ -1,7 +1,10 @@
 """Chapter 7: data sets, augmentation and loading (run with ``pytest -m data``).
 
 Small sizes throughout (64 synthetic images, tiny fake Visual Wake Words
-folders) so the whole chapter runs in seconds.
+folders) so the whole chapter runs in seconds.  The augmentation's affine
+map (``augment._augment_matrices``) is exercise data.1: its tests carry
+``ex_data_1``, from single pixels followed through each transform to whole
+augmented batches.
 """
 
 import os
@@ -505,6 +508,7 @@ def test_to_float_passes_float_input_through():
 
 
 @pytest.mark.data
+@pytest.mark.ex_data_1
 def test_augment_returns_float32_batch_of_96_in_unit_range(small_train):
     out = augment_batch(small_train[0][:8], np.random.default_rng(0))
     assert out.shape == (8, 3, 96, 96) and out.dtype == np.float32
@@ -512,6 +516,7 @@ def test_augment_returns_float32_batch_of_96_in_unit_range(small_train):
 
 
 @pytest.mark.data
+@pytest.mark.ex_data_1
 def test_augment_is_deterministic_given_the_generator(small_train):
     first = augment_batch(small_train[0][:4], np.random.default_rng(7))
     second = augment_batch(small_train[0][:4], np.random.default_rng(7))
@@ -519,6 +524,7 @@ def test_augment_is_deterministic_given_the_generator(small_train):
 
 
 @pytest.mark.data
+@pytest.mark.ex_data_1
 def test_augment_changes_the_image_and_differs_between_seeds(small_train):
     images = small_train[0][:4]
     first = augment_batch(images, np.random.default_rng(1))
@@ -527,12 +533,134 @@ def test_augment_changes_the_image_and_differs_between_seeds(small_train):
     assert not np.allclose(first, second, atol=0.05)
 
 
+# --- the affine map, pixel by pixel (exercise data.1) ---------------------------------
+
+
+def _one_map(in_shape, out_shape, angle=0.0, shift=(0.0, 0.0), zoom=1.0, flip=False):
+    """``augment._augment_matrices`` for one image, and how to call it, for messages."""
+    call = (f"_augment_matrices({in_shape}, {out_shape}, angle={angle:.4g}, shift={shift}, zoom={zoom}, "
+            f"flip={flip})")
+    matrices = augment._augment_matrices(in_shape, out_shape, np.array([angle]), np.array([shift], dtype=float),
+                                         np.array([zoom]), np.array([flip]))
+    assert matrices.shape == (1, 2, 3), f"{call} has shape {matrices.shape}, expected (1, 2, 3)"
+    return matrices[0], call
+
+
+def _assert_samples(in_shape, out_shape, pairs, why, **transform):
+    """Each output pixel of ``pairs`` samples the source pixel paired with it; ``why`` says why."""
+    m, call = _one_map(in_shape, out_shape, **transform)
+    for out_pixel, source in pairs:
+        got = m[:, :2] @ np.array(out_pixel, dtype=float) + m[:, 2]
+        assert np.allclose(got, source, atol=1e-9), \
+            f"{call}: output pixel {out_pixel} samples the source at {tuple(got.round(6).tolist())}, " \
+            f"expected {source}: {why}"
+
+
+@pytest.mark.data
+@pytest.mark.ex_data_1
+def test_the_identity_map_samples_each_pixel_itself_or_the_centred_window():
+    _assert_samples((5, 5), (5, 5), [((0, 0), (0, 0)), ((3, 1), (3, 1)), ((4, 4), (4, 4))],
+                    "no transform: every pixel stays")
+    _assert_samples((8, 6), (4, 4), [((0, 0), (2, 1)), ((3, 3), (5, 4))],
+                    "no transform: the 4 x 4 output is the middle of the 8 x 6 picture, centre (3.5, 2.5) "
+                    "on (1.5, 1.5)")
+
+
+@pytest.mark.data
+@pytest.mark.ex_data_1
+def test_a_quarter_turn_takes_the_top_middle_to_the_left_middle():
+    # 5 x 5, centre (2, 2).  Anticlockwise on screen: top -> left -> bottom -> right -> top.
+    _assert_samples((5, 5), (5, 5), [((2, 0), (0, 2)), ((4, 2), (2, 0)), ((2, 4), (4, 2)), ((0, 2), (2, 4))],
+                    "turning anticlockwise by pi/2 brings the top middle (0, 2) to the left middle (2, 0), "
+                    "the left middle to the bottom middle, and so on", angle=np.pi / 2)
+
+
+@pytest.mark.data
+@pytest.mark.ex_data_1
+def test_a_small_turn_moves_a_pixel_right_of_the_centre_upwards():
+    # 7 x 7, centre (3, 3); the source pixel (3, 5), 2 right of the centre, turns by a to
+    # (3 - 2 sin a, 3 + 2 cos a): up on screen for a > 0.
+    a = np.radians(10)
+    _assert_samples((7, 7), (7, 7), [((3 - 2 * np.sin(a), 3 + 2 * np.cos(a)), (3, 5))],
+                    "a positive angle turns anticlockwise, so what lies right of the centre moves up", angle=a)
+
+
+@pytest.mark.data
+@pytest.mark.ex_data_1
+def test_a_shift_is_in_output_pixels_down_and_right():
+    _assert_samples((6, 6), (6, 6), [((2, 0), (0, 3)), ((5, 2), (3, 5))],
+                    "shift (2, -3) moves the picture 2 pixels down and 3 left: output (i, j) shows source "
+                    "(i - 2, j + 3)", shift=(2.0, -3.0))
+    _assert_samples((9, 9), (9, 9), [((6, 4), (4, 4)), ((4, 4), (3, 4))],
+                    "shift (2, 0) after zoom 2: the picture, twice as large, is moved by 2 output pixels, so the "
+                    "centre (4, 4) shows at (6, 4), and output (4, 4) shows source (4 + (4 - 6) / 2, 4)",
+                    shift=(2.0, 0.0), zoom=2.0)
+
+
+@pytest.mark.data
+@pytest.mark.ex_data_1
+def test_a_zoom_above_one_enlarges_about_the_centre():
+    # 9 x 9, centre (4, 4): zoom 2 shows the middle half, each output pixel half as far from the centre.
+    _assert_samples((9, 9), (9, 9), [((0, 8), (2, 6)), ((4, 4), (4, 4)), ((8, 2), (6, 3))],
+                    "zoom 2 doubles distances from the centre, so output pixels sample half as far out", zoom=2.0)
+
+
+@pytest.mark.data
+@pytest.mark.ex_data_1
+def test_a_flip_mirrors_the_columns_and_keeps_the_rows():
+    _assert_samples((4, 6), (4, 6), [((0, 0), (0, 5)), ((3, 1), (3, 4)), ((2, 5), (2, 0))],
+                    "a left-right mirror: output (i, j) shows source (i, W - 1 - j), W = 6", flip=True)
+
+
+@pytest.mark.data
+@pytest.mark.ex_data_1
+def test_the_mirror_comes_before_the_turn():
+    # Mirrored first, then turned anticlockwise by pi/2 (5 x 5, centre (2, 2)): the source's right middle
+    # (2, 4) is mirrored to the left middle (2, 0), which the turn takes to the bottom middle (4, 2).
+    _assert_samples((5, 5), (5, 5), [((4, 2), (2, 4)), ((0, 2), (2, 0))],
+                    "the picture is mirrored, then turned: the right middle goes left, then down",
+                    angle=np.pi / 2, flip=True)
+
+
+@pytest.mark.data
+@pytest.mark.ex_data_1
+@pytest.mark.parametrize("seed", range(4))
+def test_each_map_inverts_the_forward_transform_of_the_docstring(seed):
+    # p_out = c_out + shift + zoom * R(angle) F (p_in - c_in), rows pointing down: R turns
+    # anticlockwise on screen, F negates the column.  The map must take p_out back to p_in.
+    rng = np.random.default_rng(seed)
+    in_shape, out_shape = (int(rng.integers(5, 40)), int(rng.integers(5, 40))), (int(rng.integers(5, 30)),) * 2
+    angle, shift = rng.uniform(-np.pi, np.pi), tuple(rng.uniform(-4, 4, 2).round(3).tolist())
+    zoom, flip = rng.uniform(0.5, 2.0), bool(rng.integers(2))
+    c_in, c_out = (np.array(in_shape) - 1) / 2, (np.array(out_shape) - 1) / 2
+    turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    mirror = np.diag([1.0, -1.0 if flip else 1.0])
+    sources = rng.uniform(0, 30, (5, 2))
+    outputs = [c_out + shift + zoom * turn @ mirror @ (p - c_in) for p in sources]
+    _assert_samples(in_shape, out_shape, [(tuple(o.tolist()), tuple(p.tolist())) for o, p in zip(outputs, sources)],
+                    "the map must undo the forward transform", angle=angle, shift=shift, zoom=zoom, flip=flip)
+
+
+@pytest.mark.data
+@pytest.mark.ex_data_1
+def test_a_batch_gets_one_map_per_image():
+    angles, shifts = np.array([0.0, np.pi / 2, 0.3]), np.array([[0.0, 0.0], [1.0, -2.0], [0.5, 0.5]])
+    zooms, flips = np.array([1.0, 1.5, 0.8]), np.array([False, True, False])
+    batch = augment._augment_matrices((10, 12), (8, 8), angles, shifts, zooms, flips)
+    assert batch.shape == (3, 2, 3) and batch.dtype == np.float64, \
+        f"_augment_matrices for 3 images gave {batch.dtype} of shape {batch.shape}, expected float64 (3, 2, 3)"
+    for n in range(3):
+        alone, call = _one_map((10, 12), (8, 8), angles[n], tuple(shifts[n]), zooms[n], bool(flips[n]))
+        assert np.allclose(batch[n], alone, atol=1e-12), f"image {n} of the batch differs from {call} alone"
+
+
 def _identity(n):
     """Explicit augmentation parameters that change nothing."""
     return dict(angles=np.zeros(n), shifts=np.zeros((n, 2)), zooms=np.ones(n), flips=np.zeros(n, bool))
 
 
 @pytest.mark.data
+@pytest.mark.ex_data_1
 def test_augment_with_identity_parameters_equals_to_float(small_train):
     images = small_train[0][:3]
     out = augment._augment_with(images, **_identity(3))
@@ -540,6 +668,7 @@ def test_augment_with_identity_parameters_equals_to_float(small_train):
 
 
 @pytest.mark.data
+@pytest.mark.ex_data_1
 def test_flip_alone_mirrors_left_right(small_train):
     images = small_train[0][:3]
     params = _identity(3)
@@ -551,6 +680,7 @@ def test_flip_alone_mirrors_left_right(small_train):
 
 
 @pytest.mark.data
+@pytest.mark.ex_data_1
 def test_whole_pixel_shift_moves_the_picture_and_repeats_the_edge():
     image = np.arange(3 * 96 * 96, dtype=np.float64).reshape(1, 3, 96, 96) / (3 * 96 * 96)
     params = _identity(1)
@@ -561,6 +691,7 @@ def test_whole_pixel_shift_moves_the_picture_and_repeats_the_edge():
 
 
 @pytest.mark.data
+@pytest.mark.ex_data_1
 def test_quarter_turn_rotates_anticlockwise():
     image = np.zeros((1, 1, 96, 96), np.uint8)
     image[0, 0, 10, 48] = 255  # a dot near the top edge, in the middle
@@ -572,6 +703,7 @@ def test_quarter_turn_rotates_anticlockwise():
 
 
 @pytest.mark.data
+@pytest.mark.ex_data_1
 def test_larger_images_are_centre_cropped_to_96():
     image = np.random.default_rng(0).integers(0, 256, (1, 3, 128, 128), dtype=np.uint8)
     out = augment._augment_with(image, **_identity(1))
@@ -579,6 +711,7 @@ def test_larger_images_are_centre_cropped_to_96():
 
 
 @pytest.mark.data
+@pytest.mark.ex_data_1
 def test_warp_kernel_plain_and_jitted_agree():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 3, 12, 12), dtype=np.uint8)
@@ -593,6 +726,7 @@ def test_warp_kernel_plain_and_jitted_agree():
 
 
 @pytest.mark.data
+@pytest.mark.ex_data_1
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), low=st.integers(0, 255), high=st.integers(0, 255))
 def test_augment_never_leaves_the_input_range(seed, low, high):
@@ -674,6 +808,7 @@ def test_loader_without_shuffle_keeps_stored_order():
 
 
 @pytest.mark.data
+@pytest.mark.ex_data_1
 def test_loader_augmentation_is_deterministic_and_changes_per_epoch(small_train):
     subset = (small_train[0][:8], small_train[1][:8])
     a = DataLoader(subset, batch_size=8, shuffle=False, seed=0, augment=True)
@@ -708,6 +843,8 @@ def test_augment_rejects_images_without_rank_4():
         augment_batch(np.zeros((3, 96, 96), np.uint8), np.random.default_rng(0))
 
 
+@pytest.mark.data
+@pytest.mark.ex_data_1
 def test_augmentation_keeps_pictures_smaller_than_96_at_their_size():
     # Training sees what validation sees: 32 x 32 digits stay 32 x 32, 8 x 20 becomes 8 x 8.
     rng = np.random.default_rng(0)

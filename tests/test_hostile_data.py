@@ -8,7 +8,7 @@ arguments that gave raw NumPy or int() errors or were silently taken
 argument, file or line, and that the files or arrays are unchanged after
 the refusal. The fuzz tests at the end feed random list files, damaged
 pictures and random arguments, and accept nothing but tinyprune's own
-errors.
+errors.  Tests that augment run exercise data.1 and carry its marker.
 """
 
 import io
@@ -461,6 +461,7 @@ def test_augment_batch_refuses_bad_input_by_name(images, rng, error, message):
     assert np.array_equal(images, kept)
 
 
+@pytest.mark.ex_data_1
 @pytest.mark.parametrize("dtype", [np.float16, ">f4", ">f8"])
 def test_augment_batch_takes_any_float_layout_with_the_same_result(dtype):
     images = np.random.default_rng(1).random((2, 3, 12, 12)).astype(np.float16).astype(np.float64)
@@ -563,6 +564,7 @@ def test_fuzz_synthetic_arguments(subset, seed, size):
             assert len(data) == size
 
 
+@pytest.mark.ex_data_1           # an augmenting loader runs the augmentation's map
 @settings(max_examples=100, deadline=None)
 @given(_SOME_VALID, _ANYTHING, _SOME_VALID, _ANYTHING, _ANYTHING)
 def test_fuzz_loader_arguments(batch_size, shuffle, seed, drop_last, augment):

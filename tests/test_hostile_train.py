@@ -12,8 +12,14 @@ wrong shapes and dtypes, broken data sets -- are thrown at ``trainer``,
   statistics, masks, train/eval modes, and no ``history`` attached.
 
 The model is a six-layer chain on 8 x 8 images, so a few hundred draws take
-seconds.
+seconds.  Training and evaluating pass through other chapters' code (the
+layers' backward passes, the conv's unfolding, the augmentation): in a
+course copy where that is still an exercise those tests are skipped
+(``waits_for``); the loss is exercise train.1, the counting rules count.1
+to count.3, and their tests here carry those markers.
 """
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -29,6 +35,10 @@ from helpers import assert_same_snapshot, snapshot
 
 pytestmark = [pytest.mark.train,
               pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")]
+
+# What a training step passes through: the layers' backward passes, the conv's unfolding
+# (kernels), the augmentation (data), the loss and the Adam step (train).
+TRAINING = ("layers", "kernels", "data", "train")
 
 GOOD, TINY = object(), object()     # stand-ins for "the good data" and "the tiny model" in a draw
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -64,7 +74,30 @@ def assert_same_state(model, before):
     assert now[1:] == before[1:]
 
 
+@contextlib.contextmanager
+def waits_for(*names):
+    """Skip the test while the code it runs is a stub of the exercises or chapters ``names``.
+
+    In a course copy a cut exercise raises ``NotImplementedError("Exercise
+    <id>: ...")``; a test that only passes through that code is skipped,
+    saying what it waits for, rather than failed.  A stub of any other
+    exercise (the one the test checks) still fails it.  ``names`` are
+    exercise ids (``"train.2"``) or chapters (``"layers"``).  Use it as
+    ``with waits_for(...):`` or as a decorator on the test.
+    """
+    try:
+        yield
+    except NotImplementedError as error:
+        message = str(error)
+        if any(message.startswith(f"Exercise {name}.") or message.startswith(f"Exercise {name}:")
+               for name in names):
+            pytest.skip(f"waits for {message}")
+        raise
+
+
 def assert_clear_refusal(error, name):
+    if isinstance(error, NotImplementedError):
+        raise error                       # an exercise still to do: for waits_for, or a failure
     event(f"refused: {type(error).__name__}")
     assert type(error) in (TypeError, ValueError, DivergenceError), f"{type(error).__name__}: {error}"
     assert str(error).startswith(name), str(error)
@@ -164,6 +197,7 @@ def data_argument(value, which):
 
 @FUZZ
 @given(args=arguments(TRAINER_VALID, TRAINER_HOSTILE), which=st.integers(0, 1))
+@waits_for(*TRAINING)
 def test_trainer_on_hostile_arguments_trains_or_refuses_leaving_the_model_alone(args, which):
     model = tiny_model()
     before = state_of(model)
@@ -188,6 +222,7 @@ def test_trainer_on_hostile_arguments_trains_or_refuses_leaving_the_model_alone(
 @FUZZ
 @given(args=arguments({"data": [GOOD], "batch_size": [1, 5, 10 ** 9]},
                       {"data": BAD_DATA, "batch_size": HOSTILE}))
+@waits_for("kernels", "train")
 def test_evaluate_on_hostile_arguments_measures_or_refuses_leaving_the_model_alone(args):
     model = tiny_model()
     before = state_of(model)
@@ -242,6 +277,7 @@ LOSS_VALID = {
 LOSS_HOSTILE = {name: odd_arrays() | HOSTILE for name in LOSS_VALID}
 
 
+@pytest.mark.ex_train_1
 @FUZZ
 @given(function=st.sampled_from([bce_with_logits, accuracy]), args=arguments(LOSS_VALID, LOSS_HOSTILE),
        column_labels=st.booleans())
@@ -281,6 +317,9 @@ COUNT_HOSTILE = {
 }
 
 
+@pytest.mark.ex_count_1
+@pytest.mark.ex_count_2
+@pytest.mark.ex_count_3
 @FUZZ
 @given(function=st.sampled_from([compute_dot_prods, dot_prod_table]), args=arguments(COUNT_VALID, COUNT_HOSTILE))
 def test_counting_hostile_shapes_gives_non_negative_counts_or_refuses(function, args):

@@ -10,24 +10,18 @@ K = KH*KW*C_in/groups the terms in one dot product, C = C_out.  A dense layer
 is the case P = 1, K = in, C = out.  Zeros are read from the weights as the
 forward pass uses them (masked entries are zero).
 
-Three rules:
+Three rules, each a function of one layer's weights (``layer_dot_prods``
+picks one; their docstrings have the formulas):
 
-``"dense"``
-    What a dense kernel executes: zeros change nothing.  P*K*C multiplies
-    and P*(K-1)*C adds.
-``"sparse"``
+``"reference"``, ``reference_counts``
+    The original tutorial's rule, which reproduces its printed numbers: an
+    all-zero output channel saves its work in every patch, but a scattered
+    zero saves one multiply in total, and no add.
+``"sparse"``, ``sparse_counts``
     An ideal zero-skipping machine: a zero weight is skipped in every output
-    it feeds.  Multiplies: P * (non-zero weights).  Adds: P * sum over output
-    channels of (non-zero weights in it - 1), an all-zero channel costing
-    nothing.
-``"reference"``
-    The original tutorial's rule, which reproduces its printed numbers.  With
-    Z = output channels whose weights are all zero and U = the other zero
-    weights: conv multiplies P*K*C - U - Z*P*K and adds P*(K-1)*(C-Z); dense
-    multiplies in*out - (zeros) and adds (in-1)*(out - all-zero rows).  So a
-    whole zero channel saves its multiplies in every patch, but a scattered
-    zero in a conv saves exactly one multiply in total, and adds only shrink
-    for whole channels.
+    it feeds, and an all-zero channel costs nothing.
+``"dense"``, ``dense_counts``
+    What a dense kernel executes: zeros change nothing.
 """
 
 
@@ -67,22 +61,105 @@ def _check_input_shape(input_shape, where):
 
 
 def layer_dot_prods(layer, patches, rule):
-    """(mults, adds) of one conv or dense layer for ``patches`` output pixels (per image)."""
+    """(mults, adds) of one conv or dense layer for ``patches`` output pixels (per image).
+
+    The weights are read as the forward pass uses them (masked entries are
+    zero) and laid out one output channel per row, (C_out, K), for the
+    rule's function: ``reference_counts``, ``sparse_counts`` or
+    ``dense_counts``.  A dense layer is the case of one patch.
+    """
     w = layer.effective("weight")
-    c_out = w.shape[0]
-    per_channel = w.reshape(c_out, -1)
-    K = per_channel.shape[1]
-    nonzero = np.count_nonzero(per_channel, axis=1)      # (C_out,)
-    if rule == "dense":
-        return patches * K * c_out, patches * (K - 1) * c_out
+    rows = w.reshape(w.shape[0], -1)                     # (C_out, K)
+    if rule == "reference":
+        return reference_counts(rows, patches)
     if rule == "sparse":
-        return patches * int(nonzero.sum()), patches * int(np.maximum(nonzero - 1, 0).sum())
-    dead = int(np.count_nonzero(nonzero == 0))            # Z: structured zeros
-    zeros = c_out * K - int(nonzero.sum())
-    if isinstance(layer, Dense):
-        return K * c_out - zeros, (K - 1) * (c_out - dead)
-    scattered = zeros - dead * K                           # U: unstructured zeros
-    return patches * K * c_out - scattered - dead * patches * K, patches * (K - 1) * (c_out - dead)
+        return sparse_counts(rows, patches)
+    return dense_counts(rows, patches)
+
+
+# The three rules.  Each gets the layer's weights as a (C, K) matrix, one
+# output channel per row (C output channels, K terms in each dot product:
+# KH*KW*C_in/groups for a convolution, ``in`` for a dense layer), and P, the
+# output pixels of one image (HO*WO; 1 for a dense layer).  Each returns
+# (multiplies, adds) as Python ints.
+
+def reference_counts(w, patches):
+    """The course's rule: ``(mults, adds)`` of one layer with weights ``w`` (C, K) over ``patches`` pixels.
+
+    w: (C, K) float, one output channel per row, zeros where weights were
+    pruned; patches: P, output pixels per image (1 for a dense layer).
+
+    Let Z be the number of output channels whose K weights are all zero
+    (dead channels) and U the number of zero weights in the other channels
+    (scattered zeros).  Then
+
+        multiplies  P*K*C - U - Z*P*K
+        adds        P*(K-1)*(C-Z)
+
+    A dead channel saves all its work, P*K multiplies and P*(K-1) adds.  A
+    scattered zero saves ONE multiply in total (not one per patch) and no
+    add.  That asymmetry is the original tutorial's, and it is what makes
+    its printed numbers come out: LevelPrune(0.2) barely moves the count
+    (7,505,600 -> 7,460,806 multiplies, adds unchanged), ChannelPrune(0.2)
+    moves it a lot (6,105,200).  The README, "Counting multiplies and adds", compares the rules.
+
+    Worked case: w = [[1, 0, 2], [0, 0, 0]] (C = 2, K = 3: one scattered
+    zero, one dead channel) on P = 4 patches gives 4*3*2 - 1 - 1*4*3 = 11
+    multiplies and 4*2*(2-1) = 8 adds.
+    """
+    C, K = w.shape
+    nonzero = np.count_nonzero(w, axis=1)                # (C,) non-zero weights of each output channel
+    ### BEGIN SOLUTION
+    dead = int(np.count_nonzero(nonzero == 0))           # Z: channels with no weight left
+    scattered = C * K - int(nonzero.sum()) - dead * K    # U: the zeros outside dead channels
+    return patches * K * C - scattered - dead * patches * K, patches * (K - 1) * (C - dead)
+    ### END SOLUTION
+
+
+def sparse_counts(w, patches):
+    """An ideal zero-skipping machine: ``(mults, adds)`` of weights ``w`` (C, K) over ``patches`` pixels.
+
+    w: (C, K) float, one output channel per row, zeros where weights were
+    pruned; patches: P, output pixels per image (1 for a dense layer).
+
+    Such a machine skips every zero weight in every output it feeds.  In
+    one patch, output channel c sums n_c products, n_c = its non-zero
+    weights: n_c multiplies, and n_c - 1 adds to sum them (a channel with
+    no weight left costs nothing, not -1).  Over P patches:
+
+        multiplies  P * (sum over c of n_c)
+        adds        P * (sum over c of max(n_c - 1, 0))
+
+    Worked case: w = [[1, 0, 2], [0, 0, 0], [3, 4, 5]] (n = 2, 0, 3) on
+    P = 4 patches gives 4*(2+0+3) = 20 multiplies and 4*(1+0+2) = 12 adds.
+    """
+    C, K = w.shape
+    nonzero = np.count_nonzero(w, axis=1)                # (C,) non-zero weights of each output channel
+    ### BEGIN SOLUTION
+    return patches * int(nonzero.sum()), patches * int(np.maximum(nonzero - 1, 0).sum())
+    ### END SOLUTION
+
+
+def dense_counts(w, patches):
+    """What a dense kernel executes: ``(mults, adds)`` of weights ``w`` (C, K) over ``patches`` pixels.
+
+    w: (C, K) float, one output channel per row; patches: P, output pixels
+    per image (1 for a dense layer).
+
+    A dense kernel multiplies every weight, zero or not, so only the shape
+    matters: each of the P*C dot products has K multiplies and K - 1 adds
+    (K terms need K - 1 additions to sum).
+
+        multiplies  P*K*C
+        adds        P*(K-1)*C
+
+    Worked case: any w of shape (2, 3), zeros or not, on P = 4 patches gives
+    24 multiplies and 16 adds.
+    """
+    C, K = w.shape
+    ### BEGIN SOLUTION
+    return patches * K * C, patches * (K - 1) * C
+    ### END SOLUTION
 
 
 class DotProdTable(list):

@@ -130,16 +130,10 @@ class Optimizer:
 class Adam(Optimizer):
     """Adam (Kingma & Ba), exactly as ``torch.optim.Adam`` without weight decay.
 
-    For each parameter p with gradient g, at step t = 1, 2, ...::
-
-        m = beta1 * m + (1 - beta1) * g          # running mean of g
-        v = beta2 * v + (1 - beta2) * g**2       # running mean of g**2
-        m_hat = m / (1 - beta1**t)               # both start at 0, so early
-        v_hat = v / (1 - beta2**t)               # averages are scaled up
-        p = p - lr * m_hat / (sqrt(v_hat) + eps)
-
-    ``eps`` is added outside the square root, as PyTorch does.  The state
-    (m, v, t) has the parameters' dtype; masked entries end every step at 0.
+    Per parameter it keeps running means of the gradient (m) and of its
+    square (v), and moves each entry by about lr in the direction of -m,
+    scaled by 1 / sqrt(v): ``update`` has the formulas.  The state (m, v,
+    t) has the parameters' dtype; masked entries end every step at 0.
     """
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
@@ -161,12 +155,34 @@ class Adam(Optimizer):
         self.t += 1
 
     def update(self, key, p, g):
+        """One Adam step of parameter ``key``: ``(new p, {"m": new m, "v": new v})``, changing nothing.
+
+        p, g: the parameter and its gradient, arrays of one shape and dtype
+        (masked entries already 0); ``self.m[key]``, ``self.v[key]``: the
+        running means of g and g**2 after the steps so far (zeros before
+        the first); ``t``: the number of this step, 1 on the first call.
+        ``Optimizer.step`` commits what this returns, masks it and checks
+        that it is finite, so this only computes, from Kingma & Ba's
+        Algorithm 1 (https://arxiv.org/abs/1412.6980):
+
+            m = beta1 * m + (1 - beta1) * g          # new running mean of g
+            v = beta2 * v + (1 - beta2) * g**2       # new running mean of g**2
+            p = p - lr * m_hat / (sqrt(v_hat) + eps)
+
+        where m_hat = m / (1 - beta1**t) and v_hat = v / (1 - beta2**t)
+        undo the bias of averages that start at 0: after one step m is only
+        (1 - beta1) g, and m_hat is g again.  ``eps`` is added after the
+        square root, as PyTorch does.  The new m, v and p keep p's dtype
+        (float32 stays float32).
+        """
         t = self.t + 1          # the number of the step being computed
         beta1, beta2 = self.betas
+        ### BEGIN SOLUTION
         m = (self.m[key] * beta1 + (1 - beta1) * g).astype(p.dtype, copy=False)
         v = (self.v[key] * beta2 + (1 - beta2) * g * g).astype(p.dtype, copy=False)
         denom = np.sqrt(v / (1 - beta2 ** t)) + self.eps
         p_new = p - ((self.lr / (1 - beta1 ** t)) * m / denom).astype(p.dtype, copy=False)
+        ### END SOLUTION
         return p_new, {"m": m, "v": v}
 
 

@@ -88,34 +88,46 @@ def _check_logits_labels(logits, labels, where):
 def bce_with_logits(logits, labels):
     """Mean binary cross-entropy of ``sigmoid(logits)`` against 0/1 ``labels``, and its gradient.
 
-    logits: (N,) or (N, 1) float, one raw score per image (no sigmoid applied).
+    logits: (N,) or (N, 1) float, one raw score z per image (no sigmoid applied).
     labels: (N,) or the logits' shape, of 0/1 (any numeric dtype; soft labels
-    in [0, 1] work too).
-    Returns ``(loss, dlogits)``: the loss as a Python float in nats, and
-    dL/dlogits with the shape and dtype of ``logits``.  Non-finite logits,
-    labels outside [0, 1] and empty batches raise ValueError, so the loss
-    is always a finite number.
+    y in [0, 1] work too).
+    Returns ``(loss, dlogits)``: the mean loss over the N images as a Python
+    float in nats, and dL/dlogits with the shape and dtype of ``logits``.
+    Non-finite logits, labels outside [0, 1] and empty batches raise
+    ValueError, so the loss is always a finite number.
 
-    Per image, with p = sigmoid(z), the loss is -y log p - (1 - y) log(1 - p).
-    Substituting log p = -log(1 + e^-z) and log(1 - p) = -z - log(1 + e^-z)
-    gives z - z*y + log(1 + e^-z); for negative z, e^-z overflows, so we use
-    the same value written as
+    What to compute (between the checks, in float64: ``z`` and ``y`` have
+    the logits' shape): ``losses``, the loss of each image, and
+    ``dlogits``, the gradient of their mean.  Per image, with
+    p = sigmoid(z) = 1 / (1 + e^-z), the binary cross-entropy is
 
-        max(z, 0) - z*y + log1p(exp(-|z|)),
+        -y log p - (1 - y) log(1 - p).
 
-    whose exponent is never positive: finite for any z, even |z| = 1000.
-    Its derivative is sigmoid(z) - y, so the mean's gradient is
-    (sigmoid(z) - y) / N.  The sigmoid is computed from exp(-|z|) too, so it
-    neither overflows nor loses the tiny tail values.
+    Written like that it fails for large |z|: p rounds to exactly 0 or 1 and
+    a log gives -inf.  Substitute log p = -log(1 + e^-z) and
+    log(1 - p) = -z - log(1 + e^-z) to get z - z*y + log(1 + e^-z), which is
+    exact but overflows for z < 0 (e^-z = e^1000 is inf).  For z < 0 use
+    z + log(1 + e^-z) = log(1 + e^z) instead, so that for any z
+
+        loss = max(z, 0) - z*y + log(1 + e^-|z|),
+
+    whose exponent is never positive: finite for every z, even |z| = 1000,
+    and without cancellation (compute log(1 + u) with ``np.log1p``, exact
+    for tiny u).  Its derivative is sigmoid(z) - y per image, and the mean
+    over N images divides that by N.  Take the sigmoid from e^-|z| too,
+    1/(1 + e^-|z|) for z >= 0 and e^-|z|/(1 + e^-|z|) for z < 0: it never
+    overflows and keeps tiny tail values that 1 - p would round to 0.
     """
     logits, labels = _check_logits_labels(logits, labels, "bce_with_logits")
     z = logits.astype(np.float64)
     y = labels.astype(np.float64)
+    ### BEGIN SOLUTION
     n = z.shape[0]
     e = np.exp(-np.abs(z))                       # in (0, 1]: never overflows
     losses = np.maximum(z, 0) - z * y + np.log1p(e)
     sigmoid = np.where(z >= 0, 1 / (1 + e), e / (1 + e))
     dlogits = (sigmoid - y) / n
+    ### END SOLUTION
     with np.errstate(over="ignore"):
         loss = float(losses.mean())
     if not np.isfinite(loss):                    # only a sum past 1.8e308: logits near float64's limit

@@ -57,33 +57,50 @@ warp_bilinear = numba.njit(cache=True)(_warp_bilinear)
 
 
 def _augment_matrices(in_shape, out_shape, angles, shifts, zooms, flips):
-    """The inverse affine maps for a batch: output pixel -> source pixel.
+    """The inverse affine maps of a batch, output pixel -> source pixel, as ``_warp_bilinear`` reads them.
 
-    in_shape, out_shape: (H, W) of source and output. For each image n:
-    angles[n] rotation in radians (positive turns the picture anticlockwise
-    on screen), shifts[n] = (dy, dx) translation in pixels, zooms[n]
-    magnification (> 1 enlarges), flips[n] True to mirror left-right.
+    in_shape, out_shape: (H, W) of the source images and of the output.
+    For each image n of N:
+        angles[n]  rotation in radians; positive turns the picture
+                   anticlockwise on screen;
+        shifts[n]  (dy, dx) translation in output pixels, + = down, right;
+        zooms[n]   magnification, > 1 enlarges the picture;
+        flips[n]   True to mirror the picture left-right.
+    Returns (N, 2, 3) float64: image n's output pixel (i, j) samples the
+    source at (row, col) = M[:, :2] @ (i, j) + M[:, 2], M = matrices[n].
 
-    Forward, the picture is flipped, rotated and zoomed about its centre,
-    then shifted, then the output window is cut around the centre:
+    Coordinates are (row, col), rows pointing down; pixel centres sit at
+    whole numbers, so the centre of an H x W picture is c = ((H-1)/2, (W-1)/2).
+    In these coordinates turning anticlockwise on screen by a is
+
+        R(a) = [[cos a, -sin a],
+                [sin a,  cos a]]       (col + 1 turns to row - 1: up)
+
+    and the mirror is F = diag(1, -1) (it negates the column).  Forward,
+    the picture is mirrored, rotated and zoomed about its centre, then
+    shifted, and the output window is cut around the output's centre:
+
         p_out = c_out + shift + zoom * R(angle) F (p_in - c_in).
-    Sampling needs the inverse, p_in = c_in + A (p_out - c_out - shift) with
-    A = F R(-angle) / zoom (F, the mirror, is its own inverse).
-    Returns (N, 2, 3) float64 as _warp_bilinear reads them.
+
+    Sampling needs the inverse, which solves this for p_in; R(a) is inverted
+    by R(-a) and F by itself.  Write it as p_in = A p_out + b: A is the
+    2 x 2 left block of the result, b its last column.
     """
+    matrices = np.empty((len(angles), 2, 3))
+    ### BEGIN SOLUTION
     c_in = (np.asarray(in_shape, dtype=float) - 1) / 2
     c_out = (np.asarray(out_shape, dtype=float) - 1) / 2
     cos, sin = np.cos(angles), np.sin(angles)
     mirror = np.where(flips, -1.0, 1.0)
-    # R(-angle) in (row, col) coordinates, then the mirror negates the column.
+    # A = F R(-angle) / zoom: R(-angle) in (row, col) coordinates, then the mirror negates the column.
     a = np.empty((len(angles), 2, 2))
     a[:, 0, 0], a[:, 0, 1] = cos, sin
     a[:, 1, 0], a[:, 1, 1] = -sin * mirror, cos * mirror
     a /= np.asarray(zooms, dtype=float)[:, None, None]
-    origin = c_out + np.asarray(shifts, dtype=float)  # (N, 2)
-    matrices = np.empty((len(angles), 2, 3))
+    origin = c_out + np.asarray(shifts, dtype=float)  # (N, 2): where the source centre lands
     matrices[:, :, :2] = a
     matrices[:, :, 2] = c_in - np.einsum("nij,nj->ni", a, origin)
+    ### END SOLUTION
     return matrices
 
 

@@ -98,7 +98,10 @@ EXERCISES = (
              ("tinyprune/propagate.py:_backward",), depends=("kernels",)),
     Exercise("resize.1", "cutting a segment's dead channels out", ("tinyprune/resize.py:_slice_segment",),
              depends=("kernels",)),
-    Exercise("count.1", "the three counting rules of one layer", ("tinyprune/count.py:layer_dot_prods",)),
+    Exercise("count.1", "the reference counting rule", ("tinyprune/count.py:reference_counts",)),
+    Exercise("count.2", "the sparse counting rule", ("tinyprune/count.py:sparse_counts",)),
+    Exercise("count.3", "the dense counting rule", ("tinyprune/count.py:dense_counts",)),
+    Exercise("data.1", "the augmentation's affine map", ("tinyprune/data/augment.py:_augment_matrices",)),
     Exercise("train.1", "binary cross-entropy and its gradient", ("tinyprune/train.py:bce_with_logits",)),
-    Exercise("train.2", "one Adam step", ("tinyprune/optim.py:Adam.step",)),
+    Exercise("train.2", "one Adam step", ("tinyprune/optim.py:Adam.update",)),
 )
