@@ -348,3 +348,8 @@ def test_the_real_table_is_well_formed_and_names_functions_that_exist():
 
 def test_an_exercise_marker_is_ex_chapter_number():
     assert marker("layers.2") == "ex_layers_2"
+
+
+def test_setup_cfg_registers_the_marker_of_every_exercise():
+    table = load_table(ROOT / "tinyprune/tools/exercises.py")
+    assert check_markers(table, ROOT / "setup.cfg") == []
