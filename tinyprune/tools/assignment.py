@@ -320,3 +320,7 @@ def _print_summary(args, summary):
     if summary["notebooks"]:
         print(f"notebooks: {', '.join(summary['notebooks'])}")
     print(f"score it with: tinyprune grade {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

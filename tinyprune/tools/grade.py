@@ -168,3 +168,7 @@ def main(argv=None):
         atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2) + "\n"), binary=False)
         print(f"wrote {args.json}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
