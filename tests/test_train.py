@@ -913,3 +913,11 @@ def test_calm_start_sets_every_batchnorm_gamma():
     model = calm_start(MobileNet(slopehtanh, 0.25, fcsize=64, nclasses=1, seed=1, init="flux"), 0.5)
     gammas = [layer.weight for _, layer in model.named_layers() if isinstance(layer, BatchNorm2d)]
     assert len(gammas) == 27 and all(np.all(g == 0.5) for g in gammas)
+
+
+def test_evaluate_lets_go_of_what_each_forward_kept_for_a_backward(tiny_set, small_mobilenet):
+    model = small_mobilenet.copy().train()
+    model.fast_eval = False                    # the plain layers, which keep their inputs
+    evaluate(model, tiny_set)
+    assert all(layer._cache is None for _, layer in model.named_layers())
+    assert model.training                      # and the mode is as it was

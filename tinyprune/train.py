@@ -402,6 +402,8 @@ def evaluate(model, data, batch_size=64):
         return sums.mean_loss, sums.mean_accuracy
     finally:
         model.train(was_training)
+        for _, layer in model.named_layers():   # no backward follows an evaluation: let go of what
+            layer._cache = None                 # each layer's forward kept for one (a batch's worth)
 
 
 def trainer(model, epochs, optimizer=None, lr=1e-3, batch_size=32, data=None, seed=0,
