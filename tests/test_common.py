@@ -174,3 +174,15 @@ def test_output_dir_gives_each_program_its_own_subfolder(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYPRUNE_OUT", str(tmp_path))
     assert output_dir("pruning") == tmp_path / "pruning"
     assert not (tmp_path / "pruning").exists()                    # named, not created
+
+
+def test_every_function_that_takes_a_model_refuses_what_is_not_one_by_its_name():
+    import tinyprune as tp
+    from tinyprune import plots
+    calls = {"plot_sparsity": lambda: plots.plot_sparsity(None), "channel_counts": lambda: tp.channel_counts(None),
+             "resize": lambda: tp.resize(3), "prune_propagate": lambda: tp.prune_propagate("x"),
+             "fold_batchnorm": lambda: tp.fold_batchnorm(None), "sparsity": lambda: tp.sparsity([]),
+             "compute_dot_prods": lambda: tp.compute_dot_prods(None, (1, 3, 96, 96))}
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=rf"^{name}: expected a model \(a Layer or Chain\), got"):
+            call()

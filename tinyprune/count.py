@@ -28,8 +28,9 @@ picks one; their docstrings have the formulas):
 import numpy as np
 
 from .common import check_int, format_html_table, format_table
-from .layers import Conv2d, Dense, DepthwiseConv2d, Layer
+from .layers import Conv2d, Dense, DepthwiseConv2d
 from .model import TUTORIAL_INPUT
+from .module import check_model
 
 __all__ = ["compute_dot_prods", "dot_prod_table", "DotProdTable", "RULES"]
 
@@ -225,8 +226,7 @@ def compute_dot_prods(model, input_shape, rule="reference"):
 
 def _count(model, input_shape, rule, where):
     """The DotProdTable of ``model`` on ``input_shape``; ``where`` names the caller in errors."""
-    if not isinstance(model, Layer):
-        raise TypeError(f"{where}: expected a model (a Layer or Chain), got {type(model).__name__}")
+    check_model(model, where)
     _check_rule(rule, where)
     shape = _check_input_shape(input_shape, where)
     rows = []

@@ -31,9 +31,10 @@ import numpy as np
 
 from .common import check_int
 from .data import DataLoader, as_dataset
-from .layers import BatchNorm2d, Layer
+from .layers import BatchNorm2d
 from .strategies import CHANNEL_LAYERS, l1
 from .train import bce_with_logits
+from .module import check_model
 
 __all__ = ["ChannelScores", "magnitude_scores", "batchnorm_scores", "taylor_scores", "random_scores"]
 
@@ -51,8 +52,7 @@ class ChannelScores(dict):
 
 def _channel_layers(model, where):
     """``[(path, layer)]`` of the convolutions whose output channels ChannelPrune ranks."""
-    if not isinstance(model, Layer):
-        raise TypeError(f"{where}: expected a model (a Layer or Chain), got {type(model).__name__}")
+    check_model(model, where)
     found = [(path, layer) for path, layer in model.named_layers() if isinstance(layer, CHANNEL_LAYERS)]
     if not found:
         raise ValueError(f"{where}: the model has no Conv2d or DepthwiseConv2d to score")

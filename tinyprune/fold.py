@@ -21,7 +21,8 @@ to the model's dtype.
 
 import numpy as np
 
-from .layers import BatchNorm2d, Conv2d, DepthwiseConv2d, Layer, layer_at, parse_path
+from .module import check_model
+from .layers import BatchNorm2d, Conv2d, DepthwiseConv2d, layer_at, parse_path
 
 __all__ = ["fold_batchnorm", "folded_parameters", "foldable_pairs"]
 
@@ -92,8 +93,7 @@ def fold_batchnorm(model):
     ``prune_propagate`` would zero anyway.  Masks: a pruned gamma keeps its
     conv row pruned, a pruned gamma and beta keep the folded bias pruned.
     """
-    if not isinstance(model, Layer):
-        raise TypeError(f"fold_batchnorm: expected a model (a Layer or Chain), got {type(model).__name__}")
+    check_model(model, 'fold_batchnorm')
     folded = model.copy()
     pairs = foldable_pairs(folded)
     for _, conv, _, bn in pairs:

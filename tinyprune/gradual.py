@@ -32,8 +32,8 @@ weights of the model; ``ChannelPrune``: that many of a conv's N channels).
 """
 
 from .common import check_int, check_level
-from .layers import Layer
 from .prune import prune, prune_in_place
+from .module import check_model
 
 __all__ = ["GradualPrune", "PruningCallback"]
 
@@ -112,9 +112,7 @@ class GradualPrune:
         shows before training starts), and prunes ``model`` at once if the
         schedule starts at step 0.
         """
-        if not isinstance(model, Layer):
-            raise TypeError(f"GradualPrune.attach: expected a model (a Layer or Chain), "
-                            f"got {type(model).__name__}")
+        check_model(model, 'GradualPrune.attach')
         prune(self.strategy(self.final), model)
         return PruningCallback(self, model)
 

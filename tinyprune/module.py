@@ -32,7 +32,7 @@ import copy
 
 import numpy as np
 
-__all__ = ["Module", "NonFiniteError", "PARAMETER_DTYPES", "check_parameter_dtype", "layer_at", "parse_path"]
+__all__ = ["Module", "NonFiniteError", "check_model", "PARAMETER_DTYPES", "check_parameter_dtype", "layer_at", "parse_path"]
 
 PARAMETER_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -73,6 +73,13 @@ def _float_input(x, where):
         raise ValueError(f"{where}: expected floating-point input, got {x.dtype}; "
                          "scale images to [0, 1] first (tinyprune.data.to_float)")
     return x
+
+
+def check_model(model, where):
+    """A TypeError naming ``where`` unless ``model`` is a tinyprune layer or chain; the one such check."""
+    if not isinstance(model, Module):
+        raise TypeError(f"{where}: expected a model (a Layer or Chain), got {type(model).__name__}")
+    return model
 
 
 class NonFiniteError(ValueError, FloatingPointError):

@@ -40,9 +40,10 @@ when ``export_onnx`` is called, so the rest of tinyprune does not need it.
 
 import numpy as np
 
+from .module import check_model
 from .common import atomic_write
 from .layers import (Activation, BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten,
-                     GlobalMeanPool, HardTanh, Identity, Layer, ReLU, SlopeHTanh)
+                     GlobalMeanPool, HardTanh, Identity, ReLU, SlopeHTanh)
 
 __all__ = ["export_onnx", "onnx_model", "OPSET"]
 
@@ -146,8 +147,7 @@ def onnx_model(model, input_shape=(None, 3, 96, 96)):
     leaves the batch size open.
     """
     import onnx
-    if not isinstance(model, Layer):
-        raise TypeError(f"export_onnx: expected a model (a Layer or Chain), got {type(model).__name__}")
+    check_model(model, 'export_onnx')
     if len(input_shape) != 4 or any(s is None for s in input_shape[1:]):
         raise ValueError(f"export_onnx: input_shape must be (N, C, H, W) with C, H and W given "
                          f"(N may be None), got {tuple(input_shape)}")

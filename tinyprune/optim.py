@@ -24,7 +24,7 @@ moves every parameter.  Two promises hold after every step:
 import numpy as np
 
 from .common import check_int, check_number
-from .layers import Layer
+from .module import check_model
 
 __all__ = ["Optimizer", "Adam", "SGD", "StepLR", "DivergenceError"]
 
@@ -60,8 +60,7 @@ class Optimizer:
 
     def __init__(self, model, lr):
         where = type(self).__name__
-        if not isinstance(model, Layer):
-            raise TypeError(f"{where}: expected a model (a Layer or Chain), got {type(model).__name__}")
+        check_model(model, where)
         self.model = model
         self.lr = check_number(lr, "lr", where, low=0, low_open=True)
         self.params = list(model.named_parameters())   # (key, layer, name)

@@ -48,6 +48,7 @@ from .figures import (COLOURS, Figure, finish, plot_history, plot_sensitivity, p
                       save_figure, save_grid)
 from .layers import Conv2d, Dense, DepthwiseConv2d, layer_at, parse_path
 from .model import TUTORIAL_INPUT
+from .module import check_model
 from .prune import SparsityTable, sparsity
 
 __all__ = [
@@ -206,7 +207,7 @@ def plot_sparsity(model, title=None, save=None, labels=None):
     table the bars have two parts: those, and all other zeros together.
     """
     from_table = isinstance(model, SparsityTable)
-    table = model if from_table else sparsity(model)
+    table = model if from_table else sparsity(check_model(model, "plot_sparsity"))
     if not table:
         raise ValueError("plot_sparsity: the model has no conv or dense layer")
     weights = np.array([r.weights for r in table], dtype=float)

@@ -114,7 +114,8 @@ either way).  For the eval statistics:
 
 import numpy as np
 
-from .layers import Activation, BatchNorm2d, Dense, DepthwiseConv2d, Flatten, GlobalMeanPool, Layer
+from .module import check_model
+from .layers import Activation, BatchNorm2d, Dense, DepthwiseConv2d, Flatten, GlobalMeanPool
 
 __all__ = ["prune_propagate", "Segment", "segments", "channel_constants"]
 
@@ -551,9 +552,7 @@ def prune_propagate(model):
     Raises ValueError naming the layer (``model[0][7]``) for a layer it
     cannot see through or for channel counts that do not fit together.
     """
-    if not isinstance(model, Layer):
-        raise TypeError(f"prune_propagate: expected a model (a Layer or Chain), "
-                        f"got {type(model).__name__}")
+    check_model(model, 'prune_propagate')
     propagated = model.copy()
     segs = segments(propagated)       # checks the whole model before any change
     changed = True

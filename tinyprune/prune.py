@@ -31,11 +31,12 @@ import numpy as np
 
 from .activations import identity
 from .common import check_int, format_html_table, format_table
-from .layers import Chain, Dense, Layer, layer_at, parse_path
+from .layers import Chain, Dense, layer_at, parse_path
 from .strategies import WEIGHTED_LAYERS, PruningStrategy, check_weights
 # re-exported, so that ``from tinyprune.prune import LevelPrune`` keeps working
 from .strategies import (ChannelPrune, GlobalLevelPrune, LevelPrune, NMPrune, ThresholdPrune,  # noqa: F401
                          l1, l2)
+from .module import check_model
 
 __all__ = [
     "PruningStrategy", "LevelPrune", "ThresholdPrune", "ChannelPrune", "GlobalLevelPrune",
@@ -46,8 +47,7 @@ __all__ = [
 
 def _check_model(model, where):
     """A TypeError naming the function unless ``model`` is a Layer (a Chain is one)."""
-    if not isinstance(model, Layer):
-        raise TypeError(f"{where}: expected a model (a Layer or Chain), got {type(model).__name__}")
+    check_model(model, where)
 
 
 # ---------------------------------------------------------------------------

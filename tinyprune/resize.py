@@ -35,8 +35,8 @@ from collections import namedtuple
 
 import numpy as np
 
-from .layers import Layer
 from .propagate import channel_count, channel_index, segments
+from .module import check_model
 
 __all__ = ["resize", "sort_channels", "channel_counts", "ChannelCount", "ResizedLayer"]
 
@@ -61,6 +61,7 @@ def channel_counts(model):
         rows = channel_counts(model)
         plt.bar([r.path for r in rows], [r.c_out for r in rows])
     """
+    check_model(model, "channel_counts")
     rows = []
     for path, layer in model.named_layers():
         c_out = channel_count(layer, layer.out_channel_arrays)
@@ -147,8 +148,7 @@ def resize(model, return_record=False):
     channels it cannot follow (one that does not declare whether it mixes
     channels) or channel counts that do not fit together.
     """
-    if not isinstance(model, Layer):
-        raise TypeError(f"resize: expected a model (a Layer or Chain), got {type(model).__name__}")
+    check_model(model, 'resize')
     resized = model.copy()
     before = channel_counts(resized)
 
@@ -213,8 +213,7 @@ def sort_channels(model, scores=None):
     producer has no entry keep their order.  Ties keep their order.
     ``model`` is not changed.
     """
-    if not isinstance(model, Layer):
-        raise TypeError(f"sort_channels: expected a model (a Layer or Chain), got {type(model).__name__}")
+    check_model(model, 'sort_channels')
     if scores is not None and not isinstance(scores, dict):
         raise TypeError(f"sort_channels: scores must be a dict {{layer path: (C,) scores}}, "
                         f"got {type(scores).__name__}")

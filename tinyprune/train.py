@@ -34,9 +34,9 @@ import warnings
 
 import numpy as np
 
+from .module import check_model
 from .common import check_int
 from .data import DataLoader, SyntheticVWW, as_dataset, augment_batch
-from .layers import Layer
 from .optim import Adam, DivergenceError, Optimizer, StepLR, first_non_finite
 
 __all__ = ["bce_with_logits", "accuracy", "History", "trainer", "evaluate"]
@@ -323,8 +323,7 @@ def _with_context(what, call, *args, **kwargs):
 
 
 def _check_model(model, where):
-    if not isinstance(model, Layer):
-        raise TypeError(f"{where}: expected a model (a Layer or Chain), got {type(model).__name__}")
+    check_model(model, where)
 
 
 def _dataset(data, what):
