@@ -17,7 +17,7 @@ from tinyprune import (RULES, BatchNorm2d, ChannelPrune, Chain, Conv2d, Depthwis
                        resize, save)
 from tinyprune.fold import fold_batchnorm
 
-pytestmark = pytest.mark.inference
+pytestmark = [pytest.mark.inference, pytest.mark.integration]   # on pruned, propagated and resized models
 
 INPUT = (3, 3, 32, 32)
 

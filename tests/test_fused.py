@@ -21,7 +21,7 @@ from tinyprune import activations, fused
 from tinyprune import fused_kernels as fk
 from tinyprune.fused import FusedPlan
 
-pytestmark = pytest.mark.inference
+pytestmark = [pytest.mark.inference, pytest.mark.integration]   # on pruned, propagated and resized models
 
 ACTIVATIONS = {fk.IDENTITY: activations.identity, fk.RELU: activations.relu,
                fk.HARDTANH: activations.hardtanh, fk.SLOPEHTANH: activations.slopehtanh}

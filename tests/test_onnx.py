@@ -21,7 +21,7 @@ from tinyprune import (Activation, ChannelPrune, Chain, Conv2d, MobileNet, pretr
 from tinyprune.fold import fold_batchnorm
 from tinyprune.onnx_export import export_onnx
 
-pytestmark = pytest.mark.inference
+pytestmark = [pytest.mark.inference, pytest.mark.integration]   # on pruned, propagated and resized models
 
 
 def plain_eval(model, x):
