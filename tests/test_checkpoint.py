@@ -8,7 +8,6 @@ receptive fields (exercise kernels.1): in a copy where that is still to do,
 those tests are skipped (``waits_for``).
 """
 
-import contextlib
 import json
 import os
 import zipfile
@@ -23,30 +22,11 @@ from tinyprune.data import SyntheticVWW, to_float
 from tinyprune.layers import (Activation, BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatten,
                               GlobalMeanPool, HardTanh, Identity, Layer, ReLU, SlopeHTanh)
 
+from helpers import waits_for
+
 pytestmark = pytest.mark.train
 
 WEIGHTED = (Conv2d, DepthwiseConv2d, Dense)
-
-
-@contextlib.contextmanager
-def waits_for(*names):
-    """Skip the test while the code it runs is a stub of the exercises or chapters ``names``.
-
-    In a course copy a cut exercise raises ``NotImplementedError("Exercise
-    <id>: ...")``; a test that only passes through that code is skipped,
-    saying what it waits for, rather than failed.  A stub of any other
-    exercise (the one the test checks) still fails it.  ``names`` are
-    exercise ids (``"train.2"``) or chapters (``"layers"``).  Use it as
-    ``with waits_for(...):`` or as a decorator on the test.
-    """
-    try:
-        yield
-    except NotImplementedError as error:
-        message = str(error)
-        if any(message.startswith(f"Exercise {name}.") or message.startswith(f"Exercise {name}:")
-               for name in names):
-            pytest.skip(f"waits for {message}")
-        raise
 
 
 @pytest.fixture(scope="module")

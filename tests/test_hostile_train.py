@@ -19,7 +19,6 @@ course copy where that is still an exercise those tests are skipped
 to count.3, and their tests here carry those markers.
 """
 
-import contextlib
 
 import numpy as np
 import pytest
@@ -31,14 +30,11 @@ from tinyprune import (BatchNorm2d, Chain, Conv2d, Dense, Flatten, GlobalMeanPoo
 from tinyprune.optim import SGD, Adam, DivergenceError
 from tinyprune.train import accuracy, bce_with_logits, evaluate, trainer
 
-from helpers import assert_same_snapshot, snapshot
+from helpers import TRAINING, assert_same_snapshot, snapshot, waits_for
 
 pytestmark = [pytest.mark.train,
               pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")]
 
-# What a training step passes through: the layers' backward passes, the conv's unfolding
-# (kernels), the augmentation (data), the loss and the Adam step (train).
-TRAINING = ("layers", "kernels", "data", "train")
 
 GOOD, TINY = object(), object()     # stand-ins for "the good data" and "the tiny model" in a draw
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -72,27 +68,6 @@ def assert_same_state(model, before):
     now = state_of(model)
     assert_same_snapshot(now[0], before[0])
     assert now[1:] == before[1:]
-
-
-@contextlib.contextmanager
-def waits_for(*names):
-    """Skip the test while the code it runs is a stub of the exercises or chapters ``names``.
-
-    In a course copy a cut exercise raises ``NotImplementedError("Exercise
-    <id>: ...")``; a test that only passes through that code is skipped,
-    saying what it waits for, rather than failed.  A stub of any other
-    exercise (the one the test checks) still fails it.  ``names`` are
-    exercise ids (``"train.2"``) or chapters (``"layers"``).  Use it as
-    ``with waits_for(...):`` or as a decorator on the test.
-    """
-    try:
-        yield
-    except NotImplementedError as error:
-        message = str(error)
-        if any(message.startswith(f"Exercise {name}.") or message.startswith(f"Exercise {name}:")
-               for name in names):
-            pytest.skip(f"waits for {message}")
-        raise
 
 
 def assert_clear_refusal(error, name):

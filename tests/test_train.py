@@ -9,7 +9,6 @@ course copy where any of it is still an exercise they are skipped
 (``waits_for``), not failed.
 """
 
-import contextlib
 import copy
 import io
 import math
@@ -27,34 +26,10 @@ from tinyprune.layers import BatchNorm2d, Chain, Conv2d, Dense, Flatten, GlobalM
 from tinyprune.optim import SGD, Adam, DivergenceError, StepLR
 from tinyprune.train import accuracy, bce_with_logits, evaluate, trainer
 
-from helpers import assert_same_snapshot, snapshot
+from helpers import TRAINING, assert_same_snapshot, snapshot, waits_for
 
 pytestmark = pytest.mark.train
 
-# What a training step passes through: the layers' backward passes, the conv's unfolding
-# (kernels), the augmentation (data), the loss and the Adam step (train).
-TRAINING = ("layers", "kernels", "data", "train")
-
-
-@contextlib.contextmanager
-def waits_for(*names):
-    """Skip the test while the code it runs is a stub of the exercises or chapters ``names``.
-
-    In a course copy a cut exercise raises ``NotImplementedError("Exercise
-    <id>: ...")``; a test that only passes through that code is skipped,
-    saying what it waits for, rather than failed.  A stub of any other
-    exercise (the one the test checks) still fails it.  ``names`` are
-    exercise ids (``"train.2"``) or chapters (``"layers"``).  Use it as
-    ``with waits_for(...):`` or as a decorator on the test.
-    """
-    try:
-        yield
-    except NotImplementedError as error:
-        message = str(error)
-        if any(message.startswith(f"Exercise {name}.") or message.startswith(f"Exercise {name}:")
-               for name in names):
-            pytest.skip(f"waits for {message}")
-        raise
 
 
 # ---------------------------------------------------------------------------

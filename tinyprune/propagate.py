@@ -453,14 +453,11 @@ def _forward(seg):
     ``running_mean`` by ``s * c_eval[j]``; else (b) to the consumer's bias,
     ``bias += s * c_train[j]``, if it has one, ``c_train[j] == c_eval[j]``
     and every output i with a non-zero share has a kept bias entry; else
-    leave j alone.  The derivation is in the module docstring ("At the
-    consumer").
+    leave j alone (the derivation: the module docstring, "At the consumer").
 
-    Zero a slice with ``_zero`` (it unmasks, and says whether anything
-    changed) at ``seg.consumer_index(j)`` of the array ``seg.reading_array``.
-    Sum the shifts over the channels in float64; write ``bn.running_mean``
-    and ``consumer.bias`` once at the end, as new arrays of their own dtype,
-    only if the shift is not all zero.  Return True if a slice changed.
+    Zero a slice with ``_zero`` at ``seg.consumer_index(j)`` of
+    ``seg.reading_array``; sum the shifts in float64 and write them once, as
+    new arrays of their dtype, if not all zero.  True if a slice changed.
     """
     constant, c_train, c_eval = channel_constants(seg)
     reading = seg.reading_weights()                 # (O, C, block)

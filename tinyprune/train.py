@@ -1,7 +1,6 @@
 """Training: the loss, the trainer and evaluation.
 
-This is the tutorial's ``trainer(m, epochs)`` taken apart so each piece can
-be read on its own:
+The tutorial's ``trainer(m, epochs)`` taken apart, each piece on its own:
 
 * ``bce_with_logits`` -- binary cross-entropy on logits and its gradient;
 * ``accuracy`` -- how often the sign of the logit matches the label;
@@ -22,8 +21,7 @@ in four lines::
 anywhere in it stops training with ``DivergenceError`` and undoes the batch,
 so no number is ever reported from a model that has gone non-finite.
 
-Shapes: images NCHW float32 in [0, 1], logits (N, 1) or (N,), labels (N,)
-or the logits' shape.
+Shapes: images NCHW float32 in [0, 1], logits (N, 1) or (N,), labels (N,) or the logits'.
 """
 
 import signal
