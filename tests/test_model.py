@@ -18,6 +18,8 @@ from tinyprune import (BatchNorm2d, Chain, Conv2d, Dense, DepthwiseConv2d, Flatt
 
 from mobilenet_table import CONFIG
 
+from helpers import TRAINING, waits_for
+
 pytestmark = pytest.mark.layers
 
 
@@ -255,6 +257,7 @@ def small_mobilenet():
     return MobileNet(slopehtanh, 0.25, fcsize=8, nclasses=2, seed=1)
 
 
+@waits_for(*TRAINING)       # every backward pass of the chapter at once: waits while one is a stub
 def test_small_mobilenet_gradients_match_finite_differences_in_train_mode():
     model = small_mobilenet()
     x = np.random.default_rng(0).random(SMALL_INPUT)
@@ -263,6 +266,7 @@ def test_small_mobilenet_gradients_match_finite_differences_in_train_mode():
     assert report.worst < 1e-6, str(report)
 
 
+@waits_for(*TRAINING)       # every backward pass of the chapter at once: waits while one is a stub
 def test_small_mobilenet_gradients_match_finite_differences_in_eval_mode():
     model = trained_statistics(small_mobilenet(), (4, 3, 64, 64)).eval()
     # The running statistics really moved away from (0, 1).
@@ -300,6 +304,7 @@ def float32_and_float64_errors(model, x, dy):
     return {k: relative_error(narrow[k], reference[k]) for k in reference}
 
 
+@waits_for(*TRAINING)       # every backward pass of the chapter at once: waits while one is a stub
 def test_float32_model_agrees_with_float64_in_eval_mode(tutorial):
     model = trained_statistics(tutorial.copy(), (2, 3, 96, 96)).eval()
     x = np.random.default_rng(2).random((2, 3, 96, 96))
@@ -310,6 +315,7 @@ def test_float32_model_agrees_with_float64_in_eval_mode(tutorial):
     assert errors[worst] < 1e-4, (worst, errors[worst])
 
 
+@waits_for(*TRAINING)       # every backward pass of the chapter at once: waits while one is a stub
 def test_float32_layers_agree_with_float64_in_train_mode(tutorial):
     # Layer by layer, each fed the same float32-representable input and
     # output gradient: this isolates each layer's own float32 rounding.
@@ -451,6 +457,7 @@ def test_load_state_dict_rejects_a_bad_key_naming_it_and_copies_nothing(tutorial
     assert_state_unchanged(model, before)
 
 
+@waits_for(*TRAINING)       # every backward pass of the chapter at once: waits while one is a stub
 def test_grad_dict_keys_are_the_trainable_state_dict_keys(tutorial):
     model = tutorial.copy()
     x = np.random.default_rng(8).random((2, 3, 32, 32)).astype(np.float32)
@@ -547,6 +554,7 @@ def test_too_small_image_names_the_layer_that_cannot_fit_its_kernel():
         model(np.zeros((2, 3, 7, 7), np.float32))
 
 
+@waits_for(*TRAINING)       # every backward pass of the chapter at once: waits while one is a stub
 def test_trained_mobilenet_float32_matches_float64_in_train_mode_to_1e_4():
     # At initialisation slopehtanh's folds make train mode chaotic, so float32
     # rounding is amplified (see the tests above); the trained checkpoint is
