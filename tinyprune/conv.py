@@ -46,6 +46,19 @@ def _check_spatial(shape, kh, kw, stride, pad, where):
     return HO, WO
 
 
+def _describe(conv, sizes):
+    """The repr's arguments: channel ``sizes``, then kernel, stride, padding and bias."""
+    kh, kw = conv.kernel
+    return f"{sizes}, kernel=({kh}, {kw}), stride={conv.stride}, pad={conv.pad}, bias={conv.bias is not None}"
+
+
+def _output_shape(conv, shape, where):
+    """(N, C_out, HO, WO) of a convolution for an input of ``shape``, or a ValueError naming ``where``."""
+    check_shape(shape, 4, where, conv.c_in, type(conv).__name__, "input channels")
+    HO, WO = _check_spatial(shape, *conv.kernel, conv.stride, conv.pad, where)
+    return (shape[0], conv.c_out, HO, WO)
+
+
 class Conv2d(Layer):
     """Full 2-D convolution (cross-correlation, as in PyTorch and Flux's CrossCor).
 
@@ -91,14 +104,10 @@ class Conv2d(Layer):
         return self.kernel == (1, 1) and self.stride == 1 and self.pad == 0
 
     def extra_repr(self):
-        kh, kw = self.kernel
-        return (f"{self.c_in}, {self.c_out}, kernel=({kh}, {kw}), stride={self.stride}, "
-                f"pad={self.pad}, bias={self.bias is not None}")
+        return _describe(self, f"{self.c_in}, {self.c_out}")
 
     def output_shape(self, shape, where="Conv2d"):
-        check_shape(shape, 4, where, self.c_in, "Conv2d", "input channels")
-        HO, WO = _check_spatial(shape, *self.kernel, self.stride, self.pad, where)
-        return (shape[0], self.c_out, HO, WO)
+        return _output_shape(self, shape, where)
 
     def forward(self, x):
         x = self.forward_input(x)
@@ -209,14 +218,10 @@ class DepthwiseConv2d(Layer):
     kernel = property(lambda self: self.weight.shape[2:])
 
     def extra_repr(self):
-        kh, kw = self.kernel
-        return (f"{self.channels}, kernel=({kh}, {kw}), stride={self.stride}, pad={self.pad}, "
-                f"bias={self.bias is not None}")
+        return _describe(self, f"{self.channels}")
 
     def output_shape(self, shape, where="DepthwiseConv2d"):
-        check_shape(shape, 4, where, self.channels, "DepthwiseConv2d", "input channels")
-        HO, WO = _check_spatial(shape, *self.kernel, self.stride, self.pad, where)
-        return (shape[0], self.channels, HO, WO)
+        return _output_shape(self, shape, where)
 
     def _filters(self):
         kh, kw = self.kernel
