@@ -11,9 +11,9 @@ nbgrader's fences, indented like the code they enclose::
 
 Which exercise a fence belongs to:
 
-* a bare ``### BEGIN SOLUTION`` belongs to the exercise whose ``places``
+* a bare BEGIN line belongs to the exercise whose ``places``
   list the function it stands in (``file:Class.method`` or ``file:function``);
-* ``### BEGIN SOLUTION prune.3`` names its exercise; that form is needed
+* a BEGIN line followed by an id (``prune.3``) names its exercise; that form is needed
   where no function encloses the fence (a tutorial cell) or where two
   exercises share one function.
 

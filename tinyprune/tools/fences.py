@@ -3,9 +3,8 @@
 The rules, in the order ``tinyprune assignment`` applies them:
 
 Fences.  A fence is a pair of comment lines, each alone on its line, the
-second indented like the first: ``### BEGIN SOLUTION`` (optionally followed
-by an exercise id, ``### BEGIN SOLUTION layers.2``) and ``### END
-SOLUTION``.  Comments are found with ``tokenize``, so the same words inside a
+second indented like the first (``### BEGIN SOLUTION``, ``### END SOLUTION``);
+the BEGIN line may name its exercise after the words (``layers.2``).  Comments are found with ``tokenize``, so the same words inside a
 string (a docstring showing a fence) are not a fence.  A comment that starts
 with ``#`` signs and BEGIN/END SOLUTION in any other spelling is an error,
 never silently left uncut.  Which exercise a fence belongs to is said in
@@ -75,8 +74,9 @@ TRIVIAL_KEYWORDS = {"pass", "break", "continue", "return", "raise", "else:", "tr
 ID_PATTERN = re.compile(r"([a-z]+)\.([1-9][0-9]*)")
 HEADER = re.compile(r"(for|while|if|elif|with|except|def|class)\b")
 FENCE_LIKE = re.compile(r"#+\s*(BEGIN|END)\s+SOLUTION\b", re.IGNORECASE)
-BEGIN = re.compile(r"### BEGIN SOLUTION(?: (\S+))?")
-END = re.compile(r"### END SOLUTION")
+BEGIN_TEXT, END_TEXT = "### BEGIN SOLUTION", "### END SOLUTION"    # nbgrader's fence lines
+BEGIN = re.compile(re.escape(BEGIN_TEXT) + r"(?: (\S+))?")
+END = re.compile(re.escape(END_TEXT))
 
 
 class CourseError(Exception):
@@ -223,8 +223,8 @@ def raw_fences(source):
         where = f"{source.path}:{line}"
         begin, end = BEGIN.fullmatch(text), END.fullmatch(text)
         if not begin and not end:
-            raise CourseError(f"{where}: {text!r} is not a fence; write '### BEGIN SOLUTION' "
-                              "(optionally followed by an exercise id) or '### END SOLUTION'")
+            raise CourseError(f"{where}: {text!r} is not a fence; write '{BEGIN_TEXT}' "
+                              f"(optionally followed by an exercise id) or '{END_TEXT}'")
         indent = source.lines[line - 1][:source.comments[line][0]]
         if begin:
             if open_at:
@@ -302,7 +302,7 @@ def _resolve(path, begin, chain, named, ids, owners):
         return (named, listed[0] if listed else (chain[0] if chain else None)), None
     if not chain:
         return None, (f"{where}: the fence stands in no function; name its exercise on the "
-                      "BEGIN line ('### BEGIN SOLUTION <id>')")
+                      "BEGIN line (followed by the exercise id)")
     for name in chain:
         owned = owners.get((path, name), [])
         if len(owned) == 1:
