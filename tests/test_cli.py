@@ -333,7 +333,7 @@ def test_evaluate_scores_a_checkpoint_on_the_validation_set(fresh_checkpoint):
     code, stdout, stderr = run(["evaluate", str(fresh_checkpoint), "--quick"])
     assert code == 0, stderr
     loss, accuracy = tp.evaluate(checkpoint.load(fresh_checkpoint), tp.SyntheticVWW("val", size=32))
-    assert f"SyntheticVWW 'val' (32 images)" in stdout
+    assert "SyntheticVWW 'val' (32 images)" in stdout
     assert f"accuracy {100 * accuracy:.2f}% ({round(32 * accuracy)} of 32 correct)" in stdout
     assert f"loss     {loss:.4f}" in stdout
 
