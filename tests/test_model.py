@@ -130,6 +130,7 @@ def test_tutorial_model_has_224048_conv_and_dense_weights(tutorial):
     assert weights == by_hand == 224_048
 
 
+@waits_for("kernels")        # a forward pass through a 3x3 conv unfolds with im2col
 def test_tutorial_model_maps_one_image_to_one_logit(tutorial):
     model = tutorial.copy()
     x = np.random.default_rng(1).random(TUTORIAL_INPUT).astype(np.float32)
@@ -336,6 +337,7 @@ def test_float32_layers_agree_with_float64_in_train_mode(tutorial):
         h = y64
 
 
+@waits_for("kernels")        # a forward pass through a 3x3 conv unfolds with im2col
 def test_float32_model_output_agrees_with_float64_in_train_mode_within_its_conditioning(tutorial):
     # End to end in train mode the untrained network amplifies rounding: its
     # 27 train-mode BatchNorms, several over channels whose batch standard
@@ -393,6 +395,7 @@ def test_state_dict_layouts_are_pytorch_layouts(tutorial):
     assert state["1.4.weight"].shape == (1, 64)
 
 
+@waits_for("kernels")        # a forward pass through a 3x3 conv unfolds with im2col
 def test_state_dict_round_trip_reproduces_outputs_exactly(tutorial):
     source = trained_statistics(tutorial.copy(), (2, 3, 32, 32))
     target = tutorial_model(seed=5)

@@ -19,7 +19,7 @@ from tinyprune import figures, plots
 from tinyprune.pipeline import TUTORIAL_INPUT
 from tinyprune.prune import sparsity
 
-from helpers import channel_pruned, level_pruned
+from helpers import channel_pruned, level_pruned, waits_for
 
 pytestmark = pytest.mark.plots
 
@@ -140,6 +140,7 @@ def test_sparsity_of_level_pruning_is_all_scattered(level):
     assert "20.0% of 224,048" in ax.get_title()          # 44,794 zeros in 224,048 weights
 
 
+@waits_for("count")          # the figure draws what the counting rules count
 def test_macs_bars_are_the_per_layer_counts_and_totals_match_the_seed(model, level, channel):
     seed_channel = channel_pruned(model, 0.2)
     stages = [("baseline", model), ("level", level), ("channel", seed_channel)]
@@ -157,6 +158,7 @@ def test_macs_bars_are_the_per_layer_counts_and_totals_match_the_seed(model, lev
     assert "'reference'" in left.get_title()
 
 
+@waits_for("count")          # the figure draws what the counting rules count
 def test_macs_from_counted_tables_draw_what_the_models_draw(model, level):
     tables = [("baseline", tp.dot_prod_table(model, TUTORIAL_INPUT)),
               ("level", tp.dot_prod_table(level, TUTORIAL_INPUT))]
@@ -172,6 +174,7 @@ def test_macs_from_counted_tables_draw_what_the_models_draw(model, level):
     assert [t.get_text() for t in unlabelled.get_xticklabels()][:3] == ["[0][0]", "[0][3]", "[0][6]"]
 
 
+@waits_for("count")          # the figure draws what the counting rules count
 def test_macs_refuse_a_table_counted_under_another_rule(model):
     with pytest.raises(ValueError, match="counts under the rule 'sparse', expected 'reference'"):
         plots.plot_macs([("baseline", tp.dot_prod_table(model, TUTORIAL_INPUT, "sparse"))])
@@ -179,11 +182,13 @@ def test_macs_refuse_a_table_counted_under_another_rule(model):
         plots.plot_macs([("baseline", model)], labels=["a", "b"])
 
 
+@waits_for("count")          # the figure draws what the counting rules count
 def test_macs_under_the_dense_rule_ignore_zeros(model, level):
     right = plots.plot_macs({"baseline": model, "level": level}, TUTORIAL_INPUT, rule="dense").axes[1]
     assert bar_heights(right) == [7505600, 7505600]
 
 
+@waits_for("count")          # the figure draws what the counting rules count
 def test_macs_refuse_models_with_different_layer_sequences(model):
     other = tp.Chain(tp.Conv2d(3, 4, 3))
     with pytest.raises(ValueError, match="model 'tiny' has 1 conv/dense layers"):
