@@ -890,7 +890,7 @@ def test_calm_start_sets_every_batchnorm_gamma():
     assert len(gammas) == 27 and all(np.all(g == 0.5) for g in gammas)
 
 
-@waits_for("kernels")                          # the plain forward pass unfolds with im2col
+@waits_for("kernels", "train.1")                # the forward pass unfolds with im2col; the loss is train.1
 def test_evaluate_lets_go_of_what_each_forward_kept_for_a_backward(tiny_set, small_mobilenet):
     model = small_mobilenet.copy().train()
     model.fast_eval = False                    # the plain layers, which keep their inputs
