@@ -348,10 +348,10 @@ def plant(monkeypatch, function, *edits):
 
 
 class _Outcomes:
-    """A pytest plugin that notes which tests of a run failed, passed or were skipped."""
+    """A pytest plugin that notes which tests of a run failed, passed, were skipped or could not be collected."""
 
     def __init__(self):
-        self.failed, self.passed, self.skipped = [], [], []
+        self.failed, self.passed, self.skipped, self.broken = [], [], [], []
 
     def pytest_runtest_logreport(self, report):
         if report.failed:
@@ -363,7 +363,7 @@ class _Outcomes:
 
     def pytest_collectreport(self, report):
         if report.failed:
-            self.failed.append(report.nodeid)
+            self.broken.append(report.nodeid)
 
 
 def planted(mistakes):
@@ -386,6 +386,7 @@ def assert_caught(exercise, files, mistake):
     outcomes = _Outcomes()
     pytest.main([*(str(TESTS / name) for name in files), "-m", marker, "-x", "-q", "-p", "no:cacheprovider",
                  "-W", "ignore::pytest.PytestUnknownMarkWarning"], plugins=[outcomes])
+    assert not outcomes.broken, f"{exercise}: the tests could not be collected: {outcomes.broken}"
     if outcomes.failed:
         return
     if outcomes.skipped:

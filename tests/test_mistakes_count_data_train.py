@@ -28,7 +28,8 @@ from tinyprune import count, train
 from tinyprune.data import augment
 from tinyprune.optim import Adam
 
-TESTS = Path(__file__).resolve().parent
+from helpers import assert_caught
+
 
 # The real functions, taken before any test plants a mistake in their place.
 REFERENCE, SPARSE, DENSE = count.reference_counts, count.sparse_counts, count.dense_counts
@@ -40,23 +41,6 @@ ADAM_UPDATE = Adam.update
 # ---------------------------------------------------------------------------
 # Running an exercise's tests with a mistake in place
 # ---------------------------------------------------------------------------
-
-class _Outcomes:
-    """A pytest plugin that notes the tests of a run that failed, passed or could not be collected."""
-
-    def __init__(self):
-        self.failed, self.passed, self.broken = [], [], []
-
-    def pytest_runtest_logreport(self, report):
-        if report.failed:
-            self.failed.append(report.nodeid)
-        elif report.passed and report.when == "call":
-            self.passed.append(report.nodeid)
-
-    def pytest_collectreport(self, report):
-        if report.failed:
-            self.broken.append(report.nodeid)
-
 
 def plant(monkeypatch, owner, name, mistake, files):
     """Put ``mistake`` in place of ``owner.name``: a class's method, or a function wherever it is bound.
@@ -74,23 +58,6 @@ def plant(monkeypatch, owner, name, mistake, files):
     for module in list(sys.modules.values()):
         if getattr(module, "__name__", "").startswith(("tinyprune", "test_")) and getattr(module, name, None) is real:
             monkeypatch.setattr(module, name, mistake)
-
-
-def assert_caught(exercise, files, mistake):
-    """Run the tests of ``files`` that carry ``exercise``'s marker, in this process: one must fail.
-
-    In this process, so they run the planted mistake; through
-    ``pytest.main`` rather than ``pytester``, whose runs unload the modules
-    they imported (Numba's lazily loaded registries among them, which
-    cannot be loaded twice).  ``-x`` stops at the first failure.
-    """
-    marker = "ex_" + exercise.replace(".", "_")
-    outcomes = _Outcomes()
-    pytest.main([*(str(TESTS / name) for name in files), "-m", marker, "-x", "-q", "-p", "no:cacheprovider",
-                 "-W", "ignore::pytest.PytestUnknownMarkWarning"], plugins=[outcomes])
-    assert not outcomes.broken, f"{exercise}: the tests could not be collected: {outcomes.broken}"
-    assert outcomes.failed or outcomes.passed, f"no test in {', '.join(files)} carries the marker {marker}"
-    assert outcomes.failed, f"{exercise}: {mistake}, and all {len(outcomes.passed)} of its tests still pass"
 
 
 # ---------------------------------------------------------------------------
