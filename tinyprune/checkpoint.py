@@ -332,7 +332,7 @@ def _npy_header(stream, key, path):
             np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(stream)
     except (ValueError, SyntaxError, RecursionError, MemoryError, TypeError):
-        # NumPy's own message may advise allow_pickle=True; a checkpoint never needs it.
+        # NumPy's own message may advise loading with pickles; a checkpoint never needs them.
         raise CheckpointError(f"{path}: entry '{key}' does not start with a readable .npy header") from None
     if dtype.hasobject:
         raise CheckpointError(f"{path}: entry '{key}' holds Python objects (an object array); a "
