@@ -9,6 +9,8 @@ in float64 to 1e-10 relative, and the shipped checkpoint in float32 to
 used, rebuilt and bypassed.
 """
 
+import concurrent.futures
+
 import numba
 import numpy as np
 import pytest
@@ -219,17 +221,50 @@ def test_mean_pooling_in_both_layouts(mean_planes, mean_pixels):
     assert np.all(y[3] == 0)
 
 
+@pytest.mark.parametrize("split, part", [(0, 2), (5, 1)])      # one level; parts of one image up to step 5
 @pytest.mark.parametrize("run_tile", both_program("run_tile"))
-def test_the_program_runs_a_tile_compiled_and_plain(run_tile):
+def test_the_program_runs_a_tile_compiled_and_plain(run_tile, split, part):
     model = MobileNet("relu", 0.125, fcsize=8, nclasses=3, seed=16, dtype=np.float64).eval()
     plan = fused.build_plan(model)
     x = random((3, 3, 16, 16), 17)
     shapes = fused.step_shapes(plan.steps, plan.steps[0, fused.C_IN], 16, 16)
     size = int((shapes[:, 0] * fused._pixel_rows(2 * shapes[:, 1] * shapes[:, 2])).max())
+    scratch = [np.full(size, np.nan) for _ in range(4)]
     out = np.zeros((3, 3, 1, 1))
-    run_tile(x, 1, 2, plan.steps, plan.params, shapes, np.empty(size), np.empty(size), out)
+    run_tile(x, 1, 2, part, split, plan.steps, plan.params, shapes, *scratch, out)
     np.testing.assert_allclose(out[1:].reshape(2, 3), plain(model, x)[1:], rtol=1e-10)
     assert np.all(out[0] == 0)                      # the tile was images 1 and 2
+
+
+@pytest.mark.parametrize("place", both_program("place"))
+@pytest.mark.parametrize("layout", [fused.PLANES, fused.PIXELS])
+def test_a_part_is_placed_into_the_whole_tile_as_planes(place, layout):
+    x = random((2, 3, 2, 2), 60)                    # 2 images of 3 channels, 2x2
+    part = (planes(x) if layout == fused.PLANES else pixels(x)).ravel()
+    whole = np.full(3 * 5 * 4, np.nan)              # a tile of 5 images
+    place(part, layout, 3, 2, 2, 2, 1, 5, whole)    # as images 1 and 2
+    np.testing.assert_array_equal(whole.reshape(3, 5, 2, 2)[:, 1:3], planes(x))
+    assert np.all(np.isnan(whole.reshape(3, 5, 4)[:, [0, 3, 4]]))
+
+
+def test_tiling_gives_the_last_layers_larger_tiles():
+    # (channels, H, W) before each of 3 steps and after the last: an image's input + output
+    # numbers are 5000 + 1000, 1000 + 200 and 200 + 100 for the three steps.
+    shapes = np.array([(50, 10, 10), (10, 10, 10), (2, 10, 10), (1, 10, 10)])
+    assert fused.tiling(shapes, 4, tile_bytes=48_000) == (1, 2, 10)    # 24000 B, then 4800 B
+    assert fused.tiling(shapes, 4, tile_bytes=12_000) == (1, 1, 2)
+    assert fused.tiling(shapes, 4, tile_bytes=1) == (0, 1, 1)           # never less than one image
+    flat = np.array([(1, 10, 10)] * 4)
+    assert fused.tiling(flat, 8, tile_bytes=16_000) == (0, 10, 10)      # no step is smaller: one level
+
+
+@pytest.mark.parametrize("n, parts, block", [(10, 2, 1), (128, 2, 8), (36, 3, 8), (5, 4, 8), (0, 2, 1)])
+def test_shares_cover_everything_once_in_whole_blocks(n, parts, block):
+    ranges = [fused.share(n, p, parts, block) for p in range(parts)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(ranges[p][1] == ranges[p + 1][0] for p in range(parts - 1))
+    assert all(lo % block == 0 for lo, _ in ranges)
+    assert ranges == [fused._share(n, p, parts, block) for p in range(parts)]
 
 
 @pytest.mark.parametrize("tile, workers", [(1, 2), (2, 2), (2, 3), (8, 2), (8, 1)])
@@ -240,6 +275,53 @@ def test_any_tiles_and_threads_give_the_same_output(tile, workers):
     out = np.empty((5, 3, 1, 1))
     fused.run_plan(x, plan.steps, plan.params, tile, workers, out)
     np.testing.assert_allclose(out.reshape(5, 3), plain(model, x), rtol=1e-10)
+
+
+@pytest.mark.parametrize("tiles", [(3, 1, 4), (7, 2, 3), (1, 1, 8)])
+def test_two_levels_of_tiles_give_the_same_output(tiles):
+    model = MobileNet("hardtanh", 0.125, fcsize=8, nclasses=3, seed=16, dtype=np.float64).eval()
+    plan = fused.build_plan(model)
+    x = random((7, 3, 16, 16), 61)
+    out = np.empty((7, 3, 1, 1))
+    fused.run_plan(x, plan.steps, plan.params, tiles, 2, out)
+    np.testing.assert_allclose(out.reshape(7, 3), plain(model, x), rtol=1e-10)
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+@pytest.mark.parametrize("run_part", both_program("run_part"))
+def test_threads_sharing_the_steps_of_one_image_give_the_same_bits(run_part, parts):
+    model = small_mobilenet("slopehtanh").eval()
+    plan = fused.build_plan(model)
+    x = random((1, 3, 32, 32), 62)
+    shapes = fused.step_shapes(plan.steps, plan.steps[0, fused.C_IN], 32, 32)
+    size = fused._scratch(shapes, 0, len(plan.steps), 1)
+    a, b, flags = np.empty(size), np.empty(size), np.zeros(parts + 1, np.int64)
+    out = np.empty((1, 2, 1, 1))
+    with concurrent.futures.ThreadPoolExecutor(parts - 1) as pool:
+        jobs = [pool.submit(run_part, x, plan.steps, plan.params, shapes, a, b, out, p, parts, flags)
+                for p in range(1, parts)]
+        run_part(x, plan.steps, plan.params, shapes, a, b, out, 0, parts, flags)
+        for job in jobs:
+            job.result()
+    alone = np.empty_like(out)
+    fused.run_plan(x, plan.steps, plan.params, 1, 1, alone)        # one thread, the tile program
+    np.testing.assert_array_equal(out, alone)
+
+
+def test_a_failing_thread_stops_the_others_waiting():
+    model = small_mobilenet("relu").eval()
+    plan = fused.build_plan(model)
+    x = random((1, 3, 32, 32), 63)
+    shapes = fused.step_shapes(plan.steps, plan.steps[0, fused.C_IN], 32, 32)
+    size = fused._scratch(shapes, 0, len(plan.steps), 1)
+    bad = np.empty((1, 2))                          # not 4-D: every thread fails at once, none waits
+    with pytest.raises(numba.core.errors.TypingError):
+        fused.run_shared(x, plan.steps, plan.params, shapes, bad, 2)
+    flags = np.zeros(3, np.int64)
+    flags[2] = 1                                    # stop: thread 0 returns at its first barrier
+    out = np.full((1, 2, 1, 1), 7.0)
+    fused.run_part(x, plan.steps, plan.params, shapes, np.empty(size), np.empty(size), out, 0, 2, flags)
+    assert np.all(out == 7.0) and flags[0] == 1
 
 
 # ---------------------------------------------------------------------------
@@ -306,9 +388,11 @@ def test_one_thread_or_two_give_the_same_bits():
     numba.set_num_threads(1)
     try:
         one = model(x)
+        single = model(x[:1])
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(single, model(x[:1]))    # one image: every step shared by two threads
 
 
 @pytest.fixture(scope="module")

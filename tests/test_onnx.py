@@ -127,4 +127,5 @@ def test_the_step_profile_has_a_row_for_every_step_of_the_plan():
     T, rows = bench_inference.step_profile(model, batch=2, repeats=1)
     steps = [row for row in rows if row[1] != "convert"]
     assert T == 2 and len(steps) == len(fused.build_plan(model).steps) == 30
-    assert all(row[6] > 0 for row in rows)
+    assert all(row[7] > 0 for row in rows)                  # microseconds
+    assert {row[6] for row in rows} == {2}                  # a batch of 2 is one tile of 2 images

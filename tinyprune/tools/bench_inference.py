@@ -152,17 +152,25 @@ def _resized(models, seconds):
 def step_profile(model, batch=64, repeats=20):
     """The fast path's time per step for one tile of ``model``'s plan, on one thread.
 
-    Returns rows ``(step, kind, layout, c_in, c_out, size in, microseconds,
-    GMAC/s)`` for a tile of the size ``batch`` would use, and the layout
-    conversions between steps as rows of their own.  CPU time of this
+    Returns the tile size and rows ``(step, kind, layout, c_in, c_out, size
+    in, images, microseconds, GMAC/s)`` for the tiles a batch of ``batch``
+    would use (a part of them before the plan's split, see
+    ``fused.tiling``), and the layout conversions between steps as rows of
+    their own.  CPU time of this
     thread, so other programs on the machine disturb it less.
     """
     from tinyprune import fused
     plan = fused.build_plan(model.copy().eval())
     steps, params = plan.steps, plan.params
-    shapes = fused.step_shapes(steps, steps[0, fused.C_IN], IMAGE[1], IMAGE[2])
-    _, T = plan.sizes(IMAGE[1], IMAGE[2])
-    T = min(T, batch)
+    shapes, (split, part, whole) = plan.sizes(IMAGE[1], IMAGE[2])
+    whole = min(whole, batch)
+    part = min(part, whole) if split else whole
+    T = whole
+
+    def images(s):
+        """The images in a tile at step s: a part before the split, the whole tile after it."""
+        return part if s < split else whole
+
     size = max(int(c) * fused.pixel_rows(int(T * h * w)) for c, h, w in shapes)
     a = np.random.default_rng(0).random(size).astype(params.dtype)
     b = np.empty_like(a)
@@ -180,18 +188,22 @@ def step_profile(model, batch=64, repeats=20):
     C, H, W = (int(n) for n in shapes[0])
     current = fused.PLANES
     for s, step in enumerate(steps):
-        wanted = fused.layout(step[fused.KIND], C, T, H, W, current)
+        if s == split and split:
+            current = fused.PLANES          # a part goes into the whole tile as planes
+        t = images(s)
+        wanted = fused.layout(step[fused.KIND], C, t, H, W, current)
         if wanted != current:
-            seconds = cpu_seconds(lambda: fused.convert(a, C, T, H, W, wanted, b))
-            rows.append((s, "convert", "pixels" if wanted else "planes", C, C, f"{H}x{W}", seconds * 1e6, 0.0))
+            seconds = cpu_seconds(lambda: fused.convert(a, C, t, H, W, wanted, b))
+            rows.append((s, "convert", "pixels" if wanted else "planes", C, C, f"{H}x{W}", t, seconds * 1e6,
+                         0.0))
             current = wanted
         O, HO, WO = (int(n) for n in shapes[s + 1])
-        seconds = cpu_seconds(lambda: fused.run_step(step, params, current, a, T, H, W, b, HO, WO))
+        seconds = cpu_seconds(lambda: fused.run_step(step, params, current, a, t, H, W, b, HO, WO, 0, 1))
         kh, kw = int(step[fused.KH]), int(step[fused.KW])
         macs = {fused.CONV: O * C * kh * kw, fused.DEPTHWISE: C * kh * kw, fused.POINTWISE: O * C,
-                fused.POOL: 0}[int(step[fused.KIND])] * HO * WO * T
+                fused.POOL: 0}[int(step[fused.KIND])] * HO * WO * t
         rows.append((s, kinds[int(step[fused.KIND])], "pixels" if current else "planes", C, O,
-                     f"{H}x{W}", seconds * 1e6, macs / seconds / 1e9))
+                     f"{H}x{W}", t, seconds * 1e6, macs / seconds / 1e9))
         C, H, W = O, HO, WO
     return T, rows
 
@@ -227,10 +239,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.profile:
         T, rows = step_profile(_models()[args.profile], args.batch)
-        print(f"{args.profile}: one tile of {T} images, one thread, CPU microseconds per step")
+        print(f"{args.profile}: tiles of {T} images, one thread, CPU microseconds per step")
         for row in rows:
-            print("   {:3d} {:10s} {:6s} {:4d} -> {:4d}  {:>7s} {:9.1f} us {:6.1f} GMAC/s".format(*row))
-        print(f"   total {sum(r[6] for r in rows):.1f} us per tile, {sum(r[6] for r in rows) / T:.1f} per image")
+            print("   {:3d} {:10s} {:6s} {:4d} -> {:4d}  {:>7s} {:3d} images {:9.1f} us {:6.1f} GMAC/s"
+                  .format(*row))
+        print(f"   total {sum(r[7] / r[6] for r in rows):.1f} us per image")
         return 0
     print(report(inference_figures(rounds=args.rounds)))
     return 0
