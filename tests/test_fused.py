@@ -20,6 +20,7 @@ from tinyprune import (Activation, BatchNorm2d, ChannelPrune, Chain, Conv2d, Den
                        Flatten, GlobalMeanPool, HardTanh, Identity, MobileNet, ReLU, SlopeHTanh,
                        keepprune, pretrained, prune, prune_propagate, resize)
 from tinyprune import activations, fused
+from tinyprune import fused_program as program
 from tinyprune import fused_kernels as fk
 from tinyprune.fused import FusedPlan
 
@@ -38,8 +39,8 @@ def both(name):
 
 
 def both_program(name):
-    """A compiled function of the program in fused.py and its plain reading."""
-    return [getattr(fused, name), getattr(fused, "_" + name)]
+    """A compiled function of the program (fused_program.py) and its plain reading."""
+    return [getattr(program, name), getattr(program, "_" + name)]
 
 
 def random(shape, seed):
@@ -227,8 +228,8 @@ def test_the_program_runs_a_tile_compiled_and_plain(run_tile, split, part):
     model = MobileNet("relu", 0.125, fcsize=8, nclasses=3, seed=16, dtype=np.float64).eval()
     plan = fused.build_plan(model)
     x = random((3, 3, 16, 16), 17)
-    shapes = fused.step_shapes(plan.steps, plan.steps[0, fused.C_IN], 16, 16)
-    size = int((shapes[:, 0] * fused._pixel_rows(2 * shapes[:, 1] * shapes[:, 2])).max())
+    shapes = program.step_shapes(plan.steps, plan.steps[0, program.C_IN], 16, 16)
+    size = int((shapes[:, 0] * program._pixel_rows(2 * shapes[:, 1] * shapes[:, 2])).max())
     scratch = [np.full(size, np.nan) for _ in range(4)]
     out = np.zeros((3, 3, 1, 1))
     run_tile(x, 1, 2, part, split, plan.steps, plan.params, shapes, *scratch, out)
@@ -237,10 +238,10 @@ def test_the_program_runs_a_tile_compiled_and_plain(run_tile, split, part):
 
 
 @pytest.mark.parametrize("place", both_program("place"))
-@pytest.mark.parametrize("layout", [fused.PLANES, fused.PIXELS])
+@pytest.mark.parametrize("layout", [program.PLANES, program.PIXELS])
 def test_a_part_is_placed_into_the_whole_tile_as_planes(place, layout):
     x = random((2, 3, 2, 2), 60)                    # 2 images of 3 channels, 2x2
-    part = (planes(x) if layout == fused.PLANES else pixels(x)).ravel()
+    part = (planes(x) if layout == program.PLANES else pixels(x)).ravel()
     whole = np.full(3 * 5 * 4, np.nan)              # a tile of 5 images
     place(part, layout, 3, 2, 2, 2, 1, 5, whole)    # as images 1 and 2
     np.testing.assert_array_equal(whole.reshape(3, 5, 2, 2)[:, 1:3], planes(x))
@@ -260,11 +261,11 @@ def test_tiling_gives_the_last_layers_larger_tiles():
 
 @pytest.mark.parametrize("n, parts, block", [(10, 2, 1), (128, 2, 8), (36, 3, 8), (5, 4, 8), (0, 2, 1)])
 def test_shares_cover_everything_once_in_whole_blocks(n, parts, block):
-    ranges = [fused.share(n, p, parts, block) for p in range(parts)]
+    ranges = [program.share(n, p, parts, block) for p in range(parts)]
     assert ranges[0][0] == 0 and ranges[-1][1] == n
     assert all(ranges[p][1] == ranges[p + 1][0] for p in range(parts - 1))
     assert all(lo % block == 0 for lo, _ in ranges)
-    assert ranges == [fused._share(n, p, parts, block) for p in range(parts)]
+    assert ranges == [program._share(n, p, parts, block) for p in range(parts)]
 
 
 @pytest.mark.parametrize("tile, workers", [(1, 2), (2, 2), (2, 3), (8, 2), (8, 1)])
@@ -273,7 +274,7 @@ def test_any_tiles_and_threads_give_the_same_output(tile, workers):
     plan = fused.build_plan(model)
     x = random((5, 3, 16, 16), 17)
     out = np.empty((5, 3, 1, 1))
-    fused.run_plan(x, plan.steps, plan.params, tile, workers, out)
+    program.run_plan(x, plan.steps, plan.params, tile, workers, out)
     np.testing.assert_allclose(out.reshape(5, 3), plain(model, x), rtol=1e-10)
 
 
@@ -283,7 +284,7 @@ def test_two_levels_of_tiles_give_the_same_output(tiles):
     plan = fused.build_plan(model)
     x = random((7, 3, 16, 16), 61)
     out = np.empty((7, 3, 1, 1))
-    fused.run_plan(x, plan.steps, plan.params, tiles, 2, out)
+    program.run_plan(x, plan.steps, plan.params, tiles, 2, out)
     np.testing.assert_allclose(out.reshape(7, 3), plain(model, x), rtol=1e-10)
 
 
@@ -293,8 +294,8 @@ def test_threads_sharing_the_steps_of_one_image_give_the_same_bits(run_part, par
     model = small_mobilenet("slopehtanh").eval()
     plan = fused.build_plan(model)
     x = random((1, 3, 32, 32), 62)
-    shapes = fused.step_shapes(plan.steps, plan.steps[0, fused.C_IN], 32, 32)
-    size = fused._scratch(shapes, 0, len(plan.steps), 1)
+    shapes = program.step_shapes(plan.steps, plan.steps[0, program.C_IN], 32, 32)
+    size = program._scratch(shapes, 0, len(plan.steps), 1)
     a, b, flags = np.empty(size), np.empty(size), np.zeros(parts + 1, np.int64)
     out = np.empty((1, 2, 1, 1))
     with concurrent.futures.ThreadPoolExecutor(parts - 1) as pool:
@@ -304,7 +305,7 @@ def test_threads_sharing_the_steps_of_one_image_give_the_same_bits(run_part, par
         for job in jobs:
             job.result()
     alone = np.empty_like(out)
-    fused.run_plan(x, plan.steps, plan.params, 1, 1, alone)        # one thread, the tile program
+    program.run_plan(x, plan.steps, plan.params, 1, 1, alone)        # one thread, the tile program
     np.testing.assert_array_equal(out, alone)
 
 
@@ -312,15 +313,15 @@ def test_a_failing_thread_stops_the_others_waiting():
     model = small_mobilenet("relu").eval()
     plan = fused.build_plan(model)
     x = random((1, 3, 32, 32), 63)
-    shapes = fused.step_shapes(plan.steps, plan.steps[0, fused.C_IN], 32, 32)
-    size = fused._scratch(shapes, 0, len(plan.steps), 1)
+    shapes = program.step_shapes(plan.steps, plan.steps[0, program.C_IN], 32, 32)
+    size = program._scratch(shapes, 0, len(plan.steps), 1)
     bad = np.empty((1, 2))                          # not 4-D: every thread fails at once, none waits
     with pytest.raises(numba.core.errors.TypingError):
-        fused.run_shared(x, plan.steps, plan.params, shapes, bad, 2)
+        program.run_shared(x, plan.steps, plan.params, shapes, bad, 2)
     flags = np.zeros(3, np.int64)
     flags[2] = 1                                    # stop: thread 0 returns at its first barrier
     out = np.full((1, 2, 1, 1), 7.0)
-    fused.run_part(x, plan.steps, plan.params, shapes, np.empty(size), np.empty(size), out, 0, 2, flags)
+    program.run_part(x, plan.steps, plan.params, shapes, np.empty(size), np.empty(size), out, 0, 2, flags)
     assert np.all(out == 7.0) and flags[0] == 1
 
 

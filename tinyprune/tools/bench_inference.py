@@ -160,6 +160,7 @@ def step_profile(model, batch=64, repeats=20):
     thread, so other programs on the machine disturb it less.
     """
     from tinyprune import fused
+    from tinyprune import fused_program as program
     plan = fused.build_plan(model.copy().eval())
     steps, params = plan.steps, plan.params
     shapes, (split, part, whole) = plan.sizes(IMAGE[1], IMAGE[2])
@@ -171,7 +172,7 @@ def step_profile(model, batch=64, repeats=20):
         """The images in a tile at step s: a part before the split, the whole tile after it."""
         return part if s < split else whole
 
-    size = max(int(c) * fused.pixel_rows(int(T * h * w)) for c, h, w in shapes)
+    size = max(int(c) * program.pixel_rows(int(T * h * w)) for c, h, w in shapes)
     a = np.random.default_rng(0).random(size).astype(params.dtype)
     b = np.empty_like(a)
 
@@ -182,27 +183,27 @@ def step_profile(model, batch=64, repeats=20):
             fn()
         return (time.thread_time() - start) / repeats
 
-    kinds = {fused.CONV: "conv", fused.DEPTHWISE: "depthwise", fused.POINTWISE: "pointwise",
-             fused.POOL: "pool"}
+    kinds = {program.CONV: "conv", program.DEPTHWISE: "depthwise", program.POINTWISE: "pointwise",
+             program.POOL: "pool"}
     rows = []
     C, H, W = (int(n) for n in shapes[0])
-    current = fused.PLANES
+    current = program.PLANES
     for s, step in enumerate(steps):
         if s == split and split:
-            current = fused.PLANES          # a part goes into the whole tile as planes
+            current = program.PLANES          # a part goes into the whole tile as planes
         t = images(s)
-        wanted = fused.layout(step[fused.KIND], C, t, H, W, current)
+        wanted = program.layout(step[program.KIND], C, t, H, W, current)
         if wanted != current:
-            seconds = cpu_seconds(lambda: fused.convert(a, C, t, H, W, wanted, b))
+            seconds = cpu_seconds(lambda: program.convert(a, C, t, H, W, wanted, b))
             rows.append((s, "convert", "pixels" if wanted else "planes", C, C, f"{H}x{W}", t, seconds * 1e6,
                          0.0))
             current = wanted
         O, HO, WO = (int(n) for n in shapes[s + 1])
-        seconds = cpu_seconds(lambda: fused.run_step(step, params, current, a, t, H, W, b, HO, WO, 0, 1))
-        kh, kw = int(step[fused.KH]), int(step[fused.KW])
-        macs = {fused.CONV: O * C * kh * kw, fused.DEPTHWISE: C * kh * kw, fused.POINTWISE: O * C,
-                fused.POOL: 0}[int(step[fused.KIND])] * HO * WO * t
-        rows.append((s, kinds[int(step[fused.KIND])], "pixels" if current else "planes", C, O,
+        seconds = cpu_seconds(lambda: program.run_step(step, params, current, a, t, H, W, b, HO, WO, 0, 1))
+        kh, kw = int(step[program.KH]), int(step[program.KW])
+        macs = {program.CONV: O * C * kh * kw, program.DEPTHWISE: C * kh * kw, program.POINTWISE: O * C,
+                program.POOL: 0}[int(step[program.KIND])] * HO * WO * t
+        rows.append((s, kinds[int(step[program.KIND])], "pixels" if current else "planes", C, O,
                      f"{H}x{W}", t, seconds * 1e6, macs / seconds / 1e9))
         C, H, W = O, HO, WO
     return T, rows

@@ -1,0 +1,365 @@
+"""The eval-mode fast path's program: a plan's steps run on tiles of images, compiled.
+
+:mod:`tinyprune.fused` turns a model into a *plan*: a table ``steps`` with
+one row per fused step (its columns are named below) and one array
+``params`` with every step's folded, padded weights.  This module runs a
+plan:
+
+* ``run_step``: one step on one tile, in either of the two layouts of a
+  tile (planes or pixels, see :mod:`tinyprune.fused_kernels`), by calling
+  the step's kernel;
+* ``run_tile``: every step on one tile, converting the layout where the
+  next step runs faster in the other one, in one or two levels of tiles;
+* ``run_plan``: a whole batch, its tiles shared out among threads;
+* ``run_part`` / ``run_shared``: a batch of one image, each step's output
+  channels shared out among threads that meet at a barrier between steps.
+
+Every compiled function is a plain Python function compiled on the line
+after it, as in the kernels' module.
+"""
+
+import concurrent.futures
+import functools
+
+import numba
+import numpy as np
+
+from . import fused_kernels as fk
+from .barrier import can_yield, release_store, wait_for
+
+__all__ = ["run_plan", "run_shared", "run_tile", "run_step", "step_shapes", "layout", "share",
+           "pixel_rows", "CONV", "DEPTHWISE", "POINTWISE", "POOL", "PLANES", "PIXELS", "FIELDS"]
+
+# Step kinds, and the columns of a step's row in the plan's table.  W_AT and
+# WT_AT say where the step's weight starts in the packed array, arranged for
+# the planes layout and for the pixels layout; B_AT, where its bias starts;
+# REAL, how many of the C_OUT channels are real (the rest pad to 4: zeros).
+CONV, DEPTHWISE, POINTWISE, POOL = 0, 1, 2, 3
+KIND, C_IN, C_OUT, KH, KW, STRIDE, PAD, ACT, W_AT, WT_AT, B_AT, REAL = range(12)
+FIELDS = 12
+PLANES, PIXELS = 0, 1
+
+
+def _step_shapes(steps, C, H, W):
+    """(S + 1, 3) array: the (channels, H, W) of one image before each step and after the last."""
+    S = steps.shape[0]
+    shapes = np.empty((S + 1, 3), np.int64)
+    shapes[0, 0], shapes[0, 1], shapes[0, 2] = C, H, W
+    for s in range(S):
+        if steps[s, KIND] == POOL:
+            H, W = 1, 1
+        elif steps[s, KIND] != POINTWISE:
+            H = (H + 2 * steps[s, PAD] - steps[s, KH]) // steps[s, STRIDE] + 1
+            W = (W + 2 * steps[s, PAD] - steps[s, KW]) // steps[s, STRIDE] + 1
+        shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2] = steps[s, C_OUT], H, W
+    return shapes
+
+
+step_shapes = numba.njit(cache=True)(_step_shapes)
+
+
+def _pixel_rows(pixels):
+    """Rows of the pixels layout for that many pixels: a multiple of 8, the matrix product's block."""
+    return (pixels + 7) // 8 * 8
+
+
+pixel_rows = numba.njit(cache=True)(_pixel_rows)
+
+
+def _layout(kind, C, T, H, W, current):
+    """The layout a step runs in, given its input (C channels, T images of H x W) and the current one.
+
+    What the kernels measure fastest: a 1x1 convolution on pixels when the
+    tile has fewer pixels than channels (its rows are then the longer
+    ones); a depthwise one on pixels when an image has at most 4 pixels per
+    channel; a full convolution on planes; pooling where the tile already is.
+    """
+    if kind == POINTWISE:
+        return PIXELS if T * H * W < C else PLANES
+    if kind == DEPTHWISE:
+        return PIXELS if H * W <= 4 * C else PLANES
+    if kind == CONV:
+        return PLANES
+    return current
+
+
+def _share(n, part, parts, block):
+    """The range [lo, hi) of ``part`` when n items are shared out among ``parts``, in whole blocks."""
+    blocks = (n + block - 1) // block
+    lo = min(n, blocks * part // parts * block)
+    hi = min(n, blocks * (part + 1) // parts * block)
+    return lo, hi
+
+
+share = numba.njit(cache=True)(_share)
+
+
+def _run_step(step, params, layout, x, T, H, W, y, HO, WO, part, parts):
+    """Run one step on a tile of T images: flat buffer x (its input) -> flat buffer y.
+
+    Both buffers hold the ``layout`` form: planes (C, T, H, W) or pixels
+    (P, C) with P = pixel_rows(T*H*W).  ``part`` of ``parts``: compute only
+    that share of the output channels (of the pixel rows, for a product on
+    pixels), so that several threads can share one step; (0, 1) is all of it.
+    """
+    kind, act, C, O = step[KIND], step[ACT], step[C_IN], step[C_OUT]
+    b = params[step[B_AT]:step[B_AT] + O]
+    kh, kw, stride, pad = step[KH], step[KW], step[STRIDE], step[PAD]
+    P, PO = pixel_rows(T * H * W), pixel_rows(T * HO * WO)
+    x4 = x[:C * T * H * W].reshape(C, T, H, W)
+    y4 = y[:O * T * HO * WO].reshape(O, T, HO, WO)
+    real = step[REAL]                      # channels real..O are padding: zeros, not computed
+    lo, hi = share(real, part, parts, 1)
+    if kind == CONV:
+        w = params[step[W_AT]:step[W_AT] + O * C * kh * kw].reshape(O, C, kh, kw)
+        fk.conv_planes(x4, w[lo:hi], b[lo:hi], stride, pad, act, y4[lo:hi])
+        if part == parts - 1:
+            y4[real:] = 0.0
+    elif kind == DEPTHWISE and layout == PLANES:
+        w = params[step[W_AT]:step[W_AT] + C * kh * kw].reshape(C, kh, kw)
+        fk.depthwise_planes(x4[lo:hi], w[lo:hi], b[lo:hi], stride, pad, act, y4[lo:hi])
+        if part == parts - 1:
+            y4[real:] = 0.0
+    elif kind == DEPTHWISE and part == 0:  # on pixels a channel is not a block of its own: one part
+        w = params[step[WT_AT]:step[WT_AT] + C * kh * kw].reshape(kh, kw, C)
+        out = y[:PO * O].reshape(PO, O)
+        fk.depthwise_pixels(x[:T * H * W * C].reshape(T, H, W, C), w, b, stride, pad, act,
+                            out[:T * HO * WO].reshape(T, HO, WO, O))
+        out[T * HO * WO:] = 0.0
+    elif kind == POINTWISE and layout == PLANES:
+        lo, hi = share(O, part, parts, 8)
+        w = params[step[W_AT]:step[W_AT] + O * C].reshape(O, C)
+        fk.matmul_act(w[lo:hi], x[:C * T * H * W].reshape(C, T * H * W), b[lo:hi], True, act,
+                      y[:O * T * H * W].reshape(O, T * H * W)[lo:hi])
+    elif kind == POINTWISE:
+        lo, hi = share(P, part, parts, 8)
+        w = params[step[WT_AT]:step[WT_AT] + C * O].reshape(C, O)
+        fk.matmul_act(x[:P * C].reshape(P, C)[lo:hi], w, b, False, act, y[:P * O].reshape(P, O)[lo:hi])
+    elif kind == POOL and part == 0 and layout == PLANES:
+        fk.mean_planes(x[:C * T * H * W].reshape(C, T, H * W), y[:C * T].reshape(C, T))
+    elif kind == POOL and part == 0:
+        fk.mean_pixels(x[:P * C].reshape(P, C), T, H * W, y[:PO * C].reshape(PO, C))
+
+
+layout = numba.njit(cache=True)(_layout)
+run_step = numba.njit(cache=True, nogil=True)(_run_step)
+
+
+
+
+def _convert(x, C, T, H, W, to, y):
+    """Copy the tile in flat buffer x into flat buffer y in layout ``to`` (from the other one)."""
+    P = pixel_rows(T * H * W)
+    if to == PIXELS:
+        fk.to_pixels(x[:C * T * H * W].reshape(C, T, H, W), y[:P * C].reshape(P, C))
+    else:
+        fk.to_planes(x[:P * C].reshape(P, C), y[:C * T * H * W].reshape(C, T, H, W))
+
+
+convert = numba.njit(cache=True)(_convert)
+
+
+def _run_steps(first, last, steps, params, shapes, T, a, b, current):
+    """Run steps ``first`` ... ``last - 1`` on a tile of T images held in flat buffer a.
+
+    ``current``: the layout the tile is in.  Each step writes the other
+    buffer, so the two swap roles; returns (a, b, layout) with the result in
+    the returned a.
+    """
+    C, H, W = shapes[first, 0], shapes[first, 1], shapes[first, 2]
+    for s in range(first, last):
+        wanted = layout(steps[s, KIND], C, T, H, W, current)
+        if wanted != current:
+            convert(a, C, T, H, W, wanted, b)
+            a, b, current = b, a, wanted
+        O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
+        run_step(steps[s], params, current, a, T, H, W, b, HO, WO, 0, 1)
+        a, b = b, a
+        C, H, W = O, HO, WO
+    return a, b, current
+
+
+run_steps = numba.njit(cache=True, nogil=True)(_run_steps)
+
+
+def _place(part, current, C, t, H, W, t0, T, whole):
+    """Copy a part tile of t images (flat buffer ``part``, layout ``current``) into images
+    t0 ... t0 + t - 1 of the planes tile (C, T, H, W) in flat buffer ``whole``."""
+    L = H * W
+    dst = whole[:C * T * L].reshape(C, T * L)
+    if current == PLANES:
+        src = part[:C * t * L].reshape(C, t * L)
+        for c in range(C):
+            dst[c, t0 * L:(t0 + t) * L] = src[c]
+        return
+    rows = part[:pixel_rows(t * L) * C].reshape(pixel_rows(t * L), C)
+    for m in range(t * L):
+        row = rows[m]
+        for c in range(C):
+            dst[c, t0 * L + m] = row[c]
+
+
+place = numba.njit(cache=True, nogil=True)(_place)
+
+
+def _run_tile(x, n0, T, part, split, steps, params, shapes, a, b, c, d, out):
+    """Run every step on the tile of images n0 ... n0 + T - 1 of x, into out.
+
+    x (N, C, H, W) the input (C <= the first step's C_IN: gather pads);
+    steps (S, FIELDS) int64 and params, the plan; shapes: ``step_shapes``.
+    With ``split`` > 0 the tile is run in two levels: the steps before
+    ``split`` (large activations) on parts of at most ``part`` images,
+    each part's result placed into the whole tile, then the remaining steps
+    (small activations) on the whole tile at once.  a, b: flat scratch
+    buffers for a part, c, d: for the whole tile, each large enough for any
+    activation it holds (each step's output goes to the other one of the
+    pair).  out (N, O, HO, WO): images n0 ... n0 + T - 1 overwritten.
+    """
+    C0, H0, W0 = shapes[0, 0], shapes[0, 1], shapes[0, 2]
+    S = steps.shape[0]
+    if split == 0:
+        fk.gather(x, n0, c[:C0 * T * H0 * W0].reshape(C0, T, H0, W0))
+    else:
+        C, H, W = shapes[split, 0], shapes[split, 1], shapes[split, 2]
+        parts = (T + part - 1) // part
+        size = (T + parts - 1) // parts               # parts of equal size, give or take one
+        for t0 in range(0, T, size):
+            t = min(size, T - t0)
+            fk.gather(x, n0 + t0, a[:C0 * t * H0 * W0].reshape(C0, t, H0, W0))
+            a, b, current = run_steps(0, split, steps, params, shapes, t, a, b, PLANES)
+            place(a, current, C, t, H, W, t0, T, c)
+    c, d, current = run_steps(split, S, steps, params, shapes, T, c, d, PLANES)
+    C, H, W = shapes[S, 0], shapes[S, 1], shapes[S, 2]
+    if current == PLANES:
+        fk.scatter_planes(c[:C * T * H * W].reshape(C, T, H, W), n0, out)
+    else:
+        P = pixel_rows(T * H * W)
+        fk.scatter_pixels(c[:P * C].reshape(P, C), n0, T, out)
+
+
+run_tile = numba.njit(cache=True, nogil=True)(_run_tile)
+
+
+def _finish(flags, part, parts, count):
+    """Publish that this thread has done ``count`` pieces of work; wait for the others to catch up."""
+    release_store(flags, part, count)
+    return wait_for(flags, parts, count)
+
+
+finish = numba.njit(cache=True, nogil=True)(_finish)
+
+
+def _run_part(x, steps, params, shapes, a, b, out, part, parts, flags):
+    """Thread ``part``'s share of every step, for the single image of x (N = 1).
+
+    ``parts`` threads run this at once on the same scratch buffers a, b;
+    each step's output channels are shared out among them
+    (``run_step``'s part), and between steps the threads wait for each
+    other at a barrier (:mod:`tinyprune.barrier`, counters ``flags``).  The
+    copies in and out, and layout conversions, are thread 0's.
+    """
+    C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
+    if part == 0:
+        fk.gather(x, 0, a[:C * H * W].reshape(C, 1, H, W))
+    done = 1
+    if not finish(flags, part, parts, done):
+        return
+    current = PLANES
+    for s in range(steps.shape[0]):
+        wanted = layout(steps[s, KIND], C, 1, H, W, current)
+        if wanted != current:
+            if part == 0:
+                convert(a, C, 1, H, W, wanted, b)
+            done += 1
+            if not finish(flags, part, parts, done):
+                return
+            a, b, current = b, a, wanted
+        O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
+        run_step(steps[s], params, current, a, 1, H, W, b, HO, WO, part, parts)
+        done += 1
+        if not finish(flags, part, parts, done):
+            return
+        a, b = b, a
+        C, H, W = O, HO, WO
+    if part == 0 and current == PLANES:
+        fk.scatter_planes(a[:C * H * W].reshape(C, 1, H, W), 0, out)
+    elif part == 0:
+        fk.scatter_pixels(a[:pixel_rows(H * W) * C].reshape(pixel_rows(H * W), C), 0, 1, out)
+
+
+run_part = numba.njit(cache=True, nogil=True)(_run_part)
+
+
+def run_shared(x, steps, params, shapes, out, workers):
+    """Run the plan on a batch of one image with ``workers`` threads sharing every step."""
+    size = _scratch(shapes, 0, steps.shape[0], 1)
+    a, b = np.empty(size, x.dtype), np.empty(size, x.dtype)
+    flags = np.zeros(workers + 1, np.int64)            # a counter per thread, and "stop"
+
+    def part(p):
+        try:
+            run_part(x, steps, params, shapes, a, b, out, p, workers, flags)
+        except BaseException:
+            flags[workers] = 1                         # the others stop waiting for this one
+            raise
+
+    jobs = [_pool(workers).submit(part, p) for p in range(1, workers)]
+    try:
+        part(0)
+    finally:
+        for job in jobs:
+            job.result()
+
+
+def _scratch(shapes, first, last, T):
+    """Numbers a scratch buffer needs for steps first ... last - 1 on T images, in either layout."""
+    rows = shapes[first:last + 1]
+    return int((rows[:, 0] * _pixel_rows(T * rows[:, 1] * rows[:, 2])).max())
+
+
+@functools.cache
+def _pool(workers):
+    """A pool of ``workers`` threads, made once per process; run_tile releases the GIL."""
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tinyprune-fused")
+
+
+def run_plan(x, steps, params, tiles, workers, out, shapes=None):
+    """Run the plan on the batch x (N, C, H, W) into out (N, O, HO, WO).
+
+    ``tiles``: (split, part, whole) from ``tiling``, or an int for one
+    level of tiles of that many images.  The batch is cut into tiles of at
+    most ``whole`` images, as many as a multiple of ``workers`` when there
+    are enough images, so that the ``workers`` threads, each with its own
+    scratch buffers, get equal shares.  ``shapes``: ``step_shapes`` for
+    this input size, if known.  Threads share whole tiles, not steps:
+    handing a step's halves to two threads and waiting for both costs more,
+    at MobileNet's sizes, than the half.
+    """
+    N, S = x.shape[0], steps.shape[0]
+    if shapes is None:
+        shapes = step_shapes(steps, steps[0, C_IN], x.shape[2], x.shape[3])
+    if N == 1 and workers > 1 and can_yield:
+        run_shared(x, steps, params, shapes, out, workers)
+        return
+    split, part, whole = (0, tiles, tiles) if isinstance(tiles, int) else tiles
+    count = -(-N // whole)
+    count = min(N, -(-count // workers) * workers)     # a multiple of workers, if possible
+    T = -(-N // count)
+    if split and T <= part:
+        split = 0                                      # a part is the whole tile: one level
+    starts = list(range(0, N, T))
+    part_size = _scratch(shapes, 0, split, min(part, T)) if split else 1
+    whole_size = _scratch(shapes, split, S, T)
+
+    def work(first):
+        a, b = np.empty(part_size, x.dtype), np.empty(part_size, x.dtype)
+        c, d = np.empty(whole_size, x.dtype), np.empty(whole_size, x.dtype)
+        for n0 in starts[first::workers]:
+            run_tile(x, n0, min(T, N - n0), part, split, steps, params, shapes, a, b, c, d, out)
+
+    workers = min(workers, len(starts))
+    if workers == 1:
+        work(0)
+        return
+    for job in [_pool(workers).submit(work, first) for first in range(workers)]:
+        job.result()
