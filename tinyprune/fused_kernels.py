@@ -458,23 +458,28 @@ def _matmul_act(a, b, bias, bias_per_row, act, y):
     """y = act(a @ b + bias), bias added down the rows (``bias_per_row``) or along them.
 
     a (R, K);  b (K, N);  y (R, N) overwritten;  bias (R,) or (N,).
-    K is a multiple of 4.
+    K is a multiple of 4.  Each block of 8 output rows and COLUMNS columns
+    is started with the bias, summed and activated in one go, while it is
+    in the level-1 cache (16 KB in float32).
     """
     R = a.shape[0]
     N = b.shape[1]
     for n0 in range(0, N, COLUMNS):
         n1 = min(n0 + COLUMNS, N)
-        for r in range(R):
-            if bias_per_row:
-                y[r, n0:n1] = bias[r]
+        for r0 in range(0, R, 8):
+            r1 = min(r0 + 8, R)
+            for r in range(r0, r1):
+                if bias_per_row:
+                    y[r, n0:n1] = bias[r]
+                else:
+                    y[r, n0:n1] = bias[n0:n1]
+            if r1 - r0 == 8:
+                eight_rows(a, b, r0, n0, n1, y)
             else:
-                y[r, n0:n1] = bias[n0:n1]
-        for r in range(0, R - 7, 8):
-            eight_rows(a, b, r, n0, n1, y)
-        for r in range(R - R % 8, R):
-            one_row(a, b, r, n0, n1, y)
-        for r in range(R):
-            activate(y[r, n0:n1], act)
+                for r in range(r0, r1):
+                    one_row(a, b, r, n0, n1, y)
+            for r in range(r0, r1):
+                activate(y[r, n0:n1], act)
 
 
 matmul_act = numba.njit(**_serial)(_matmul_act)
