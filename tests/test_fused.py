@@ -176,6 +176,8 @@ def helper_cases():
             ("repeat_taps", (random((3, 2, 5), 45), random(5, 46), 4)),
             ("eight_rows", (random((12, 8), 48), random((8, 30), 49), 4, 3, 29, random((12, 30), 50))),
             ("one_row", (random((12, 8), 48), random((8, 30), 49), 9, 0, 30, random((12, 30), 50))),
+            ("start_with_bias", (np.full(7, np.nan), random(9, 51), 4, 0)),
+            ("start_with_bias", (np.full(7, np.nan), random(9, 51), -1, 2)),
             ("split_pixel_rows", (random((2, 5, 4, 3), 47), 1, 1, np.zeros((2, 7, 9)))),
             ("split_pixel_rows", (random((2, 5, 4, 3), 47), 0, 2, np.zeros((1, 9, 24))))]
 
@@ -193,6 +195,15 @@ def test_each_helper_gives_the_same_numbers_compiled_and_plain(name, args):
             np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
     assert any(isinstance(a, np.ndarray) and not np.array_equal(a, before)
                for a, before in zip(compiled_args, args)) or compiled is not None
+
+
+@pytest.mark.parametrize("start_with_bias", both("start_with_bias"))
+def test_a_row_starts_with_one_bias_or_a_run_of_them(start_with_bias):
+    bias, row = random(9, 52), np.full(5, np.nan)
+    start_with_bias(row, bias, 4, 0)
+    assert np.all(row == bias[4])
+    start_with_bias(row, bias, -1, 3)
+    np.testing.assert_array_equal(row, bias[3:8])
 
 
 @pytest.mark.parametrize("rows", [8, 12, 5])          # blocks of 8 rows, then rows one at a time

@@ -454,6 +454,26 @@ eight_rows = numba.njit(**_serial)(_eight_rows)
 one_row = numba.njit(**_serial)(_one_row)
 
 
+def _start_with_bias(row, bias, r, n0):
+    """row[n] = bias[r] for every n if r >= 0, else row[n] = bias[n0 + n].
+
+    A loop rather than ``row[:] = ...``: Numba copies a slice assigned
+    from an array through a temporary (the two might overlap), which here
+    cost a fifth of the whole product.
+    """
+    if r >= 0:
+        value = bias[r]
+        for n in range(row.size):
+            row[n] = value
+    else:
+        source = bias[n0:n0 + row.size]
+        for n in range(row.size):
+            row[n] = source[n]
+
+
+start_with_bias = numba.njit(**_serial)(_start_with_bias)
+
+
 def _matmul_act(a, b, bias, bias_per_row, act, y):
     """y = act(a @ b + bias), bias added down the rows (``bias_per_row``) or along them.
 
@@ -469,10 +489,7 @@ def _matmul_act(a, b, bias, bias_per_row, act, y):
         for r0 in range(0, R, 8):
             r1 = min(r0 + 8, R)
             for r in range(r0, r1):
-                if bias_per_row:
-                    y[r, n0:n1] = bias[r]
-                else:
-                    y[r, n0:n1] = bias[n0:n1]
+                start_with_bias(y[r, n0:n1], bias, r if bias_per_row else -1, n0)
             if r1 - r0 == 8:
                 eight_rows(a, b, r0, n0, n1, y)
             else:
