@@ -76,13 +76,15 @@ def pixels(x):
 # Kernels, compiled and plain
 # ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("dtype, atol", [(np.float64, 1e-15), (np.float32, 1e-6)])
 @pytest.mark.parametrize("act", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("activate", both("activate"))
-def test_activate_applies_the_numbered_activation_in_place(activate, act):
-    x = np.linspace(-3, 3, 61)
+def test_activate_applies_the_numbered_activation_in_place(activate, act, dtype, atol):
+    x = np.linspace(-3, 3, 61).astype(dtype)
     y = x.copy()
     activate(y, act)
-    np.testing.assert_allclose(y, ACTIVATIONS[act](x), rtol=0, atol=1e-15)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, ACTIVATIONS[act](x.astype(np.float64)), rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("to_pixels, to_planes, scatter_pixels", list(zip(
