@@ -43,6 +43,8 @@ is not seen until you call ``model.eval()`` again: checking every value at
 every call would cost as much as a layer.
 """
 
+import operator
+
 import numba
 import numpy as np
 
@@ -239,19 +241,23 @@ class FusedPlan:
         self.checked = set()     # (shape, dtype) of inputs the model's own checks accepted
         # What is_current compares: (dict, key, value) that must still be there, the masks
         # dicts and how many masks each had, every chain's list of layers and a copy of it.
-        self.same, self.mask_counts, self.lists = [], [], []
+        same, masks, self.lists = [], [], []
         for chain in _chains(model):
             self.lists.append((chain.layers, list(chain.layers)))
         for _, layer in model.named_layers():
             for name in tuple(layer.param_names) + tuple(layer.buffer_names) + ("masks",):
-                self.same.append((layer.__dict__, name, getattr(layer, name)))
-            self.same += [(layer.masks, name, mask) for name, mask in layer.masks.items()]
-            self.mask_counts.append((layer.masks, len(layer.masks)))
+                same.append((layer.__dict__, name, getattr(layer, name)))
+            same += [(layer.masks, name, mask) for name, mask in layer.masks.items()]
+            masks.append(layer.masks)
+        # Kept as parallel tuples, so that is_current's loops run in C (map), not in Python:
+        # at batch 1 this check is made at every call.
+        self.dicts, self.keys, self.values = (tuple(column) for column in zip(*same))
+        self.masks, self.mask_counts = tuple(masks), tuple(len(m) for m in masks)
 
     def is_current(self, model):
         """True if ``model`` still has its layers and holds every array this plan was built from."""
-        return (all(d.get(key) is value for d, key, value in self.same)
-                and all(len(masks) == n for masks, n in self.mask_counts)
+        return (all(map(operator.is_, map(dict.get, self.dicts, self.keys), self.values))
+                and all(map(operator.eq, map(len, self.masks), self.mask_counts))
                 and all(now == then for now, then in self.lists))
 
     def accept(self, model, x):
