@@ -19,7 +19,7 @@ from helpers import give_statistics, relative_error
 from tinyprune import (Activation, BatchNorm2d, ChannelPrune, Chain, Conv2d, Dense, DepthwiseConv2d,
                        Flatten, GlobalMeanPool, HardTanh, Identity, MobileNet, ReLU, SlopeHTanh,
                        keepprune, pretrained, prune, prune_propagate, resize)
-from tinyprune import activations, fused
+from tinyprune import activations, fused, fused_conv
 from tinyprune import fused_program as program
 from tinyprune import fused_kernels as fk
 from tinyprune.fused import FusedPlan
@@ -33,9 +33,9 @@ CONV_CASES = [((3, 3), 1, 1), ((3, 3), 2, 1), ((3, 3), 2, 0), ((2, 3), 1, 2), ((
               ((1, 1), 1, 0), ((3, 3), 2, 2)]
 
 
-def both(name):
+def both(name, module=fk):
     """The compiled kernel and the plain function it was compiled from."""
-    return [getattr(fk, name), getattr(fk, "_" + name)]
+    return [getattr(module, name), getattr(module, "_" + name)]
 
 
 def both_program(name):
@@ -152,17 +152,61 @@ def test_depthwise_on_pixels_matches_the_layer(depthwise_pixels, kernel, stride,
     np.testing.assert_allclose(y, pixels(expected), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("outputs", [5, 16])               # 8 outputs at a time, the last block padded
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
-@pytest.mark.parametrize("conv_planes", both("conv_planes"))
-def test_full_conv_on_planes_matches_the_layer(conv_planes, kernel, stride, pad):
-    layer = Conv2d(3, 5, kernel, stride=stride, pad=pad, bias=True, dtype=np.float64,
+@pytest.mark.parametrize("conv_planes", both("conv_planes", fused_conv))
+def test_full_conv_on_planes_matches_the_layer(conv_planes, kernel, stride, pad, outputs):
+    layer = Conv2d(3, outputs, kernel, stride=stride, pad=pad, bias=True, dtype=np.float64,
                    rng=np.random.default_rng(8))
-    layer.bias[:] = random(5, 9)
+    layer.bias[:] = random(outputs, 9)
     x = random((2, 3, 7, 6), 10)
     expected = activations.slopehtanh(conv_output(layer, x))
     y = np.empty(planes(expected).shape)
     conv_planes(planes(x), layer.weight, layer.bias, stride, pad, fk.SLOPEHTANH, y)
     np.testing.assert_allclose(y, planes(expected), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride, pad", [(1, 1), (2, 1), (2, 0), (3, 2)])
+@pytest.mark.parametrize("split_phases", both("split_phases", fused_conv))
+def test_the_phases_hold_every_s_th_row_and_column_of_the_padded_image(split_phases, stride, pad):
+    x = random((2, 3, 7, 6), 51)                                # planes: 2 channels, 3 images
+    RQ, WQ = fused_conv.phase_shape(7, 6, stride, pad)
+    padded = np.zeros((2, RQ * stride, WQ * stride))            # image 1, zero-padded and rounded up
+    padded[:, pad:pad + 7, pad:pad + 6] = x[:, 1]
+    phases = np.zeros((2, stride, stride, RQ, WQ))
+    split_phases(x, 1, pad, np.zeros(stride * WQ), phases)
+    for u in range(stride):
+        for v in range(stride):
+            np.testing.assert_array_equal(phases[:, u, v], padded[:, u::stride, v::stride])
+
+
+def conv_helper_cases():
+    """(helper name, its arguments): each helper of fused_conv on a small input."""
+    x = random((2, 3, 7, 6), 52)
+    acc = random((8, 40), 53)
+    return [("phase_shape", (7, 6, 2, 1)),
+            ("tap_offsets", (2, 3, 2, 2, 5, 4)),
+            ("split_phases", (x, 2, 1, np.zeros(8), np.zeros((2, 2, 2, 5, 4)))),
+            ("split_phases", (x, 0, 2, np.zeros(30), np.zeros((2, 3, 3, 4, 4)))),
+            ("eight_outputs", (random((9, 7), 54), 1, np.array([0, 3, 5, 9, 11, 2, 7]), random(60, 55),
+                               37, acc)),
+            ("tap_weights", (random((5, 2, 3, 2), 56),)),
+            ("finish", (random(40, 58), 0.25, 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2)),
+            ("zero", (random(9, 59),))]
+
+
+@pytest.mark.parametrize("name, args", conv_helper_cases())
+def test_each_conv_helper_gives_the_same_numbers_compiled_and_plain(name, args):
+    compiled_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
+    plain_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
+    compiled = getattr(fused_conv, name)(*compiled_args)
+    by_hand = getattr(fused_conv, "_" + name)(*plain_args)
+    np.testing.assert_array_equal(compiled, by_hand)           # None == None for the in-place ones
+    for a, b, before in zip(compiled_args, plain_args, args):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
+    assert any(isinstance(a, np.ndarray) and not np.array_equal(a, before)
+               for a, before in zip(compiled_args, args)) or compiled is not None
 
 
 def helper_cases():

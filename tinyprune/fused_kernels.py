@@ -161,8 +161,7 @@ to_planes = numba.njit(**_serial)(_to_planes)
 
 
 # ---------------------------------------------------------------------------
-# Convolutions on planes: depthwise, and full ones with few input channels
-# (MobileNet's first), computed straight from the image.
+# Depthwise convolutions on planes.
 #
 # The idea is that of kernels._depthwise_forward (read its comment first):
 # copy the input into a zero-bordered scratch plane, read it as one long
@@ -275,28 +274,7 @@ def _depthwise_planes(x, w, b, stride, pad, act, y):
         copy_out(grid, R, WP, stride, y, c, act)
 
 
-def _conv_planes(x, w, b, stride, pad, act, y):
-    """y[o, t] = act(sum_c conv(x[c, t], w[o, c]) + b[o]) on planes.
-
-    x (C, T, H, W);  w (O, C, KH, KW);  b (O,);  y (O, T, HO, WO) overwritten.
-    All C channels are split into row phases first, then each output
-    channel sums its taps over them.
-    """
-    C, T, H, W = x.shape
-    R, WP, G = grid_sizes(T, H, W, y.shape[2], y.shape[3], stride, pad)
-    phases = np.zeros((C, stride, T * R, WP), x.dtype)
-    for c in range(C):
-        split_rows(x, c, pad, phases[c])
-    grid = np.empty(G, x.dtype)
-    for o in range(w.shape[0]):
-        grid[:] = b[o]
-        for c in range(C):
-            add_taps(phases[c], w[o, c], WP, grid)
-        copy_out(grid, R, WP, stride, y, o, act)
-
-
 depthwise_planes = numba.njit(**_serial)(_depthwise_planes)
-conv_planes = numba.njit(**_serial)(_conv_planes)
 
 
 # ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import functools
 import numba
 import numpy as np
 
+from . import fused_conv
 from . import fused_kernels as fk
 from .barrier import can_yield, release_store, wait_for
 
@@ -112,7 +113,7 @@ def _run_step(step, params, layout, x, T, H, W, y, HO, WO, part, parts):
     lo, hi = share(real, part, parts, 1)
     if kind == CONV:
         w = params[step[W_AT]:step[W_AT] + O * C * kh * kw].reshape(O, C, kh, kw)
-        fk.conv_planes(x4, w[lo:hi], b[lo:hi], stride, pad, act, y4[lo:hi])
+        fused_conv.conv_planes(x4, w[lo:hi], b[lo:hi], stride, pad, act, y4[lo:hi])
         if part == parts - 1:
             y4[real:] = 0.0
     elif kind == DEPTHWISE and layout == PLANES:

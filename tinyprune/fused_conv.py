@@ -1,0 +1,219 @@
+"""The full convolution of the eval-mode fast path, on planes: MobileNet's first layer.
+
+Written as :mod:`tinyprune.fused_kernels` writes its loops (read its
+docstring first): every function plain Python with its shapes in the
+docstring, compiled on the line after it, and both tested to give the same
+numbers.
+
+MobileNet's first layer reads the 3 colour channels of a 96x96 image and
+writes 8 channels of 48x48 (3x3 kernel, stride 2, padding 1): 27 taps for
+each of 8 outputs, on images far larger than any later layer's.  The
+depthwise kernel on planes deals the padded rows out to phases and computes
+every column, wasting half of them at stride 2: there every input channel
+serves one output, so splitting the columns too would cost a copy as large
+as the work it saves.  Here every input channel serves 8 outputs, so it
+pays to copy the input once into a layout where no work is wasted:
+
+* Rows AND columns are dealt out to s x s *phases*: pixel (r, q) of the
+  zero-padded image goes to phase (r % s, q % s), at (r // s, q // s).  Tap
+  (a, b) of output pixel (i, j) reads padded pixel (i*s + a, j*s + b), which
+  is pixel (i + a // s, j + b // s) of phase (a % s, b % s): a plain shift
+  within one phase.
+* Each phase is RQ rows of WQ numbers, read as one long row.  Output pixel
+  (i, j) is *grid* position g = i*WQ + j, and tap (a, b) of channel c reads
+  position g + (its offset) of the phases read as one long row
+  (``tap_offsets``).  A grid row has WQ >= WO positions; the last WQ - WO
+  are computed for nothing (one column in 49 for MobileNet) and dropped
+  when the rows are copied out.
+* So the convolution is a matrix product with a twist: y (O, grid) = w
+  (O, C*KH*KW) @ X (C*KH*KW, grid), where row k of X is not stored but is
+  the phases from offset ``taps[k]`` on.  As in the 1x1 convolutions'
+  product, 8 outputs meet 4 taps at a time: every number read from the
+  phases is used by 8 outputs, every output number is loaded and stored
+  once per 4 taps, and the 32 weights stay (mostly) in registers.
+
+One image of the tile at a time, so that its phases (3 x 4 x 49 x 49
+numbers for MobileNet) and its 8 grid rows stay in the level-2 cache.
+"""
+
+import numba
+import numpy as np
+
+from .fused_kernels import _serial, activate
+
+__all__ = ["conv_planes"]
+
+
+def _phase_shape(H, W, s, pad):
+    """(RQ, WQ): rows and columns of a phase, enough for every padded pixel (r < H + 2*pad)."""
+    return (H + 2 * pad + s - 1) // s, (W + 2 * pad + s - 1) // s
+
+
+def _tap_offsets(C, KH, KW, s, RQ, WQ):
+    """(C*KH*KW,) int64: where tap (c, a, b) starts in phases (C, s, s, RQ, WQ) read as one row.
+
+    Tap (a, b) of channel c reads phase (a % s, b % s) of channel c, from
+    row a // s and column b // s on; taps are numbered as w (O, C, KH, KW)
+    numbers them, so that row o of w.reshape(O, -1) holds their weights.
+    """
+    taps = np.empty(C * KH * KW, np.int64)
+    for c in range(C):
+        for a in range(KH):
+            for b in range(KW):
+                phase = (c * s + a % s) * s + b % s
+                taps[(c * KH + a) * KW + b] = (phase * RQ + a // s) * WQ + b // s
+    return taps
+
+
+def _split_phases(x, t, pad, line, phases):
+    """phases[c, r % s, q % s, r // s, q // s] = image t of x at padded pixel (r, q), for every channel.
+
+    x (C, T, H, W);  phases (C, s, s, RQ, WQ), whose padding (the rows and
+    columns outside the image) the caller has zeroed: only the image's rows
+    are written.  line (s*WQ,) scratch, zero outside [pad, pad + W): each
+    image row is copied into it first, so that it becomes a padded row,
+    then dealt out to the s column phases in one pass.
+    """
+    C, H, W = x.shape[0], x.shape[2], x.shape[3]
+    s, WQ = phases.shape[1], phases.shape[4]
+    inner = line[pad:]
+    for c in range(C):
+        for r in range(H):
+            u, row = (r + pad) % s, (r + pad) // s
+            for q in range(W):
+                inner[q] = x[c, t, r, q]
+            if s == 1:
+                for q in range(WQ):
+                    phases[c, u, 0, row, q] = line[q]
+            elif s == 2:                                 # one pass for both: the common case
+                for q in range(WQ):
+                    phases[c, u, 0, row, q] = line[2 * q]
+                    phases[c, u, 1, row, q] = line[2 * q + 1]
+            else:
+                for v in range(s):
+                    for q in range(WQ):
+                        phases[c, u, v, row, q] = line[q * s + v]
+
+
+def _tap_weights(w):
+    """(O8, C*KH*KW): w (O, C, KH, KW) one row per output, zero rows up to O8 = O rounded up to 8.
+
+    The zero rows let every block of outputs go 8 at a time; their sums
+    are never copied out.
+    """
+    O, C, KH, KW = w.shape
+    weights = np.zeros(((O + 7) // 8 * 8, C * KH * KW), w.dtype)
+    for o in range(O):
+        for c in range(C):
+            for a in range(KH):
+                for b in range(KW):
+                    weights[o, (c * KH + a) * KW + b] = w[o, c, a, b]
+    return weights
+
+
+phase_shape = numba.njit(**_serial)(_phase_shape)
+tap_weights = numba.njit(**_serial)(_tap_weights)
+tap_offsets = numba.njit(**_serial)(_tap_offsets)
+split_phases = numba.njit(**_serial)(_split_phases)
+
+
+def _eight_outputs(w, o, taps, plane, n, acc):
+    """acc[r, :n] += sum over taps k of w[o + r, k] * plane[taps[k]:][:n], for r < 8.
+
+    w (O, K) the weights of the K taps;  taps (K,) from tap_offsets;  plane
+    the phases as one row;  acc (8, >= n).  4 taps at a time (the 32
+    weights in registers), the K % 4 left over one at a time.  As in
+    fused_kernels._eight_rows, each number loaded is used 8 or 4 times.
+    """
+    a0, a1, a2, a3 = acc[0, :n], acc[1, :n], acc[2, :n], acc[3, :n]
+    a4, a5, a6, a7 = acc[4, :n], acc[5, :n], acc[6, :n], acc[7, :n]
+    K = taps.size
+    for k in range(0, K - 3, 4):
+        x0, x1, x2, x3 = plane[taps[k]:], plane[taps[k + 1]:], plane[taps[k + 2]:], plane[taps[k + 3]:]
+        w00, w01, w02, w03 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
+        w10, w11, w12, w13 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
+        w20, w21, w22, w23 = w[o + 2, k], w[o + 2, k + 1], w[o + 2, k + 2], w[o + 2, k + 3]
+        w30, w31, w32, w33 = w[o + 3, k], w[o + 3, k + 1], w[o + 3, k + 2], w[o + 3, k + 3]
+        w40, w41, w42, w43 = w[o + 4, k], w[o + 4, k + 1], w[o + 4, k + 2], w[o + 4, k + 3]
+        w50, w51, w52, w53 = w[o + 5, k], w[o + 5, k + 1], w[o + 5, k + 2], w[o + 5, k + 3]
+        w60, w61, w62, w63 = w[o + 6, k], w[o + 6, k + 1], w[o + 6, k + 2], w[o + 6, k + 3]
+        w70, w71, w72, w73 = w[o + 7, k], w[o + 7, k + 1], w[o + 7, k + 2], w[o + 7, k + 3]
+        for m in range(n):
+            v0, v1, v2, v3 = x0[m], x1[m], x2[m], x3[m]
+            a0[m] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
+            a1[m] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
+            a2[m] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
+            a3[m] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
+            a4[m] += w40 * v0 + w41 * v1 + w42 * v2 + w43 * v3
+            a5[m] += w50 * v0 + w51 * v1 + w52 * v2 + w53 * v3
+            a6[m] += w60 * v0 + w61 * v1 + w62 * v2 + w63 * v3
+            a7[m] += w70 * v0 + w71 * v1 + w72 * v2 + w73 * v3
+    for k in range(K - K % 4, K):
+        x0 = plane[taps[k]:]
+        w0, w1, w2, w3, w4, w5, w6, w7 = w[o, k], w[o + 1, k], w[o + 2, k], w[o + 3, k], \
+            w[o + 4, k], w[o + 5, k], w[o + 6, k], w[o + 7, k]
+        for m in range(n):
+            v = x0[m]
+            a0[m] += w0 * v
+            a1[m] += w1 * v
+            a2[m] += w2 * v
+            a3[m] += w3 * v
+            a4[m] += w4 * v
+            a5[m] += w5 * v
+            a6[m] += w6 * v
+            a7[m] += w7 * v
+
+
+def _finish(acc, b, WQ, act, y, o, t):
+    """y[o, t, i, j] = act(b + acc[i*WQ + j]): the grid's real columns, with the bias, activated.
+
+    acc (>= HO*WQ,) one output's grid (without the bias);  y (O, T, HO, WO).
+    """
+    HO, WO = y.shape[2], y.shape[3]
+    grid = acc[:HO * WQ].reshape(HO, WQ)
+    out = y[o, t]
+    for i in range(HO):
+        for j in range(WO):
+            out[i, j] = grid[i, j] + b
+    activate(y[o, t].reshape(HO * WO), act)
+
+
+def _zero(x):
+    """x[:] = 0 for a 1-D x, as a plain loop (the compiler makes it a vector loop)."""
+    for m in range(x.size):
+        x[m] = 0.0
+
+
+zero = numba.njit(**_serial)(_zero)
+eight_outputs = numba.njit(**_serial)(_eight_outputs)
+finish = numba.njit(**_serial)(_finish)
+
+
+def _conv_planes(x, w, b, stride, pad, act, y):
+    """y[o, t] = act(sum_c conv(x[c, t], w[o, c]) + b[o]) on planes.
+
+    x (C, T, H, W);  w (O, C, KH, KW);  b (O,);  y (O, T, HO, WO) overwritten.
+    Image by image: its phases, then 8 outputs at a time over the whole
+    grid, then the real columns of the real outputs copied out.
+    """
+    C, T, H, W = x.shape
+    O, KH, KW = w.shape[0], w.shape[2], w.shape[3]
+    HO, WO = y.shape[2], y.shape[3]
+    RQ, WQ = phase_shape(H, W, stride, pad)
+    phases = np.zeros((C, stride, stride, RQ, WQ), x.dtype)   # the padding stays zero
+    line = np.zeros(stride * WQ, x.dtype)
+    plane = phases.reshape(phases.size)
+    taps = tap_offsets(C, KH, KW, stride, RQ, WQ)
+    weights = tap_weights(w)
+    n = (HO - 1) * WQ + WO                      # grid positions up to the last output
+    acc = np.empty((8, HO * WQ), x.dtype)
+    for t in range(T):
+        split_phases(x, t, pad, line, phases)
+        for o in range(0, O, 8):
+            zero(acc.reshape(acc.size))
+            eight_outputs(weights, o, taps, plane, n, acc)
+            for r in range(min(8, O - o)):
+                finish(acc[r], b[o + r], WQ, act, y, o + r, t)
+
+
+conv_planes = numba.njit(**_serial)(_conv_planes)
