@@ -152,7 +152,7 @@ def test_depthwise_on_pixels_matches_the_layer(depthwise_pixels, kernel, stride,
     np.testing.assert_allclose(y, pixels(expected), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("outputs", [5, 16])               # 8 outputs at a time, the last block padded
+@pytest.mark.parametrize("outputs", [5, 16, 11, 3])       # blocks of 8, padded, and a last one of 4
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
 @pytest.mark.parametrize("conv_planes", both("conv_planes", fused_conv))
 def test_full_conv_on_planes_matches_the_layer(conv_planes, kernel, stride, pad, outputs):
@@ -190,6 +190,8 @@ def conv_helper_cases():
             ("split_phases", (x, 0, 2, np.zeros(30), np.zeros((2, 3, 3, 4, 4)))),
             ("eight_outputs", (random((9, 7), 54), 1, np.array([0, 3, 5, 9, 11, 2, 7]), random(60, 55),
                                37, acc)),
+            ("four_outputs", (random((9, 7), 54), 5, np.array([0, 3, 5, 9, 11, 2, 7]), random(60, 55),
+                              37, acc)),
             ("tap_weights", (random((5, 2, 3, 2), 56),)),
             ("finish", (random(40, 58), 0.25, 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2)),
             ("zero", (random(9, 59),))]

@@ -98,8 +98,8 @@ def _split_phases(x, t, pad, line, phases):
 def _tap_weights(w):
     """(O8, C*KH*KW): w (O, C, KH, KW) one row per output, zero rows up to O8 = O rounded up to 8.
 
-    The zero rows let every block of outputs go 8 at a time; their sums
-    are never copied out.
+    The zero rows let a last block of 5 to 7 outputs go 8 at a time (and
+    one of 1 to 3, 4 at a time); their sums are never copied out.
     """
     O, C, KH, KW = w.shape
     weights = np.zeros(((O + 7) // 8 * 8, C * KH * KW), w.dtype)
@@ -164,6 +164,36 @@ def _eight_outputs(w, o, taps, plane, n, acc):
             a7[m] += w7 * v
 
 
+def _four_outputs(w, o, taps, plane, n, acc):
+    """acc[r, :n] += sum over taps k of w[o + r, k] * plane[taps[k]:][:n], for r < 4.
+
+    As _eight_outputs, for a last block of at most 4 outputs (a pruned
+    first layer, or a thread's share of one): 4 outputs x 4 taps at a time.
+    """
+    a0, a1, a2, a3 = acc[0, :n], acc[1, :n], acc[2, :n], acc[3, :n]
+    K = taps.size
+    for k in range(0, K - 3, 4):
+        x0, x1, x2, x3 = plane[taps[k]:], plane[taps[k + 1]:], plane[taps[k + 2]:], plane[taps[k + 3]:]
+        w00, w01, w02, w03 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
+        w10, w11, w12, w13 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
+        w20, w21, w22, w23 = w[o + 2, k], w[o + 2, k + 1], w[o + 2, k + 2], w[o + 2, k + 3]
+        w30, w31, w32, w33 = w[o + 3, k], w[o + 3, k + 1], w[o + 3, k + 2], w[o + 3, k + 3]
+        for m in range(n):
+            v0, v1, v2, v3 = x0[m], x1[m], x2[m], x3[m]
+            a0[m] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
+            a1[m] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
+            a2[m] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
+            a3[m] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
+    for k in range(K - K % 4, K):
+        x0, w0, w1, w2, w3 = plane[taps[k]:], w[o, k], w[o + 1, k], w[o + 2, k], w[o + 3, k]
+        for m in range(n):
+            v = x0[m]
+            a0[m] += w0 * v
+            a1[m] += w1 * v
+            a2[m] += w2 * v
+            a3[m] += w3 * v
+
+
 def _finish(acc, b, WQ, act, y, o, t):
     """y[o, t, i, j] = act(b + acc[i*WQ + j]): the grid's real columns, with the bias, activated.
 
@@ -186,6 +216,7 @@ def _zero(x):
 
 zero = numba.njit(**_serial)(_zero)
 eight_outputs = numba.njit(**_serial)(_eight_outputs)
+four_outputs = numba.njit(**_serial)(_four_outputs)
 finish = numba.njit(**_serial)(_finish)
 
 
@@ -194,7 +225,8 @@ def _conv_planes(x, w, b, stride, pad, act, y):
 
     x (C, T, H, W);  w (O, C, KH, KW);  b (O,);  y (O, T, HO, WO) overwritten.
     Image by image: its phases, then 8 outputs at a time over the whole
-    grid, then the real columns of the real outputs copied out.
+    grid (a last block of at most 4, 4 at a time), then the real columns
+    of the real outputs copied out.
     """
     C, T, H, W = x.shape
     O, KH, KW = w.shape[0], w.shape[2], w.shape[3]
@@ -211,7 +243,10 @@ def _conv_planes(x, w, b, stride, pad, act, y):
         split_phases(x, t, pad, line, phases)
         for o in range(0, O, 8):
             zero(acc.reshape(acc.size))
-            eight_outputs(weights, o, taps, plane, n, acc)
+            if O - o > 4:
+                eight_outputs(weights, o, taps, plane, n, acc)
+            else:
+                four_outputs(weights, o, taps, plane, n, acc)
             for r in range(min(8, O - o)):
                 finish(acc[r], b[o + r], WQ, act, y, o + r, t)
 
