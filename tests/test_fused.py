@@ -166,15 +166,16 @@ def test_full_conv_on_planes_matches_the_layer(conv_planes, kernel, stride, pad,
     np.testing.assert_allclose(y, planes(expected), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("stride, pad", [(1, 1), (2, 1), (2, 0), (3, 2)])
+@pytest.mark.parametrize("width", [6, 5])
+@pytest.mark.parametrize("stride, pad", [(1, 1), (2, 1), (2, 0), (2, 3), (3, 2)])
 @pytest.mark.parametrize("split_phases", both("split_phases", fused_conv))
-def test_the_phases_hold_every_s_th_row_and_column_of_the_padded_image(split_phases, stride, pad):
-    x = random((2, 3, 7, 6), 51)                                # planes: 2 channels, 3 images
-    RQ, WQ = fused_conv.phase_shape(7, 6, stride, pad)
+def test_the_phases_hold_every_s_th_row_and_column_of_the_padded_image(split_phases, stride, pad, width):
+    x = random((2, 3, 7, width), 51)                            # planes: 2 channels, 3 images
+    RQ, WQ = fused_conv.phase_shape(7, width, stride, pad)
     padded = np.zeros((2, RQ * stride, WQ * stride))            # image 1, zero-padded and rounded up
-    padded[:, pad:pad + 7, pad:pad + 6] = x[:, 1]
+    padded[:, pad:pad + 7, pad:pad + width] = x[:, 1]
     phases = np.zeros((2, stride, stride, RQ, WQ))
-    split_phases(x, 1, pad, np.zeros(stride * WQ), phases)
+    split_phases(x, 1, pad, phases)
     for u in range(stride):
         for v in range(stride):
             np.testing.assert_array_equal(phases[:, u, v], padded[:, u::stride, v::stride])
@@ -186,8 +187,9 @@ def conv_helper_cases():
     acc = random((8, 40), 53)
     return [("phase_shape", (7, 6, 2, 1)),
             ("tap_offsets", (2, 3, 2, 2, 5, 4)),
-            ("split_phases", (x, 2, 1, np.zeros(8), np.zeros((2, 2, 2, 5, 4)))),
-            ("split_phases", (x, 0, 2, np.zeros(30), np.zeros((2, 3, 3, 4, 4)))),
+            ("split_phases", (x, 2, 1, np.zeros((2, 2, 2, 5, 4)))),
+            ("split_phases", (x, 0, 2, np.zeros((2, 3, 3, 4, 4)))),
+            ("split_phases", (x, 1, 0, np.zeros((2, 1, 1, 7, 6)))),
             ("eight_outputs", (random((9, 7), 54), 1, np.array([0, 3, 5, 9, 11, 2, 7]), random(60, 55),
                                37, acc)),
             ("four_outputs", (random((9, 7), 54), 5, np.array([0, 3, 5, 9, 11, 2, 7]), random(60, 55),

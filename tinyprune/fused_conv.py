@@ -65,34 +65,37 @@ def _tap_offsets(C, KH, KW, s, RQ, WQ):
     return taps
 
 
-def _split_phases(x, t, pad, line, phases):
+def _split_phases(x, t, pad, phases):
     """phases[c, r % s, q % s, r // s, q // s] = image t of x at padded pixel (r, q), for every channel.
 
     x (C, T, H, W);  phases (C, s, s, RQ, WQ), whose padding (the rows and
-    columns outside the image) the caller has zeroed: only the image's rows
-    are written.  line (s*WQ,) scratch, zero outside [pad, pad + W): each
-    image row is copied into it first, so that it becomes a padded row,
-    then dealt out to the s column phases in one pass.
+    columns outside the image) the caller has zeroed: only the image's
+    pixels are written.  Image column k is padded column k + pad: phase
+    (k + pad) % s, column (k + pad) // s.  At stride 2 one pass over a row
+    deals its even and odd columns out at once.
+
+    The ``max(..., 0)`` tell the compiler that a column offset is not
+    negative: Numba's check for a negative index (see fused_kernels) then
+    leaves the inner loop, which runs three times faster.
     """
     C, H, W = x.shape[0], x.shape[2], x.shape[3]
-    s, WQ = phases.shape[1], phases.shape[4]
-    inner = line[pad:]
+    s = phases.shape[1]
     for c in range(C):
         for r in range(H):
             u, row = (r + pad) % s, (r + pad) // s
-            for q in range(W):
-                inner[q] = x[c, t, r, q]
-            if s == 1:
-                for q in range(WQ):
-                    phases[c, u, 0, row, q] = line[q]
-            elif s == 2:                                 # one pass for both: the common case
-                for q in range(WQ):
-                    phases[c, u, 0, row, q] = line[2 * q]
-                    phases[c, u, 1, row, q] = line[2 * q + 1]
-            else:
-                for v in range(s):
-                    for q in range(WQ):
-                        phases[c, u, v, row, q] = line[q * s + v]
+            if s == 2:
+                v0, v1 = pad % 2, (pad + 1) % 2                  # phases of columns 2q and 2q + 1
+                q0, q1 = max(pad // 2, 0), max((pad + 1) // 2, 0)
+                for q in range(W // 2):
+                    phases[c, u, v0, row, q + q0] = x[c, t, r, 2 * q]
+                    phases[c, u, v1, row, q + q1] = x[c, t, r, 2 * q + 1]
+                if W % 2:
+                    phases[c, u, v0, row, W // 2 + q0] = x[c, t, r, W - 1]
+                continue
+            for d in range(s):                                   # columns q*s + d
+                v, first = (d + pad) % s, max((d + pad) // s, 0)
+                for q in range((W - d + s - 1) // s):
+                    phases[c, u, v, row, q + first] = x[c, t, r, q * s + d]
 
 
 def _tap_weights(w):
@@ -233,14 +236,13 @@ def _conv_planes(x, w, b, stride, pad, act, y):
     HO, WO = y.shape[2], y.shape[3]
     RQ, WQ = phase_shape(H, W, stride, pad)
     phases = np.zeros((C, stride, stride, RQ, WQ), x.dtype)   # the padding stays zero
-    line = np.zeros(stride * WQ, x.dtype)
     plane = phases.reshape(phases.size)
     taps = tap_offsets(C, KH, KW, stride, RQ, WQ)
     weights = tap_weights(w)
     n = (HO - 1) * WQ + WO                      # grid positions up to the last output
     acc = np.empty((8, HO * WQ), x.dtype)
     for t in range(T):
-        split_phases(x, t, pad, line, phases)
+        split_phases(x, t, pad, phases)
         for o in range(0, O, 8):
             zero(acc.reshape(acc.size))
             if O - o > 4:
