@@ -195,8 +195,8 @@ def conv_helper_cases():
             ("four_outputs", (random((9, 7), 54), 5, np.array([0, 3, 5, 9, 11, 2, 7]), random(60, 55),
                               37, acc)),
             ("tap_weights", (random((5, 2, 3, 2), 56),)),
-            ("finish", (random(40, 58), 0.25, 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2)),
-            ("zero", (random(9, 59),))]
+            ("finish", (random(40, 58), 34, 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2)),
+            ("start", (random((8, 9), 59), random(11, 60), 5))]
 
 
 @pytest.mark.parametrize("name, args", conv_helper_cases())

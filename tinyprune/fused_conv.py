@@ -120,6 +120,14 @@ tap_offsets = numba.njit(**_serial)(_tap_offsets)
 split_phases = numba.njit(**_serial)(_split_phases)
 
 
+def _start(acc, b, o):
+    """acc[r] = b[o + r], the bias of output o + r, or 0 for a row with no output (a padded block)."""
+    for r in range(acc.shape[0]):
+        row, value = acc[r], b[o + r] if o + r < b.size else 0.0
+        for m in range(row.size):
+            row[m] = value
+
+
 def _eight_outputs(w, o, taps, plane, n, acc):
     """acc[r, :n] += sum over taps k of w[o + r, k] * plane[taps[k]:][:n], for r < 8.
 
@@ -197,27 +205,21 @@ def _four_outputs(w, o, taps, plane, n, acc):
             a3[m] += w3 * v
 
 
-def _finish(acc, b, WQ, act, y, o, t):
-    """y[o, t, i, j] = act(b + acc[i*WQ + j]): the grid's real columns, with the bias, activated.
+def _finish(acc, n, WQ, act, y, o, t):
+    """y[o, t, i, j] = act(acc[i*WQ + j]): the grid's real columns, activated (acc too).
 
-    acc (>= HO*WQ,) one output's grid (without the bias);  y (O, T, HO, WO).
+    acc (>= HO*WQ,) one output's grid, started with its bias;  y (O, T, HO, WO).
     """
     HO, WO = y.shape[2], y.shape[3]
+    activate(acc[:n], act)
     grid = acc[:HO * WQ].reshape(HO, WQ)
     out = y[o, t]
     for i in range(HO):
         for j in range(WO):
-            out[i, j] = grid[i, j] + b
-    activate(y[o, t].reshape(HO * WO), act)
+            out[i, j] = grid[i, j]
 
 
-def _zero(x):
-    """x[:] = 0 for a 1-D x, as a plain loop (the compiler makes it a vector loop)."""
-    for m in range(x.size):
-        x[m] = 0.0
-
-
-zero = numba.njit(**_serial)(_zero)
+start = numba.njit(**_serial)(_start)
 eight_outputs = numba.njit(**_serial)(_eight_outputs)
 four_outputs = numba.njit(**_serial)(_four_outputs)
 finish = numba.njit(**_serial)(_finish)
@@ -227,9 +229,9 @@ def _conv_planes(x, w, b, stride, pad, act, y):
     """y[o, t] = act(sum_c conv(x[c, t], w[o, c]) + b[o]) on planes.
 
     x (C, T, H, W);  w (O, C, KH, KW);  b (O,);  y (O, T, HO, WO) overwritten.
-    Image by image: its phases, then 8 outputs at a time over the whole
-    grid (a last block of at most 4, 4 at a time), then the real columns
-    of the real outputs copied out.
+    Image by image: its phases, then 8 outputs at a time (a last block of
+    at most 4, 4 at a time), each started with its bias, summed over the
+    whole grid, activated, and its real columns copied out.
     """
     C, T, H, W = x.shape
     O, KH, KW = w.shape[0], w.shape[2], w.shape[3]
@@ -244,13 +246,13 @@ def _conv_planes(x, w, b, stride, pad, act, y):
     for t in range(T):
         split_phases(x, t, pad, phases)
         for o in range(0, O, 8):
-            zero(acc.reshape(acc.size))
+            start(acc, b, o)
             if O - o > 4:
                 eight_outputs(weights, o, taps, plane, n, acc)
             else:
                 four_outputs(weights, o, taps, plane, n, acc)
             for r in range(min(8, O - o)):
-                finish(acc[r], b[o + r], WQ, act, y, o + r, t)
+                finish(acc[r], n, WQ, act, y, o + r, t)
 
 
 conv_planes = numba.njit(**_serial)(_conv_planes)
