@@ -152,7 +152,7 @@ def test_depthwise_on_pixels_matches_the_layer(depthwise_pixels, kernel, stride,
     np.testing.assert_allclose(y, pixels(expected), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("outputs", [5, 16, 11, 3])       # blocks of 8, padded, and a last one of 4
+@pytest.mark.parametrize("outputs", [5, 11])               # a block of 8 padded; 8, then 4 padded
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
 @pytest.mark.parametrize("conv_planes", both("conv_planes", fused_conv))
 def test_full_conv_on_planes_matches_the_layer(conv_planes, kernel, stride, pad, outputs):
@@ -181,20 +181,33 @@ def test_the_phases_hold_every_s_th_row_and_column_of_the_padded_image(split_pha
             np.testing.assert_array_equal(phases[:, u, v], padded[:, u::stride, v::stride])
 
 
+@pytest.mark.parametrize("tap_offsets, tap_weights", list(zip(both("tap_offsets", fused_conv),
+                                                                both("tap_weights", fused_conv))))
+def test_taps_go_in_groups_of_4_the_extra_ones_zero_after_the_phases(tap_offsets, tap_weights):
+    taps = tap_offsets(3, 3, 3, 2, 49, 49)             # MobileNet's first conv: 27 taps
+    weights = tap_weights(random((5, 3, 3, 3), 61))
+    assert taps.shape == (28,) and weights.shape == (8, 28)
+    assert taps[27] == 3 * 2 * 2 * 49 * 49              # the first number after the phases
+    assert taps[1 * 9 + 2 * 3 + 1] == ((1 * 2 + 0) * 2 + 1) * 49 * 49 + 1 * 49 + 0   # channel 1, tap (2, 1)
+    assert np.all(weights[:, 27] == 0) and np.all(weights[5:] == 0)
+
+
 def conv_helper_cases():
     """(helper name, its arguments): each helper of fused_conv on a small input."""
     x = random((2, 3, 7, 6), 52)
     acc = random((8, 40), 53)
     return [("phase_shape", (7, 6, 2, 1)),
             ("tap_offsets", (2, 3, 2, 2, 5, 4)),
+            ("tap_offsets", (3, 3, 3, 2, 6, 5)),
             ("split_phases", (x, 2, 1, np.zeros((2, 2, 2, 5, 4)))),
             ("split_phases", (x, 0, 2, np.zeros((2, 3, 3, 4, 4)))),
             ("split_phases", (x, 1, 0, np.zeros((2, 1, 1, 7, 6)))),
-            ("eight_outputs", (random((9, 7), 54), 1, np.array([0, 3, 5, 9, 11, 2, 7]), random(60, 55),
+            ("eight_outputs", (random((9, 8), 54), 1, np.array([0, 3, 5, 9, 11, 2, 7, 4]), random(60, 55),
                                37, acc)),
-            ("four_outputs", (random((9, 7), 54), 5, np.array([0, 3, 5, 9, 11, 2, 7]), random(60, 55),
+            ("four_outputs", (random((9, 8), 54), 5, np.array([0, 3, 5, 9, 11, 2, 7, 4]), random(60, 55),
                               37, acc)),
             ("tap_weights", (random((5, 2, 3, 2), 56),)),
+            ("tap_weights", (random((9, 3, 3, 3), 57),)),
             ("finish", (random(40, 58), 34, 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2)),
             ("start", (random((8, 9), 59), random(11, 60), 5))]
 

@@ -50,13 +50,16 @@ def _phase_shape(H, W, s, pad):
 
 
 def _tap_offsets(C, KH, KW, s, RQ, WQ):
-    """(C*KH*KW,) int64: where tap (c, a, b) starts in phases (C, s, s, RQ, WQ) read as one row.
+    """(K,) int64: where tap (c, a, b) starts in phases (C, s, s, RQ, WQ) read as one row.
 
     Tap (a, b) of channel c reads phase (a % s, b % s) of channel c, from
     row a // s and column b // s on; taps are numbered as w (O, C, KH, KW)
     numbers them, so that row o of w.reshape(O, -1) holds their weights.
+    K is C*KH*KW rounded up to a multiple of 4: the extra taps (with zero
+    weights) start after the phases, where the caller keeps zeros, so
+    that every tap goes in a group of 4 and 0 * 0 adds nothing.
     """
-    taps = np.empty(C * KH * KW, np.int64)
+    taps = np.full((C * KH * KW + 3) // 4 * 4, C * s * s * RQ * WQ, np.int64)
     for c in range(C):
         for a in range(KH):
             for b in range(KW):
@@ -99,13 +102,15 @@ def _split_phases(x, t, pad, phases):
 
 
 def _tap_weights(w):
-    """(O8, C*KH*KW): w (O, C, KH, KW) one row per output, zero rows up to O8 = O rounded up to 8.
+    """(O8, K): w (O, C, KH, KW) one row per output, zero rows and columns around it.
 
-    The zero rows let a last block of 5 to 7 outputs go 8 at a time (and
-    one of 1 to 3, 4 at a time); their sums are never copied out.
+    O8 is O rounded up to 8 and K is C*KH*KW rounded up to 4 (the extra
+    taps of tap_offsets).  The zero rows let a last block of 5 to 7
+    outputs go 8 at a time (and one of 1 to 3, 4 at a time); their sums
+    are never copied out.
     """
     O, C, KH, KW = w.shape
-    weights = np.zeros(((O + 7) // 8 * 8, C * KH * KW), w.dtype)
+    weights = np.zeros(((O + 7) // 8 * 8, (C * KH * KW + 3) // 4 * 4), w.dtype)
     for o in range(O):
         for c in range(C):
             for a in range(KH):
@@ -131,15 +136,14 @@ def _start(acc, b, o):
 def _eight_outputs(w, o, taps, plane, n, acc):
     """acc[r, :n] += sum over taps k of w[o + r, k] * plane[taps[k]:][:n], for r < 8.
 
-    w (O, K) the weights of the K taps;  taps (K,) from tap_offsets;  plane
-    the phases as one row;  acc (8, >= n).  4 taps at a time (the 32
-    weights in registers), the K % 4 left over one at a time.  As in
-    fused_kernels._eight_rows, each number loaded is used 8 or 4 times.
+    w (O, K) the weights of the K taps, K a multiple of 4;  taps (K,) from
+    tap_offsets;  plane the phases as one row;  acc (8, >= n).  4 taps at
+    a time, their 32 weights in registers: as in fused_kernels._eight_rows,
+    each number loaded is used 8 or 4 times.
     """
     a0, a1, a2, a3 = acc[0, :n], acc[1, :n], acc[2, :n], acc[3, :n]
     a4, a5, a6, a7 = acc[4, :n], acc[5, :n], acc[6, :n], acc[7, :n]
-    K = taps.size
-    for k in range(0, K - 3, 4):
+    for k in range(0, taps.size, 4):
         x0, x1, x2, x3 = plane[taps[k]:], plane[taps[k + 1]:], plane[taps[k + 2]:], plane[taps[k + 3]:]
         w00, w01, w02, w03 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
         w10, w11, w12, w13 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
@@ -159,20 +163,6 @@ def _eight_outputs(w, o, taps, plane, n, acc):
             a5[m] += w50 * v0 + w51 * v1 + w52 * v2 + w53 * v3
             a6[m] += w60 * v0 + w61 * v1 + w62 * v2 + w63 * v3
             a7[m] += w70 * v0 + w71 * v1 + w72 * v2 + w73 * v3
-    for k in range(K - K % 4, K):
-        x0 = plane[taps[k]:]
-        w0, w1, w2, w3, w4, w5, w6, w7 = w[o, k], w[o + 1, k], w[o + 2, k], w[o + 3, k], \
-            w[o + 4, k], w[o + 5, k], w[o + 6, k], w[o + 7, k]
-        for m in range(n):
-            v = x0[m]
-            a0[m] += w0 * v
-            a1[m] += w1 * v
-            a2[m] += w2 * v
-            a3[m] += w3 * v
-            a4[m] += w4 * v
-            a5[m] += w5 * v
-            a6[m] += w6 * v
-            a7[m] += w7 * v
 
 
 def _four_outputs(w, o, taps, plane, n, acc):
@@ -182,8 +172,7 @@ def _four_outputs(w, o, taps, plane, n, acc):
     first layer, or a thread's share of one): 4 outputs x 4 taps at a time.
     """
     a0, a1, a2, a3 = acc[0, :n], acc[1, :n], acc[2, :n], acc[3, :n]
-    K = taps.size
-    for k in range(0, K - 3, 4):
+    for k in range(0, taps.size, 4):
         x0, x1, x2, x3 = plane[taps[k]:], plane[taps[k + 1]:], plane[taps[k + 2]:], plane[taps[k + 3]:]
         w00, w01, w02, w03 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
         w10, w11, w12, w13 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
@@ -195,14 +184,6 @@ def _four_outputs(w, o, taps, plane, n, acc):
             a1[m] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
             a2[m] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
             a3[m] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
-    for k in range(K - K % 4, K):
-        x0, w0, w1, w2, w3 = plane[taps[k]:], w[o, k], w[o + 1, k], w[o + 2, k], w[o + 3, k]
-        for m in range(n):
-            v = x0[m]
-            a0[m] += w0 * v
-            a1[m] += w1 * v
-            a2[m] += w2 * v
-            a3[m] += w3 * v
 
 
 def _finish(acc, n, WQ, act, y, o, t):
@@ -237,11 +218,12 @@ def _conv_planes(x, w, b, stride, pad, act, y):
     O, KH, KW = w.shape[0], w.shape[2], w.shape[3]
     HO, WO = y.shape[2], y.shape[3]
     RQ, WQ = phase_shape(H, W, stride, pad)
-    phases = np.zeros((C, stride, stride, RQ, WQ), x.dtype)   # the padding stays zero
-    plane = phases.reshape(phases.size)
+    n = (HO - 1) * WQ + WO                      # grid positions up to the last output
+    size = C * stride * stride * RQ * WQ
+    plane = np.zeros(size + n, x.dtype)         # the padding, and n zeros after, stay zero
+    phases = plane[:size].reshape(C, stride, stride, RQ, WQ)
     taps = tap_offsets(C, KH, KW, stride, RQ, WQ)
     weights = tap_weights(w)
-    n = (HO - 1) * WQ + WO                      # grid positions up to the last output
     acc = np.empty((8, HO * WQ), x.dtype)
     for t in range(T):
         split_phases(x, t, pad, phases)
