@@ -21,6 +21,7 @@ from tinyprune import (Activation, BatchNorm2d, ChannelPrune, Chain, Conv2d, Den
                        keepprune, pretrained, prune, prune_propagate, resize)
 from tinyprune import activations, fused
 from tinyprune import fused_program as program
+from tinyprune import fused_depthwise as fd
 from tinyprune import fused_kernels as fk
 from tinyprune.fused import FusedPlan
 
@@ -33,9 +34,9 @@ CONV_CASES = [((3, 3), 1, 1), ((3, 3), 2, 1), ((3, 3), 2, 0), ((2, 3), 1, 2), ((
               ((1, 1), 1, 0), ((3, 3), 2, 2)]
 
 
-def both(name):
+def both(name, module=fk):
     """The compiled kernel and the plain function it was compiled from."""
-    return [getattr(fk, name), getattr(fk, "_" + name)]
+    return [getattr(module, name), getattr(module, "_" + name)]
 
 
 def both_program(name):
@@ -130,7 +131,7 @@ def depthwise_layer(channels, kernel, stride, pad, seed):
 
 
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
-@pytest.mark.parametrize("depthwise_planes", both("depthwise_planes"))
+@pytest.mark.parametrize("depthwise_planes", both("depthwise_planes", fd))
 def test_depthwise_on_planes_matches_the_layer(depthwise_planes, kernel, stride, pad):
     layer = depthwise_layer(4, kernel, stride, pad, seed=2)
     x = random((3, 4, 7, 6), 4)
@@ -140,8 +141,21 @@ def test_depthwise_on_planes_matches_the_layer(depthwise_planes, kernel, stride,
     np.testing.assert_allclose(y, planes(expected), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kernel,stride", [((3, 3), 1), ((3, 3), 2), ((2, 3), 1)])
+@pytest.mark.parametrize("depthwise_planes", both("depthwise_planes", fd))
+def test_depthwise_on_planes_in_groups_of_images_that_split_channels(depthwise_planes, kernel, stride):
+    """5 images of 3 channels, 40x38: a group holds 2 or 4 images, so groups start inside a channel."""
+    layer = depthwise_layer(3, kernel, stride, 1, seed=3)
+    x = random((5, 3, 40, 38), 5)
+    expected = activations.hardtanh(conv_output(layer, x))
+    y = np.empty(planes(expected).shape)
+    assert fd.GROUP // (stride * ((42 + stride - 1) // stride) * 40) in (2, 4)
+    depthwise_planes(planes(x), layer.weight[:, 0].copy(), layer.bias, stride, 1, fk.HARDTANH, y)
+    np.testing.assert_allclose(y, planes(expected), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
-@pytest.mark.parametrize("depthwise_pixels", both("depthwise_pixels"))
+@pytest.mark.parametrize("depthwise_pixels", both("depthwise_pixels", fd))
 def test_depthwise_on_pixels_matches_the_layer(depthwise_pixels, kernel, stride, pad):
     layer = depthwise_layer(5, kernel, stride, pad, seed=5)
     x = random((2, 5, 6, 7), 7)
@@ -150,6 +164,28 @@ def test_depthwise_on_pixels_matches_the_layer(depthwise_pixels, kernel, stride,
     w = np.ascontiguousarray(layer.weight[:, 0].transpose(1, 2, 0))
     depthwise_pixels(pixels(x), w, layer.bias, stride, pad, fk.RELU, y)
     np.testing.assert_allclose(y, pixels(expected), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("depthwise", ["planes", "pixels"])
+def test_depthwise_in_float32_matches_the_layer(depthwise, stride):
+    """MobileNet's case: 3x3, pad 1, 16 channels, float32 (images of odd and even width)."""
+    layer = DepthwiseConv2d(16, (3, 3), stride=stride, pad=1, bias=True, dtype=np.float32,
+                            rng=np.random.default_rng(6))
+    layer.bias[:] = random(16, 7)
+    x = np.random.default_rng(8).standard_normal((3, 16, 9, 10)).astype(np.float32)
+    expected = activations.slopehtanh(conv_output(layer, x))
+    w = layer.weight[:, 0]
+    if depthwise == "planes":
+        y = np.empty(planes(expected).shape, np.float32)
+        fd.depthwise_planes(planes(x), w.copy(), layer.bias, stride, 1, fk.SLOPEHTANH, y)
+        y = y.transpose(1, 0, 2, 3)
+    else:
+        y = np.empty(pixels(expected).shape, np.float32)
+        fd.depthwise_pixels(pixels(x), np.ascontiguousarray(w.transpose(1, 2, 0)), layer.bias, stride, 1,
+                            fk.SLOPEHTANH, y)
+        y = y.transpose(0, 3, 1, 2)
+    assert relative_error(y, expected) < 1e-5
 
 
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
@@ -166,30 +202,42 @@ def test_full_conv_on_planes_matches_the_layer(conv_planes, kernel, stride, pad)
 
 
 def helper_cases():
-    """(helper name, its arguments): each helper of the convolutions on a small input."""
+    """(module, helper name, its arguments): each helper of the convolutions on a small input."""
     x = random((2, 3, 7, 6), 40)
     R, WP, G = fk.grid_sizes(3, 7, 6, 4, 3, 2, 1)        # stride 2, pad 1
     phases = random((2, 3 * R, WP), 41)
-    return [("split_rows", (x, 1, 1, np.zeros((2, 3 * R, WP)))),
-            ("split_rows", (x, 0, 2, np.zeros((3, 3 * 4, 10)))),
-            ("add_taps", (phases, random((3, 3), 42), WP, random(G, 43))),
-            ("add_taps", (phases, random((3, 2), 42), WP, random(G, 43))),
-            ("copy_out", (random(G, 44), R, WP, 2, np.zeros((2, 3, 4, 3)), 1, fk.SLOPEHTANH)),
-            ("repeat_taps", (random((3, 2, 5), 45), random(5, 46), 4)),
-            ("eight_rows", (random((12, 8), 48), random((8, 30), 49), 4, 3, 29, random((12, 30), 50))),
-            ("one_row", (random((12, 8), 48), random((8, 30), 49), 9, 0, 30, random((12, 30), 50))),
-            ("start_with_bias", (np.full(7, np.nan), random(9, 51), 4, 0)),
-            ("start_with_bias", (np.full(7, np.nan), random(9, 51), -1, 2)),
-            ("split_pixel_rows", (random((2, 5, 4, 3), 47), 1, 1, np.zeros((2, 7, 9)))),
-            ("split_pixel_rows", (random((2, 5, 4, 3), 47), 0, 2, np.zeros((1, 9, 24))))]
+    starts = fd.tap_starts(3, 3, 2, 3 * R, WP)
+    return [(fk, "split_rows", (x, 1, 1, np.zeros((2, 3 * R, WP)))),
+            (fk, "split_rows", (x, 0, 2, np.zeros((3, 3 * 4, 10)))),
+            (fk, "add_taps", (phases, random((3, 3), 42), WP, random(G, 43))),
+            (fk, "add_taps", (phases, random((3, 2), 42), WP, random(G, 43))),
+            (fk, "copy_out", (random(G, 44), R, WP, 2, np.zeros((2, 3, 4, 3)), 1, fk.SLOPEHTANH)),
+            (fk, "eight_rows", (random((12, 8), 48), random((8, 30), 49), 4, 3, 29, random((12, 30), 50))),
+            (fk, "one_row", (random((12, 8), 48), random((8, 30), 49), 9, 0, 30, random((12, 30), 50))),
+            (fk, "start_with_bias", (np.full(7, np.nan), random(9, 51), 4, 0)),
+            (fk, "start_with_bias", (np.full(7, np.nan), random(9, 51), -1, 2)),
+            (fd, "deal_rows", (x[1], 2, 1, R, np.zeros((2, 3 * R, WP)))),
+            (fd, "deal_rows", (x[0], 3, 2, 4, np.zeros((3, 3 * 4, 10)))),
+            (fd, "tap_starts", (3, 2, 2, 3 * R, WP)),
+            (fd, "nine_taps", (phases.ravel(), starts, random((3, 3), 42), 0.5, WP, random(G - WP, 43))),
+            (fd, "some_taps", (phases.ravel(), fd.tap_starts(3, 2, 2, 3 * R, WP), random((3, 2), 42), 0.5,
+                               0, random(G, 43))),
+            (fd, "copy_rows", (random(G, 44), R, WP, 2, np.zeros((3, 4, 3)))),
+            (fd, "copy_rows", (random(G, 44), R, WP, 1, np.zeros((2, 4, 6)))),
+            (fd, "pad_pixels", (random((2, 5, 4, 3), 47), 1, 1, np.zeros((7, 18)))),
+            (fd, "pixel_row_3x3", (random((7, 18), 45), random((9, 3), 46), random(3, 47), 2, 1,
+                                   np.zeros((3, 3)))),
+            (fd, "pixel_row_3x3", (random((7, 18), 45), random((9, 3), 46), random(3, 47), 1, 2,
+                                   np.zeros((2, 3)))),
+            (fd, "pixel_row_taps", (random((7, 18), 45), random((6, 3), 46), 3, 1, 2, 1, random((4, 3), 47)))]
 
 
-@pytest.mark.parametrize("name, args", helper_cases())
-def test_each_helper_gives_the_same_numbers_compiled_and_plain(name, args):
+@pytest.mark.parametrize("module, name, args", helper_cases())
+def test_each_helper_gives_the_same_numbers_compiled_and_plain(module, name, args):
     compiled_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
     plain_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
-    compiled = getattr(fk, name)(*compiled_args)
-    by_hand = getattr(fk, "_" + name)(*plain_args)
+    compiled = getattr(module, name)(*compiled_args)
+    by_hand = getattr(module, "_" + name)(*plain_args)
     if compiled is not None:
         np.testing.assert_array_equal(compiled, by_hand)
     for a, b, before in zip(compiled_args, plain_args, args):

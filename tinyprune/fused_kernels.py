@@ -5,7 +5,8 @@ with its shapes in the docstring, compiled on the line after it by Numba
 (``cache=True``); the plain function is there to be read and stepped
 through, and the tests check that both give the same numbers.  A plain
 function calls the compiled helpers; to step through those as well, run
-with ``NUMBA_DISABLE_JIT=1``.
+with ``NUMBA_DISABLE_JIT=1``.  The depthwise convolutions are in
+:mod:`tinyprune.fused_depthwise`.
 
 Every kernel computes a *fused step* on a *tile* of T images: a convolution
 with its bias (the folded BatchNorm) and then the activation, applied to
@@ -161,8 +162,9 @@ to_planes = numba.njit(**_serial)(_to_planes)
 
 
 # ---------------------------------------------------------------------------
-# Convolutions on planes: depthwise, and full ones with few input channels
-# (MobileNet's first), computed straight from the image.
+# Full convolutions on planes with few input channels (MobileNet's first),
+# computed straight from the image.  (The depthwise ones, which use the
+# same idea, are in fused_depthwise.py.)
 #
 # The idea is that of kernels._depthwise_forward (read its comment first):
 # copy the input into a zero-bordered scratch plane, read it as one long
@@ -259,22 +261,6 @@ add_taps = numba.njit(**_serial)(_add_taps)
 copy_out = numba.njit(**_serial)(_copy_out)
 
 
-def _depthwise_planes(x, w, b, stride, pad, act, y):
-    """y[c, t] = act(depthwise(x[c, t], w[c]) + b[c]) on planes.
-
-    x (C, T, H, W);  w (C, KH, KW);  b (C,);  y (C, T, HO, WO) overwritten.
-    """
-    C, T, H, W = x.shape
-    R, WP, G = grid_sizes(T, H, W, y.shape[2], y.shape[3], stride, pad)
-    phases = np.zeros((stride, T * R, WP), x.dtype)
-    grid = np.empty(G, x.dtype)
-    for c in range(C):
-        split_rows(x, c, pad, phases)
-        grid[:] = b[c]
-        add_taps(phases, w[c], WP, grid)
-        copy_out(grid, R, WP, stride, y, c, act)
-
-
 def _conv_planes(x, w, b, stride, pad, act, y):
     """y[o, t] = act(sum_c conv(x[c, t], w[o, c]) + b[o]) on planes.
 
@@ -295,108 +281,7 @@ def _conv_planes(x, w, b, stride, pad, act, y):
         copy_out(grid, R, WP, stride, y, o, act)
 
 
-depthwise_planes = numba.njit(**_serial)(_depthwise_planes)
 conv_planes = numba.njit(**_serial)(_conv_planes)
-
-
-# ---------------------------------------------------------------------------
-# Depthwise convolution on pixels.  An output row of WO pixels is WO*C
-# contiguous numbers, and for stride 1 the input pixels under tap (a, b) of
-# that row are contiguous too: row i + a of the zero-padded image, from
-# column b on.  With the tap's C weights repeated WO times ("wide"), every
-# tap is one multiply-add along WO*C numbers -- a long loop even for a 3x3
-# image of 256 channels.  For stride s the padded image is split into s
-# column phases (column q*s + v goes to phase v, column q; here a pixel is
-# C numbers, so this copy is cheap, unlike on planes), so tap b = db*s + v
-# reads phase v from column db on.  The taps of a kernel row that fall in
-# one phase go together (three, or two at stride 2).
-# ---------------------------------------------------------------------------
-
-def _repeat_taps(w, b, WO):
-    """(KH*KW + 1, WO*C): row a*KW + b holds tap (a, b)'s C weights WO times; the last, the bias.
-
-    w (KH, KW, C);  b (C,).
-    """
-    KH, KW, C = w.shape
-    wide = np.empty((KH * KW + 1, WO * C), w.dtype)
-    taps = w.reshape(KH * KW, C)
-    for j in range(WO):
-        for k in range(KH * KW):
-            row = wide[k, j * C:]
-            for c in range(C):
-                row[c] = taps[k, c]
-        row = wide[KH * KW, j * C:]
-        for c in range(C):
-            row[c] = b[c]
-    return wide
-
-
-def _split_pixel_rows(x, t, pad, phases):
-    """phases[v, r + pad, q*C:(q + 1)*C] = pixel (r, q*s + v - pad) of image t (zero on the border).
-
-    x (T, H, W, C);  phases (s, H + 2*pad, WS*C), zeroed once by the caller.
-    """
-    H, W, C = x.shape[1], x.shape[2], x.shape[3]
-    s = phases.shape[0]
-    WS = phases.shape[2] // C
-    for r in range(H):
-        src = x[t, r].reshape(W * C)
-        if s == 1:                                      # one phase: the row as it is
-            dst = phases[0, r + pad, pad * C:]
-            for k in range(W * C):
-                dst[k] = src[k]
-            continue
-        for v in range(s):                              # column q*s + v of the padded row
-            first = max(0, (pad - v + s - 1) // s)
-            for q in range(first, min(WS, (W + pad - v + s - 1) // s)):
-                pixel, out = src[(q * s + v - pad) * C:], phases[v, r + pad, q * C:]
-                for c in range(C):
-                    out[c] = pixel[c]
-
-
-repeat_taps = numba.njit(**_serial)(_repeat_taps)
-split_pixel_rows = numba.njit(**_serial)(_split_pixel_rows)
-
-
-def _depthwise_pixels(x, w, b, stride, pad, act, y):
-    """y[t, i, j] = act(sum_ab w[a, b] * x[t, i*s + a - pad, j*s + b - pad] + b) on pixels.
-
-    x (T, H, W, C);  w (KH, KW, C);  b (C,);  y (T, HO, WO, C) overwritten.
-    """
-    T, H, W, C = x.shape
-    KH, KW = w.shape[0], w.shape[1]
-    HO, WO = y.shape[1], y.shape[2]
-    s = stride
-    phases = np.zeros((s, H + 2 * pad, (W + 2 * pad + s - 1) // s * C), x.dtype)
-    wide = repeat_taps(w, b, WO)
-    for t in range(T):
-        split_pixel_rows(x, t, pad, phases)
-        for i in range(HO):
-            out = y[t, i].reshape(WO * C)
-            out[:] = wide[KH * KW]
-            for a in range(KH):
-                for v in range(s):
-                    row = phases[v, i * s + a]
-                    n = (KW - v + s - 1) // s          # taps of this kernel row in phase v
-                    if n == 3:
-                        w0, w1, w2 = wide[a * KW + v], wide[a * KW + s + v], wide[a * KW + 2 * s + v]
-                        x0, x1, x2 = row, row[C:], row[2 * C:]
-                        for k in range(WO * C):
-                            out[k] += w0[k] * x0[k] + w1[k] * x1[k] + w2[k] * x2[k]
-                        continue
-                    if n == 2:
-                        w0, w1, x0, x1 = wide[a * KW + v], wide[a * KW + s + v], row, row[C:]
-                        for k in range(WO * C):
-                            out[k] += w0[k] * x0[k] + w1[k] * x1[k]
-                        continue
-                    for db in range(n):
-                        w0, x0 = wide[a * KW + db * s + v], row[db * C:]
-                        for k in range(WO * C):
-                            out[k] += w0[k] * x0[k]
-            activate(out, act)
-
-
-depthwise_pixels = numba.njit(**_serial)(_depthwise_pixels)
 
 
 # ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import functools
 import numba
 import numpy as np
 
+from . import fused_depthwise as fd
 from . import fused_kernels as fk
 from .barrier import can_yield, release_store, wait_for
 
@@ -117,13 +118,13 @@ def _run_step(step, params, layout, x, T, H, W, y, HO, WO, part, parts):
             y4[real:] = 0.0
     elif kind == DEPTHWISE and layout == PLANES:
         w = params[step[W_AT]:step[W_AT] + C * kh * kw].reshape(C, kh, kw)
-        fk.depthwise_planes(x4[lo:hi], w[lo:hi], b[lo:hi], stride, pad, act, y4[lo:hi])
+        fd.depthwise_planes(x4[lo:hi], w[lo:hi], b[lo:hi], stride, pad, act, y4[lo:hi])
         if part == parts - 1:
             y4[real:] = 0.0
     elif kind == DEPTHWISE and part == 0:  # on pixels a channel is not a block of its own: one part
         w = params[step[WT_AT]:step[WT_AT] + C * kh * kw].reshape(kh, kw, C)
         out = y[:PO * O].reshape(PO, O)
-        fk.depthwise_pixels(x[:T * H * W * C].reshape(T, H, W, C), w, b, stride, pad, act,
+        fd.depthwise_pixels(x[:T * H * W * C].reshape(T, H, W, C), w, b, stride, pad, act,
                             out[:T * HO * WO].reshape(T, HO, WO, O))
         out[T * HO * WO:] = 0.0
     elif kind == POINTWISE and layout == PLANES:
