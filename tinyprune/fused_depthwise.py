@@ -17,14 +17,14 @@ Other kernel sizes go a kernel row at a time, up to three taps per pass.
 import numba
 import numpy as np
 
-from .fused_kernels import _serial, activate
+from .fused_kernels import _serial, activate        # the same compile options as the other kernels
 
 __all__ = ["depthwise_planes", "depthwise_pixels"]
 
 # Scratch numbers (row phases of a group of images) worked on at a time on
 # planes: 4096 float32 are 16 KB, and with the grid as large beside them
 # both stay in the level-1 cache between the copy in, the taps and the copy
-# out.  (Measured: 4 times as many is no faster or slower on MobileNet.)
+# out.  (Groups four times as large were neither faster nor slower.)
 GROUP = 4096
 
 
@@ -64,8 +64,8 @@ def _deal_rows(x, s, pad, R, phases):
             src, dst = x[t, r], phases[u, row, pad:]
             for q in range(W):
                 dst[q] = src[q]
-            u += 1                                        # (counted on: a division per row costs
-            if u == s:                                    # as much as copying a row of 6)
+            u += 1                                        # counted on, not divided: a division
+            if u == s:                                    # costs as much as copying a short row
                 u, row = 0, row + 1
 
 
@@ -125,7 +125,7 @@ def _copy_rows(grid, R, WP, s, y, odd):
     At stride 2 the loop also copies the odd positions, to odd (WO,), which
     is thrown away: a loop that reads both numbers of each pair is turned
     into vector instructions, one that reads every second number is not
-    (three times slower).  grid must then hold a number after the last pixel.
+    (several times slower).  grid must then hold a number after the last pixel.
     """
     n, HO, WO = y.shape
     if s == 1:                          # loops of their own: one with a branch inside is not vectorized
