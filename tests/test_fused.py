@@ -162,8 +162,14 @@ def test_depthwise_on_pixels_matches_the_layer(depthwise_pixels, kernel, stride,
     expected = np.maximum(conv_output(layer, x), 0)
     y = np.empty(pixels(expected).shape)
     w = np.ascontiguousarray(layer.weight[:, 0].transpose(1, 2, 0))
-    depthwise_pixels(pixels(x), w, layer.bias, stride, pad, fk.RELU, y)
+    depthwise_pixels(pixels(x), w, layer.bias, stride, pad, fk.RELU, y, 0, y.shape[1])
     np.testing.assert_allclose(y, pixels(expected), rtol=1e-12, atol=1e-12)
+    rows = np.full_like(y, np.nan)                  # in two shares of the rows, as two threads do
+    middle = y.shape[1] // 2
+    depthwise_pixels(pixels(x), w, layer.bias, stride, pad, fk.RELU, rows, middle, y.shape[1])
+    assert np.all(np.isnan(rows[:, :middle]))
+    depthwise_pixels(pixels(x), w, layer.bias, stride, pad, fk.RELU, rows, 0, middle)
+    np.testing.assert_array_equal(rows, y)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -183,7 +189,7 @@ def test_depthwise_in_float32_matches_the_layer(depthwise, stride):
     else:
         y = np.empty(pixels(expected).shape, np.float32)
         fd.depthwise_pixels(pixels(x), np.ascontiguousarray(w.transpose(1, 2, 0)), layer.bias, stride, 1,
-                            fk.SLOPEHTANH, y)
+                            fk.SLOPEHTANH, y, 0, y.shape[1])
         y = y.transpose(0, 3, 1, 2)
     assert relative_error(y, expected) < 1e-5
 

@@ -277,10 +277,12 @@ pixel_row_3x3 = numba.njit(**_serial)(_pixel_row_3x3)
 pixel_row_taps = numba.njit(**_serial)(_pixel_row_taps)
 
 
-def _depthwise_pixels(x, w, b, stride, pad, act, y):
+def _depthwise_pixels(x, w, b, stride, pad, act, y, first, last):
     """y[t, i, j] = act(sum_ab w[a, b] * x[t, i*s + a - pad, j*s + b - pad] + b) on pixels.
 
-    x (T, H, W, C);  w (KH, KW, C);  b (C,);  y (T, HO, WO, C) overwritten.
+    x (T, H, W, C);  w (KH, KW, C);  b (C,);  y (T, HO, WO, C): its output
+    rows first ... last - 1 overwritten (all of them: 0, HO), so that
+    threads can share the rows of one image.
     """
     T, H, W, C = x.shape
     KH, KW = w.shape[0], w.shape[1]
@@ -289,7 +291,7 @@ def _depthwise_pixels(x, w, b, stride, pad, act, y):
     taps = w.reshape(KH * KW, C)
     for t in range(T):
         pad_pixels(x, t, pad, padded)
-        for i in range(HO):
+        for i in range(first, last):
             out = y[t, i]
             if KH == 3 and KW == 3:
                 pixel_row_3x3(padded, taps, b, i * stride, stride, out)

@@ -121,12 +121,14 @@ def _run_step(step, params, layout, x, T, H, W, y, HO, WO, part, parts):
         fd.depthwise_planes(x4[lo:hi], w[lo:hi], b[lo:hi], stride, pad, act, y4[lo:hi])
         if part == parts - 1:
             y4[real:] = 0.0
-    elif kind == DEPTHWISE and part == 0:  # on pixels a channel is not a block of its own: one part
+    elif kind == DEPTHWISE:                # on pixels the parts share the output rows
         w = params[step[WT_AT]:step[WT_AT] + C * kh * kw].reshape(kh, kw, C)
         out = y[:PO * O].reshape(PO, O)
+        first, last = share(HO, part, parts, 1)
         fd.depthwise_pixels(x[:T * H * W * C].reshape(T, H, W, C), w, b, stride, pad, act,
-                            out[:T * HO * WO].reshape(T, HO, WO, O))
-        out[T * HO * WO:] = 0.0
+                            out[:T * HO * WO].reshape(T, HO, WO, O), first, last)
+        if part == parts - 1:
+            out[T * HO * WO:] = 0.0
     elif kind == POINTWISE and layout == PLANES:
         lo, hi = share(O, part, parts, 8)
         w = params[step[W_AT]:step[W_AT] + O * C].reshape(O, C)
@@ -148,13 +150,17 @@ run_step = numba.njit(cache=True, nogil=True)(_run_step)
 
 
 
-def _convert(x, C, T, H, W, to, y):
-    """Copy the tile in flat buffer x into flat buffer y in layout ``to`` (from the other one)."""
+def _convert(x, C, T, H, W, to, y, part, parts):
+    """Copy the tile in flat buffer x into flat buffer y in layout ``to`` (from the other one).
+
+    ``part`` of ``parts``: only that share of the channels; (0, 1) is all of them.
+    """
     P = pixel_rows(T * H * W)
+    lo, hi = share(C, part, parts, 1)
     if to == PIXELS:
-        fk.to_pixels(x[:C * T * H * W].reshape(C, T, H, W), y[:P * C].reshape(P, C))
+        fk.to_pixels(x[:C * T * H * W].reshape(C, T, H, W)[lo:hi], y[:P * C].reshape(P, C)[:, lo:hi])
     else:
-        fk.to_planes(x[:P * C].reshape(P, C), y[:C * T * H * W].reshape(C, T, H, W))
+        fk.to_planes(x[:P * C].reshape(P, C)[:, lo:hi], y[:C * T * H * W].reshape(C, T, H, W)[lo:hi])
 
 
 convert = numba.njit(cache=True)(_convert)
@@ -171,7 +177,7 @@ def _run_steps(first, last, steps, params, shapes, T, a, b, current):
     for s in range(first, last):
         wanted = layout(steps[s, KIND], C, T, H, W, current)
         if wanted != current:
-            convert(a, C, T, H, W, wanted, b)
+            convert(a, C, T, H, W, wanted, b, 0, 1)
             a, b, current = b, a, wanted
         O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
         run_step(steps[s], params, current, a, T, H, W, b, HO, WO, 0, 1)
@@ -254,10 +260,11 @@ def _run_part(x, steps, params, shapes, a, b, out, part, parts, flags):
     """Thread ``part``'s share of every step, for the single image of x (N = 1).
 
     ``parts`` threads run this at once on the same scratch buffers a, b;
-    each step's output channels are shared out among them
-    (``run_step``'s part), and between steps the threads wait for each
-    other at a barrier (:mod:`tinyprune.barrier`, counters ``flags``).  The
-    copies in and out, and layout conversions, are thread 0's.
+    each step's output channels (or rows) and each layout conversion's
+    channels are shared out among them (``run_step``'s and ``convert``'s
+    part), and after each the threads wait for each other at a barrier
+    (:mod:`tinyprune.barrier`, counters ``flags``).  The copies in and out
+    are thread 0's.
     """
     C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
     if part == 0:
@@ -269,8 +276,7 @@ def _run_part(x, steps, params, shapes, a, b, out, part, parts, flags):
     for s in range(steps.shape[0]):
         wanted = layout(steps[s, KIND], C, 1, H, W, current)
         if wanted != current:
-            if part == 0:
-                convert(a, C, 1, H, W, wanted, b)
+            convert(a, C, 1, H, W, wanted, b, part, parts)
             done += 1
             if not finish(flags, part, parts, done):
                 return
