@@ -21,6 +21,7 @@ from tinyprune import (Activation, BatchNorm2d, ChannelPrune, Chain, Conv2d, Den
                        keepprune, pretrained, prune, prune_propagate, resize)
 from tinyprune import activations, fused, fused_conv
 from tinyprune import fused_program as program
+from tinyprune import fused_depthwise as fd
 from tinyprune import fused_kernels as fk
 from tinyprune.fused import FusedPlan
 
@@ -130,7 +131,7 @@ def depthwise_layer(channels, kernel, stride, pad, seed):
 
 
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
-@pytest.mark.parametrize("depthwise_planes", both("depthwise_planes"))
+@pytest.mark.parametrize("depthwise_planes", both("depthwise_planes", fd))
 def test_depthwise_on_planes_matches_the_layer(depthwise_planes, kernel, stride, pad):
     layer = depthwise_layer(4, kernel, stride, pad, seed=2)
     x = random((3, 4, 7, 6), 4)
@@ -140,16 +141,57 @@ def test_depthwise_on_planes_matches_the_layer(depthwise_planes, kernel, stride,
     np.testing.assert_allclose(y, planes(expected), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kernel,stride", [((3, 3), 1), ((3, 3), 2), ((2, 3), 1)])
+@pytest.mark.parametrize("depthwise_planes", both("depthwise_planes", fd))
+def test_depthwise_on_planes_in_groups_of_images_that_split_channels(depthwise_planes, kernel, stride):
+    """5 images of 3 channels, 40x38: a group holds 2 or 4 images, so groups start inside a channel."""
+    layer = depthwise_layer(3, kernel, stride, 1, seed=3)
+    x = random((5, 3, 40, 38), 5)
+    expected = activations.hardtanh(conv_output(layer, x))
+    y = np.empty(planes(expected).shape)
+    assert fd.GROUP // (stride * ((42 + stride - 1) // stride) * 40) in (2, 4)
+    depthwise_planes(planes(x), layer.weight[:, 0].copy(), layer.bias, stride, 1, fk.HARDTANH, y)
+    np.testing.assert_allclose(y, planes(expected), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
-@pytest.mark.parametrize("depthwise_pixels", both("depthwise_pixels"))
+@pytest.mark.parametrize("depthwise_pixels", both("depthwise_pixels", fd))
 def test_depthwise_on_pixels_matches_the_layer(depthwise_pixels, kernel, stride, pad):
     layer = depthwise_layer(5, kernel, stride, pad, seed=5)
     x = random((2, 5, 6, 7), 7)
     expected = np.maximum(conv_output(layer, x), 0)
     y = np.empty(pixels(expected).shape)
     w = np.ascontiguousarray(layer.weight[:, 0].transpose(1, 2, 0))
-    depthwise_pixels(pixels(x), w, layer.bias, stride, pad, fk.RELU, y)
+    depthwise_pixels(pixels(x), w, layer.bias, stride, pad, fk.RELU, y, 0, y.shape[1])
     np.testing.assert_allclose(y, pixels(expected), rtol=1e-12, atol=1e-12)
+    rows = np.full_like(y, np.nan)                  # in two shares of the rows, as two threads do
+    middle = y.shape[1] // 2
+    depthwise_pixels(pixels(x), w, layer.bias, stride, pad, fk.RELU, rows, middle, y.shape[1])
+    assert np.all(np.isnan(rows[:, :middle]))
+    depthwise_pixels(pixels(x), w, layer.bias, stride, pad, fk.RELU, rows, 0, middle)
+    np.testing.assert_array_equal(rows, y)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("depthwise", ["planes", "pixels"])
+def test_depthwise_in_float32_matches_the_layer(depthwise, stride):
+    """MobileNet's case: 3x3, pad 1, 16 channels, float32 (images of odd and even width)."""
+    layer = DepthwiseConv2d(16, (3, 3), stride=stride, pad=1, bias=True, dtype=np.float32,
+                            rng=np.random.default_rng(6))
+    layer.bias[:] = random(16, 7)
+    x = np.random.default_rng(8).standard_normal((3, 16, 9, 10)).astype(np.float32)
+    expected = activations.slopehtanh(conv_output(layer, x))
+    w = layer.weight[:, 0]
+    if depthwise == "planes":
+        y = np.empty(planes(expected).shape, np.float32)
+        fd.depthwise_planes(planes(x), w.copy(), layer.bias, stride, 1, fk.SLOPEHTANH, y)
+        y = y.transpose(1, 0, 2, 3)
+    else:
+        y = np.empty(pixels(expected).shape, np.float32)
+        fd.depthwise_pixels(pixels(x), np.ascontiguousarray(w.transpose(1, 2, 0)), layer.bias, stride, 1,
+                            fk.SLOPEHTANH, y, 0, y.shape[1])
+        y = y.transpose(0, 3, 1, 2)
+    assert relative_error(y, expected) < 1e-5
 
 
 @pytest.mark.parametrize("outputs", [5, 11])               # a block of 8 padded; 8, then 4 padded
@@ -192,65 +234,53 @@ def test_taps_go_in_groups_of_4_the_extra_ones_zero_after_the_phases(tap_offsets
     assert np.all(weights[:, 27] == 0) and np.all(weights[5:] == 0)
 
 
-def conv_helper_cases():
-    """(helper name, its arguments): each helper of fused_conv on a small input."""
-    x = random((2, 3, 7, 6), 52)
-    acc = random((8, 40), 53)
-    return [("phase_shape", (7, 6, 2, 1)),
-            ("tap_offsets", (2, 3, 2, 2, 5, 4)),
-            ("tap_offsets", (3, 3, 3, 2, 6, 5)),
-            ("split_phases", (x, 2, 1, np.zeros((2, 2, 2, 5, 4)))),
-            ("split_phases", (x, 0, 2, np.zeros((2, 3, 3, 4, 4)))),
-            ("split_phases", (x, 1, 0, np.zeros((2, 1, 1, 7, 6)))),
-            ("eight_outputs", (random((9, 8), 54), 1, np.array([0, 3, 5, 9, 11, 2, 7, 4]), random(60, 55),
-                               37, acc)),
-            ("four_outputs", (random((9, 8), 54), 5, np.array([0, 3, 5, 9, 11, 2, 7, 4]), random(60, 55),
-                              37, acc)),
-            ("tap_weights", (random((5, 2, 3, 2), 56),)),
-            ("tap_weights", (random((9, 3, 3, 3), 57),)),
-            ("finish", (random(40, 58), 34, 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2)),
-            ("start", (random((8, 9), 59), random(11, 60), 5))]
-
-
-@pytest.mark.parametrize("name, args", conv_helper_cases())
-def test_each_conv_helper_gives_the_same_numbers_compiled_and_plain(name, args):
-    compiled_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
-    plain_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
-    compiled = getattr(fused_conv, name)(*compiled_args)
-    by_hand = getattr(fused_conv, "_" + name)(*plain_args)
-    np.testing.assert_array_equal(compiled, by_hand)           # None == None for the in-place ones
-    for a, b, before in zip(compiled_args, plain_args, args):
-        if isinstance(a, np.ndarray):
-            np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
-    assert any(isinstance(a, np.ndarray) and not np.array_equal(a, before)
-               for a, before in zip(compiled_args, args)) or compiled is not None
-
-
 def helper_cases():
-    """(helper name, its arguments): each helper of the convolutions on a small input."""
+    """(module, helper name, its arguments): each helper of the convolutions on a small input."""
     x = random((2, 3, 7, 6), 40)
-    R, WP, G = fk.grid_sizes(3, 7, 6, 4, 3, 2, 1)        # stride 2, pad 1
+    R, WP = (7 + 2 * 1 + 1) // 2, 6 + 2 * 1             # 7x6 images, stride 2, pad 1
+    G = ((3 - 1) * R + 4 - 1) * WP + 2 * (3 - 1) + 1      # grid up to the last of 3 images' 4x3 outputs
     phases = random((2, 3 * R, WP), 41)
-    return [("split_rows", (x, 1, 1, np.zeros((2, 3 * R, WP)))),
-            ("split_rows", (x, 0, 2, np.zeros((3, 3 * 4, 10)))),
-            ("add_taps", (phases, random((3, 3), 42), WP, random(G, 43))),
-            ("add_taps", (phases, random((3, 2), 42), WP, random(G, 43))),
-            ("copy_out", (random(G, 44), R, WP, 2, np.zeros((2, 3, 4, 3)), 1, fk.SLOPEHTANH)),
-            ("repeat_taps", (random((3, 2, 5), 45), random(5, 46), 4)),
-            ("eight_rows", (random((12, 8), 48), random((8, 30), 49), 4, 3, 29, random((12, 30), 50))),
-            ("one_row", (random((12, 8), 48), random((8, 30), 49), 9, 0, 30, random((12, 30), 50))),
-            ("start_with_bias", (np.full(7, np.nan), random(9, 51), 4, 0)),
-            ("start_with_bias", (np.full(7, np.nan), random(9, 51), -1, 2)),
-            ("split_pixel_rows", (random((2, 5, 4, 3), 47), 1, 1, np.zeros((2, 7, 9)))),
-            ("split_pixel_rows", (random((2, 5, 4, 3), 47), 0, 2, np.zeros((1, 9, 24))))]
+    starts = fd.tap_starts(3, 3, 2, 3 * R, WP)
+    acc, taps = random((8, 40), 53), np.array([0, 3, 5, 9, 11, 2, 7, 4])
+    return [(fk, "eight_rows", (random((12, 8), 48), random((8, 30), 49), 4, 3, 29, random((12, 30), 50))),
+            (fk, "one_row", (random((12, 8), 48), random((8, 30), 49), 9, 0, 30, random((12, 30), 50))),
+            (fk, "start_with_bias", (np.full(7, np.nan), random(9, 51), 4, 0)),
+            (fk, "start_with_bias", (np.full(7, np.nan), random(9, 51), -1, 2)),
+            (fd, "deal_rows", (x[1], 2, 1, R, np.zeros((2, 3 * R, WP)))),
+            (fd, "deal_rows", (x[0], 3, 2, 4, np.zeros((3, 3 * 4, 10)))),
+            (fd, "tap_starts", (3, 2, 2, 3 * R, WP)),
+            (fd, "nine_taps", (phases.ravel(), starts, random((3, 3), 42), 0.5, WP, random(G - WP, 43))),
+            (fd, "some_taps", (phases.ravel(), fd.tap_starts(3, 2, 2, 3 * R, WP), random((3, 2), 42), 0.5,
+                               0, random(G, 43))),
+            (fd, "copy_rows", (random(G + 1, 44), R, WP, 2, np.zeros((3, 4, 3)), np.zeros(3))),
+            (fd, "copy_rows", (random(G, 44), R, WP, 1, np.zeros((2, 4, 6)), np.zeros(6))),
+            (fd, "copy_rows", (random(G, 44), R, WP, 3, np.zeros((2, 4, 2)), np.zeros(2))),
+            (fd, "pad_pixels", (random((2, 5, 4, 3), 47), 1, 1, np.zeros((7, 18)))),
+            (fd, "pixel_row_3x3", (random((7, 18), 45), random((9, 3), 46), random(3, 47), 2, 1,
+                                   np.zeros((3, 3)))),
+            (fd, "pixel_row_3x3", (random((7, 18), 45), random((9, 3), 46), random(3, 47), 1, 2,
+                                   np.zeros((2, 3)))),
+            (fd, "pixel_row_taps", (random((7, 18), 45), random((6, 3), 46), 3, 1, 2, 1, random((4, 3), 47))),
+            (fused_conv, "phase_shape", (7, 6, 2, 1)),
+            (fused_conv, "tap_offsets", (2, 3, 2, 2, 5, 4)),
+            (fused_conv, "tap_offsets", (3, 3, 3, 2, 6, 5)),
+            (fused_conv, "tap_weights", (random((5, 2, 3, 2), 56),)),
+            (fused_conv, "tap_weights", (random((9, 3, 3, 3), 57),)),
+            (fused_conv, "split_phases", (x, 2, 1, np.zeros((2, 2, 2, 5, 4)))),
+            (fused_conv, "split_phases", (x, 0, 2, np.zeros((2, 3, 3, 4, 4)))),
+            (fused_conv, "split_phases", (x, 1, 0, np.zeros((2, 1, 1, 7, 6)))),
+            (fused_conv, "start", (random((8, 9), 59), random(11, 60), 5)),
+            (fused_conv, "eight_outputs", (random((9, 8), 54), 1, taps, random(60, 55), 37, acc)),
+            (fused_conv, "four_outputs", (random((9, 8), 54), 5, taps, random(60, 55), 37, acc)),
+            (fused_conv, "finish", (random(40, 58), 34, 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2))]
 
 
-@pytest.mark.parametrize("name, args", helper_cases())
-def test_each_helper_gives_the_same_numbers_compiled_and_plain(name, args):
+@pytest.mark.parametrize("module, name, args", helper_cases())
+def test_each_helper_gives_the_same_numbers_compiled_and_plain(module, name, args):
     compiled_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
     plain_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
-    compiled = getattr(fk, name)(*compiled_args)
-    by_hand = getattr(fk, "_" + name)(*plain_args)
+    compiled = getattr(module, name)(*compiled_args)
+    by_hand = getattr(module, "_" + name)(*plain_args)
     if compiled is not None:
         np.testing.assert_array_equal(compiled, by_hand)
     for a, b, before in zip(compiled_args, plain_args, args):
@@ -362,41 +392,56 @@ def test_two_levels_of_tiles_give_the_same_output(tiles):
     np.testing.assert_allclose(out.reshape(7, 3), plain(model, x), rtol=1e-10)
 
 
-@pytest.mark.parametrize("parts", [2, 3])
-@pytest.mark.parametrize("run_part", both_program("run_part"))
-def test_threads_sharing_the_steps_of_one_image_give_the_same_bits(run_part, parts):
+def one_image_case(seed):
+    """A small float64 MobileNet's plan, one image, and what run_part needs for it."""
     model = small_mobilenet("slopehtanh").eval()
     plan = fused.build_plan(model)
-    x = random((1, 3, 32, 32), 62)
+    x = random((1, 3, 32, 32), seed)
     shapes = program.step_shapes(plan.steps, plan.steps[0, program.C_IN], 32, 32)
     size = program._scratch(shapes, 0, len(plan.steps), 1)
-    a, b, flags = np.empty(size), np.empty(size), np.zeros(parts + 1, np.int64)
-    out = np.empty((1, 2, 1, 1))
-    with concurrent.futures.ThreadPoolExecutor(parts - 1) as pool:
-        jobs = [pool.submit(run_part, x, plan.steps, plan.params, shapes, a, b, out, p, parts, flags)
-                for p in range(1, parts)]
-        run_part(x, plan.steps, plan.params, shapes, a, b, out, 0, parts, flags)
+    return plan, x, shapes, size
+
+
+@pytest.mark.parametrize("threads, parts", [(2, 2), (2, 5), (3, 3), (1, 4)])
+@pytest.mark.parametrize("run_part", both_program("run_part"))
+def test_threads_sharing_the_steps_of_one_image_give_the_same_bits(run_part, threads, parts):
+    plan, x, shapes, size = one_image_case(62)
+    a, b, counters = np.empty(size), np.empty(size), program.phase_counters(plan.steps)
+    out = np.full((1, 2, 1, 1), np.nan)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        jobs = [pool.submit(run_part, x, plan.steps, plan.params, shapes, a, b, out, parts, counters)
+                for _ in range(threads)]
         for job in jobs:
             job.result()
     alone = np.empty_like(out)
-    program.run_plan(x, plan.steps, plan.params, 1, 1, alone)        # one thread, the tile program
+    program.run_plan(x, plan.steps, plan.params, 1, 1, alone)     # one thread, the tile program
+    np.testing.assert_array_equal(out, alone)
+    n = (counters.size - 1) // 2
+    used = np.flatnonzero(counters[:n])             # the phases claimed, in order: all parts done
+    done = counters[n + used]
+    assert done[0] == done[-1] == 1 and np.all(done[1:-1] == parts)   # copies in and out: one part
+
+
+def test_run_shared_gives_the_same_bits_as_one_thread():
+    plan, x, shapes, _ = one_image_case(63)
+    out, alone = np.empty((1, 2, 1, 1)), np.empty((1, 2, 1, 1))
+    program.run_shared(x, plan.steps, plan.params, shapes, out, 2, parts=3)
+    program.run_plan(x, plan.steps, plan.params, 1, 1, alone)
     np.testing.assert_array_equal(out, alone)
 
 
-def test_a_failing_thread_stops_the_others_waiting():
-    model = small_mobilenet("relu").eval()
-    plan = fused.build_plan(model)
-    x = random((1, 3, 32, 32), 63)
-    shapes = program.step_shapes(plan.steps, plan.steps[0, program.C_IN], 32, 32)
-    size = program._scratch(shapes, 0, len(plan.steps), 1)
-    bad = np.empty((1, 2))                          # not 4-D: every thread fails at once, none waits
+@pytest.mark.parametrize("run_part", both_program("run_part"))
+def test_a_failed_thread_stops_the_others_waiting(run_part):
+    plan, x, shapes, size = one_image_case(64)
+    counters = program.phase_counters(plan.steps)
+    counters[0] = 1                                 # the copy in was claimed by a thread that failed,
+    counters[-1] = 1                                # which said stop: nobody waits for it
+    out = np.full((1, 2, 1, 1), 7.0)
+    run_part(x, plan.steps, plan.params, shapes, np.empty(size), np.empty(size), out, 2, counters)
+    assert np.all(out == 7.0)
+    bad = np.empty((1, 2))                          # not 4-D: every thread fails at once
     with pytest.raises(numba.core.errors.TypingError):
         program.run_shared(x, plan.steps, plan.params, shapes, bad, 2)
-    flags = np.zeros(3, np.int64)
-    flags[2] = 1                                    # stop: thread 0 returns at its first barrier
-    out = np.full((1, 2, 1, 1), 7.0)
-    program.run_part(x, plan.steps, plan.params, shapes, np.empty(size), np.empty(size), out, 0, 2, flags)
-    assert np.all(out == 7.0) and flags[0] == 1
 
 
 # ---------------------------------------------------------------------------

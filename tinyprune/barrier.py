@@ -1,36 +1,40 @@
-"""Two or more threads taking turns at the steps of one computation: a spinning barrier.
+"""Threads sharing out the steps of one computation: counters they claim work with and wait on.
 
-The fast path (:mod:`tinyprune.fused`) shares out the steps of a network
-for a single image between threads: each thread computes its part of a
-step's output channels, and before the next step every thread must wait
-until all parts of this one are written.  A step of one image takes a few
-microseconds, so that wait must cost far less than one: the threads wait
-by *spinning* -- reading a shared counter again and again -- instead of
-asking the operating system to wake them (tens of microseconds).
+The fast path (:mod:`tinyprune.fused_program`) runs the steps of a network
+for a single image on several threads at once.  Each step is cut into a
+few *parts* (shares of its output channels).  A thread *claims* the next
+unclaimed part of the current step, computes it, counts it as done, and
+claims again; when no part is left it waits until every part of the step
+is done, then moves on to the next step.  A thread that is late -- the
+operating system gave its core to another program for a while -- simply
+finds the parts already claimed by the others, so nobody waits for a thread
+that is not running unless it holds a part.
 
-The counters.  ``flags`` is an int64 array with one counter per thread and
-one more, the last, for "stop".  After its part of step s, thread p sets
-``flags[p] = s + 1``; it may start step s + 1 when every counter is at
-least s + 1 (``wait_for(flags, parts, s + 1)``).  The counters only grow, so nothing has to be reset between
-steps.  A thread that fails sets the stop counter, and the others give up
-instead of waiting forever.
+A step of one image takes a few microseconds, so waiting must cost far
+less than that: threads wait by *spinning* -- reading a counter again and
+again -- rather than asking the operating system to wake them (tens of
+microseconds).  After a while without news, a spinning thread yields its
+core at every turn (``sched_yield``), so that on a busy machine the thread
+it waits for gets a core sooner.
 
-Two details make that correct in compiled code.  The compiler may keep a
-value it has read in a register and never read it again, which turns "wait
-until the counter changes" into "wait forever"; and the processor may let
-other threads see a counter before the numbers written just before it.
-Atomic loads and stores with *acquire* and *release* order forbid both:
-``release_store`` publishes everything written before it, and an
-``acquire_load`` that sees the new value sees all of that too.  Compiled,
-they are single instructions (Numba has no such operation, so they are
-written below in LLVM's terms); as plain Python they are ordinary reads and
-writes, which are atomic under the interpreter's lock.
+The counters are one int64 array: for each phase p of the computation,
+``counters[p]`` counts the claims and ``counters[n + p]`` the parts done
+(n phases); the last entry is "stop", set when a thread fails, so that
+the others give up instead of waiting forever.
 
-A thread that has spun for a while without news yields its core
-(``sched_yield``, a call by name, so that the compiled code can be cached) at every further turn, so that on a machine busy with
-other programs the thread it waits for gets the core sooner.
+Two details make this correct in compiled code.  Two threads claiming at
+the same moment must get different parts: the claim is an atomic
+*fetch-and-add*, a single instruction that reads and increments the
+counter with nothing in between.  And a waiting thread must see the numbers
+that were written before a part was counted as done: the compiler could
+otherwise keep the counter in a register and never read it again, and the
+processor could show the counter before the numbers.  Atomic operations
+with *acquire* and *release* order forbid both.  Numba has none of these,
+so they are written below in LLVM's own terms, a few lines each; as plain
+Python they are ordinary reads and writes under a lock.
 """
 
+import threading
 import time
 
 import llvmlite.binding as llvm
@@ -39,54 +43,60 @@ import numba
 from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["acquire_load", "release_store", "wait_for", "can_yield"]
+__all__ = ["fetch_add", "acquire_load", "wait_until", "give_way", "can_yield"]
 
-# Turns of spinning before a waiting thread starts yielding its core: a few
-# microseconds, longer than a step of one image takes.
+# Turns of spinning before a waiting thread starts yielding its core: some
+# tens of microseconds, longer than any step of one image takes.
 SPINS = 20000
 
-
-def acquire_load(flags, i):
-    """flags[i], read so that everything written before it was published is seen too."""
-    return flags[i]
+_lock = threading.Lock()          # the plain-Python versions' atomicity
 
 
-def release_store(flags, i, value):
-    """flags[i] = value, published after everything this thread wrote before it."""
-    flags[i] = value
+def fetch_add(counters, i, value):
+    """counters[i] += value as one indivisible operation; returns the value it had before."""
+    with _lock:
+        old = counters[i]
+        counters[i] = old + value
+    return old
+
+
+def acquire_load(counters, i):
+    """counters[i], read so that everything published before it was set is seen too."""
+    return counters[i]
+
+
+def give_way():
+    """Let another thread that is ready to run have this core for a moment."""
+    time.sleep(0)
+
+
+def _element_pointer(context, builder, array_type, array, index):
+    array = context.make_array(array_type)(context, builder, array)
+    return cgutils.get_item_pointer(context, builder, array_type, array, [index])
 
 
 @intrinsic
-def _atomic_load(typingctx, flags, i):
+def _atomic_add(typingctx, counters, i, value):
     def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, signature.args[0], array, [args[1]])
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        return builder.atomic_rmw("add", pointer, args[2], "acq_rel")
+    return types.int64(counters, i, value), codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, counters, i):
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
         return builder.load_atomic(pointer, "acquire", 8)
-    return types.int64(flags, i), codegen
-
-
-@intrinsic
-def _atomic_store(typingctx, flags, i, value):
-    def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        pointer = cgutils.get_item_pointer(context, builder, signature.args[0], array, [args[1]])
-        builder.store_atomic(args[2], pointer, "release", 8)
-        return context.get_dummy_value()
-    return types.void(flags, i, value), codegen
-
-
-@overload(acquire_load)
-def _acquire_load_compiled(flags, i):
-    return lambda flags, i: _atomic_load(flags, i)
-
-
-@overload(release_store)
-def _release_store_compiled(flags, i, value):
-    return lambda flags, i, value: _atomic_store(flags, i, value)
+    return types.int64(counters, i), codegen
 
 
 def _yield_symbol():
-    """The C function that gives the core to another thread: sched_yield, SwitchToThread on Windows."""
+    """The C function that gives the core to another thread: sched_yield, SwitchToThread on Windows.
+
+    Called by name from compiled code (not through ctypes), so that the
+    compiled code can be cached.
+    """
     for name in ("sched_yield", "SwitchToThread"):
         if llvm.address_of_symbol(name):
             return name
@@ -95,11 +105,6 @@ def _yield_symbol():
 
 _YIELD = _yield_symbol()
 can_yield = _YIELD is not None
-
-
-def give_way():
-    """Let another thread that is ready to run have this core for a moment."""
-    time.sleep(0)
 
 
 @intrinsic
@@ -112,25 +117,32 @@ def _call_yield(typingctx):
     return types.void(), codegen
 
 
+@overload(fetch_add)
+def _fetch_add_compiled(counters, i, value):
+    return lambda counters, i, value: _atomic_add(counters, i, value)
+
+
+@overload(acquire_load)
+def _acquire_load_compiled(counters, i):
+    return lambda counters, i: _atomic_load(counters, i)
+
+
 @overload(give_way)
 def _give_way_compiled():
     return lambda: _call_yield()
 
 
-def _wait_for(flags, parts, count):
-    """Spin until the counters of threads 0 ... parts - 1 are all at least ``count``.
-
-    Returns False if the stop counter ``flags[parts]`` was set meanwhile.
-    """
+def _wait_until(counters, i, target):
+    """Spin until counters[i] >= target; False if the stop counter (the last) was set meanwhile."""
+    stop = counters.size - 1
     spins = 0
-    for p in range(parts):
-        while acquire_load(flags, p) < count:
-            if acquire_load(flags, parts) != 0:
-                return False
-            spins += 1
-            if spins > SPINS:
-                give_way()
+    while acquire_load(counters, i) < target:
+        if acquire_load(counters, stop) != 0:
+            return False
+        spins += 1
+        if spins > SPINS:
+            give_way()
     return True
 
 
-wait_for = numba.njit(cache=True, nogil=True)(_wait_for)
+wait_until = numba.njit(cache=True, nogil=True)(_wait_until)

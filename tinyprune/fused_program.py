@@ -25,8 +25,9 @@ import numba
 import numpy as np
 
 from . import fused_conv
+from . import fused_depthwise as fd
 from . import fused_kernels as fk
-from .barrier import can_yield, release_store, wait_for
+from .barrier import can_yield, fetch_add, wait_until
 
 __all__ = ["run_plan", "run_shared", "run_tile", "run_step", "step_shapes", "layout", "share",
            "pixel_rows", "CONV", "DEPTHWISE", "POINTWISE", "POOL", "PLANES", "PIXELS", "FIELDS"]
@@ -118,15 +119,17 @@ def _run_step(step, params, layout, x, T, H, W, y, HO, WO, part, parts):
             y4[real:] = 0.0
     elif kind == DEPTHWISE and layout == PLANES:
         w = params[step[W_AT]:step[W_AT] + C * kh * kw].reshape(C, kh, kw)
-        fk.depthwise_planes(x4[lo:hi], w[lo:hi], b[lo:hi], stride, pad, act, y4[lo:hi])
+        fd.depthwise_planes(x4[lo:hi], w[lo:hi], b[lo:hi], stride, pad, act, y4[lo:hi])
         if part == parts - 1:
             y4[real:] = 0.0
-    elif kind == DEPTHWISE and part == 0:  # on pixels a channel is not a block of its own: one part
+    elif kind == DEPTHWISE:                # on pixels the parts share the output rows
         w = params[step[WT_AT]:step[WT_AT] + C * kh * kw].reshape(kh, kw, C)
         out = y[:PO * O].reshape(PO, O)
-        fk.depthwise_pixels(x[:T * H * W * C].reshape(T, H, W, C), w, b, stride, pad, act,
-                            out[:T * HO * WO].reshape(T, HO, WO, O))
-        out[T * HO * WO:] = 0.0
+        first, last = share(HO, part, parts, 1)
+        fd.depthwise_pixels(x[:T * H * W * C].reshape(T, H, W, C), w, b, stride, pad, act,
+                            out[:T * HO * WO].reshape(T, HO, WO, O), first, last)
+        if part == parts - 1:
+            out[T * HO * WO:] = 0.0
     elif kind == POINTWISE and layout == PLANES:
         lo, hi = share(O, part, parts, 8)
         w = params[step[W_AT]:step[W_AT] + O * C].reshape(O, C)
@@ -148,13 +151,17 @@ run_step = numba.njit(cache=True, nogil=True)(_run_step)
 
 
 
-def _convert(x, C, T, H, W, to, y):
-    """Copy the tile in flat buffer x into flat buffer y in layout ``to`` (from the other one)."""
+def _convert(x, C, T, H, W, to, y, part, parts):
+    """Copy the tile in flat buffer x into flat buffer y in layout ``to`` (from the other one).
+
+    ``part`` of ``parts``: only that share of the channels; (0, 1) is all of them.
+    """
     P = pixel_rows(T * H * W)
+    lo, hi = share(C, part, parts, 1)
     if to == PIXELS:
-        fk.to_pixels(x[:C * T * H * W].reshape(C, T, H, W), y[:P * C].reshape(P, C))
+        fk.to_pixels(x[:C * T * H * W].reshape(C, T, H, W)[lo:hi], y[:P * C].reshape(P, C)[:, lo:hi])
     else:
-        fk.to_planes(x[:P * C].reshape(P, C), y[:C * T * H * W].reshape(C, T, H, W))
+        fk.to_planes(x[:P * C].reshape(P, C)[:, lo:hi], y[:C * T * H * W].reshape(C, T, H, W)[lo:hi])
 
 
 convert = numba.njit(cache=True)(_convert)
@@ -171,7 +178,7 @@ def _run_steps(first, last, steps, params, shapes, T, a, b, current):
     for s in range(first, last):
         wanted = layout(steps[s, KIND], C, T, H, W, current)
         if wanted != current:
-            convert(a, C, T, H, W, wanted, b)
+            convert(a, C, T, H, W, wanted, b, 0, 1)
             a, b, current = b, a, wanted
         O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
         run_step(steps[s], params, current, a, T, H, W, b, HO, WO, 0, 1)
@@ -241,73 +248,107 @@ def _run_tile(x, n0, T, part, split, steps, params, shapes, a, b, c, d, out):
 run_tile = numba.njit(cache=True, nogil=True)(_run_tile)
 
 
-def _finish(flags, part, parts, count):
-    """Publish that this thread has done ``count`` pieces of work; wait for the others to catch up."""
-    release_store(flags, part, count)
-    return wait_for(flags, parts, count)
+def _take_part(counters, phase, parts):
+    """Claim the next part of ``phase``: its number, or -1 if all ``parts`` are taken."""
+    k = fetch_add(counters, phase, 1)
+    return k if k < parts else -1
 
 
-finish = numba.njit(cache=True, nogil=True)(_finish)
+def _part_done(counters, phase):
+    """Count one part of ``phase`` as done (publishing everything written for it)."""
+    fetch_add(counters, (counters.size - 1) // 2 + phase, 1)
 
 
-def _run_part(x, steps, params, shapes, a, b, out, part, parts, flags):
-    """Thread ``part``'s share of every step, for the single image of x (N = 1).
+def _all_done(counters, phase, parts):
+    """Wait until all ``parts`` of ``phase`` are done; False if a thread failed."""
+    return wait_until(counters, (counters.size - 1) // 2 + phase, parts)
 
-    ``parts`` threads run this at once on the same scratch buffers a, b;
-    each step's output channels are shared out among them
-    (``run_step``'s part), and between steps the threads wait for each
-    other at a barrier (:mod:`tinyprune.barrier`, counters ``flags``).  The
-    copies in and out, and layout conversions, are thread 0's.
+
+take_part = numba.njit(cache=True, nogil=True)(_take_part)
+part_done = numba.njit(cache=True, nogil=True)(_part_done)
+all_done = numba.njit(cache=True, nogil=True)(_all_done)
+
+
+def _run_part(x, steps, params, shapes, a, b, out, parts, counters):
+    """One thread's share of the work for the single image of x (N = 1).
+
+    Several threads run this at once on the same scratch buffers a, b.
+    The work is a list of phases -- the copy in, each layout conversion,
+    each step, the copy out -- and every conversion and step is cut into
+    ``parts`` parts (``convert``'s and ``run_step``'s part).  Each thread
+    claims parts until none is left, then waits until the phase is done
+    (:mod:`tinyprune.barrier`; ``counters`` holds the claims and the parts
+    done for each phase, and "stop").  Returns when the image is in out.
     """
     C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
-    if part == 0:
+    if take_part(counters, 0, 1) == 0:
         fk.gather(x, 0, a[:C * H * W].reshape(C, 1, H, W))
-    done = 1
-    if not finish(flags, part, parts, done):
+        part_done(counters, 0)
+    if not all_done(counters, 0, 1):
         return
-    current = PLANES
+    phase, current = 1, PLANES
     for s in range(steps.shape[0]):
         wanted = layout(steps[s, KIND], C, 1, H, W, current)
         if wanted != current:
-            if part == 0:
-                convert(a, C, 1, H, W, wanted, b)
-            done += 1
-            if not finish(flags, part, parts, done):
+            k = take_part(counters, phase, parts)
+            while k >= 0:
+                convert(a, C, 1, H, W, wanted, b, k, parts)
+                part_done(counters, phase)
+                k = take_part(counters, phase, parts)
+            if not all_done(counters, phase, parts):
                 return
-            a, b, current = b, a, wanted
+            phase, a, b, current = phase + 1, b, a, wanted
         O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
-        run_step(steps[s], params, current, a, 1, H, W, b, HO, WO, part, parts)
-        done += 1
-        if not finish(flags, part, parts, done):
+        k = take_part(counters, phase, parts)
+        while k >= 0:
+            run_step(steps[s], params, current, a, 1, H, W, b, HO, WO, k, parts)
+            part_done(counters, phase)
+            k = take_part(counters, phase, parts)
+        if not all_done(counters, phase, parts):
             return
-        a, b = b, a
+        phase, a, b = phase + 1, b, a
         C, H, W = O, HO, WO
-    if part == 0 and current == PLANES:
-        fk.scatter_planes(a[:C * H * W].reshape(C, 1, H, W), 0, out)
-    elif part == 0:
-        fk.scatter_pixels(a[:pixel_rows(H * W) * C].reshape(pixel_rows(H * W), C), 0, 1, out)
+    if take_part(counters, phase, 1) == 0:
+        if current == PLANES:
+            fk.scatter_planes(a[:C * H * W].reshape(C, 1, H, W), 0, out)
+        else:
+            fk.scatter_pixels(a[:pixel_rows(H * W) * C].reshape(pixel_rows(H * W), C), 0, 1, out)
+        part_done(counters, phase)
+    all_done(counters, phase, 1)
 
 
 run_part = numba.njit(cache=True, nogil=True)(_run_part)
 
 
-def run_shared(x, steps, params, shapes, out, workers):
-    """Run the plan on a batch of one image with ``workers`` threads sharing every step."""
+def phase_counters(steps):
+    """Zeroed counters for ``run_part``: claims and parts done for up to 2*S + 2 phases, and stop."""
+    phases = 2 * steps.shape[0] + 2                 # copy in, a conversion and a step each, copy out
+    return np.zeros(2 * phases + 1, np.int64)
+
+
+def run_shared(x, steps, params, shapes, out, workers, parts=None):
+    """Run the plan on a batch of one image, with ``workers`` threads sharing out every step.
+
+    ``parts``: how many parts each step is cut into (default ``workers``).
+    The calling thread works too and returns as soon as the image is done;
+    a helper thread that had no chance to start meanwhile finds every part
+    taken when it does, and ends without touching the buffers.
+    """
     size = _scratch(shapes, 0, steps.shape[0], 1)
     a, b = np.empty(size, x.dtype), np.empty(size, x.dtype)
-    flags = np.zeros(workers + 1, np.int64)            # a counter per thread, and "stop"
+    counters = phase_counters(steps)
+    parts = parts or workers
 
-    def part(p):
+    def share():
         try:
-            run_part(x, steps, params, shapes, a, b, out, p, workers, flags)
+            run_part(x, steps, params, shapes, a, b, out, parts, counters)
         except BaseException:
-            flags[workers] = 1                         # the others stop waiting for this one
+            counters[-1] = 1                           # stop: the others stop waiting for this one
             raise
 
-    jobs = [_pool(workers).submit(part, p) for p in range(1, workers)]
-    try:
-        part(0)
-    finally:
+    jobs = [_pool(workers).submit(share) for _ in range(workers - 1)]
+    share()
+    if counters[-1]:                                   # a helper failed: raise what it raised
         for job in jobs:
             job.result()
 

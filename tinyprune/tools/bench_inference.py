@@ -194,7 +194,7 @@ def step_profile(model, batch=64, repeats=20):
         t = images(s)
         wanted = program.layout(step[program.KIND], C, t, H, W, current)
         if wanted != current:
-            seconds = cpu_seconds(lambda: program.convert(a, C, t, H, W, wanted, b))
+            seconds = cpu_seconds(lambda: program.convert(a, C, t, H, W, wanted, b, 0, 1))
             rows.append((s, "convert", "pixels" if wanted else "planes", C, C, f"{H}x{W}", t, seconds * 1e6,
                          0.0))
             current = wanted
