@@ -8,11 +8,12 @@ numbers.
 MobileNet's first layer reads the 3 colour channels of a 96x96 image and
 writes 8 channels of 48x48 (3x3 kernel, stride 2, padding 1): 27 taps for
 each of 8 outputs, on images far larger than any later layer's.  The
-depthwise kernel on planes deals the padded rows out to phases and computes
-every column, wasting half of them at stride 2: there every input channel
-serves one output, so splitting the columns too would cost a copy as large
-as the work it saves.  Here every input channel serves 8 outputs, so it
-pays to copy the input once into a layout where no work is wasted:
+depthwise kernel on planes (:mod:`tinyprune.fused_depthwise`) deals the
+padded rows out to phases and computes every column, wasting half of them
+at stride 2: there every input channel serves one output, so splitting the
+columns too would cost a copy as large as the work it saves.  Here every
+input channel serves 8 outputs, so it pays to copy the input once into a
+layout where no work is wasted:
 
 * Rows AND columns are dealt out to s x s *phases*: pixel (r, q) of the
   zero-padded image goes to phase (r % s, q % s), at (r // s, q // s).  Tap
