@@ -19,7 +19,7 @@ from helpers import give_statistics, relative_error
 from tinyprune import (Activation, BatchNorm2d, ChannelPrune, Chain, Conv2d, Dense, DepthwiseConv2d,
                        Flatten, GlobalMeanPool, HardTanh, Identity, MobileNet, ReLU, SlopeHTanh,
                        keepprune, pretrained, prune, prune_propagate, resize)
-from tinyprune import activations, fused, fused_conv
+from tinyprune import activations, fused
 from tinyprune import fused_program as program
 from tinyprune import fused_depthwise as fd
 from tinyprune import fused_kernels as fk
@@ -194,46 +194,6 @@ def test_depthwise_in_float32_matches_the_layer(depthwise, stride):
     assert relative_error(y, expected) < 1e-5
 
 
-@pytest.mark.parametrize("outputs", [5, 11])               # a block of 8 padded; 8, then 4 padded
-@pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
-@pytest.mark.parametrize("conv_planes", both("conv_planes", fused_conv))
-def test_full_conv_on_planes_matches_the_layer(conv_planes, kernel, stride, pad, outputs):
-    layer = Conv2d(3, outputs, kernel, stride=stride, pad=pad, bias=True, dtype=np.float64,
-                   rng=np.random.default_rng(8))
-    layer.bias[:] = random(outputs, 9)
-    x = random((2, 3, 7, 6), 10)
-    expected = activations.slopehtanh(conv_output(layer, x))
-    y = np.empty(planes(expected).shape)
-    conv_planes(planes(x), layer.weight, layer.bias, stride, pad, fk.SLOPEHTANH, y)
-    np.testing.assert_allclose(y, planes(expected), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("width", [6, 5])
-@pytest.mark.parametrize("stride, pad", [(1, 1), (2, 1), (2, 0), (2, 3), (3, 2)])
-@pytest.mark.parametrize("split_phases", both("split_phases", fused_conv))
-def test_the_phases_hold_every_s_th_row_and_column_of_the_padded_image(split_phases, stride, pad, width):
-    x = random((2, 3, 7, width), 51)                            # planes: 2 channels, 3 images
-    RQ, WQ = fused_conv.phase_shape(7, width, stride, pad)
-    padded = np.zeros((2, RQ * stride, WQ * stride))            # image 1, zero-padded and rounded up
-    padded[:, pad:pad + 7, pad:pad + width] = x[:, 1]
-    phases = np.zeros((2, stride, stride, RQ, WQ))
-    split_phases(x, 1, pad, phases)
-    for u in range(stride):
-        for v in range(stride):
-            np.testing.assert_array_equal(phases[:, u, v], padded[:, u::stride, v::stride])
-
-
-@pytest.mark.parametrize("tap_offsets, tap_weights", list(zip(both("tap_offsets", fused_conv),
-                                                                both("tap_weights", fused_conv))))
-def test_taps_go_in_groups_of_4_the_extra_ones_zero_after_the_phases(tap_offsets, tap_weights):
-    taps = tap_offsets(3, 3, 3, 2, 49, 49)             # MobileNet's first conv: 27 taps
-    weights = tap_weights(random((5, 3, 3, 3), 61))
-    assert taps.shape == (28,) and weights.shape == (8, 28)
-    assert taps[27] == 3 * 2 * 2 * 49 * 49              # the first number after the phases
-    assert taps[1 * 9 + 2 * 3 + 1] == ((1 * 2 + 0) * 2 + 1) * 49 * 49 + 1 * 49 + 0   # channel 1, tap (2, 1)
-    assert np.all(weights[:, 27] == 0) and np.all(weights[5:] == 0)
-
-
 def helper_cases():
     """(module, helper name, its arguments): each helper of the convolutions on a small input."""
     x = random((2, 3, 7, 6), 40)
@@ -241,7 +201,6 @@ def helper_cases():
     G = ((3 - 1) * R + 4 - 1) * WP + 2 * (3 - 1) + 1      # grid up to the last of 3 images' 4x3 outputs
     phases = random((2, 3 * R, WP), 41)
     starts = fd.tap_starts(3, 3, 2, 3 * R, WP)
-    acc, taps = random((8, 40), 53), np.array([0, 3, 5, 9, 11, 2, 7, 4])
     return [(fk, "eight_rows", (random((12, 8), 48), random((8, 30), 49), 4, 3, 29, random((12, 30), 50))),
             (fk, "one_row", (random((12, 8), 48), random((8, 30), 49), 9, 0, 30, random((12, 30), 50))),
             (fk, "start_with_bias", (np.full(7, np.nan), random(9, 51), 4, 0)),
@@ -260,19 +219,7 @@ def helper_cases():
                                    np.zeros((3, 3)))),
             (fd, "pixel_row_3x3", (random((7, 18), 45), random((9, 3), 46), random(3, 47), 1, 2,
                                    np.zeros((2, 3)))),
-            (fd, "pixel_row_taps", (random((7, 18), 45), random((6, 3), 46), 3, 1, 2, 1, random((4, 3), 47))),
-            (fused_conv, "phase_shape", (7, 6, 2, 1)),
-            (fused_conv, "tap_offsets", (2, 3, 2, 2, 5, 4)),
-            (fused_conv, "tap_offsets", (3, 3, 3, 2, 6, 5)),
-            (fused_conv, "tap_weights", (random((5, 2, 3, 2), 56),)),
-            (fused_conv, "tap_weights", (random((9, 3, 3, 3), 57),)),
-            (fused_conv, "split_phases", (x, 2, 1, np.zeros((2, 2, 2, 5, 4)))),
-            (fused_conv, "split_phases", (x, 0, 2, np.zeros((2, 3, 3, 4, 4)))),
-            (fused_conv, "split_phases", (x, 1, 0, np.zeros((2, 1, 1, 7, 6)))),
-            (fused_conv, "start", (random((8, 9), 59), random(11, 60), 5)),
-            (fused_conv, "eight_outputs", (random((9, 8), 54), 1, taps, random(60, 55), 37, acc)),
-            (fused_conv, "four_outputs", (random((9, 8), 54), 5, taps, random(60, 55), 37, acc)),
-            (fused_conv, "finish", (random(40, 58), 34, 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2))]
+            (fd, "pixel_row_taps", (random((7, 18), 45), random((6, 3), 46), 3, 1, 2, 1, random((4, 3), 47)))]
 
 
 @pytest.mark.parametrize("module, name, args", helper_cases())
