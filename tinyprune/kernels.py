@@ -132,6 +132,14 @@ def _depthwise_forward(x, w, stride, pad, out):
                 out[n, c, i, j] = grid[i * WP + j]
 
 
+# The backward pass stacks small planes: the padded planes of up to
+# STACK // (HP*WP) images of one channel lie one after another in one long
+# row, so a tap is one multiply-add along all of them.  A 6x6 plane alone
+# gives loops of 46 positions, mostly leftovers after the vectors; 32 of
+# them give 2000.
+STACK = 4096    # values in one pass's stacked planes: 16 KB of float32, in the level-1 cache
+
+
 def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
     """Exercise layers.5 (the kernel): the gradients of the depthwise convolution.
 
@@ -140,53 +148,61 @@ def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
     dw (C, KH, KW)     overwritten with dL/dw
 
     The sums are in ``DepthwiseConv2d.backward``'s docstring (conv.py).  A
-    prange iteration owns a channel; set up for it: ``xp``, a zero padded
-    plane (fill its inside per image), ``dxp`` (not zeroed) for dL/dxp,
-    ``dw_c`` for float64 sums, and ``grid``, ``xp_flat``, ``dxp_flat`` for
-    flat-grid loops like those of ``_depthwise_forward`` (optional: plain
-    loops over i, j, a, b are right too).  ``grid`` is long enough to hold
-    dy "spread out" on the padded plane's grid, dy[i, j] at position
-    i*s*WP + j*s with zeros between (see the comment in the solution).  The
+    prange iteration owns a channel; set up for it, for up to M images at a
+    time stacked as the comment above says (image k's padded plane at k*B,
+    B = HP*WP): ``xp``, the zero padded planes (fill their insides),
+    ``dxp`` (not zeroed) for dL/dxp, ``grid`` (zeros) for dy spread out on
+    the planes, dy[k, i, j] at k*B + i*s*WP + j*s, and ``dw_c`` for float64
+    sums.  (Optional: plain loops over n, i, j, a, b are right too.)  The
     padding's gradient is dropped.
     """
     N, C, H, W = x.shape
     KH, KW = w.shape[1], w.shape[2]
     HO, WO = dy.shape[2], dy.shape[3]
     HP, WP = H + 2 * pad, W + 2 * pad
-    T = (HO - 1) * stride * WP + (WO - 1) * stride + 1   # up to the last output pixel, spread out
+    B = HP * WP
+    T = (HO - 1) * stride * WP + (WO - 1) * stride + 1   # one image's grid, up to its last output pixel
+    M = max(1, min(N, STACK // B))               # images stacked in one pass
     for c in prange(C):                          # a thread owns a channel, so dw[c] has one writer
-        xp = np.zeros((HP, WP), x.dtype)         # the border stays 0, the inside is refilled per image
-        dxp = np.empty((HP, WP), x.dtype)
-        xp_flat = xp.reshape(HP * WP)
-        dxp_flat = dxp.reshape(HP * WP)
-        grid = np.zeros(T, x.dtype)              # room for dy spread out; what is never written stays 0
+        xp = np.zeros(M * B, x.dtype)            # the borders stay 0, the insides are refilled
+        dxp = np.empty(M * B, x.dtype)
+        grid = np.zeros(M * B, x.dtype)          # what is never written stays 0
         dw_c = np.zeros((KH, KW))                # float64 sums over N*HO*WO terms
         ### BEGIN SOLUTION
         # Tap w[c, a, b] met xp[i*s + a, j*s + b] in output (i, j): send dy * w back to that pixel
-        # and dy * xp to the tap.  Spread dy out on the padded plane's grid, dy[i, j] at
-        # position i*s*WP + j*s (zeros between, and in the junk columns); then tap (a, b) reads
-        # and writes the padded plane at start + t for EVERY grid position t, a unit-step loop
-        # the compiler vectorises, whatever the stride.  At stride 2 three grid entries in four
-        # are zeros, but a vectorised loop over them beats a strided loop over the others.
-        for n in range(N):
-            for r in range(H):
-                xp[r + pad, pad:pad + W] = x[n, c, r]
-            for i in range(HO):
-                for j in range(WO):
-                    grid[i * stride * WP + j * stride] = dy[n, c, i, j]
-            for t in range(HP * WP):
-                dxp_flat[t] = 0.0
+        # and dy * xp to the tap.  With dy spread out on the planes' grid (zeros between, and in
+        # the junk columns), tap (a, b) reads and writes the planes at start + u for EVERY grid
+        # position u: one unit-step loop the compiler vectorises, whatever the stride.  At
+        # stride 2 three grid entries in four are zeros, but a vectorised loop over them beats
+        # a strided loop over the others.
+        for n0 in range(0, N, M):
+            m = min(M, N - n0)
+            for k in range(m):
+                for r in range(H):
+                    row = k * B + (r + pad) * WP + pad
+                    for q in range(W):
+                        xp[row + q] = x[n0 + k, c, r, q]
+                for i in range(HO):
+                    for j in range(WO):
+                        grid[k * B + (i * WP + j) * stride] = dy[n0 + k, c, i, j]
+            for u in range(m * B):
+                dxp[u] = 0.0
+            U = (m - 1) * B + T                  # up to the last output pixel of the last image
             for a in range(KH):
                 for b in range(KW):
                     w_ab = w[c, a, b]
-                    start = a * WP + b               # where tap (a, b) of grid position t = 0 reads
+                    x_tap = xp[a * WP + b:]      # what tap (a, b) read, from grid position u = 0 on
+                    dx_tap = dxp[a * WP + b:]
                     tap_sum = np.float64(0.0)
-                    for t in range(T):
-                        dxp_flat[start + t] += w_ab * grid[t]
-                        tap_sum += grid[t] * xp_flat[start + t]
+                    for u in range(U):
+                        dx_tap[u] += w_ab * grid[u]
+                        tap_sum += grid[u] * x_tap[u]
                     dw_c[a, b] += tap_sum
-            for r in range(H):                   # the gradient that fell on the padding is dropped
-                dx[n, c, r] = dxp[r + pad, pad:pad + W]
+            for k in range(m):                   # the gradient that fell on the padding is dropped
+                for r in range(H):
+                    row = k * B + (r + pad) * WP + pad
+                    for q in range(W):
+                        dx[n0 + k, c, r, q] = dxp[row + q]
         for a in range(KH):
             for b in range(KW):
                 dw[c, a, b] = dw_c[a, b]
