@@ -32,10 +32,10 @@ Conventions shared by all kernels:
   the padding simply holds the zeros the tap would read.
 
 Matrix products (the 1x1 "pointwise" convolutions, and full convs after
-im2col) are not here: NumPy hands them to BLAS, which is faster at them than
-any loop we would write.  The exception is a full conv over very few input
-channels in eval mode, where the columns cost more than the product they
-feed (``conv_direct``).
+im2col) are not here: tinyprune/products.py runs them, blocked as BLAS
+blocks them, on Numba's threads.  The exception is a full conv over very
+few input channels in eval mode, where the columns cost more than the
+product they feed (``conv_direct``).
 
 Sums over many values (BatchNorm statistics, weight gradients) accumulate in
 float64 whatever the array type, so float32 statistics over 70 000 values per
