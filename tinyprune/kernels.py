@@ -105,31 +105,37 @@ def _depthwise_forward(x, w, stride, pad, out):
     HO, WO = out.shape[2], out.shape[3]
     HP, WP = H + 2 * pad, W + 2 * pad
     T = (HO - 1) * WP + WO                       # grid positions up to the last output pixel
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        xp = np.zeros((HP, WP), x.dtype)
-        for r in range(H):
-            for q in range(W):
-                xp[r + pad, q + pad] = x[n, c, r, q]
-        xp_flat = xp.reshape(HP * WP)           # the padded plane, row after row
-        grid = np.zeros(T, x.dtype)
-        for a in range(KH):
-            for b in range(KW):
-                w_ab = w[c, a, b]
-                first = a * WP + b               # where tap (a, b) of output t = 0 reads
-                if stride == 1:
-                    for t in range(T):
-                        grid[t] += w_ab * xp_flat[first + t]
-                elif stride == 2:
-                    for t in range(T):
-                        grid[t] += w_ab * xp_flat[first + 2 * t]
-                else:
-                    for t in range(T):
-                        grid[t] += w_ab * xp_flat[first + stride * t]
-        for i in range(HO):
-            for j in range(WO):
-                out[n, c, i, j] = grid[i * WP + j]
+    # A prange iteration does `per` planes (n, c) in a row, at most 256 iterations
+    # in all: the scratch arrays are made once per iteration, not once per plane.
+    per = (N * C + 255) // 256
+    for first in prange((N * C + per - 1) // per):
+        xp = np.zeros((HP, WP), x.dtype)         # the border stays 0, the inside is refilled
+        xp_flat = xp.reshape(HP * WP)            # the padded plane, row after row
+        grid = np.empty(T, x.dtype)
+        for nc in range(first * per, min(N * C, first * per + per)):
+            n = nc // C
+            c = nc % C
+            for r in range(H):
+                for q in range(W):
+                    xp[r + pad, q + pad] = x[n, c, r, q]
+            for t in range(T):
+                grid[t] = 0.0
+            for a in range(KH):
+                for b in range(KW):
+                    w_ab = w[c, a, b]
+                    start = a * WP + b           # where tap (a, b) of output t = 0 reads
+                    if stride == 1:
+                        for t in range(T):
+                            grid[t] += w_ab * xp_flat[start + t]
+                    elif stride == 2:
+                        for t in range(T):
+                            grid[t] += w_ab * xp_flat[start + 2 * t]
+                    else:
+                        for t in range(T):
+                            grid[t] += w_ab * xp_flat[start + stride * t]
+            for i in range(HO):
+                for j in range(WO):
+                    out[n, c, i, j] = grid[i * WP + j]
 
 
 # The backward pass stacks small planes: the padded planes of up to
