@@ -73,6 +73,7 @@ def test_the_batch_products_match_numpy_folded_or_not(P, dtype):
     np.testing.assert_allclose(products.batched_matmul(a.T, g), np.matmul(a.T, g), **TOL[dtype])
 
 
+@pytest.mark.ex_layers_4                    # Conv2d.backward is the exercise
 @pytest.mark.parametrize("kernel, size", [(1, 9), (1, 3), (3, 9)])
 def test_a_convolution_gives_the_same_gradients_with_the_plain_products(monkeypatch, kernel, size):
     """Conv2d through the compiled products and through their plain twins, float64."""
