@@ -405,19 +405,21 @@ def _batchnorm_train_forward(x, gamma, beta, eps, y, mean, var):
     N, C, L = x.shape
     M = N * L
     for c in prange(C):
+        # One pass for both sums, of the deviations from a value K of the channel:
+        # var = mean((x-K)^2) - mean(x-K)^2 cancels only as far as the mean lies
+        # from K in standard deviations (sum(x^2) - M mu^2, K = 0, can lose every digit).
+        K = np.float64(x[0, c, 0])
         s = np.float64(0.0)
+        ss = np.float64(0.0)
         for n in range(N):
             x_nc = x[n, c]
             for k in range(L):
-                s += x_nc[k]
-        mu = s / M
-        ss = np.float64(0.0)        # second pass: sum of squared deviations,
-        for n in range(N):          # which does not cancel as sum(x^2) - M mu^2 can
-            x_nc = x[n, c]
-            for k in range(L):
-                d = x_nc[k] - mu
+                d = x_nc[k] - K
+                s += d
                 ss += d * d
-        v = ss / M
+        m = s / M
+        mu = K + m
+        v = max(ss / M - m * m, 0.0)
         scale = gamma[c] / math.sqrt(v + eps)
         shift = beta[c] - mu * scale
         for n in range(N):
