@@ -405,9 +405,8 @@ def _batchnorm_train_forward(x, gamma, beta, eps, y, mean, var):
     N, C, L = x.shape
     M = N * L
     for c in prange(C):
-        # One pass for both sums, of the deviations from a value K of the channel:
-        # var = mean((x-K)^2) - mean(x-K)^2 cancels only as far as the mean lies
-        # from K in standard deviations (sum(x^2) - M mu^2, K = 0, can lose every digit).
+        # One pass for both sums, of deviations from a value K of the channel: var = mean((x-K)^2)
+        # - mean(x-K)^2 cancels only as far as the mean lies from K (K = 0 can lose every digit).
         K = np.float64(x[0, c, 0])
         s = np.float64(0.0)
         ss = np.float64(0.0)
@@ -419,7 +418,9 @@ def _batchnorm_train_forward(x, gamma, beta, eps, y, mean, var):
                 ss += d * d
         m = s / M
         mu = K + m
-        v = max(ss / M - m * m, 0.0)
+        v = ss / M - m * m
+        if v < 0.0:                 # rounding; a NaN or inf (overflow) stays, for the layer to refuse
+            v = 0.0
         scale = gamma[c] / math.sqrt(v + eps)
         shift = beta[c] - mu * scale
         for n in range(N):
