@@ -138,11 +138,9 @@ def _depthwise_forward(x, w, stride, pad, out):
                     out[n, c, i, j] = grid[i * WP + j]
 
 
-# The backward pass stacks small planes: the padded planes of up to
-# STACK // (HP*WP) images of one channel lie one after another in one long
-# row, so a tap is one multiply-add along all of them.  A 6x6 plane alone
-# gives loops of 46 positions, mostly leftovers after the vectors; 32 of
-# them give 2000.
+# The backward pass stacks small planes: the padded planes of up to STACK // (HP*WP)
+# images of one channel lie one after another in one long row, so a tap is one loop
+# along all of them (a 6x6 plane alone gives 46 positions, mostly leftovers after the vectors).
 STACK = 4096    # values in one pass's stacked planes: 16 KB of float32, in the level-1 cache
 
 
@@ -405,9 +403,9 @@ def _batchnorm_train_forward(x, gamma, beta, eps, y, mean, var):
     N, C, L = x.shape
     M = N * L
     for c in prange(C):
-        # One pass for both sums, of deviations from a value K of the channel: var = mean((x-K)^2)
+        # One pass for both sums, of deviations from K, the first image's mean: var = mean((x-K)^2)
         # - mean(x-K)^2 cancels only as far as the mean lies from K (K = 0 can lose every digit).
-        K = np.float64(x[0, c, 0])
+        K = np.float64(x[0, c].sum()) / L        # any value near the mean will do
         s = np.float64(0.0)
         ss = np.float64(0.0)
         for n in range(N):
