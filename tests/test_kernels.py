@@ -161,6 +161,25 @@ def test_depthwise_backward_is_the_transpose_of_forward(kernel, stride, pad, dty
         np.testing.assert_allclose(dw, expected_dw, **TOL[dtype], err_msg=f"{where}: dw")
 
 
+@pytest.mark.ex_layers_5
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_backward_of_a_batch_is_the_sum_of_its_images(stride):
+    # Planes of 45 x 45 padded pixels: the compiled kernel's stacking takes
+    # kernels.STACK // 2025 = 2 images at a time, so 5 images go 2, 2, 1.
+    x = random((5, 2, 43, 43), np.float64, 20)
+    w = random((2, 3, 3), np.float64, 21)
+    dy = random(reference_depthwise(x, w, stride, 1).shape, np.float64, 22)
+    dx, dw = np.full(x.shape, np.nan), np.full(w.shape, np.nan)
+    kernels.depthwise_backward(x, w, dy, stride, 1, dx, dw)
+    dw_sum = np.zeros(w.shape)
+    for n in range(5):
+        dx_n, dw_n = np.full(x[:1].shape, np.nan), np.full(w.shape, np.nan)
+        kernels.depthwise_backward(x[n:n + 1], w, dy[n:n + 1], stride, 1, dx_n, dw_n)
+        np.testing.assert_allclose(dx[n:n + 1], dx_n, **TOL[np.float64], err_msg=f"dx of image {n}")
+        dw_sum += dw_n
+    np.testing.assert_allclose(dw, dw_sum, **TOL[np.float64], err_msg="dw")
+
+
 @pytest.mark.ex_kernels_1
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)

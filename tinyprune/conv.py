@@ -12,7 +12,7 @@ Shapes: input (N, C_in, H, W), output (N, C_out, HO, WO) with
 
 import numpy as np
 
-from . import kernels
+from . import kernels, products
 from .common import check_int
 from .layers import Layer, check_shape, glorot_uniform
 from .module import check_parameter_dtype
@@ -123,7 +123,7 @@ class Conv2d(Layer):
             return self.keep_for_backward((x, None), y)   # no columns: an eval-mode backward unfolds x
         cols = self._columns(x, HO, WO)
         w = self.effective("weight").reshape(self.c_out, -1)
-        y = np.matmul(w, cols)                      # (N, C_out, HO*WO): one BLAS call per image
+        y = products.batched_matmul(w, cols)        # (N, C_out, HO*WO): y[n] = w @ cols[n]
         if self.bias is not None:
             y += self.effective("bias")[:, None]
         return self.keep_for_backward((x, cols), y.reshape(N, self.c_out, HO, WO))
@@ -173,13 +173,12 @@ class Conv2d(Layer):
         g = dy.reshape(N, self.c_out, -1)
         w = self.effective("weight").reshape(self.c_out, -1)
         ### BEGIN SOLUTION
-        # One product per image, then the sum over images: gathering all images
-        # into one long product would first need transposed copies of g and cols.
-        dwm = np.matmul(g, cols.transpose(0, 2, 1)).sum(axis=0)
+        # The products of np.matmul, image by image, on all threads (tinyprune/products.py):
+        dwm = products.batched_sum_outer(g, cols)   # sum over n of g[n] @ cols[n].T
         self.set_grad("weight", dwm.reshape(self.weight.shape))
         if self.bias is not None:
             self.set_grad("bias", g.sum(axis=(0, 2)))
-        dcols = np.matmul(w.T, g)                   # (N, C_in*KH*KW, HO*WO)
+        dcols = products.batched_matmul(w.T, g)     # (N, C_in*KH*KW, HO*WO): w.T @ g[n]
         if self.pointwise:
             return dcols.reshape(x.shape)
         dx = np.empty(x.shape, dy.dtype)

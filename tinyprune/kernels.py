@@ -32,10 +32,10 @@ Conventions shared by all kernels:
   the padding simply holds the zeros the tap would read.
 
 Matrix products (the 1x1 "pointwise" convolutions, and full convs after
-im2col) are not here: NumPy hands them to BLAS, which is faster at them than
-any loop we would write.  The exception is a full conv over very few input
-channels in eval mode, where the columns cost more than the product they
-feed (``conv_direct``).
+im2col) are not here: tinyprune/products.py runs them, blocked as BLAS
+blocks them, on Numba's threads.  The exception is a full conv over very
+few input channels in eval mode, where the columns cost more than the
+product they feed (``conv_direct``).
 
 Sums over many values (BatchNorm statistics, weight gradients) accumulate in
 float64 whatever the array type, so float32 statistics over 70 000 values per
@@ -105,31 +105,43 @@ def _depthwise_forward(x, w, stride, pad, out):
     HO, WO = out.shape[2], out.shape[3]
     HP, WP = H + 2 * pad, W + 2 * pad
     T = (HO - 1) * WP + WO                       # grid positions up to the last output pixel
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        xp = np.zeros((HP, WP), x.dtype)
-        for r in range(H):
-            for q in range(W):
-                xp[r + pad, q + pad] = x[n, c, r, q]
-        xp_flat = xp.reshape(HP * WP)           # the padded plane, row after row
-        grid = np.zeros(T, x.dtype)
-        for a in range(KH):
-            for b in range(KW):
-                w_ab = w[c, a, b]
-                first = a * WP + b               # where tap (a, b) of output t = 0 reads
-                if stride == 1:
-                    for t in range(T):
-                        grid[t] += w_ab * xp_flat[first + t]
-                elif stride == 2:
-                    for t in range(T):
-                        grid[t] += w_ab * xp_flat[first + 2 * t]
-                else:
-                    for t in range(T):
-                        grid[t] += w_ab * xp_flat[first + stride * t]
-        for i in range(HO):
-            for j in range(WO):
-                out[n, c, i, j] = grid[i * WP + j]
+    # A prange iteration does `per` planes (n, c) in a row, at most 256 iterations
+    # in all: the scratch arrays are made once per iteration, not once per plane.
+    per = (N * C + 255) // 256
+    for first in prange((N * C + per - 1) // per):
+        xp = np.zeros((HP, WP), x.dtype)         # the border stays 0, the inside is refilled
+        xp_flat = xp.reshape(HP * WP)            # the padded plane, row after row
+        grid = np.empty(T, x.dtype)
+        for nc in range(first * per, min(N * C, first * per + per)):
+            n = nc // C
+            c = nc % C
+            for r in range(H):
+                for q in range(W):
+                    xp[r + pad, q + pad] = x[n, c, r, q]
+            for t in range(T):
+                grid[t] = 0.0
+            for a in range(KH):
+                for b in range(KW):
+                    w_ab = w[c, a, b]
+                    start = a * WP + b           # where tap (a, b) of output t = 0 reads
+                    if stride == 1:
+                        for t in range(T):
+                            grid[t] += w_ab * xp_flat[start + t]
+                    elif stride == 2:
+                        for t in range(T):
+                            grid[t] += w_ab * xp_flat[start + 2 * t]
+                    else:
+                        for t in range(T):
+                            grid[t] += w_ab * xp_flat[start + stride * t]
+            for i in range(HO):
+                for j in range(WO):
+                    out[n, c, i, j] = grid[i * WP + j]
+
+
+# The backward pass stacks small planes: the padded planes of up to STACK // (HP*WP)
+# images of one channel lie one after another in one long row, so a tap is one loop
+# along all of them (a 6x6 plane alone gives 46 positions, mostly leftovers after the vectors).
+STACK = 4096    # values in one pass's stacked planes: 16 KB of float32, in the level-1 cache
 
 
 def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
@@ -140,55 +152,61 @@ def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
     dw (C, KH, KW)     overwritten with dL/dw
 
     The sums are in ``DepthwiseConv2d.backward``'s docstring (conv.py).  A
-    prange iteration owns a channel; set up for it: ``xp``, a zero padded
-    plane (fill its inside per image), ``dxp`` (not zeroed) for dL/dxp,
-    ``dw_c`` for float64 sums, and ``grid``, ``xp_flat``, ``dxp_flat`` for
-    the flat-grid loops of ``_depthwise_forward`` (optional: plain loops
-    over i, j, a, b are right too).  The padding's gradient is dropped.
+    prange iteration owns a channel; set up for it, for up to M images at a
+    time stacked as the comment above says (image k's padded plane at k*B,
+    B = HP*WP): ``xp``, the zero padded planes (fill their insides),
+    ``dxp`` (not zeroed) for dL/dxp, ``grid`` (zeros) for dy spread out on
+    the planes, dy[k, i, j] at k*B + i*s*WP + j*s, and ``dw_c`` for float64
+    sums.  (Optional: plain loops over n, i, j, a, b are right too.)  The
+    padding's gradient is dropped.
     """
     N, C, H, W = x.shape
     KH, KW = w.shape[1], w.shape[2]
     HO, WO = dy.shape[2], dy.shape[3]
     HP, WP = H + 2 * pad, W + 2 * pad
-    T = (HO - 1) * WP + WO
+    B = HP * WP
+    T = (HO - 1) * stride * WP + (WO - 1) * stride + 1   # one image's grid, up to its last output pixel
+    M = max(1, min(N, STACK // B))               # images stacked in one pass
     for c in prange(C):                          # a thread owns a channel, so dw[c] has one writer
-        xp = np.zeros((HP, WP), x.dtype)         # the border stays 0, the inside is refilled per image
-        dxp = np.empty((HP, WP), x.dtype)
-        xp_flat = xp.reshape(HP * WP)
-        dxp_flat = dxp.reshape(HP * WP)
-        grid = np.zeros(T, x.dtype)              # dy on the grid; the junk columns stay 0
+        xp = np.zeros(M * B, x.dtype)            # the borders stay 0, the insides are refilled
+        dxp = np.empty(M * B, x.dtype)
+        grid = np.zeros(M * B, x.dtype)          # what is never written stays 0
         dw_c = np.zeros((KH, KW))                # float64 sums over N*HO*WO terms
         ### BEGIN SOLUTION
         # Tap w[c, a, b] met xp[i*s + a, j*s + b] in output (i, j): send dy * w back to that pixel
-        # and dy * xp to the tap, one long loop per tap on the grid (junk columns of grid stay 0).
-        for n in range(N):
-            for r in range(H):
-                xp[r + pad, pad:pad + W] = x[n, c, r]
-            for i in range(HO):
-                for j in range(WO):
-                    grid[i * WP + j] = dy[n, c, i, j]
-            for t in range(HP * WP):
-                dxp_flat[t] = 0.0
+        # and dy * xp to the tap.  With dy spread out on the planes' grid (zeros between, and in
+        # the junk columns), tap (a, b) reads and writes the planes at start + u for EVERY grid
+        # position u: one unit-step loop the compiler vectorises, whatever the stride.  At
+        # stride 2 three grid entries in four are zeros, but a vectorised loop over them beats
+        # a strided loop over the others.
+        for n0 in range(0, N, M):
+            m = min(M, N - n0)
+            for k in range(m):
+                for r in range(H):
+                    row = k * B + (r + pad) * WP + pad
+                    for q in range(W):
+                        xp[row + q] = x[n0 + k, c, r, q]
+                for i in range(HO):
+                    for j in range(WO):
+                        grid[k * B + (i * WP + j) * stride] = dy[n0 + k, c, i, j]
+            for u in range(m * B):
+                dxp[u] = 0.0
+            U = (m - 1) * B + T                  # up to the last output pixel of the last image
             for a in range(KH):
                 for b in range(KW):
                     w_ab = w[c, a, b]
-                    start = a * WP + b               # where tap (a, b) of grid position t = 0 reads
+                    x_tap = xp[a * WP + b:]      # what tap (a, b) read, from grid position u = 0 on
+                    dx_tap = dxp[a * WP + b:]
                     tap_sum = np.float64(0.0)
-                    if stride == 1:
-                        for t in range(T):
-                            dxp_flat[start + t] += w_ab * grid[t]
-                            tap_sum += grid[t] * xp_flat[start + t]
-                    elif stride == 2:
-                        for t in range(T):
-                            dxp_flat[start + 2 * t] += w_ab * grid[t]
-                            tap_sum += grid[t] * xp_flat[start + 2 * t]
-                    else:
-                        for t in range(T):
-                            dxp_flat[start + stride * t] += w_ab * grid[t]
-                            tap_sum += grid[t] * xp_flat[start + stride * t]
+                    for u in range(U):
+                        dx_tap[u] += w_ab * grid[u]
+                        tap_sum += grid[u] * x_tap[u]
                     dw_c[a, b] += tap_sum
-            for r in range(H):                   # the gradient that fell on the padding is dropped
-                dx[n, c, r] = dxp[r + pad, pad:pad + W]
+            for k in range(m):                   # the gradient that fell on the padding is dropped
+                for r in range(H):
+                    row = k * B + (r + pad) * WP + pad
+                    for q in range(W):
+                        dx[n0 + k, c, r, q] = dxp[row + q]
         for a in range(KH):
             for b in range(KW):
                 dw[c, a, b] = dw_c[a, b]
@@ -385,19 +403,22 @@ def _batchnorm_train_forward(x, gamma, beta, eps, y, mean, var):
     N, C, L = x.shape
     M = N * L
     for c in prange(C):
+        # One pass for both sums, of deviations from K, the first image's mean: var = mean((x-K)^2)
+        # - mean(x-K)^2 cancels only as far as the mean lies from K (K = 0 can lose every digit).
+        K = np.float64(x[0, c].sum()) / L        # any value near the mean will do
         s = np.float64(0.0)
+        ss = np.float64(0.0)
         for n in range(N):
             x_nc = x[n, c]
             for k in range(L):
-                s += x_nc[k]
-        mu = s / M
-        ss = np.float64(0.0)        # second pass: sum of squared deviations,
-        for n in range(N):          # which does not cancel as sum(x^2) - M mu^2 can
-            x_nc = x[n, c]
-            for k in range(L):
-                d = x_nc[k] - mu
+                d = x_nc[k] - K
+                s += d
                 ss += d * d
-        v = ss / M
+        m = s / M
+        mu = K + m
+        v = ss / M - m * m
+        if v < 0.0:                 # rounding; a NaN or inf (overflow) stays, for the layer to refuse
+            v = 0.0
         scale = gamma[c] / math.sqrt(v + eps)
         shift = beta[c] - mu * scale
         for n in range(N):

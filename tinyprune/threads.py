@@ -6,13 +6,15 @@ settings are explained here, and both leave alone what you chose yourself.
 BLAS
 ----
 
-tinyprune hands every matrix product to NumPy, and NumPy hands it to its
-BLAS library (OpenBLAS in the wheels from PyPI).  MobileNet's products are
-small and come one per image (a pointwise conv at batch 64 is 64 products
-of, say, 16 x 8 by 8 x 2304), so splitting each over several threads costs
-more in hand-overs than it gains, and OpenBLAS's idle threads spin for the
-cores that tinyprune's own Numba threads are using (the README's speed
-section has the measurements).
+NumPy hands matrix products to its BLAS library (OpenBLAS in the wheels
+from PyPI).  MobileNet's products are small and come one per image (a
+pointwise conv at batch 64 is 64 products of, say, 16 x 8 by 8 x 2304), so
+splitting each over several threads costs more in hand-overs than it
+gains, and OpenBLAS's idle threads spin for the cores that tinyprune's own
+Numba threads are using (the README's speed section has the
+measurements).  That is why the convolutions' products are tinyprune's
+own Numba kernels, shared out image by image (tinyprune/products.py, and
+the fused eval path); the dense layers' still go to BLAS.
 
 So ``import tinyprune`` asks OpenBLAS for one thread, unless you have
 chosen yourself by setting ``OPENBLAS_NUM_THREADS``.  NumPy reads that
