@@ -516,11 +516,12 @@ batchnorm_eval_forward = numba.njit(**_parallel)(_batchnorm_eval_forward)
 # ---------------------------------------------------------------------------
 
 def _slopehtanh_forward(x, y):
-    """y = slopehtanh(x);  x, y flat (size,) arrays of one dtype."""
+    """y = slopehtanh(x);  x, y flat (size,) arrays of one dtype (the constants too: no float64 detour)."""
+    one, quarter = y.dtype.type(1.0), y.dtype.type(0.25)
     for k in prange(x.size):
         v = x[k]
-        h = min(max(v, -1.0), 1.0)
-        y[k] = h - (v - h) * 0.25
+        h = min(max(v, -one), one)
+        y[k] = h - (v - h) * quarter
 
 
 def _slopehtanh_backward(x, dy, dx):
