@@ -9,8 +9,6 @@ in float64 to 1e-10 relative, and the shipped checkpoint in float32 to
 used, rebuilt and bypassed.
 """
 
-import concurrent.futures
-
 import numba
 import numpy as np
 import pytest
@@ -317,78 +315,6 @@ def test_shares_cover_everything_once_in_whole_blocks(n, parts, block):
     assert all(ranges[p][1] == ranges[p + 1][0] for p in range(parts - 1))
     assert all(lo % block == 0 for lo, _ in ranges)
     assert ranges == [program._share(n, p, parts, block) for p in range(parts)]
-
-
-@pytest.mark.parametrize("tile, workers", [(1, 2), (2, 2), (2, 3), (8, 2), (8, 1)])
-def test_any_tiles_and_threads_give_the_same_output(tile, workers):
-    model = MobileNet("slopehtanh", 0.125, fcsize=8, nclasses=3, seed=16, dtype=np.float64).eval()
-    plan = fused.build_plan(model)
-    x = random((5, 3, 16, 16), 17)
-    out = np.empty((5, 3, 1, 1))
-    program.run_plan(x, plan.steps, plan.params, tile, workers, out)
-    np.testing.assert_allclose(out.reshape(5, 3), plain(model, x), rtol=1e-10)
-
-
-@pytest.mark.parametrize("tiles", [(3, 1, 4), (7, 2, 3), (1, 1, 8)])
-def test_two_levels_of_tiles_give_the_same_output(tiles):
-    model = MobileNet("hardtanh", 0.125, fcsize=8, nclasses=3, seed=16, dtype=np.float64).eval()
-    plan = fused.build_plan(model)
-    x = random((7, 3, 16, 16), 61)
-    out = np.empty((7, 3, 1, 1))
-    program.run_plan(x, plan.steps, plan.params, tiles, 2, out)
-    np.testing.assert_allclose(out.reshape(7, 3), plain(model, x), rtol=1e-10)
-
-
-def one_image_case(seed):
-    """A small float64 MobileNet's plan, one image, and what run_part needs for it."""
-    model = small_mobilenet("slopehtanh").eval()
-    plan = fused.build_plan(model)
-    x = random((1, 3, 32, 32), seed)
-    shapes = program.step_shapes(plan.steps, plan.steps[0, program.C_IN], 32, 32)
-    size = program._scratch(shapes, 0, len(plan.steps), 1)
-    return plan, x, shapes, size
-
-
-@pytest.mark.parametrize("threads, parts", [(2, 2), (2, 5), (3, 3), (1, 4)])
-@pytest.mark.parametrize("run_part", both_program("run_part"))
-def test_threads_sharing_the_steps_of_one_image_give_the_same_bits(run_part, threads, parts):
-    plan, x, shapes, size = one_image_case(62)
-    a, b, counters = np.empty(size), np.empty(size), program.phase_counters(plan.steps)
-    out = np.full((1, 2, 1, 1), np.nan)
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        jobs = [pool.submit(run_part, x, plan.steps, plan.params, shapes, a, b, out, parts, counters)
-                for _ in range(threads)]
-        for job in jobs:
-            job.result()
-    alone = np.empty_like(out)
-    program.run_plan(x, plan.steps, plan.params, 1, 1, alone)     # one thread, the tile program
-    np.testing.assert_array_equal(out, alone)
-    n = (counters.size - 1) // 2
-    used = np.flatnonzero(counters[:n])             # the phases claimed, in order: all parts done
-    done = counters[n + used]
-    assert done[0] == done[-1] == 1 and np.all(done[1:-1] == parts)   # copies in and out: one part
-
-
-def test_run_shared_gives_the_same_bits_as_one_thread():
-    plan, x, shapes, _ = one_image_case(63)
-    out, alone = np.empty((1, 2, 1, 1)), np.empty((1, 2, 1, 1))
-    program.run_shared(x, plan.steps, plan.params, shapes, out, 2, parts=3)
-    program.run_plan(x, plan.steps, plan.params, 1, 1, alone)
-    np.testing.assert_array_equal(out, alone)
-
-
-@pytest.mark.parametrize("run_part", both_program("run_part"))
-def test_a_failed_thread_stops_the_others_waiting(run_part):
-    plan, x, shapes, size = one_image_case(64)
-    counters = program.phase_counters(plan.steps)
-    counters[0] = 1                                 # the copy in was claimed by a thread that failed,
-    counters[-1] = 1                                # which said stop: nobody waits for it
-    out = np.full((1, 2, 1, 1), 7.0)
-    run_part(x, plan.steps, plan.params, shapes, np.empty(size), np.empty(size), out, 2, counters)
-    assert np.all(out == 7.0)
-    bad = np.empty((1, 2))                          # not 4-D: every thread fails at once
-    with pytest.raises(numba.core.errors.TypingError):
-        program.run_shared(x, plan.steps, plan.params, shapes, bad, 2)
 
 
 # ---------------------------------------------------------------------------

@@ -43,7 +43,10 @@ is not seen until you call ``model.eval()`` again: checking every value at
 every call would cost as much as a layer.
 """
 
+import collections
 import operator
+import statistics
+import time
 
 import numba
 import numpy as np
@@ -55,7 +58,7 @@ from .layers import (BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, Flatten, Globa
 from .fused_program import (ACT, B_AT, C_IN, C_OUT, CONV, DEPTHWISE, FIELDS, KH, KIND, KW, PAD, POINTWISE,
                             POOL, REAL, STRIDE, W_AT, WT_AT, run_plan, step_shapes)
 
-__all__ = ["FusedPlan", "build_plan", "fused_call", "tiling", "TILE_BYTES"]
+__all__ = ["FusedPlan", "OneImage", "build_plan", "fused_call", "tiling", "TILE_BYTES"]
 
 # How much a step's input and output together may take for one tile: the
 # level-2 cache of a core (1 MB on the machine the README's figures come
@@ -221,6 +224,39 @@ def tiling(shapes, itemsize, tile_bytes=None):
     return 0, one, one
 
 
+class OneImage:
+    """For batches of one image: share each step among the threads, or run on one thread?
+
+    Sharing pays when the other core is free and close by; on a virtual
+    machine whose second core sleeps between calls, or on a busy machine,
+    the hand-overs cost more than the half of the work they save (measured
+    here both ways: a quarter faster, or a quarter slower, on different
+    runs of the same code).  So both are timed: the first calls try each
+    way ``TRIES`` times, then the faster by median of its last ``KEEP``
+    times is used, and every ``RETRY``-th call times the other way again,
+    in case the machine has changed.  Both ways give the same bits.
+    """
+
+    TRIES, KEEP, RETRY = 3, 5, 50
+
+    def __init__(self):
+        self.times = {True: collections.deque(maxlen=self.KEEP), False: collections.deque(maxlen=self.KEEP)}
+        self.calls = 0
+
+    def choose(self):
+        """True to share the next call's steps among the threads, False for one thread."""
+        self.calls += 1
+        for share in (True, False):
+            if len(self.times[share]) < self.TRIES:
+                return share
+        best = statistics.median(self.times[True]) <= statistics.median(self.times[False])
+        return (not best) if self.calls % self.RETRY == 0 else best
+
+    def record(self, share, seconds):
+        """How long a call made the way ``choose`` said took."""
+        self.times[share].append(seconds)
+
+
 class FusedPlan:
     """A model's leading layers as fused steps, and the plain layers after them.
 
@@ -239,6 +275,7 @@ class FusedPlan:
         self.flattened = flattened
         self.shapes = {}         # (H, W) of the input -> (step_shapes, tiling)
         self.checked = set()     # (shape, dtype) of inputs the model's own checks accepted
+        self.one_image = OneImage()
         # What is_current compares: (dict, key, value) that must still be there, the masks
         # dicts and how many masks each had, every chain's list of layers and a copy of it.
         same, masks, self.lists = [], [], []
@@ -282,7 +319,14 @@ class FusedPlan:
         N = x.shape[0]
         shapes, tiles = self.sizes(x.shape[2], x.shape[3])
         out = np.empty((N, self.channels, shapes[-1, 1], shapes[-1, 2]), x.dtype)
-        run_plan(x, self.steps, self.params, tiles, numba.get_num_threads(), out, shapes)
+        workers = numba.get_num_threads()
+        if N == 1 and workers > 1:
+            share = self.one_image.choose()
+            start = time.perf_counter()
+            run_plan(x, self.steps, self.params, tiles, workers, out, shapes, share_one=share)
+            self.one_image.record(share, time.perf_counter() - start)
+        else:
+            run_plan(x, self.steps, self.params, tiles, workers, out, shapes)
         y = out.reshape(N, self.channels) if self.flattened else out
         for layer in self.tail:
             y = layer.forward(y)

@@ -365,8 +365,11 @@ def _pool(workers):
     return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tinyprune-fused")
 
 
-def run_plan(x, steps, params, tiles, workers, out, shapes=None):
+def run_plan(x, steps, params, tiles, workers, out, shapes=None, share_one=True):
     """Run the plan on the batch x (N, C, H, W) into out (N, O, HO, WO).
+
+    A batch of one image is run by ``run_shared`` when there are several
+    workers (and ``share_one``); any other batch as follows.
 
     ``tiles``: (split, part, whole) from ``tiling``, or an int for one
     level of tiles of that many images.  The batch is cut into tiles of at
@@ -380,7 +383,7 @@ def run_plan(x, steps, params, tiles, workers, out, shapes=None):
     N, S = x.shape[0], steps.shape[0]
     if shapes is None:
         shapes = step_shapes(steps, steps[0, C_IN], x.shape[2], x.shape[3])
-    if N == 1 and workers > 1 and can_yield:
+    if N == 1 and workers > 1 and can_yield and share_one:
         run_shared(x, steps, params, shapes, out, workers)
         return
     split, part, whole = (0, tiles, tiles) if isinstance(tiles, int) else tiles

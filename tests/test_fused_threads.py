@@ -1,0 +1,122 @@
+"""The fast path's threads: tiles shared out among them, and the steps of a single image.
+
+A batch is cut into tiles, in one or two levels, that threads take turns
+at; a single image has each step cut into parts that threads claim
+(tinyprune/barrier.py).  However the work is shared out, the output must be
+the same -- to the bit between ways of sharing, to 1e-10 against the
+plain layers in float64.
+"""
+
+import concurrent.futures
+
+import numba
+import numpy as np
+import pytest
+
+from test_fused import both_program, plain, random, small_mobilenet
+from tinyprune import MobileNet, fused
+from tinyprune import fused_program as program
+
+pytestmark = [pytest.mark.inference, pytest.mark.integration]
+
+
+@pytest.mark.parametrize("tile, workers", [(1, 2), (2, 2), (2, 3), (8, 2), (8, 1)])
+def test_any_tiles_and_threads_give_the_same_output(tile, workers):
+    model = MobileNet("slopehtanh", 0.125, fcsize=8, nclasses=3, seed=16, dtype=np.float64).eval()
+    plan = fused.build_plan(model)
+    x = random((5, 3, 16, 16), 17)
+    out = np.empty((5, 3, 1, 1))
+    program.run_plan(x, plan.steps, plan.params, tile, workers, out)
+    np.testing.assert_allclose(out.reshape(5, 3), plain(model, x), rtol=1e-10)
+
+
+@pytest.mark.parametrize("tiles", [(3, 1, 4), (7, 2, 3), (1, 1, 8)])
+def test_two_levels_of_tiles_give_the_same_output(tiles):
+    model = MobileNet("hardtanh", 0.125, fcsize=8, nclasses=3, seed=16, dtype=np.float64).eval()
+    plan = fused.build_plan(model)
+    x = random((7, 3, 16, 16), 61)
+    out = np.empty((7, 3, 1, 1))
+    program.run_plan(x, plan.steps, plan.params, tiles, 2, out)
+    np.testing.assert_allclose(out.reshape(7, 3), plain(model, x), rtol=1e-10)
+
+
+def one_image_case(seed):
+    """A small float64 MobileNet's plan, one image, and what run_part needs for it."""
+    model = small_mobilenet("slopehtanh").eval()
+    plan = fused.build_plan(model)
+    x = random((1, 3, 32, 32), seed)
+    shapes = program.step_shapes(plan.steps, plan.steps[0, program.C_IN], 32, 32)
+    size = program._scratch(shapes, 0, len(plan.steps), 1)
+    return plan, x, shapes, size
+
+
+@pytest.mark.parametrize("threads, parts", [(2, 2), (2, 5), (3, 3), (1, 4)])
+@pytest.mark.parametrize("run_part", both_program("run_part"))
+def test_threads_sharing_the_steps_of_one_image_give_the_same_bits(run_part, threads, parts):
+    plan, x, shapes, size = one_image_case(62)
+    a, b, counters = np.empty(size), np.empty(size), program.phase_counters(plan.steps)
+    out = np.full((1, 2, 1, 1), np.nan)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        jobs = [pool.submit(run_part, x, plan.steps, plan.params, shapes, a, b, out, parts, counters)
+                for _ in range(threads)]
+        for job in jobs:
+            job.result()
+    alone = np.empty_like(out)
+    program.run_plan(x, plan.steps, plan.params, 1, 1, alone)     # one thread, the tile program
+    np.testing.assert_array_equal(out, alone)
+    n = (counters.size - 1) // 2
+    used = np.flatnonzero(counters[:n])             # the phases claimed, in order: all parts done
+    done = counters[n + used]
+    assert done[0] == done[-1] == 1 and np.all(done[1:-1] == parts)   # copies in and out: one part
+
+
+def test_run_shared_gives_the_same_bits_as_one_thread():
+    plan, x, shapes, _ = one_image_case(63)
+    out, alone = np.empty((1, 2, 1, 1)), np.empty((1, 2, 1, 1))
+    program.run_shared(x, plan.steps, plan.params, shapes, out, 2, parts=3)
+    program.run_plan(x, plan.steps, plan.params, 1, 1, alone)
+    np.testing.assert_array_equal(out, alone)
+
+
+@pytest.mark.parametrize("run_part", both_program("run_part"))
+def test_a_failed_thread_stops_the_others_waiting(run_part):
+    plan, x, shapes, size = one_image_case(64)
+    counters = program.phase_counters(plan.steps)
+    counters[0] = 1                                 # the copy in was claimed by a thread that failed,
+    counters[-1] = 1                                # which said stop: nobody waits for it
+    out = np.full((1, 2, 1, 1), 7.0)
+    run_part(x, plan.steps, plan.params, shapes, np.empty(size), np.empty(size), out, 2, counters)
+    assert np.all(out == 7.0)
+    bad = np.empty((1, 2))                          # not 4-D: every thread fails at once
+    with pytest.raises(numba.core.errors.TypingError):
+        program.run_shared(x, plan.steps, plan.params, shapes, bad, 2)
+
+
+def test_one_image_tries_both_ways_then_keeps_the_faster():
+    chooser = fused.OneImage()
+    for _ in range(chooser.TRIES):
+        chooser.record(chooser.choose(), 0.004)       # shared: 4 ms
+    tried = [chooser.choose() for _ in range(chooser.TRIES)]
+    assert tried == [False] * chooser.TRIES            # then one thread, as often
+    for share in tried:
+        chooser.record(share, 0.003)                   # one thread: 3 ms, faster
+    later = [chooser.choose() for _ in range(2 * chooser.RETRY)]
+    assert later.count(True) == 2 and later.count(False) == 2 * chooser.RETRY - 2   # a retry every RETRY calls
+    for _ in range(chooser.KEEP):
+        chooser.record(True, 0.001)                    # the machine changed: sharing is faster now
+    assert chooser.choose() is True
+
+
+def test_a_single_image_gives_the_same_bits_whichever_way_it_runs():
+    model = small_mobilenet("relu").eval()
+    x = np.random.default_rng(65).random((1, 3, 32, 32))
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        outputs = [model(x) for _ in range(8)]
+    finally:
+        numba.set_num_threads(before)
+    times = model._fused.one_image.times
+    assert len(times[True]) >= 1 and len(times[False]) >= 1     # both ways were used
+    for y in outputs[1:]:
+        np.testing.assert_array_equal(y, outputs[0])
