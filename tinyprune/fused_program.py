@@ -11,8 +11,9 @@ plan:
 * ``run_tile``: every step on one tile, converting the layout where the
   next step runs faster in the other one, in one or two levels of tiles;
 * ``run_plan``: a whole batch, its tiles shared out among threads;
-* ``run_part`` / ``run_shared``: a batch of one image, each step's output
-  channels shared out among threads that meet at a barrier between steps.
+* ``run_part`` / ``run_shared``: a batch of one image, each step cut into
+  parts that the threads claim, all of a step's parts done before the next
+  step starts (:mod:`tinyprune.barrier`).
 
 Every compiled function is a plain Python function compiled on the line
 after it, as in the kernels' module.
