@@ -144,6 +144,26 @@ TRAINING = ("layers", "kernels", "train", "data")
 
 
 @contextlib.contextmanager
+def assert_twins_agree(module, name, args):
+    """``module.name`` (compiled) and ``module._name`` (its plain reading) do the same to ``args``.
+
+    Each runs on its own copies of the array arguments: return values must
+    be equal, arrays written to equal to 1e-14, and the call must have done
+    something (returned a value or changed an array).
+    """
+    compiled_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
+    plain_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
+    compiled = getattr(module, name)(*compiled_args)
+    by_hand = getattr(module, "_" + name)(*plain_args)
+    if compiled is not None:
+        np.testing.assert_array_equal(compiled, by_hand)
+    for a, b in zip(compiled_args, plain_args):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
+    assert any(isinstance(a, np.ndarray) and not np.array_equal(a, before)
+               for a, before in zip(compiled_args, args)) or compiled is not None
+
+
 def waits_for(*names):
     """Skip the test while the code it runs is a stub of the exercises or chapters ``names``.
 

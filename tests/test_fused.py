@@ -13,11 +13,11 @@ import numba
 import numpy as np
 import pytest
 
-from helpers import give_statistics, relative_error
+from helpers import assert_twins_agree, give_statistics, relative_error
 from tinyprune import (Activation, BatchNorm2d, ChannelPrune, Chain, Conv2d, Dense, DepthwiseConv2d,
                        Flatten, GlobalMeanPool, HardTanh, Identity, MobileNet, ReLU, SlopeHTanh,
                        keepprune, pretrained, prune, prune_propagate, resize)
-from tinyprune import activations, fused
+from tinyprune import activations, fused, products
 from tinyprune import fused_program as program
 from tinyprune import fused_depthwise as fd
 from tinyprune import fused_kernels as fk
@@ -199,7 +199,8 @@ def helper_cases():
     G = ((3 - 1) * R + 4 - 1) * WP + 2 * (3 - 1) + 1      # grid up to the last of 3 images' 4x3 outputs
     phases = random((2, 3 * R, WP), 41)
     starts = fd.tap_starts(3, 3, 2, 3 * R, WP)
-    return [(fk, "eight_rows", (random((12, 8), 48), random((8, 30), 49), 4, 3, 29, random((12, 30), 50))),
+    return [(products, "eight_rows", (random((12, 8), 48), random((8, 30), 49), 4, 3, 29, random((12, 30), 50))),
+            (fk, "copy_row", (random(7, 44), np.zeros(7))),
             (fk, "one_row", (random((12, 8), 48), random((8, 30), 49), 9, 0, 30, random((12, 30), 50))),
             (fk, "start_with_bias", (np.full(7, np.nan), random(9, 51), 4, 0)),
             (fk, "start_with_bias", (np.full(7, np.nan), random(9, 51), -1, 2)),
@@ -222,17 +223,7 @@ def helper_cases():
 
 @pytest.mark.parametrize("module, name, args", helper_cases())
 def test_each_helper_gives_the_same_numbers_compiled_and_plain(module, name, args):
-    compiled_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
-    plain_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
-    compiled = getattr(module, name)(*compiled_args)
-    by_hand = getattr(module, "_" + name)(*plain_args)
-    if compiled is not None:
-        np.testing.assert_array_equal(compiled, by_hand)
-    for a, b, before in zip(compiled_args, plain_args, args):
-        if isinstance(a, np.ndarray):
-            np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
-    assert any(isinstance(a, np.ndarray) and not np.array_equal(a, before)
-               for a, before in zip(compiled_args, args)) or compiled is not None
+    assert_twins_agree(module, name, args)
 
 
 @pytest.mark.parametrize("start_with_bias", both("start_with_bias"))

@@ -10,6 +10,7 @@ layout the module's docstring describes.
 import numpy as np
 import pytest
 
+from helpers import assert_twins_agree
 from tinyprune import Conv2d, activations, fused_conv
 from tinyprune import fused_kernels as fk
 
@@ -93,14 +94,4 @@ def helper_cases():
 
 @pytest.mark.parametrize("name, args", helper_cases())
 def test_each_helper_gives_the_same_numbers_compiled_and_plain(name, args):
-    compiled_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
-    plain_args = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
-    compiled = getattr(fused_conv, name)(*compiled_args)
-    by_hand = getattr(fused_conv, "_" + name)(*plain_args)
-    if compiled is not None:
-        np.testing.assert_array_equal(compiled, by_hand)
-    for a, b, before in zip(compiled_args, plain_args, args):
-        if isinstance(a, np.ndarray):
-            np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
-    assert any(isinstance(a, np.ndarray) and not np.array_equal(a, before)
-               for a, before in zip(compiled_args, args)) or compiled is not None
+    assert_twins_agree(fused_conv, name, args)

@@ -139,7 +139,7 @@ def _eight_outputs(w, o, taps, plane, n, acc):
 
     w (O, K) the weights of the K taps, K a multiple of 4;  taps (K,) from
     tap_offsets;  plane the phases as one row;  acc (8, >= n).  4 taps at
-    a time, their 32 weights in registers: as in fused_kernels._eight_rows,
+    a time, their 32 weights in registers: as in products._eight_rows,
     each number loaded is used 8 or 4 times.
     """
     a0, a1, a2, a3 = acc[0, :n], acc[1, :n], acc[2, :n], acc[3, :n]

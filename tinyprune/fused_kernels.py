@@ -38,6 +38,8 @@ divisions stay out of them (a ``%`` is many times slower than an addition).
 import numba
 import numpy as np
 
+from .products import eight_rows
+
 __all__ = ["IDENTITY", "RELU", "HARDTANH", "SLOPEHTANH", "COLUMNS"]
 
 # Activation numbers, as a step stores them.
@@ -83,27 +85,35 @@ activate = numba.njit(**_serial)(_activate)
 # Moving images between the caller's NCHW batch and the two tile layouts.
 # ---------------------------------------------------------------------------
 
+def _copy_row(src, dst):
+    """dst[k] = src[k] for 1-D arrays of one size.
+
+    A loop, not ``dst[:] = src``: Numba copies an array assigned to a
+    slice through a temporary (the two might overlap), two to three times
+    slower.
+    """
+    for k in range(src.size):
+        dst[k] = src[k]
+
+
+copy_row = numba.njit(**_serial)(_copy_row)
+
+
 def _gather(x, n0, tile):
     """tile[c, t] = x[n0 + t, c] (planes); the rows c >= C (channel padding) are zeroed.
 
     x (N, C, H, W) the caller's images;  tile (CP, T, H, W), CP >= C.
-    Each image plane is copied as one flat loop: assigning the 2-D slice
-    (``tile[c, t] = x[n0 + t, c]``) goes through Numba's general copy for
-    arrays that might overlap, two to three times slower.
+    Each image plane is copied as one flat row (``copy_row``).
     """
     C = x.shape[1]
     CP, T = tile.shape[0], tile.shape[1]
     L = tile.shape[2] * tile.shape[3]
     for c in range(CP):
         for t in range(T):
-            dst = tile[c, t].reshape(L)
             if c < C:
-                src = x[n0 + t, c].reshape(L)
-                for k in range(L):
-                    dst[k] = src[k]
+                copy_row(x[n0 + t, c].reshape(L), tile[c, t].reshape(L))
             else:
-                for k in range(L):
-                    dst[k] = 0.0
+                tile[c, t] = 0.0
 
 
 def _scatter_planes(tile, n0, out):
@@ -111,9 +121,10 @@ def _scatter_planes(tile, n0, out):
 
     tile (OP, T, HO, WO) planes;  out (N, O, HO, WO), O <= OP.
     """
+    L = tile.shape[2] * tile.shape[3]
     for o in range(out.shape[1]):
         for t in range(tile.shape[1]):
-            out[n0 + t, o] = tile[o, t]
+            copy_row(tile[o, t].reshape(L), out[n0 + t, o].reshape(L))
 
 
 def _scatter_pixels(tile, n0, T, out):
@@ -177,48 +188,17 @@ to_planes = numba.njit(**_serial)(_to_planes)
 #   planes:  y (O, P) = W (O, K) @ x (K, P)      + bias down the rows
 #   pixels:  y (P, O) = x (P, K) @ W.T (K, O)    + bias along each row
 #
-# In both, 8 rows of ``a`` meet 4 rows of ``b`` at a time: the 32 numbers of
-# the 8x4 block of ``a`` are read once into local variables (the compiler
-# keeps them in registers) and each is used along a whole row of ``b``;
-# every value loaded from ``b`` serves 8 outputs and every output row is
-# loaded and stored once per 4 inputs.  That keeps the processor's
-# multiply-add units busy instead of waiting for memory.  (Rows left over
-# after the blocks of 8 go one at a time.)  The innermost loop runs along
-# the rows, a unit-step loop the compiler turns into vector instructions;
-# rows go COLUMNS at a time, so the ones being combined stay in the level-1
-# cache.
+# In both, 8 rows of ``a`` meet 4 rows of ``b`` at a time, in the block
+# kernel the convolutions' training products use too
+# (``products.eight_rows``, whose comment explains it): every value loaded
+# from ``b`` serves 8 outputs and every output row is loaded and stored once
+# per 4 inputs.  Rows left over after the blocks of 8 go one at a time
+# (``one_row``, with the same sums in the same order).  Rows go COLUMNS at a
+# time, so the ones being combined stay in the level-1 cache.
 # ---------------------------------------------------------------------------
 
-def _eight_rows(a, b, r, n0, n1, y):
-    """y[r:r + 8, n0:n1] += a[r:r + 8] @ b[:, n0:n1].  a (R, K), b (K, N), y (R, N)."""
-    y0, y1, y2, y3 = y[r, n0:n1], y[r + 1, n0:n1], y[r + 2, n0:n1], y[r + 3, n0:n1]
-    y4, y5, y6, y7 = y[r + 4, n0:n1], y[r + 5, n0:n1], y[r + 6, n0:n1], y[r + 7, n0:n1]
-    a0, a1, a2, a3 = a[r], a[r + 1], a[r + 2], a[r + 3]
-    a4, a5, a6, a7 = a[r + 4], a[r + 5], a[r + 6], a[r + 7]
-    for k in range(0, a.shape[1], 4):
-        b0, b1, b2, b3 = b[k, n0:n1], b[k + 1, n0:n1], b[k + 2, n0:n1], b[k + 3, n0:n1]
-        a00, a01, a02, a03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
-        a10, a11, a12, a13 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
-        a20, a21, a22, a23 = a2[k], a2[k + 1], a2[k + 2], a2[k + 3]
-        a30, a31, a32, a33 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
-        a40, a41, a42, a43 = a4[k], a4[k + 1], a4[k + 2], a4[k + 3]
-        a50, a51, a52, a53 = a5[k], a5[k + 1], a5[k + 2], a5[k + 3]
-        a60, a61, a62, a63 = a6[k], a6[k + 1], a6[k + 2], a6[k + 3]
-        a70, a71, a72, a73 = a7[k], a7[k + 1], a7[k + 2], a7[k + 3]
-        for n in range(n1 - n0):
-            v0, v1, v2, v3 = b0[n], b1[n], b2[n], b3[n]
-            y0[n] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
-            y1[n] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
-            y2[n] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
-            y3[n] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
-            y4[n] += a40 * v0 + a41 * v1 + a42 * v2 + a43 * v3
-            y5[n] += a50 * v0 + a51 * v1 + a52 * v2 + a53 * v3
-            y6[n] += a60 * v0 + a61 * v1 + a62 * v2 + a63 * v3
-            y7[n] += a70 * v0 + a71 * v1 + a72 * v2 + a73 * v3
-
-
 def _one_row(a, b, r, n0, n1, y):
-    """y[r, n0:n1] += a[r] @ b[:, n0:n1], for the rows left over after the blocks of 8."""
+    """y[r, n0:n1] += a[r] @ b[:, n0:n1], for the rows left over after the blocks of 8.  K a multiple of 4."""
     out, a_r = y[r, n0:n1], a[r]
     for k in range(0, a.shape[1], 4):
         b0, b1, b2, b3 = b[k, n0:n1], b[k + 1, n0:n1], b[k + 2, n0:n1], b[k + 3, n0:n1]
@@ -227,7 +207,6 @@ def _one_row(a, b, r, n0, n1, y):
             out[n] += w0 * b0[n] + w1 * b1[n] + w2 * b2[n] + w3 * b3[n]
 
 
-eight_rows = numba.njit(**_serial)(_eight_rows)
 one_row = numba.njit(**_serial)(_one_row)
 
 

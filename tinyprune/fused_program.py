@@ -150,8 +150,6 @@ layout = numba.njit(cache=True)(_layout)
 run_step = numba.njit(cache=True, nogil=True)(_run_step)
 
 
-
-
 def _convert(x, C, T, H, W, to, y, part, parts):
     """Copy the tile in flat buffer x into flat buffer y in layout ``to`` (from the other one).
 
@@ -199,7 +197,7 @@ def _place(part, current, C, t, H, W, t0, T, whole):
     if current == PLANES:
         src = part[:C * t * L].reshape(C, t * L)
         for c in range(C):
-            dst[c, t0 * L:(t0 + t) * L] = src[c]
+            fk.copy_row(src[c], dst[c, t0 * L:(t0 + t) * L])
         return
     rows = part[:pixel_rows(t * L) * C].reshape(pixel_rows(t * L), C)
     for m in range(t * L):
@@ -369,17 +367,14 @@ def _pool(workers):
 def run_plan(x, steps, params, tiles, workers, out, shapes=None, share_one=True):
     """Run the plan on the batch x (N, C, H, W) into out (N, O, HO, WO).
 
-    A batch of one image is run by ``run_shared`` when there are several
-    workers (and ``share_one``); any other batch as follows.
-
     ``tiles``: (split, part, whole) from ``tiling``, or an int for one
     level of tiles of that many images.  The batch is cut into tiles of at
     most ``whole`` images, as many as a multiple of ``workers`` when there
     are enough images, so that the ``workers`` threads, each with its own
-    scratch buffers, get equal shares.  ``shapes``: ``step_shapes`` for
-    this input size, if known.  Threads share whole tiles, not steps:
-    handing a step's halves to two threads and waiting for both costs more,
-    at MobileNet's sizes, than the half.
+    scratch buffers, get equal shares of whole tiles.  A batch of one image
+    has no tiles to share: with several workers (and ``share_one``) its
+    steps are shared instead (``run_shared``).  ``shapes``:
+    ``step_shapes`` for this input size, if known.
     """
     N, S = x.shape[0], steps.shape[0]
     if shapes is None:
