@@ -269,7 +269,7 @@ def test_the_program_runs_a_tile_compiled_and_plain(run_tile, split, part):
     plan = fused.build_plan(model)
     x = random((3, 3, 16, 16), 17)
     shapes = program.step_shapes(plan.steps, plan.steps[0, program.C_IN], 16, 16)
-    size = int((shapes[:, 0] * program._pixel_rows(2 * shapes[:, 1] * shapes[:, 2])).max())
+    size = program.scratch_size(shapes, 0, len(plan.steps), 2)
     scratch = [np.full(size, np.nan) for _ in range(4)]
     out = np.zeros((3, 3, 1, 1))
     run_tile(x, 1, 2, part, split, plan.steps, plan.params, shapes, *scratch, out)

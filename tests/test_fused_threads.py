@@ -46,7 +46,7 @@ def one_image_case(seed):
     plan = fused.build_plan(model)
     x = random((1, 3, 32, 32), seed)
     shapes = program.step_shapes(plan.steps, plan.steps[0, program.C_IN], 32, 32)
-    size = program._scratch(shapes, 0, len(plan.steps), 1)
+    size = program.scratch_size(shapes, 0, len(plan.steps), 1)
     return plan, x, shapes, size
 
 

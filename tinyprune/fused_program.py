@@ -30,8 +30,8 @@ from . import fused_depthwise as fd
 from . import fused_kernels as fk
 from .barrier import can_yield, fetch_add, wait_until
 
-__all__ = ["run_plan", "run_shared", "run_tile", "run_step", "step_shapes", "layout", "share",
-           "pixel_rows", "CONV", "DEPTHWISE", "POINTWISE", "POOL", "PLANES", "PIXELS", "FIELDS"]
+__all__ = ["run_plan", "run_shared", "run_tile", "run_step", "step_shapes", "scratch_size", "layout",
+           "share", "pixel_rows", "CONV", "DEPTHWISE", "POINTWISE", "POOL", "PLANES", "PIXELS", "FIELDS"]
 
 # Step kinds, and the columns of a step's row in the plan's table.  W_AT and
 # WT_AT say where the step's weight starts in the packed array, arranged for
@@ -333,7 +333,7 @@ def run_shared(x, steps, params, shapes, out, workers, parts=None):
     a helper thread that had no chance to start meanwhile finds every part
     taken when it does, and ends without touching the buffers.
     """
-    size = _scratch(shapes, 0, steps.shape[0], 1)
+    size = scratch_size(shapes, 0, steps.shape[0], 1)
     a, b = np.empty(size, x.dtype), np.empty(size, x.dtype)
     counters = phase_counters(steps)
     parts = parts or workers
@@ -352,7 +352,7 @@ def run_shared(x, steps, params, shapes, out, workers, parts=None):
             job.result()
 
 
-def _scratch(shapes, first, last, T):
+def scratch_size(shapes, first, last, T):
     """Numbers a scratch buffer needs for steps first ... last - 1 on T images, in either layout."""
     rows = shapes[first:last + 1]
     return int((rows[:, 0] * _pixel_rows(T * rows[:, 1] * rows[:, 2])).max())
@@ -389,8 +389,8 @@ def run_plan(x, steps, params, tiles, workers, out, shapes=None, share_one=True)
     if split and T <= part:
         split = 0                                      # a part is the whole tile: one level
     starts = list(range(0, N, T))
-    part_size = _scratch(shapes, 0, split, min(part, T)) if split else 1
-    whole_size = _scratch(shapes, split, S, T)
+    part_size = scratch_size(shapes, 0, split, min(part, T)) if split else 1
+    whole_size = scratch_size(shapes, split, S, T)
 
     def work(first):
         a, b = np.empty(part_size, x.dtype), np.empty(part_size, x.dtype)

@@ -172,7 +172,7 @@ def step_profile(model, batch=64, repeats=20):
         """The images in a tile at step s: a part before the split, the whole tile after it."""
         return part if s < split else whole
 
-    size = max(int(c) * program.pixel_rows(int(T * h * w)) for c, h, w in shapes)
+    size = program.scratch_size(shapes, 0, len(steps), T)
     a = np.random.default_rng(0).random(size).astype(params.dtype)
     b = np.empty_like(a)
 
