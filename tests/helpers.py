@@ -143,7 +143,6 @@ class ChannelScale(Layer):
 TRAINING = ("layers", "kernels", "train", "data")
 
 
-@contextlib.contextmanager
 def assert_twins_agree(module, name, args):
     """``module.name`` (compiled) and ``module._name`` (its plain reading) do the same to ``args``.
 
@@ -164,6 +163,7 @@ def assert_twins_agree(module, name, args):
                for a, before in zip(compiled_args, args)) or compiled is not None
 
 
+@contextlib.contextmanager
 def waits_for(*names):
     """Skip the test while the code it runs is a stub of the exercises or chapters ``names``.
 
