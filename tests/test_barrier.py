@@ -72,3 +72,28 @@ def test_a_wait_sees_a_count_made_by_another_thread_while_it_spins(monkeypatch):
 
 def test_the_yield_function_is_found_here():
     assert barrier.can_yield and barrier._YIELD in ("sched_yield", "SwitchToThread")
+
+
+@numba.njit
+def _compiled_store(counters, i, value):
+    barrier.store(counters, i, value)
+
+
+@pytest.mark.parametrize("store, load", [(_compiled_store, _compiled_load), (barrier.store, barrier.acquire_load)])
+def test_a_store_is_seen_by_the_next_load(store, load):
+    counters = np.array([5, 6, 0], np.int64)
+    store(counters, 1, -9)
+    assert load(counters, 1) == -9 and counters[0] == 5 and counters[2] == 0
+
+
+def test_a_wait_for_zero_ends_when_the_last_busy_thread_leaves():
+    counters = np.array([0, 2, 0], np.int64)
+    barrier.wait_for_zero(counters, 0)              # nobody busy: returns at once
+    barrier._wait_for_zero(counters, 0)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(barrier.wait_for_zero, counters, 1)    # compiled, spinning
+        _compiled_fetch_add(counters, 1, -1)
+        assert not waiting.done()
+        _compiled_fetch_add(counters, 1, -1)
+        waiting.result(timeout=30)
+    assert counters[1] == 0

@@ -120,3 +120,62 @@ def test_a_single_image_gives_the_same_bits_whichever_way_it_runs():
     assert len(times[True]) >= 1 and len(times[False]) >= 1     # both ways were used
     for y in outputs[1:]:
         np.testing.assert_array_equal(y, outputs[0])
+
+
+# ---------------------------------------------------------------------------
+# Helpers that stay awake between calls (fused_program.serve and its bell).
+# ---------------------------------------------------------------------------
+
+def a_call_for_serve(seed):
+    """The arguments of ``serve`` for one image whose copy in is done, as run_shared leaves them."""
+    plan, x, shapes, size = one_image_case(seed)
+    a, b, out = np.empty(size), np.empty(size), np.full((1, 2, 1, 1), 7.0)
+    counters, bell = program.phase_counters(plan.steps), np.zeros(4, np.int64)
+    C, H, W = shapes[0]
+    a[:C * H * W] = x.reshape(-1)                      # planes of one image: the image itself
+    counters[0] = counters[(counters.size - 1) // 2] = 1
+    return plan, x, (bell, np.empty_like(x), plan.steps, plan.params, shapes, a, b, out, 2, counters)
+
+
+@pytest.mark.parametrize("serve", both_program("serve"))
+def test_a_helper_runs_an_open_call_alone_then_leaves_when_idle(serve):
+    plan, x, args = a_call_for_serve(66)
+    bell, out = args[0], args[7]
+    bell[program.CALL] = 1                             # call 1 is open, and nobody else works on it
+    serve(*args, 100)
+    alone = np.empty((1, 2, 1, 1))
+    program.run_plan(x, plan.steps, plan.params, 1, 1, alone)
+    np.testing.assert_array_equal(out, alone)
+    assert bell[program.BUSY] == 0 and bell[program.SERVING] == 0
+
+
+@pytest.mark.parametrize("serve", both_program("serve"))
+@pytest.mark.parametrize("call, leave", [(-1, 0), (0, 0), (1, 1)])
+def test_a_helper_stays_out_of_closed_calls_and_leaves_when_told(serve, call, leave):
+    _, _, args = a_call_for_serve(67)
+    bell, out, counters = args[0], args[7], args[9]
+    before = counters.copy()
+    bell[program.CALL], bell[program.LEAVE] = call, leave
+    serve(*args, 100)
+    assert np.all(out == 7.0) and np.array_equal(counters, before)      # nothing claimed, nothing written
+    assert bell[program.BUSY] == 0 and bell[program.SERVING] == 0
+
+
+def test_helpers_serve_call_after_call_and_move_to_another_plan():
+    first, x, _, _ = one_image_case(68)
+    other = fused.build_plan(small_mobilenet("relu").eval())
+    expected, shapes = {}, {}
+    for name, plan in (("first", first), ("other", other)):
+        shapes[name] = program.step_shapes(plan.steps, plan.steps[0, program.C_IN], 32, 32)
+        expected[name] = np.empty((1, 2, 1, 1))
+        program.run_plan(x, plan.steps, plan.params, 1, 1, expected[name])
+    assert not np.array_equal(expected["first"], expected["other"])
+    for _ in range(3):
+        for name, plan in (("first", first), ("other", other)):
+            for _ in range(5):                         # calls in a row: the helper stays awake
+                out = np.empty((1, 2, 1, 1))
+                program.run_shared(x, plan.steps, plan.params, shapes[name], out, 2)
+                np.testing.assert_array_equal(out, expected[name])
+            job = program._helpers.job
+            assert job.args[2] is plan.steps and job.calls == 5
+            assert job.bell[program.CALL] == -5 and job.bell[program.BUSY] == 0

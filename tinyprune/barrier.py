@@ -32,6 +32,13 @@ processor could show the counter before the numbers.  Atomic operations
 with *acquire* and *release* order forbid both.  Numba has none of these,
 so they are written below in LLVM's own terms, a few lines each; as plain
 Python they are ordinary reads and writes under a lock.
+
+They are in fact *sequentially consistent*, the strongest order: all
+threads see all of them in one order.  The helper threads that stay awake
+between calls (``fused_program.run_shared``) need it: a helper says "I am
+here" and then looks whether the call is still open, while the caller
+closes the call and then looks whether a helper is there; with weaker
+orders both could miss the other.  On x86 it costs nothing more.
 """
 
 import threading
@@ -43,7 +50,7 @@ import numba
 from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["fetch_add", "acquire_load", "wait_until", "give_way", "can_yield"]
+__all__ = ["fetch_add", "acquire_load", "store", "wait_until", "wait_for_zero", "give_way", "can_yield"]
 
 # Turns of spinning before a waiting thread starts yielding its core: some
 # tens of microseconds, longer than any step of one image takes.
@@ -65,6 +72,12 @@ def acquire_load(counters, i):
     return counters[i]
 
 
+def store(counters, i, value):
+    """counters[i] = value, published with everything written before it."""
+    with _lock:
+        counters[i] = value
+
+
 def give_way():
     """Let another thread that is ready to run have this core for a moment."""
     time.sleep(0)
@@ -79,7 +92,7 @@ def _element_pointer(context, builder, array_type, array, index):
 def _atomic_add(typingctx, counters, i, value):
     def codegen(context, builder, signature, args):
         pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        return builder.atomic_rmw("add", pointer, args[2], "acq_rel")
+        return builder.atomic_rmw("add", pointer, args[2], "seq_cst")
     return types.int64(counters, i, value), codegen
 
 
@@ -87,8 +100,17 @@ def _atomic_add(typingctx, counters, i, value):
 def _atomic_load(typingctx, counters, i):
     def codegen(context, builder, signature, args):
         pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        return builder.load_atomic(pointer, "acquire", 8)
+        return builder.load_atomic(pointer, "seq_cst", 8)
     return types.int64(counters, i), codegen
+
+
+@intrinsic
+def _atomic_store(typingctx, counters, i, value):
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        builder.store_atomic(args[2], pointer, "seq_cst", 8)
+        return context.get_dummy_value()
+    return types.void(counters, i, value), codegen
 
 
 def _yield_symbol():
@@ -127,6 +149,11 @@ def _acquire_load_compiled(counters, i):
     return lambda counters, i: _atomic_load(counters, i)
 
 
+@overload(store)
+def _store_compiled(counters, i, value):
+    return lambda counters, i, value: _atomic_store(counters, i, value)
+
+
 @overload(give_way)
 def _give_way_compiled():
     return lambda: _call_yield()
@@ -146,3 +173,15 @@ def _wait_until(counters, i, target):
 
 
 wait_until = numba.njit(cache=True, nogil=True)(_wait_until)
+
+
+def _wait_for_zero(counters, i):
+    """Spin until counters[i] is 0 (no thread is busy any more), yielding the core after a while."""
+    spins = 0
+    while acquire_load(counters, i) != 0:
+        spins += 1
+        if spins > SPINS:
+            give_way()
+
+
+wait_for_zero = numba.njit(cache=True, nogil=True)(_wait_for_zero)

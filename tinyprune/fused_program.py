@@ -13,14 +13,17 @@ plan:
 * ``run_plan``: a whole batch, its tiles shared out among threads;
 * ``run_part`` / ``run_shared``: a batch of one image, each step cut into
   parts that the threads claim, all of a step's parts done before the next
-  step starts (:mod:`tinyprune.barrier`).
+  step starts (:mod:`tinyprune.barrier`); the helper threads stay awake
+  between calls (``serve``).
 
 Every compiled function is a plain Python function compiled on the line
 after it, as in the kernels' module.
 """
 
+import atexit
 import concurrent.futures
 import functools
+import threading
 
 import numba
 import numpy as np
@@ -28,7 +31,7 @@ import numpy as np
 from . import fused_conv
 from . import fused_depthwise as fd
 from . import fused_kernels as fk
-from .barrier import can_yield, fetch_add, wait_until
+from .barrier import acquire_load, can_yield, fetch_add, give_way, store, wait_for_zero, wait_until
 
 __all__ = ["run_plan", "run_shared", "run_tile", "run_step", "step_shapes", "scratch_size", "layout",
            "share", "pixel_rows", "CONV", "DEPTHWISE", "POINTWISE", "POOL", "PLANES", "PIXELS", "FIELDS"]
@@ -325,31 +328,184 @@ def phase_counters(steps):
     return np.zeros(2 * phases + 1, np.int64)
 
 
+# ---------------------------------------------------------------------------
+# Helpers that stay awake between calls.
+#
+# Handing a call to a sleeping pool thread costs about 27 microseconds on the
+# 2-core machine (the operating system wakes it, then it runs Python code
+# to take the job) -- a tenth of a whole MobileNet image, so a helper woken
+# for every call joined late and sharing gained little.  Instead each helper
+# thread runs ``serve``, a compiled loop that watches a *bell* (four int64
+# counters) and joins every call it sees, with no Python in between.  When
+# no call comes for a while (IDLE_TURNS turns, a few milliseconds) it goes
+# back to sleep on an Event, and the next call wakes it the slow way.
+#
+# The bell: CALL holds the number of the call in progress, positive while
+# the call is open and negated once it is closed; BUSY counts the helpers
+# inside a call; SERVING the helpers in ``serve``; LEAVE tells them to go.
+# A helper joins call k by adding 1 to BUSY and then checking that k is
+# still open; the caller closes k and then waits for BUSY to drop to 0.
+# With sequentially consistent counters (``barrier``) one of the two sees
+# the other, so no helper is ever inside a call whose buffers the caller has
+# started to reuse.  A helper that joins a call late finds every part taken
+# and does nothing.  The buffers a call works on belong to a *job* (one per
+# plan, image size and dtype); the caller copies the image in itself, so
+# helpers never read the caller's arrays.
+# ---------------------------------------------------------------------------
+
+CALL, BUSY, SERVING, LEAVE = range(4)
+# Turns a helper waits for the next call before it sleeps: the first ones
+# only read the bell, the later ones also yield the core (about a
+# microsecond each), a few milliseconds in all.
+IDLE_TURNS, BUSY_TURNS = 5000, 1000
+
+
+def _serve(bell, x, steps, params, shapes, a, b, out, parts, counters, idle_turns):
+    """A helper's loop: run its share (``run_part``) of every call rung on ``bell``.
+
+    Returns when LEAVE is set, or when no call came for ``idle_turns`` turns.
+    """
+    fetch_add(bell, SERVING, 1)
+    seen, idle = 0, 0
+    while acquire_load(bell, LEAVE) == 0:
+        call = acquire_load(bell, CALL)
+        if call > 0 and call != seen:
+            seen, idle = call, 0
+            fetch_add(bell, BUSY, 1)
+            if acquire_load(bell, CALL) == call:       # still open: its buffers are in use
+                run_part(x, steps, params, shapes, a, b, out, parts, counters)
+            fetch_add(bell, BUSY, -1)
+            continue
+        idle += 1
+        if idle > BUSY_TURNS:
+            give_way()
+        if idle > idle_turns:
+            fetch_add(bell, SERVING, -1)
+            call = acquire_load(bell, CALL)            # a call rung as it left sees SERVING 0 and
+            if call > 0 and call != seen:              # wakes a sleeper, or finds this one here
+                fetch_add(bell, SERVING, 1)
+                idle = 0
+                continue
+            return
+    fetch_add(bell, SERVING, -1)
+
+
+def _open_call(bell, call):
+    """Ring call number ``call`` (open it); returns how many helpers are serving."""
+    store(bell, CALL, call)
+    return acquire_load(bell, SERVING)
+
+
+def _leave(bell):
+    """Send the helpers away from the job of ``bell`` and wait until they have left."""
+    store(bell, LEAVE, 1)
+    wait_for_zero(bell, SERVING)
+
+
+def _close_call(bell, call):
+    """Close call number ``call`` and wait until no helper is inside it."""
+    store(bell, CALL, -call)
+    wait_for_zero(bell, BUSY)
+
+
+serve = numba.njit(cache=True, nogil=True)(_serve)
+open_call = numba.njit(cache=True, nogil=True)(_open_call)
+close_call = numba.njit(cache=True, nogil=True)(_close_call)
+leave = numba.njit(cache=True, nogil=True)(_leave)
+
+
+class _Job:
+    """The buffers one kind of call works on (plan, image size, dtype), and its bell."""
+
+    def __init__(self, key, x, steps, params, shapes, out, parts, helpers):
+        self.key = key
+        size = scratch_size(shapes, 0, steps.shape[0], 1)
+        self.a, self.b = np.empty(size, x.dtype), np.empty(size, x.dtype)
+        self.x, self.out = np.empty_like(x), np.empty_like(out)      # x is never read: see run_shared
+        self.counters = phase_counters(steps)
+        self.bell = np.zeros(4, np.int64)
+        self.args = (self.bell, self.x, steps, params, shapes, self.a, self.b, self.out, parts,
+                     self.counters)
+        self.helpers = helpers
+        self.calls = 0
+        self.error = None
+
+
+class _Helpers:
+    """The helper threads (made as needed, kept for the process) and the job they serve."""
+
+    def __init__(self):
+        self.threads = []
+        self.job = None
+        self.wake = threading.Event()
+        atexit.register(self.stop)
+
+    def stop(self):
+        """Send the helpers away (at exit: not left spinning in compiled code while Python ends)."""
+        if self.job is not None:
+            leave(self.job.bell)
+
+    def serve_job(self, job):
+        """Make ``job`` the one the helpers serve, sending them away from the last one."""
+        if self.job is not None:
+            leave(self.job.bell)
+        self.job = job
+        while len(self.threads) < job.helpers:
+            thread = threading.Thread(target=self._loop, args=(len(self.threads),), daemon=True,
+                                      name=f"tinyprune-one-image-{len(self.threads)}")
+            self.threads.append(thread)
+            thread.start()
+
+    def _loop(self, number):
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            job = self.job
+            if job is None or number >= job.helpers:
+                continue
+            try:
+                serve(*job.args, IDLE_TURNS)
+            except BaseException as error:             # the kernels refused the job's arrays
+                job.error = error
+                job.counters[-1] = 1                   # stop: the caller does not wait for parts
+
+
+_helpers = _Helpers()
+
+
 def run_shared(x, steps, params, shapes, out, workers, parts=None):
     """Run the plan on a batch of one image, with ``workers`` threads sharing out every step.
 
     ``parts``: how many parts each step is cut into (default ``workers``).
-    The calling thread works too and returns as soon as the image is done;
-    a helper thread that had no chance to start meanwhile finds every part
-    taken when it does, and ends without touching the buffers.
+    The calling thread works too, with ``workers - 1`` helper threads that
+    stay awake between calls (see above); any of them may do any part, and
+    the output is the same bits as on one thread.
     """
-    size = scratch_size(shapes, 0, steps.shape[0], 1)
-    a, b = np.empty(size, x.dtype), np.empty(size, x.dtype)
-    counters = phase_counters(steps)
     parts = parts or workers
-
-    def share():
-        try:
-            run_part(x, steps, params, shapes, a, b, out, parts, counters)
-        except BaseException:
-            counters[-1] = 1                           # stop: the others stop waiting for this one
-            raise
-
-    jobs = [_pool(workers).submit(share) for _ in range(workers - 1)]
-    share()
-    if counters[-1]:                                   # a helper failed: raise what it raised
-        for job in jobs:
-            job.result()
+    key = (id(steps), id(params), shapes.tobytes(), x.shape, x.dtype, out.shape, out.dtype, parts, workers)
+    job = _helpers.job
+    if job is None or job.key != key or job.args[2] is not steps or job.args[3] is not params:
+        job = _Job(key, x, steps, params, shapes, out, parts, workers - 1)
+        _helpers.serve_job(job)
+    counters, bell = job.counters, job.bell
+    C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
+    counters[:] = 0
+    fk.gather(x, 0, job.a[:C * H * W].reshape(C, 1, H, W))     # the copy in, phase 0, done here
+    counters[0] = counters[(counters.size - 1) // 2] = 1
+    job.calls += 1
+    if open_call(bell, job.calls) < job.helpers:
+        _helpers.wake.set()
+    try:
+        run_part(job.x, steps, params, shapes, job.a, job.b, job.out, parts, counters)
+    except BaseException:
+        counters[-1] = 1                                # stop: the helpers stop waiting for this thread
+        raise
+    finally:
+        close_call(bell, job.calls)
+    if job.error is not None:
+        error, job.error = job.error, None
+        raise error
+    out[...] = job.out
 
 
 def scratch_size(shapes, first, last, T):
