@@ -50,9 +50,9 @@ def test_sum_outer_is_the_sum_over_images_of_g_times_x_transposed(N, R, K, P, dt
         np.testing.assert_allclose(out, expected, **TOL[dtype], err_msg=fn.__name__)
 
 
-def test_matmul_images_covers_more_pixels_than_one_tile():
-    # P beyond COLUMNS: the pixels go in two tiles (compiled kernel only: the plain one is slow)
-    P = products.COLUMNS + 37
+def test_matmul_images_covers_long_rows():
+    # 549 pixels: whole vector blocks and a rest (compiled kernel only: the plain one is slow)
+    P = 549
     a, b = random((9, 6), np.float64, 4), random((2, 6, P), np.float64, 5)
     out = np.full((2, 9, P), np.nan)
     products.matmul_images(a, b, out)
