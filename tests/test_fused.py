@@ -192,6 +192,41 @@ def test_depthwise_in_float32_matches_the_layer(depthwise, stride):
     assert relative_error(y, expected) < 1e-5
 
 
+def fd_masks(T, H, W):
+    """fused_depthwise.neighbours for T stacked H x W images."""
+    masks = np.zeros((4, T * H * W), np.uint8)
+    fd.neighbours(T, H, W, masks)
+    return masks
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 1), (1, 1, 2, 2), (3, 2, 1, 5), (2, 3, 4, 1),
+                                   (5, 2, 3, 3), (1, 4, 6, 5)])
+@pytest.mark.parametrize("depthwise_shifts", both("depthwise_shifts", fd))
+def test_depthwise_by_shifts_at_the_ends_of_the_tile(depthwise_shifts, shape):
+    """Tiny tiles: the first and last channel's ends are read through the spare copy."""
+    C, T, H, W = shape
+    layer = depthwise_layer(C, (3, 3), 1, 1, seed=9)
+    x = random((T, C, H, W), 10)
+    expected = np.maximum(conv_output(layer, x), 0)
+    y = np.full((C, T, H, W), np.nan)
+    depthwise_shifts(planes(x), layer.weight[:, 0].copy(), layer.bias, fk.RELU, y)
+    np.testing.assert_allclose(y, planes(expected), rtol=1e-12, atol=1e-12)
+
+
+def test_depthwise_by_shifts_keeps_an_infinity_in_its_own_image():
+    """A shifted read may land in the next image or channel; that value must not be used, even infinite."""
+    layer = depthwise_layer(3, (3, 3), 1, 1, seed=11)
+    x = random((4, 3, 5, 6), 12)
+    x[1, 0, 4, 5] = np.inf                  # last pixel of image 1, channel 0: next to image 2 and channel 1
+    x[2, 2, 0, 0] = -np.inf
+    y = np.empty((3, 4, 5, 6))
+    fd.depthwise_shifts(planes(x), layer.weight[:, 0].copy(), layer.bias, fk.IDENTITY, y)
+    for n in (0, 3):                        # images without an infinity: exactly finite, as alone
+        alone = conv_output(layer, x[n:n + 1])
+        np.testing.assert_allclose(y[:, n], alone[0], rtol=1e-12, atol=1e-12)
+    assert np.all(np.isfinite(y[1:, 1])) and np.all(np.isfinite(y[:2, 2]))
+
+
 def helper_cases():
     """(module, helper name, its arguments): each helper of the convolutions on a small input."""
     x = random((2, 3, 7, 6), 40)
@@ -213,6 +248,9 @@ def helper_cases():
             (fd, "copy_rows", (random(G + 1, 44), R, WP, 2, np.zeros((3, 4, 3)), np.zeros(3))),
             (fd, "copy_rows", (random(G, 44), R, WP, 1, np.zeros((2, 4, 6)), np.zeros(6))),
             (fd, "copy_rows", (random(G, 44), R, WP, 3, np.zeros((2, 4, 2)), np.zeros(2))),
+            (fd, "neighbours", (2, 3, 4, np.zeros((4, 24), np.uint8))),
+            (fd, "nine_masked", (random(40, 53), 6, 5, random((3, 3), 54), 0.5, fd_masks(2, 3, 5), 1,
+                                 np.zeros(26))),
             (fd, "pad_pixels", (random((2, 5, 4, 3), 47), 1, 1, np.zeros((7, 18)))),
             (fd, "pixel_row_3x3", (random((7, 18), 45), random((9, 3), 46), random(3, 47), 2, 1,
                                    np.zeros((3, 3)))),

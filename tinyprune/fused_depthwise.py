@@ -19,7 +19,7 @@ import numpy as np
 
 from .fused_kernels import _serial, activate        # the same compile options as the other kernels
 
-__all__ = ["depthwise_planes", "depthwise_pixels"]
+__all__ = ["depthwise_planes", "depthwise_shifts", "depthwise_pixels"]
 
 # Scratch numbers (row phases of a group of images) worked on at a time on
 # planes: 4096 float32 are 16 KB, and with the grid as large beside them
@@ -154,15 +154,110 @@ some_taps = numba.njit(**_serial)(_some_taps)
 copy_rows = numba.njit(**_serial)(_copy_rows)
 
 
+# ---------------------------------------------------------------------------
+# On planes, the common case -- a 3x3 filter, stride 1, padding 1 -- without
+# any copy.  The T images of a channel lie one after the other in memory,
+# T*H*W numbers read as one long row, and the output has the same layout.
+# Tap (a, b) of output pixel m is then the input at m + (a - 1)*W + (b - 1):
+# a plain shift along the row, as on the grid above, except where the
+# neighbour does not exist (the pixel is on an image's border).  There the
+# padding would hold a zero, so the tap uses a zero: ``neighbours`` marks,
+# for each pixel, whether it has a neighbour up, down, left and right, and
+# the tap takes ``x if the neighbour exists else 0`` (a select, which the
+# compiler turns into vector instructions; multiplying by a 0/1 mask instead
+# would turn a neighbouring infinity into NaN).  No rows are dealt out or
+# copied back, which for small images (12x12, 6x6) cost more than the taps.
+#
+# A shifted read can fall outside the channel's row, into the channel
+# before or after it (its value is not used), but not outside the tile:
+# the first W+1 pixels of the first channel and the last W+1 of the last
+# are read through a copy with zeros around it (``spare``).
+# ---------------------------------------------------------------------------
+
+def _neighbours(T, H, W, masks):
+    """masks[d, m] = 1 if pixel m of T stacked H x W images has a neighbour up, down, left, right (d = 0 ... 3)."""
+    for t in range(T):
+        for i in range(H):
+            for j in range(W):
+                m = (t * H + i) * W + j
+                masks[0, m] = i > 0
+                masks[1, m] = i < H - 1
+                masks[2, m] = j > 0
+                masks[3, m] = j < W - 1
+
+
+def _nine_masked(flat, at, W, w, bias, masks, m0, out):
+    """out[m] = bias + the sum over the 3x3 taps of w[a, b] * (neighbour (a, b) of flat[at + m], or 0).
+
+    Output pixel m is pixel m0 + m of the masks; flat (1-D) must hold
+    every position from at - W - 1 to at + out.size + W.  The taps are
+    summed in the order of ``_nine_taps``.
+    """
+    zero = flat.dtype.type(0.0)
+    x00, x01, x02 = flat[at - W - 1:], flat[at - W:], flat[at - W + 1:]
+    x10, x11, x12 = flat[at - 1:], flat[at:], flat[at + 1:]
+    x20, x21, x22 = flat[at + W - 1:], flat[at + W:], flat[at + W + 1:]
+    up, down, left, right = masks[0, m0:], masks[1, m0:], masks[2, m0:], masks[3, m0:]
+    w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
+    w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
+    w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+    for m in range(out.size):
+        u, d, l, r = up[m] != 0, down[m] != 0, left[m] != 0, right[m] != 0
+        out[m] = (bias + w00 * (x00[m] if u and l else zero) + w01 * (x01[m] if u else zero)
+                  + w02 * (x02[m] if u and r else zero)
+                  + w10 * (x10[m] if l else zero) + w11 * x11[m] + w12 * (x12[m] if r else zero)
+                  + w20 * (x20[m] if d and l else zero) + w21 * (x21[m] if d else zero)
+                  + w22 * (x22[m] if d and r else zero))
+
+
+neighbours = numba.njit(**_serial)(_neighbours)
+nine_masked = numba.njit(**_serial)(_nine_masked)
+
+
+def _depthwise_shifts(x, w, b, act, y):
+    """y[c] = act(3x3 depthwise(x[c], w[c]) + b[c]), stride 1, padding 1, on planes.
+
+    x (C, T, H, W);  w (C, 3, 3);  b (C,);  y (C, T, H, W) overwritten.
+    """
+    C, T, H, W = x.shape
+    L, e = T * H * W, W + 1                      # a channel's numbers; the reach of a tap
+    flat, out = x.reshape(C * L), y.reshape(C * L)
+    masks = np.empty((4, L), np.uint8)
+    neighbours(T, H, W, masks)
+    spare = np.zeros(L + 2 * e, x.dtype)
+    for c in range(C):
+        lo = min(e, L) if c == 0 else 0                   # pixels lo ... hi - 1 are read in place
+        hi = max(L - e, lo) if c == C - 1 else L
+        if hi > lo:
+            nine_masked(flat, c * L + lo, W, w[c], b[c], masks, lo, out[c * L + lo:c * L + hi])
+        if lo > 0 or hi < L:                              # the tile's two ends: through spare
+            plane = spare[e:e + L]
+            for k in range(L):
+                plane[k] = flat[c * L + k]
+            if lo > 0:
+                nine_masked(spare, e, W, w[c], b[c], masks, 0, out[c * L:c * L + lo])
+            if hi < L:
+                nine_masked(spare, e + hi, W, w[c], b[c], masks, hi, out[c * L + hi:c * L + L])
+        activate(out[c * L:c * L + L], act)
+
+
+depthwise_shifts = numba.njit(**_serial)(_depthwise_shifts)
+
+
 def _depthwise_planes(x, w, b, stride, pad, act, y):
     """y[c, t] = act(depthwise(x[c, t], w[c]) + b[c]) on planes.
 
     x (C, T, H, W);  w (C, KH, KW);  b (C,);  y (C, T, HO, WO) overwritten.
-    The C*T images go n at a time, as many as fit in GROUP numbers (at
-    least one), so that scratch rows and grid stay in the level-1 cache; the
-    images of one channel among them make one stretch of the grid.
+    A 3x3 filter at stride 1 and padding 1 goes to ``depthwise_shifts``.
+    Otherwise the C*T images go n at a time, as many as fit in GROUP
+    numbers (at least one), so that scratch rows and grid stay in the
+    level-1 cache; the images of one channel among them make one stretch
+    of the grid.
     """
     C, T, H, W = x.shape
+    if w.shape[1] == 3 and w.shape[2] == 3 and stride == 1 and pad == 1:
+        depthwise_shifts(x, w, b, act, y)
+        return
     KH, KW = w.shape[1], w.shape[2]
     HO, WO = y.shape[2], y.shape[3]
     s = stride

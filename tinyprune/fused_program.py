@@ -72,16 +72,21 @@ def _pixel_rows(pixels):
 pixel_rows = numba.njit(cache=True)(_pixel_rows)
 
 
-def _layout(kind, C, T, H, W, current):
+def _layout(step, C, T, H, W, current):
     """The layout a step runs in, given its input (C channels, T images of H x W) and the current one.
 
     What the kernels measure fastest: a 1x1 convolution on pixels when the
     tile has fewer pixels than channels (its rows are then the longer
-    ones); a depthwise one on pixels when an image has at most 4 pixels per
+    ones); a 3x3 depthwise one at stride 1 and padding 1 where the tile
+    already is (both kernels are fast: a conversion would cost more);
+    another depthwise one on pixels when an image has at most 4 pixels per
     channel; a full convolution on planes; pooling where the tile already is.
     """
+    kind = step[KIND]
     if kind == POINTWISE:
         return PIXELS if T * H * W < C else PLANES
+    if kind == DEPTHWISE and step[KH] == 3 and step[KW] == 3 and step[STRIDE] == 1 and step[PAD] == 1:
+        return current
     if kind == DEPTHWISE:
         return PIXELS if H * W <= 4 * C else PLANES
     if kind == CONV:
@@ -178,7 +183,7 @@ def _run_steps(first, last, steps, params, shapes, T, a, b, current):
     """
     C, H, W = shapes[first, 0], shapes[first, 1], shapes[first, 2]
     for s in range(first, last):
-        wanted = layout(steps[s, KIND], C, T, H, W, current)
+        wanted = layout(steps[s], C, T, H, W, current)
         if wanted != current:
             convert(a, C, T, H, W, wanted, b, 0, 1)
             a, b, current = b, a, wanted
@@ -290,7 +295,7 @@ def _run_part(x, steps, params, shapes, a, b, out, parts, counters):
         return
     phase, current = 1, PLANES
     for s in range(steps.shape[0]):
-        wanted = layout(steps[s, KIND], C, 1, H, W, current)
+        wanted = layout(steps[s], C, 1, H, W, current)
         if wanted != current:
             k = take_part(counters, phase, parts)
             while k >= 0:

@@ -192,7 +192,7 @@ def step_profile(model, batch=64, repeats=20):
         if s == split and split:
             current = program.PLANES          # a part goes into the whole tile as planes
         t = images(s)
-        wanted = program.layout(step[program.KIND], C, t, H, W, current)
+        wanted = program.layout(step, C, t, H, W, current)
         if wanted != current:
             seconds = cpu_seconds(lambda: program.convert(a, C, t, H, W, wanted, b, 0, 1))
             rows.append((s, "convert", "pixels" if wanted else "planes", C, C, f"{H}x{W}", t, seconds * 1e6,
