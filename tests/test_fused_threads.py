@@ -94,17 +94,35 @@ def test_a_failed_thread_stops_the_others_waiting(run_part):
 
 def test_one_image_tries_both_ways_then_keeps_the_faster():
     chooser = fused.OneImage()
-    for _ in range(chooser.TRIES):
-        chooser.record(chooser.choose(), 0.004)       # shared: 4 ms
-    tried = [chooser.choose() for _ in range(chooser.TRIES)]
-    assert tried == [False] * chooser.TRIES            # then one thread, as often
-    for share in tried:
-        chooser.record(share, 0.003)                   # one thread: 3 ms, faster
-    later = [chooser.choose() for _ in range(2 * chooser.RETRY)]
-    assert later.count(True) == 2 and later.count(False) == 2 * chooser.RETRY - 2   # a retry every RETRY calls
-    for _ in range(chooser.KEEP):
+    tried = []
+    while len(chooser.times[True]) < chooser.TRIES:
+        tried.append(chooser.choose())
+        chooser.record(tried[-1], 0.004)               # shared: 4 ms
+    assert tried == [True] * (chooser.TRIES + 1)       # the first call after a switch is not timed
+    tried = []
+    while len(chooser.times[False]) < chooser.TRIES:
+        tried.append(chooser.choose())
+        chooser.record(tried[-1], 0.003)               # one thread: 3 ms, faster
+    assert tried == [False] * (chooser.TRIES + 1)
+    later = []
+    for _ in range(2 * chooser.RETRY):
+        later.append(chooser.choose())
+        chooser.record(later[-1], 0.004 if later[-1] else 0.003)
+    assert later.count(True) == 4 and later.count(False) == 2 * chooser.RETRY - 4   # two calls every RETRY
+    assert list(chooser.times[True]) == [0.004] * chooser.KEEP          # the second call of each retry
+    for _ in range(chooser.KEEP + 1):
         chooser.record(True, 0.001)                    # the machine changed: sharing is faster now
     assert chooser.choose() is True
+
+
+def test_one_image_does_not_time_the_call_after_a_switch():
+    chooser = fused.OneImage()
+    chooser.record(True, 0.5)                          # the first call: nothing before it
+    chooser.record(False, 0.5)                         # after a shared call
+    chooser.record(False, 0.002)
+    chooser.record(True, 0.5)                          # helpers waking up
+    chooser.record(True, 0.001)
+    assert list(chooser.times[True]) == [0.001] and list(chooser.times[False]) == [0.002]
 
 
 def test_a_single_image_gives_the_same_bits_whichever_way_it_runs():

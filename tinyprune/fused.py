@@ -227,14 +227,16 @@ def tiling(shapes, itemsize, tile_bytes=None):
 class OneImage:
     """For batches of one image: share each step among the threads, or run on one thread?
 
-    Sharing pays when the other core is free and close by; on a virtual
-    machine whose second core sleeps between calls, or on a busy machine,
-    the hand-overs cost more than the half of the work they save (measured
-    here both ways: a quarter faster, or a quarter slower, on different
-    runs of the same code).  So both are timed: the first calls try each
-    way ``TRIES`` times, then the faster by median of its last ``KEEP``
-    times is used, and every ``RETRY``-th call times the other way again,
-    in case the machine has changed.  Both ways give the same bits.
+    Sharing pays when the other core is free and close by; on a busy
+    machine the hand-overs can cost more than the half of the work they
+    save.  So both are timed: the first calls try each way until it has
+    ``TRIES`` times, then the faster by median of its last ``KEEP`` times is
+    used, and every ``RETRY`` calls the other way is timed again, in case
+    the machine has changed.  A call made right after one made the other
+    way is not timed: after a run of one-thread calls the helper threads
+    have gone to sleep, and waking them (tens of microseconds) says nothing
+    about the next calls.  So a retry is two calls.  Both ways give the
+    same bits.
     """
 
     TRIES, KEEP, RETRY = 3, 5, 50
@@ -242,6 +244,7 @@ class OneImage:
     def __init__(self):
         self.times = {True: collections.deque(maxlen=self.KEEP), False: collections.deque(maxlen=self.KEEP)}
         self.calls = 0
+        self.last = None           # the way of the last call
 
     def choose(self):
         """True to share the next call's steps among the threads, False for one thread."""
@@ -250,11 +253,13 @@ class OneImage:
             if len(self.times[share]) < self.TRIES:
                 return share
         best = statistics.median(self.times[True]) <= statistics.median(self.times[False])
-        return (not best) if self.calls % self.RETRY == 0 else best
+        return (not best) if self.calls % self.RETRY < 2 else best
 
     def record(self, share, seconds):
-        """How long a call made the way ``choose`` said took."""
-        self.times[share].append(seconds)
+        """How long a call made the way ``choose`` said took (kept if the call before went the same way)."""
+        if share == self.last:
+            self.times[share].append(seconds)
+        self.last = share
 
 
 class FusedPlan:

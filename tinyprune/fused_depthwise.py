@@ -381,7 +381,7 @@ def _depthwise_pixels(x, w, b, stride, pad, act, y, first, last):
     """
     T, H, W, C = x.shape
     KH, KW = w.shape[0], w.shape[1]
-    HO, WO = y.shape[1], y.shape[2]
+    WO = y.shape[2]
     padded = np.zeros((H + 2 * pad, (W + 2 * pad) * C), x.dtype)
     taps = w.reshape(KH * KW, C)
     for t in range(T):
