@@ -59,6 +59,9 @@ import numba
 import numpy as np
 from numba import prange
 
+from .fused_depthwise import depthwise_shifts
+from .fused_kernels import IDENTITY
+
 # Compilation options.  ``_parallel`` kernels split their outer prange loop
 # over Numba's threads; ``_parallel_sums`` kernels also accumulate sums and
 # may reorder them (see the module docstring).
@@ -99,9 +102,15 @@ def _depthwise_forward(x, w, stride, pad, out):
     x   (N, C, H, W)      input
     w   (C, KH, KW)       one filter per channel
     out (N, C, HO, WO)    overwritten with the result
+
+    MobileNet's common case, 3x3 at stride 1 and padding 1, goes to
+    ``depthwise_3x3`` instead.
     """
     N, C, H, W = x.shape
     KH, KW = w.shape[1], w.shape[2]
+    if KH == 3 and KW == 3 and stride == 1 and pad == 1:
+        depthwise_3x3(x, w, out)
+        return
     HO, WO = out.shape[2], out.shape[3]
     HP, WP = H + 2 * pad, W + 2 * pad
     T = (HO - 1) * WP + WO                       # grid positions up to the last output pixel
@@ -142,6 +151,27 @@ def _depthwise_forward(x, w, stride, pad, out):
 # images of one channel lie one after another in one long row, so a tap is one loop
 # along all of them (a 6x6 plane alone gives 46 positions, mostly leftovers after the vectors).
 STACK = 4096    # values in one pass's stacked planes: 16 KB of float32, in the level-1 cache
+
+
+def _depthwise_3x3(x, w, out):
+    """Depthwise convolution with a 3x3 filter, stride 1, padding 1: x, w, out as in _depthwise_forward.
+
+    The eval-mode fast path's kernel (``fused_depthwise.depthwise_shifts``,
+    whose comment explains it) reads each tap as a shift along the planes
+    laid one after another, with no padded copy.  It takes planes (C', T,
+    H, W) with one filter per C'; here every plane (n, c) is one "channel"
+    of one image, with its filter w[c].  Blocks of about 16K numbers of
+    planes go to the threads.
+    """
+    N, C, H, W = x.shape
+    planes, outs = x.reshape(N * C, 1, H, W), out.reshape(N * C, 1, H, W)
+    per = max(1, 16384 // (H * W))
+    for block in prange((N * C + per - 1) // per):
+        lo, hi = block * per, min(N * C, block * per + per)
+        filters = np.empty((hi - lo, 3, 3), x.dtype)
+        for k in range(lo, hi):
+            filters[k - lo] = w[k % C]
+        depthwise_shifts(planes[lo:hi], filters, np.zeros(hi - lo, x.dtype), IDENTITY, outs[lo:hi])
 
 
 def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
@@ -213,6 +243,7 @@ def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
         ### END SOLUTION
 
 
+depthwise_3x3 = numba.njit(**_parallel)(_depthwise_3x3)
 depthwise_forward = numba.njit(**_parallel)(_depthwise_forward)
 depthwise_backward = numba.njit(**_parallel_sums)(_depthwise_backward)
 
