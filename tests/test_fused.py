@@ -276,7 +276,7 @@ def test_a_row_starts_with_one_bias_or_a_run_of_them(start_with_bias):
 @pytest.mark.parametrize("rows", [8, 12, 5])          # blocks of 8 rows, then rows one at a time
 @pytest.mark.parametrize("matmul_act", both("matmul_act"))
 def test_matmul_adds_the_bias_down_the_rows_or_along_them(matmul_act, rows):
-    a, b = random((rows, 12), 11), random((12, 1030), 12)   # more columns than COLUMNS
+    a, b = random((rows, 12), 11), random((12, 1030), 12)   # long rows: vector blocks and a rest
     y = np.empty((rows, 1030))
     matmul_act(a, b, random(rows, 13), True, fk.HARDTANH, y)
     np.testing.assert_allclose(y, np.clip(a @ b + random(rows, 13)[:, None], -1, 1), rtol=1e-12, atol=1e-12)

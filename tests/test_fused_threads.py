@@ -197,3 +197,25 @@ def test_helpers_serve_call_after_call_and_move_to_another_plan():
             job = program._helpers.job
             assert job.args[2] is plan.steps and job.calls == 5
             assert job.bell[program.CALL] == -5 and job.bell[program.BUSY] == 0
+
+
+def test_shared_calls_from_two_python_threads_at_once_give_the_right_bits():
+    plan, _, shapes, _ = one_image_case(69)
+    images = [random((1, 3, 32, 32), 70 + k) for k in range(6)]
+    expected = []
+    for x in images:
+        expected.append(np.empty((1, 2, 1, 1)))
+        program.run_plan(x, plan.steps, plan.params, 1, 1, expected[-1])
+
+    def calls(first):
+        outs = []
+        for k in range(first, first + 60):
+            outs.append(np.empty((1, 2, 1, 1)))
+            program.run_shared(images[k % 6], plan.steps, plan.params, shapes, outs[-1], 2)
+        return outs
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = [pool.submit(calls, first) for first in (0, 3)]
+        for first, job in zip((0, 3), results):
+            for k, out in enumerate(job.result(), start=first):
+                np.testing.assert_array_equal(out, expected[k % 6])

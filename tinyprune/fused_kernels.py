@@ -40,13 +40,10 @@ import numpy as np
 
 from .products import eight_rows
 
-__all__ = ["IDENTITY", "RELU", "HARDTANH", "SLOPEHTANH", "COLUMNS"]
+__all__ = ["IDENTITY", "RELU", "HARDTANH", "SLOPEHTANH"]
 
 # Activation numbers, as a step stores them.
 IDENTITY, RELU, HARDTANH, SLOPEHTANH = 0, 1, 2, 3
-# Columns of a matrix product done at a time: 4 input rows of 512 float32
-# is 8 KB, so the rows being combined stay in the level-1 cache.
-COLUMNS = 512
 
 # Kernels run on one thread each (the program in fused.py splits tiles over
 # threads); "contract" lets the compiler fuse a*b + c into one instruction.

@@ -443,6 +443,7 @@ class _Helpers:
         self.threads = []
         self.job = None
         self.wake = threading.Event()
+        self.lock = threading.Lock()          # held by the caller of the call in progress
         atexit.register(self.stop)
 
     def stop(self):
@@ -484,9 +485,21 @@ def run_shared(x, steps, params, shapes, out, workers, parts=None):
     ``parts``: how many parts each step is cut into (default ``workers``).
     The calling thread works too, with ``workers - 1`` helper threads that
     stay awake between calls (see above); any of them may do any part, and
-    the output is the same bits as on one thread.
+    the output is the same bits as on one thread.  The helpers serve one
+    call at a time: a call made meanwhile from another Python thread runs
+    on its own thread.
     """
-    parts = parts or workers
+    if not _helpers.lock.acquire(blocking=False):      # another Python thread is in a shared call:
+        run_plan(x, steps, params, 1, 1, out, shapes)   # this one runs alone (the same bits)
+        return
+    try:
+        _run_shared(x, steps, params, shapes, out, workers, parts or workers)
+    finally:
+        _helpers.lock.release()
+
+
+def _run_shared(x, steps, params, shapes, out, workers, parts):
+    """run_shared's work, with the helpers' lock held."""
     key = (id(steps), id(params), shapes.tobytes(), x.shape, x.dtype, out.shape, out.dtype, parts, workers)
     job = _helpers.job
     if job is None or job.key != key or job.args[2] is not steps or job.args[3] is not params:
