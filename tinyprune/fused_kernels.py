@@ -27,12 +27,16 @@ run of contiguous numbers, and which axis is long changes along MobileNet:
   pixels per channel but 128 to 256 channels.
 
 Channel counts are multiples of 4 (``fused.py`` pads the weights with
-zeros, so the extra channels hold zeros): the matrix product then works on
-4x4 blocks with no leftover rows or columns.  Numba checks an array index
+zeros, so the extra channels hold zeros): the matrix product then takes
+its inputs 4 at a time with none left over.  Numba checks an array index
 for being negative (Python's ``a[-1]``) unless it can see that it is not;
 such a check in an inner loop stops it from being turned into vector
-instructions.  So inner loops index a slice by the bare loop counter, and
-divisions stay out of them (a ``%`` is many times slower than an addition).
+instructions.  So inner loops index a slice by the bare loop counter, or
+with unsigned numbers (``products.unsigned``), and divisions stay out of
+them (a ``%`` is many times slower than an addition).  An inner loop also
+costs something each time it starts (the compiler checks that the arrays
+it writes do not overlap those it reads): few long loops beat many short
+ones, and a loop over whole rows beats one over a block of columns.
 """
 
 import numba
