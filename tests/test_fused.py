@@ -227,6 +227,39 @@ def test_depthwise_by_shifts_keeps_an_infinity_in_its_own_image():
     assert np.all(np.isfinite(y[1:, 1])) and np.all(np.isfinite(y[:2, 2]))
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (3, 2, 4, 6), (2, 5, 6, 2), (4, 3, 8, 8)])
+@pytest.mark.parametrize("depthwise_stride2", both("depthwise_stride2", fd))
+def test_depthwise_at_stride_2_on_even_images_matches_the_layer(depthwise_stride2, shape):
+    """Split into even and odd columns: the first row and column of each image read the padding."""
+    C, T, H, W = shape
+    layer = depthwise_layer(C, (3, 3), 2, 1, seed=13)
+    x = random((T, C, H, W), 14)
+    expected = np.clip(conv_output(layer, x), -1, 1)
+    y = np.full((C, T, H // 2, W // 2), np.nan)
+    depthwise_stride2(planes(x), layer.weight[:, 0].copy(), layer.bias, fk.HARDTANH, y)
+    np.testing.assert_allclose(y, planes(expected), rtol=1e-12, atol=1e-12)
+
+
+def test_depthwise_planes_takes_even_images_at_stride_2_to_the_column_split():
+    layer = depthwise_layer(3, (3, 3), 2, 1, seed=15)
+    x = random((5, 3, 6, 8), 16)
+    y = np.empty((3, 5, 3, 4))
+    fd.depthwise_planes(planes(x), layer.weight[:, 0].copy(), layer.bias, 2, 1, fk.IDENTITY, y)
+    np.testing.assert_allclose(y, planes(conv_output(layer, x)), rtol=1e-12, atol=1e-12)
+
+
+def test_depthwise_at_stride_2_keeps_an_infinity_in_its_own_image():
+    """Image 1's last row and column are next to image 2 and channel 1 in memory, never in their sums."""
+    layer = depthwise_layer(2, (3, 3), 2, 1, seed=17)
+    x = random((3, 2, 4, 6), 18)
+    x[1, 0, 3, 5] = np.inf
+    y = np.empty((2, 3, 2, 3))
+    fd.depthwise_stride2(planes(x), layer.weight[:, 0].copy(), layer.bias, fk.IDENTITY, y)
+    for n in (0, 2):
+        np.testing.assert_allclose(y[:, n], conv_output(layer, x[n:n + 1])[0], rtol=1e-12, atol=1e-12)
+    assert np.all(np.isfinite(y[1, 1]))
+
+
 def helper_cases():
     """(module, helper name, its arguments): each helper of the convolutions on a small input."""
     x = random((2, 3, 7, 6), 40)
@@ -249,6 +282,9 @@ def helper_cases():
             (fd, "copy_rows", (random(G, 44), R, WP, 1, np.zeros((2, 4, 6)), np.zeros(6))),
             (fd, "copy_rows", (random(G, 44), R, WP, 3, np.zeros((2, 4, 2)), np.zeros(2))),
             (fd, "neighbours", (2, 3, 4, np.zeros((4, 24), np.uint8))),
+            (fd, "split_columns", (random(24, 55), np.zeros(12), np.zeros(12))),
+            (fd, "stride2_rows", (random(3 + 2 * 4 * 3, 56), random(3 + 2 * 4 * 3, 57), 2, 3, random((3, 3), 58),
+                                  0.5, np.zeros(2 * 2 * 3))),
             (fd, "nine_masked", (random(40, 53), 6, 5, random((3, 3), 54), 0.5, fd_masks(2, 3, 5), 1,
                                  np.zeros(26))),
             (fd, "pad_pixels", (random((2, 5, 4, 3), 47), 1, 1, np.zeros((7, 18)))),

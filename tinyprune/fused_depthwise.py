@@ -18,8 +18,9 @@ import numba
 import numpy as np
 
 from .fused_kernels import _serial, activate        # the same compile options as the other kernels
+from .products import unsigned
 
-__all__ = ["depthwise_planes", "depthwise_shifts", "depthwise_pixels"]
+__all__ = ["depthwise_planes", "depthwise_shifts", "depthwise_stride2", "depthwise_pixels"]
 
 # Scratch numbers (row phases of a group of images) worked on at a time on
 # planes: 4096 float32 are 16 KB, and with the grid as large beside them
@@ -244,11 +245,83 @@ def _depthwise_shifts(x, w, b, act, y):
 depthwise_shifts = numba.njit(**_serial)(_depthwise_shifts)
 
 
+# ---------------------------------------------------------------------------
+# On planes, a 3x3 filter at stride 2 and padding 1 on images of even size
+# (MobileNet's downsampling steps), without dealing rows.  With W even, the
+# parity of a flat index along a channel's T*H*W numbers is the parity of
+# its column, so ONE long loop per channel splits it into its even columns
+# E and odd columns O (``split_columns``): E[R*WO + j] = x[R, 2j] and
+# O[R*WO + j] = x[R, 2j + 1], R a row of the stacked images.  Output pixel
+# (i, j) then reads, in each of the input rows 2i - 1, 2i and 2i + 1, O at
+# j - 1, E at j and O at j: unit-step reads, no column computed for nothing
+# and no copy out.  Rows cannot be skipped by a shift, so the loop along
+# the output columns runs once per output row; the row above an image's
+# first is a zero row (the padding), and the column left of the first is
+# left out of the sum (a separate first pixel, not a multiply by zero).
+# ---------------------------------------------------------------------------
+
+def _split_columns(x, even, odd):
+    """even[k] = x[2k], odd[k] = x[2k + 1] for k < even.size.  x (1-D)."""
+    for k in range(even.size):
+        even[k] = x[2 * k]
+        odd[k] = x[2 * k + 1]
+
+
+def _stride2_rows(E, O, HO, WO, w, bias, out):
+    """out[k*WO + j] = bias + the 3x3 taps w of output pixel j of output row k (stride 2, padding 1).
+
+    E, O (WO + T*2*HO*WO,): a zero row of WO numbers, then the even and odd
+    columns of T stacked 2HO x 2WO images (from split_columns);  out
+    (T*HO*WO,).  Unsigned indices: Numba then leaves out its check for
+    negative ones (see ``products.unsigned``).
+    """
+    w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
+    w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
+    w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+    n, one, i = unsigned(WO), unsigned(1), 0
+    for k in range(unsigned(out.size // WO)):
+        mid = n + unsigned(2) * k * n                     # input row 2i of this image, after the zero row
+        a = mid - n if i > 0 else unsigned(0)             # the row above it, or the zero row
+        c, o = mid + n, k * n
+        out[o] = bias + w01 * E[a] + w02 * O[a] + w11 * E[mid] + w12 * O[mid] + w21 * E[c] + w22 * O[c]
+        for j in range(one, n):
+            out[o + j] = (bias + w00 * O[a + j - one] + w01 * E[a + j] + w02 * O[a + j]
+                          + w10 * O[mid + j - one] + w11 * E[mid + j] + w12 * O[mid + j]
+                          + w20 * O[c + j - one] + w21 * E[c + j] + w22 * O[c + j])
+        i += 1                                            # counted on, not divided
+        if i == HO:
+            i = 0
+
+
+split_columns = numba.njit(**_serial)(_split_columns)
+stride2_rows = numba.njit(**_serial)(_stride2_rows)
+
+
+def _depthwise_stride2(x, w, b, act, y):
+    """y[c] = act(3x3 depthwise(x[c], w[c]) + b[c]), stride 2, padding 1, on planes; H and W even.
+
+    x (C, T, H, W);  w (C, 3, 3);  b (C,);  y (C, T, H // 2, W // 2) overwritten.
+    """
+    C, T, H, W = x.shape
+    HO, WO = H // 2, W // 2
+    L = T * H * W
+    columns = np.zeros((2, WO + L // 2), x.dtype)     # even, odd: the first WO numbers stay zero
+    flat, out = x.reshape(C, L), y.reshape(C, L // 4)
+    for c in range(C):
+        split_columns(flat[c], columns[0, WO:], columns[1, WO:])
+        stride2_rows(columns[0], columns[1], HO, WO, w[c], b[c], out[c])
+        activate(out[c], act)
+
+
+depthwise_stride2 = numba.njit(**_serial)(_depthwise_stride2)
+
+
 def _depthwise_planes(x, w, b, stride, pad, act, y):
     """y[c, t] = act(depthwise(x[c, t], w[c]) + b[c]) on planes.
 
     x (C, T, H, W);  w (C, KH, KW);  b (C,);  y (C, T, HO, WO) overwritten.
-    A 3x3 filter at stride 1 and padding 1 goes to ``depthwise_shifts``.
+    A 3x3 filter at stride 1 and padding 1 goes to ``depthwise_shifts``,
+    at stride 2 and padding 1 on even images to ``depthwise_stride2``.
     Otherwise the C*T images go n at a time, as many as fit in GROUP
     numbers (at least one), so that scratch rows and grid stay in the
     level-1 cache; the images of one channel among them make one stretch
@@ -257,6 +330,9 @@ def _depthwise_planes(x, w, b, stride, pad, act, y):
     C, T, H, W = x.shape
     if w.shape[1] == 3 and w.shape[2] == 3 and stride == 1 and pad == 1:
         depthwise_shifts(x, w, b, act, y)
+        return
+    if w.shape[1] == 3 and w.shape[2] == 3 and stride == 2 and pad == 1 and H % 2 == 0 and W % 2 == 0:
+        depthwise_stride2(x, w, b, act, y)
         return
     KH, KW = w.shape[1], w.shape[2]
     HO, WO = y.shape[2], y.shape[3]
