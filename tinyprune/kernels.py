@@ -165,13 +165,15 @@ def _depthwise_3x3(x, w, out):
     """
     N, C, H, W = x.shape
     planes, outs = x.reshape(N * C, 1, H, W), out.reshape(N * C, 1, H, W)
+    filters, zeros = np.empty((N * C, 3, 3), x.dtype), np.zeros(N * C, x.dtype)
+    for k in range(N * C):
+        for a in range(3):
+            for b in range(3):
+                filters[k, a, b] = w[k % C, a, b]
     per = max(1, 16384 // (H * W))
     for block in prange((N * C + per - 1) // per):
         lo, hi = block * per, min(N * C, block * per + per)
-        filters = np.empty((hi - lo, 3, 3), x.dtype)
-        for k in range(lo, hi):
-            filters[k - lo] = w[k % C]
-        depthwise_shifts(planes[lo:hi], filters, np.zeros(hi - lo, x.dtype), IDENTITY, outs[lo:hi])
+        depthwise_shifts(planes[lo:hi], filters[lo:hi], zeros[lo:hi], IDENTITY, outs[lo:hi])
 
 
 def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
