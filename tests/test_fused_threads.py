@@ -160,11 +160,24 @@ def test_a_helper_runs_an_open_call_alone_then_leaves_when_idle(serve):
     plan, x, args = a_call_for_serve(66)
     bell, out = args[0], args[7]
     bell[program.CALL] = 1                             # call 1 is open, and nobody else works on it
-    serve(*args, 100)
+    serve(*args, 100, 0)
     alone = np.empty((1, 2, 1, 1))
     program.run_plan(x, plan.steps, plan.params, 1, 1, alone)
     np.testing.assert_array_equal(out, alone)
     assert bell[program.BUSY] == 0 and bell[program.SERVING] == 0
+
+
+@pytest.mark.parametrize("serve", both_program("serve"))
+def test_the_callers_side_copies_the_image_in_opens_works_and_closes(serve):
+    plan, x, args = a_call_for_serve(71)
+    bell, a, out, counters = args[0], args[5], args[7], args[9]
+    a[:] = np.nan                                       # the copy in is the caller's to make
+    counters[:] = 5                                     # and the counters its to reset
+    assert serve(bell, x, *args[2:], 0, 3)
+    alone = np.empty((1, 2, 1, 1))
+    program.run_plan(x, plan.steps, plan.params, 1, 1, alone)
+    np.testing.assert_array_equal(out, alone)
+    assert bell[program.CALL] == -3 and bell[program.BUSY] == 0
 
 
 @pytest.mark.parametrize("serve", both_program("serve"))
@@ -174,7 +187,7 @@ def test_a_helper_stays_out_of_closed_calls_and_leaves_when_told(serve, call, le
     bell, out, counters = args[0], args[7], args[9]
     before = counters.copy()
     bell[program.CALL], bell[program.LEAVE] = call, leave
-    serve(*args, 100)
+    serve(*args, 100, 0)
     assert np.all(out == 7.0) and np.array_equal(counters, before)      # nothing claimed, nothing written
     assert bell[program.BUSY] == 0 and bell[program.SERVING] == 0
 

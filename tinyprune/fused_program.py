@@ -370,11 +370,27 @@ CALL, BUSY, SERVING, LEAVE = range(4)
 IDLE_TURNS, BUSY_TURNS = 5000, 1000
 
 
-def _serve(bell, x, steps, params, shapes, a, b, out, parts, counters, idle_turns):
-    """A helper's loop: run its share (``run_part``) of every call rung on ``bell``.
+def _serve(bell, x, steps, params, shapes, a, b, out, parts, counters, idle_turns, call):
+    """A helper's loop (``call`` 0): run its share (``run_part``) of every call rung on ``bell``.
 
     Returns when LEAVE is set, or when no call came for ``idle_turns`` turns.
+
+    With ``call`` > 0 it is instead the caller's side of call number
+    ``call``: copy the image x in (phase 0: helpers never read x), open the
+    call, do its share, close it; returns False if a thread said stop.  The
+    two sides are one function so that the whole program under run_part is
+    compiled into one more function, not two (seconds each).
     """
+    if call > 0:
+        counters[:] = 0
+        C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
+        fk.gather(x, 0, a[:C * H * W].reshape(C, 1, H, W))
+        counters[0] = 1
+        counters[(counters.size - 1) // 2] = 1
+        open_call(bell, call)
+        run_part(x, steps, params, shapes, a, b, out, parts, counters)
+        close_call(bell, call)
+        return counters[-1] == 0
     fetch_add(bell, SERVING, 1)
     seen, idle = 0, 0
     while acquire_load(bell, LEAVE) == 0:
@@ -396,8 +412,9 @@ def _serve(bell, x, steps, params, shapes, a, b, out, parts, counters, idle_turn
                 fetch_add(bell, SERVING, 1)
                 idle = 0
                 continue
-            return
+            return True
     fetch_add(bell, SERVING, -1)
+    return True
 
 
 def _open_call(bell, call):
@@ -418,29 +435,10 @@ def _close_call(bell, call):
     wait_for_zero(bell, BUSY)
 
 
-def _caller_part(x, steps, params, shapes, a, b, out, parts, counters, bell, call):
-    """The calling thread's side of call number ``call``: copy the image in, open, work, close.
-
-    One compiled call instead of four from Python (each costs microseconds
-    to dispatch, at batch 1 where an image takes 150).  Returns False if a
-    thread said stop.
-    """
-    counters[:] = 0
-    C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
-    fk.gather(x, 0, a[:C * H * W].reshape(C, 1, H, W))     # phase 0, done here: helpers never read x
-    counters[0] = 1
-    counters[(counters.size - 1) // 2] = 1
-    open_call(bell, call)
-    run_part(x, steps, params, shapes, a, b, out, parts, counters)
-    close_call(bell, call)
-    return counters[-1] == 0
-
-
 serve = numba.njit(cache=True, nogil=True)(_serve)
 open_call = numba.njit(cache=True, nogil=True)(_open_call)
 close_call = numba.njit(cache=True, nogil=True)(_close_call)
 leave = numba.njit(cache=True, nogil=True)(_leave)
-caller_part = numba.njit(cache=True, nogil=True)(_caller_part)
 
 
 class _Job:
@@ -494,7 +492,7 @@ class _Helpers:
             if job is None or number >= job.helpers:
                 continue
             try:
-                serve(*job.args, IDLE_TURNS)
+                serve(*job.args, IDLE_TURNS, 0)
             except BaseException as error:             # the kernels refused the job's arrays
                 job.error = error
                 job.counters[-1] = 1                   # stop: the caller does not wait for parts
@@ -533,8 +531,8 @@ def _run_shared(x, steps, params, shapes, out, workers, parts):
     if job.bell[SERVING] < job.helpers:                 # wake the sleeping ones; they wait for the call
         _helpers.wake.set()
     try:
-        done = caller_part(x, steps, params, shapes, job.a, job.b, job.out, parts, job.counters, job.bell,
-                           job.calls)
+        done = serve(job.bell, x, steps, params, shapes, job.a, job.b, job.out, parts, job.counters, 0,
+                     job.calls)
     except BaseException:                               # refused before it started (typing)
         job.counters[-1] = 1                            # stop: any helper in the call stops waiting
         close_call(job.bell, job.calls)
