@@ -232,3 +232,25 @@ def test_shared_calls_from_two_python_threads_at_once_give_the_right_bits():
         for first, job in zip((0, 3), results):
             for k, out in enumerate(job.result(), start=first):
                 np.testing.assert_array_equal(out, expected[k % 6])
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no os.fork on this system")
+def test_a_forked_child_shares_one_image_with_helpers_of_its_own():
+    import os
+    plan, x, shapes, _ = one_image_case(72)
+    expected = np.empty((1, 2, 1, 1))
+    program.run_plan(x, plan.steps, plan.params, 1, 1, expected)
+    out = np.empty((1, 2, 1, 1))
+    program.run_shared(x, plan.steps, plan.params, shapes, out, 2)          # the parent's helpers exist
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:                                     # the child: its own helpers, the same bits
+        ok = program._helpers.job is None
+        program.run_shared(x, plan.steps, plan.params, shapes, out, 2)
+        ok = ok and np.array_equal(out, expected) and program._helpers.threads[0].is_alive()
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(child, 0)
+    assert answer == b"1"

@@ -23,6 +23,7 @@ after it, as in the kernels' module.
 import atexit
 import concurrent.futures
 import functools
+import os
 import threading
 
 import numba
@@ -499,6 +500,16 @@ class _Helpers:
 
 
 _helpers = _Helpers()
+
+
+def _forget_helpers_in_a_child():
+    """After os.fork the child has none of the parent's threads: start again from none."""
+    global _helpers
+    _helpers = _Helpers()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers_in_a_child)
 
 
 def run_shared(x, steps, params, shapes, out, workers, parts=None):
