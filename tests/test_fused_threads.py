@@ -13,11 +13,17 @@ import numba
 import numpy as np
 import pytest
 
-from test_fused import both_program, plain, random, small_mobilenet
+from test_fused import plain, random, small_mobilenet
 from tinyprune import MobileNet, fused
 from tinyprune import fused_program as program
+from tinyprune import fused_share as sharing
 
 pytestmark = [pytest.mark.inference, pytest.mark.integration]
+
+
+def both_share(name):
+    """A compiled function of fused_share.py and its plain reading."""
+    return [getattr(sharing, name), getattr(sharing, "_" + name)]
 
 
 @pytest.mark.parametrize("tile, workers", [(1, 2), (2, 2), (2, 3), (8, 2), (8, 1)])
@@ -51,10 +57,10 @@ def one_image_case(seed):
 
 
 @pytest.mark.parametrize("threads, parts", [(2, 2), (2, 5), (3, 3), (1, 4)])
-@pytest.mark.parametrize("run_part", both_program("run_part"))
+@pytest.mark.parametrize("run_part", both_share("run_part"))
 def test_threads_sharing_the_steps_of_one_image_give_the_same_bits(run_part, threads, parts):
     plan, x, shapes, size = one_image_case(62)
-    a, b, counters = np.empty(size), np.empty(size), program.phase_counters(plan.steps)
+    a, b, counters = np.empty(size), np.empty(size), sharing.phase_counters(plan.steps)
     out = np.full((1, 2, 1, 1), np.nan)
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         jobs = [pool.submit(run_part, x, plan.steps, plan.params, shapes, a, b, out, parts, counters)
@@ -73,15 +79,15 @@ def test_threads_sharing_the_steps_of_one_image_give_the_same_bits(run_part, thr
 def test_run_shared_gives_the_same_bits_as_one_thread():
     plan, x, shapes, _ = one_image_case(63)
     out, alone = np.empty((1, 2, 1, 1)), np.empty((1, 2, 1, 1))
-    program.run_shared(x, plan.steps, plan.params, shapes, out, 2, parts=3)
+    sharing.run_shared(x, plan.steps, plan.params, shapes, out, 2, parts=3)
     program.run_plan(x, plan.steps, plan.params, 1, 1, alone)
     np.testing.assert_array_equal(out, alone)
 
 
-@pytest.mark.parametrize("run_part", both_program("run_part"))
+@pytest.mark.parametrize("run_part", both_share("run_part"))
 def test_a_failed_thread_stops_the_others_waiting(run_part):
     plan, x, shapes, size = one_image_case(64)
-    counters = program.phase_counters(plan.steps)
+    counters = sharing.phase_counters(plan.steps)
     counters[0] = 1                                 # the copy in was claimed by a thread that failed,
     counters[-1] = 1                                # which said stop: nobody waits for it
     out = np.full((1, 2, 1, 1), 7.0)
@@ -89,7 +95,7 @@ def test_a_failed_thread_stops_the_others_waiting(run_part):
     assert np.all(out == 7.0)
     bad = np.empty((1, 2))                          # not 4-D: every thread fails at once
     with pytest.raises(numba.core.errors.TypingError):
-        program.run_shared(x, plan.steps, plan.params, shapes, bad, 2)
+        sharing.run_shared(x, plan.steps, plan.params, shapes, bad, 2)
 
 
 def test_one_image_tries_both_ways_then_keeps_the_faster():
@@ -141,33 +147,33 @@ def test_a_single_image_gives_the_same_bits_whichever_way_it_runs():
 
 
 # ---------------------------------------------------------------------------
-# Helpers that stay awake between calls (fused_program.serve and its bell).
+# Helpers that stay awake between calls (fused_share.serve and its bell).
 # ---------------------------------------------------------------------------
 
 def a_call_for_serve(seed):
     """The arguments of ``serve`` for one image whose copy in is done, as run_shared leaves them."""
     plan, x, shapes, size = one_image_case(seed)
     a, b, out = np.empty(size), np.empty(size), np.full((1, 2, 1, 1), 7.0)
-    counters, bell = program.phase_counters(plan.steps), np.zeros(4, np.int64)
+    counters, bell = sharing.phase_counters(plan.steps), np.zeros(4, np.int64)
     C, H, W = shapes[0]
     a[:C * H * W] = x.reshape(-1)                      # planes of one image: the image itself
     counters[0] = counters[(counters.size - 1) // 2] = 1
     return plan, x, (bell, np.empty_like(x), plan.steps, plan.params, shapes, a, b, out, 2, counters)
 
 
-@pytest.mark.parametrize("serve", both_program("serve"))
+@pytest.mark.parametrize("serve", both_share("serve"))
 def test_a_helper_runs_an_open_call_alone_then_leaves_when_idle(serve):
     plan, x, args = a_call_for_serve(66)
     bell, out = args[0], args[7]
-    bell[program.CALL] = 1                             # call 1 is open, and nobody else works on it
+    bell[sharing.CALL] = 1                             # call 1 is open, and nobody else works on it
     serve(*args, 100, 0)
     alone = np.empty((1, 2, 1, 1))
     program.run_plan(x, plan.steps, plan.params, 1, 1, alone)
     np.testing.assert_array_equal(out, alone)
-    assert bell[program.BUSY] == 0 and bell[program.SERVING] == 0
+    assert bell[sharing.BUSY] == 0 and bell[sharing.SERVING] == 0
 
 
-@pytest.mark.parametrize("serve", both_program("serve"))
+@pytest.mark.parametrize("serve", both_share("serve"))
 def test_the_callers_side_copies_the_image_in_opens_works_and_closes(serve):
     plan, x, args = a_call_for_serve(71)
     bell, a, out, counters = args[0], args[5], args[7], args[9]
@@ -177,19 +183,19 @@ def test_the_callers_side_copies_the_image_in_opens_works_and_closes(serve):
     alone = np.empty((1, 2, 1, 1))
     program.run_plan(x, plan.steps, plan.params, 1, 1, alone)
     np.testing.assert_array_equal(out, alone)
-    assert bell[program.CALL] == -3 and bell[program.BUSY] == 0
+    assert bell[sharing.CALL] == -3 and bell[sharing.BUSY] == 0
 
 
-@pytest.mark.parametrize("serve", both_program("serve"))
+@pytest.mark.parametrize("serve", both_share("serve"))
 @pytest.mark.parametrize("call, leave", [(-1, 0), (0, 0), (1, 1)])
 def test_a_helper_stays_out_of_closed_calls_and_leaves_when_told(serve, call, leave):
     _, _, args = a_call_for_serve(67)
     bell, out, counters = args[0], args[7], args[9]
     before = counters.copy()
-    bell[program.CALL], bell[program.LEAVE] = call, leave
+    bell[sharing.CALL], bell[sharing.LEAVE] = call, leave
     serve(*args, 100, 0)
     assert np.all(out == 7.0) and np.array_equal(counters, before)      # nothing claimed, nothing written
-    assert bell[program.BUSY] == 0 and bell[program.SERVING] == 0
+    assert bell[sharing.BUSY] == 0 and bell[sharing.SERVING] == 0
 
 
 def test_helpers_serve_call_after_call_and_move_to_another_plan():
@@ -205,11 +211,11 @@ def test_helpers_serve_call_after_call_and_move_to_another_plan():
         for name, plan in (("first", first), ("other", other)):
             for _ in range(5):                         # calls in a row: the helper stays awake
                 out = np.empty((1, 2, 1, 1))
-                program.run_shared(x, plan.steps, plan.params, shapes[name], out, 2)
+                sharing.run_shared(x, plan.steps, plan.params, shapes[name], out, 2)
                 np.testing.assert_array_equal(out, expected[name])
-            job = program._helpers.job
+            job = sharing._helpers.job
             assert job.args[2] is plan.steps and job.calls == 5
-            assert job.bell[program.CALL] == -5 and job.bell[program.BUSY] == 0
+            assert job.bell[sharing.CALL] == -5 and job.bell[sharing.BUSY] == 0
 
 
 def test_shared_calls_from_two_python_threads_at_once_give_the_right_bits():
@@ -224,7 +230,7 @@ def test_shared_calls_from_two_python_threads_at_once_give_the_right_bits():
         outs = []
         for k in range(first, first + 60):
             outs.append(np.empty((1, 2, 1, 1)))
-            program.run_shared(images[k % 6], plan.steps, plan.params, shapes, outs[-1], 2)
+            sharing.run_shared(images[k % 6], plan.steps, plan.params, shapes, outs[-1], 2)
         return outs
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -241,13 +247,13 @@ def test_a_forked_child_shares_one_image_with_helpers_of_its_own():
     expected = np.empty((1, 2, 1, 1))
     program.run_plan(x, plan.steps, plan.params, 1, 1, expected)
     out = np.empty((1, 2, 1, 1))
-    program.run_shared(x, plan.steps, plan.params, shapes, out, 2)          # the parent's helpers exist
+    sharing.run_shared(x, plan.steps, plan.params, shapes, out, 2)          # the parent's helpers exist
     read, write = os.pipe()
     child = os.fork()
     if child == 0:                                     # the child: its own helpers, the same bits
-        ok = program._helpers.job is None
-        program.run_shared(x, plan.steps, plan.params, shapes, out, 2)
-        ok = ok and np.array_equal(out, expected) and program._helpers.threads[0].is_alive()
+        ok = sharing._helpers.job is None
+        sharing.run_shared(x, plan.steps, plan.params, shapes, out, 2)
+        ok = ok and np.array_equal(out, expected) and sharing._helpers.threads[0].is_alive()
         os.write(write, b"1" if ok else b"0")
         os._exit(0)
     os.close(write)

@@ -19,7 +19,8 @@ So a model in eval mode is turned into a *plan*: a table of steps, each one
 packed into one array, run by one compiled function per tile of images
 (:mod:`tinyprune.fused_program`), with as many threads as Numba has
 (``numba.set_num_threads``) taking turns at the tiles; a single image has
-every step shared out among the threads instead.  One call from Python
+every step shared out among the threads instead
+(:mod:`tinyprune.fused_share`).  One call from Python
 runs the whole network through a tile; at batch 1 that matters more than
 anything else.  The loops themselves are in :mod:`tinyprune.fused_kernels`.
 
@@ -55,8 +56,10 @@ from . import fused_kernels as fk
 from .fold import folded_parameters
 from .layers import (BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, Flatten, GlobalMeanPool, HardTanh,
                      Identity, ReLU, SlopeHTanh)
+from .barrier import can_yield
 from .fused_program import (ACT, B_AT, C_IN, C_OUT, CONV, DEPTHWISE, FIELDS, KH, KIND, KW, PAD, POINTWISE,
                             POOL, REAL, STRIDE, W_AT, WT_AT, run_plan, step_shapes)
+from .fused_share import run_shared
 
 __all__ = ["FusedPlan", "OneImage", "build_plan", "fused_call", "tiling", "TILE_BYTES"]
 
@@ -325,10 +328,13 @@ class FusedPlan:
         shapes, tiles = self.sizes(x.shape[2], x.shape[3])
         out = np.empty((N, self.channels, shapes[-1, 1], shapes[-1, 2]), x.dtype)
         workers = numba.get_num_threads()
-        if N == 1 and workers > 1:
+        if N == 1 and workers > 1 and can_yield:         # one image: share its steps, or not
             share = self.one_image.choose()
             start = time.perf_counter()
-            run_plan(x, self.steps, self.params, tiles, workers, out, shapes, share_one=share)
+            if share:
+                run_shared(x, self.steps, self.params, shapes, out, workers)
+            else:
+                run_plan(x, self.steps, self.params, tiles, 1, out, shapes)
             self.one_image.record(share, time.perf_counter() - start)
         else:
             run_plan(x, self.steps, self.params, tiles, workers, out, shapes)

@@ -10,21 +10,17 @@ plan:
   the step's kernel;
 * ``run_tile``: every step on one tile, converting the layout where the
   next step runs faster in the other one, in one or two levels of tiles;
-* ``run_plan``: a whole batch, its tiles shared out among threads;
-* ``run_part`` / ``run_shared``: a batch of one image, each step cut into
-  parts that the threads claim, all of a step's parts done before the next
-  step starts (:mod:`tinyprune.barrier`); the helper threads stay awake
-  between calls (``serve``).
+* ``run_plan``: a whole batch, its tiles shared out among threads.
+
+A batch of one image has no tiles to share out; :mod:`tinyprune.fused_share`
+shares out its steps instead.
 
 Every compiled function is a plain Python function compiled on the line
 after it, as in the kernels' module.
 """
 
-import atexit
 import concurrent.futures
 import functools
-import os
-import threading
 
 import numba
 import numpy as np
@@ -32,9 +28,8 @@ import numpy as np
 from . import fused_conv
 from . import fused_depthwise as fd
 from . import fused_kernels as fk
-from .barrier import acquire_load, can_yield, fetch_add, give_way, store, wait_for_zero, wait_until
 
-__all__ = ["run_plan", "run_shared", "run_tile", "run_step", "step_shapes", "scratch_size", "layout",
+__all__ = ["run_plan", "run_tile", "run_step", "step_shapes", "scratch_size", "layout",
            "share", "pixel_rows", "CONV", "DEPTHWISE", "POINTWISE", "POOL", "PLANES", "PIXELS", "FIELDS"]
 
 # Step kinds, and the columns of a step's row in the plan's table.  W_AT and
@@ -261,301 +256,6 @@ def _run_tile(x, n0, T, part, split, steps, params, shapes, a, b, c, d, out):
 run_tile = numba.njit(cache=True, nogil=True)(_run_tile)
 
 
-def _take_part(counters, phase, parts):
-    """Claim the next part of ``phase``: its number, or -1 if all ``parts`` are taken."""
-    k = fetch_add(counters, phase, 1)
-    return k if k < parts else -1
-
-
-def _part_done(counters, phase):
-    """Count one part of ``phase`` as done (publishing everything written for it)."""
-    fetch_add(counters, (counters.size - 1) // 2 + phase, 1)
-
-
-def _all_done(counters, phase, parts):
-    """Wait until all ``parts`` of ``phase`` are done; False if a thread failed."""
-    return wait_until(counters, (counters.size - 1) // 2 + phase, parts)
-
-
-take_part = numba.njit(cache=True, nogil=True)(_take_part)
-part_done = numba.njit(cache=True, nogil=True)(_part_done)
-all_done = numba.njit(cache=True, nogil=True)(_all_done)
-
-
-def _run_part(x, steps, params, shapes, a, b, out, parts, counters):
-    """One thread's share of the work for the single image of x (N = 1).
-
-    Several threads run this at once on the same scratch buffers a, b.
-    The work is a list of phases -- the copy in, each layout conversion,
-    each step, the copy out -- and every conversion and step is cut into
-    ``parts`` parts (``convert``'s and ``run_step``'s part).  Each thread
-    claims parts until none is left, then waits until the phase is done
-    (:mod:`tinyprune.barrier`; ``counters`` holds the claims and the parts
-    done for each phase, and "stop").  Returns when the image is in out.
-    """
-    C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
-    if take_part(counters, 0, 1) == 0:
-        fk.gather(x, 0, a[:C * H * W].reshape(C, 1, H, W))
-        part_done(counters, 0)
-    if not all_done(counters, 0, 1):
-        return
-    phase, current = 1, PLANES
-    for s in range(steps.shape[0]):
-        wanted = layout(steps[s], C, 1, H, W, current)
-        if wanted != current:
-            k = take_part(counters, phase, parts)
-            while k >= 0:
-                convert(a, C, 1, H, W, wanted, b, k, parts)
-                part_done(counters, phase)
-                k = take_part(counters, phase, parts)
-            if not all_done(counters, phase, parts):
-                return
-            phase, a, b, current = phase + 1, b, a, wanted
-        O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
-        k = take_part(counters, phase, parts)
-        while k >= 0:
-            run_step(steps[s], params, current, a, 1, H, W, b, HO, WO, k, parts)
-            part_done(counters, phase)
-            k = take_part(counters, phase, parts)
-        if not all_done(counters, phase, parts):
-            return
-        phase, a, b = phase + 1, b, a
-        C, H, W = O, HO, WO
-    if take_part(counters, phase, 1) == 0:
-        if current == PLANES:
-            fk.scatter_planes(a[:C * H * W].reshape(C, 1, H, W), 0, out)
-        else:
-            fk.scatter_pixels(a[:pixel_rows(H * W) * C].reshape(pixel_rows(H * W), C), 0, 1, out)
-        part_done(counters, phase)
-    all_done(counters, phase, 1)
-
-
-run_part = numba.njit(cache=True, nogil=True)(_run_part)
-
-
-def phase_counters(steps):
-    """Zeroed counters for ``run_part``: claims and parts done for up to 2*S + 2 phases, and stop."""
-    phases = 2 * steps.shape[0] + 2                 # copy in, a conversion and a step each, copy out
-    return np.zeros(2 * phases + 1, np.int64)
-
-
-# ---------------------------------------------------------------------------
-# Helpers that stay awake between calls.
-#
-# Handing a call to a sleeping pool thread costs about 27 microseconds on the
-# 2-core machine (the operating system wakes it, then it runs Python code
-# to take the job) -- a tenth of a whole MobileNet image, so a helper woken
-# for every call joined late and sharing gained little.  Instead each helper
-# thread runs ``serve``, a compiled loop that watches a *bell* (four int64
-# counters) and joins every call it sees, with no Python in between.  When
-# no call comes for a while (IDLE_TURNS turns, a few milliseconds) it goes
-# back to sleep on an Event, and the next call wakes it the slow way.
-#
-# The bell: CALL holds the number of the call in progress, positive while
-# the call is open and negated once it is closed; BUSY counts the helpers
-# inside a call; SERVING the helpers in ``serve``; LEAVE tells them to go.
-# A helper joins call k by adding 1 to BUSY and then checking that k is
-# still open; the caller closes k and then waits for BUSY to drop to 0.
-# With sequentially consistent counters (``barrier``) one of the two sees
-# the other, so no helper is ever inside a call whose buffers the caller has
-# started to reuse.  A helper that joins a call late finds every part taken
-# and does nothing.  The buffers a call works on belong to a *job* (one per
-# plan, image size and dtype); the caller copies the image in itself, so
-# helpers never read the caller's arrays.
-# ---------------------------------------------------------------------------
-
-CALL, BUSY, SERVING, LEAVE = range(4)
-# Turns a helper waits for the next call before it sleeps: the first ones
-# only read the bell, the later ones also yield the core (about a
-# microsecond each), a few milliseconds in all.
-IDLE_TURNS, BUSY_TURNS = 5000, 1000
-
-
-def _serve(bell, x, steps, params, shapes, a, b, out, parts, counters, idle_turns, call):
-    """A helper's loop (``call`` 0): run its share (``run_part``) of every call rung on ``bell``.
-
-    Returns when LEAVE is set, or when no call came for ``idle_turns`` turns.
-
-    With ``call`` > 0 it is instead the caller's side of call number
-    ``call``: copy the image x in (phase 0: helpers never read x), open the
-    call, do its share, close it; returns False if a thread said stop.  The
-    two sides are one function so that the whole program under run_part is
-    compiled into one more function, not two (seconds each).
-    """
-    if call > 0:
-        counters[:] = 0
-        C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
-        fk.gather(x, 0, a[:C * H * W].reshape(C, 1, H, W))
-        counters[0] = 1
-        counters[(counters.size - 1) // 2] = 1
-        open_call(bell, call)
-        run_part(x, steps, params, shapes, a, b, out, parts, counters)
-        close_call(bell, call)
-        return counters[-1] == 0
-    fetch_add(bell, SERVING, 1)
-    seen, idle = 0, 0
-    while acquire_load(bell, LEAVE) == 0:
-        call = acquire_load(bell, CALL)
-        if call > 0 and call != seen:
-            seen, idle = call, 0
-            fetch_add(bell, BUSY, 1)
-            if acquire_load(bell, CALL) == call:       # still open: its buffers are in use
-                run_part(x, steps, params, shapes, a, b, out, parts, counters)
-            fetch_add(bell, BUSY, -1)
-            continue
-        idle += 1
-        if idle > BUSY_TURNS:
-            give_way()
-        if idle > idle_turns:
-            fetch_add(bell, SERVING, -1)
-            call = acquire_load(bell, CALL)            # a call rung as it left sees SERVING 0 and
-            if call > 0 and call != seen:              # wakes a sleeper, or finds this one here
-                fetch_add(bell, SERVING, 1)
-                idle = 0
-                continue
-            return True
-    fetch_add(bell, SERVING, -1)
-    return True
-
-
-def _open_call(bell, call):
-    """Ring call number ``call`` (open it); returns how many helpers are serving."""
-    store(bell, CALL, call)
-    return acquire_load(bell, SERVING)
-
-
-def _leave(bell):
-    """Send the helpers away from the job of ``bell`` and wait until they have left."""
-    store(bell, LEAVE, 1)
-    wait_for_zero(bell, SERVING)
-
-
-def _close_call(bell, call):
-    """Close call number ``call`` and wait until no helper is inside it."""
-    store(bell, CALL, -call)
-    wait_for_zero(bell, BUSY)
-
-
-serve = numba.njit(cache=True, nogil=True)(_serve)
-open_call = numba.njit(cache=True, nogil=True)(_open_call)
-close_call = numba.njit(cache=True, nogil=True)(_close_call)
-leave = numba.njit(cache=True, nogil=True)(_leave)
-
-
-class _Job:
-    """The buffers one kind of call works on (plan, image size, dtype), and its bell."""
-
-    def __init__(self, key, x, steps, params, shapes, out, parts, helpers):
-        self.key = key
-        size = scratch_size(shapes, 0, steps.shape[0], 1)
-        self.a, self.b = np.empty(size, x.dtype), np.empty(size, x.dtype)
-        self.x, self.out = np.empty_like(x), np.empty_like(out)      # x is never read: see run_shared
-        self.counters = phase_counters(steps)
-        self.bell = np.zeros(4, np.int64)
-        self.args = (self.bell, self.x, steps, params, shapes, self.a, self.b, self.out, parts,
-                     self.counters)
-        self.helpers = helpers
-        self.calls = 0
-        self.error = None
-
-
-class _Helpers:
-    """The helper threads (made as needed, kept for the process) and the job they serve."""
-
-    def __init__(self):
-        self.threads = []
-        self.job = None
-        self.wake = threading.Event()
-        self.lock = threading.Lock()          # held by the caller of the call in progress
-        atexit.register(self.stop)
-
-    def stop(self):
-        """Send the helpers away (at exit: not left spinning in compiled code while Python ends)."""
-        if self.job is not None:
-            leave(self.job.bell)
-
-    def serve_job(self, job):
-        """Make ``job`` the one the helpers serve, sending them away from the last one."""
-        if self.job is not None:
-            leave(self.job.bell)
-        self.job = job
-        while len(self.threads) < job.helpers:
-            thread = threading.Thread(target=self._loop, args=(len(self.threads),), daemon=True,
-                                      name=f"tinyprune-one-image-{len(self.threads)}")
-            self.threads.append(thread)
-            thread.start()
-
-    def _loop(self, number):
-        while True:
-            self.wake.wait()
-            self.wake.clear()
-            job = self.job
-            if job is None or number >= job.helpers:
-                continue
-            try:
-                serve(*job.args, IDLE_TURNS, 0)
-            except BaseException as error:             # the kernels refused the job's arrays
-                job.error = error
-                job.counters[-1] = 1                   # stop: the caller does not wait for parts
-
-
-_helpers = _Helpers()
-
-
-def _forget_helpers_in_a_child():
-    """After os.fork the child has none of the parent's threads: start again from none."""
-    global _helpers
-    _helpers = _Helpers()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_helpers_in_a_child)
-
-
-def run_shared(x, steps, params, shapes, out, workers, parts=None):
-    """Run the plan on a batch of one image, with ``workers`` threads sharing out every step.
-
-    ``parts``: how many parts each step is cut into (default ``workers``).
-    The calling thread works too, with ``workers - 1`` helper threads that
-    stay awake between calls (see above); any of them may do any part, and
-    the output is the same bits as on one thread.  The helpers serve one
-    call at a time: a call made meanwhile from another Python thread runs
-    on its own thread.
-    """
-    if not _helpers.lock.acquire(blocking=False):      # another Python thread is in a shared call:
-        run_plan(x, steps, params, 1, 1, out, shapes)   # this one runs alone (the same bits)
-        return
-    try:
-        _run_shared(x, steps, params, shapes, out, workers, parts or workers)
-    finally:
-        _helpers.lock.release()
-
-
-def _run_shared(x, steps, params, shapes, out, workers, parts):
-    """run_shared's work, with the helpers' lock held."""
-    key = (id(steps), id(params), shapes.tobytes(), x.shape, x.dtype, out.shape, out.dtype, parts, workers)
-    job = _helpers.job
-    if job is None or job.key != key or job.args[2] is not steps or job.args[3] is not params:
-        job = _Job(key, x, steps, params, shapes, out, parts, workers - 1)
-        _helpers.serve_job(job)
-    job.calls += 1
-    if job.bell[SERVING] < job.helpers:                 # wake the sleeping ones; they wait for the call
-        _helpers.wake.set()
-    try:
-        done = serve(job.bell, x, steps, params, shapes, job.a, job.b, job.out, parts, job.counters, 0,
-                     job.calls)
-    except BaseException:                               # refused before it started (typing)
-        job.counters[-1] = 1                            # stop: any helper in the call stops waiting
-        close_call(job.bell, job.calls)
-        raise
-    if job.error is not None:
-        error, job.error = job.error, None
-        raise error
-    if not done:
-        raise RuntimeError("a thread sharing the steps of one image stopped")
-    out[...] = job.out
-
-
 def scratch_size(shapes, first, last, T):
     """Numbers a scratch buffer needs for steps first ... last - 1 on T images, in either layout."""
     rows = shapes[first:last + 1]
@@ -568,24 +268,19 @@ def _pool(workers):
     return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tinyprune-fused")
 
 
-def run_plan(x, steps, params, tiles, workers, out, shapes=None, share_one=True):
+def run_plan(x, steps, params, tiles, workers, out, shapes=None):
     """Run the plan on the batch x (N, C, H, W) into out (N, O, HO, WO).
 
     ``tiles``: (split, part, whole) from ``tiling``, or an int for one
     level of tiles of that many images.  The batch is cut into tiles of at
     most ``whole`` images, as many as a multiple of ``workers`` when there
     are enough images, so that the ``workers`` threads, each with its own
-    scratch buffers, get equal shares of whole tiles.  A batch of one image
-    has no tiles to share: with several workers (and ``share_one``) its
-    steps are shared instead (``run_shared``).  ``shapes``:
+    scratch buffers, get equal shares of whole tiles.  ``shapes``:
     ``step_shapes`` for this input size, if known.
     """
     N, S = x.shape[0], steps.shape[0]
     if shapes is None:
         shapes = step_shapes(steps, steps[0, C_IN], x.shape[2], x.shape[3])
-    if N == 1 and workers > 1 and can_yield and share_one:
-        run_shared(x, steps, params, shapes, out, workers)
-        return
     split, part, whole = (0, tiles, tiles) if isinstance(tiles, int) else tiles
     count = -(-N // whole)
     count = min(N, -(-count // workers) * workers)     # a multiple of workers, if possible

@@ -1,0 +1,329 @@
+"""One image on several threads: the steps of a single image shared out.
+
+A batch of many images is cut into tiles that threads take turns at
+(:mod:`tinyprune.fused_program`).  A batch of one image has no tiles to
+share, so its steps are shared instead: each step (and each layout
+conversion) is cut into *parts* -- shares of its output channels, or of its
+pixel rows -- that the threads claim one at a time, and every part of a
+step is done before any thread starts the next step (``run_part``, with
+the counters of :mod:`tinyprune.barrier`).  A thread the operating system
+has paused holds nobody up: the others take its parts.
+
+The threads other than the caller are *helpers* that stay awake between
+calls (``serve``, below), because waking a sleeping thread costs a tenth of
+an image.  Whether sharing pays at all depends on the machine;
+``fused.OneImage`` times both ways.  Any thread may do any part, and the
+output is the same bits as on one thread.
+
+Every compiled function is a plain Python function compiled on the line
+after it, as in the kernels' modules.
+"""
+
+import atexit
+import os
+import threading
+
+import numba
+import numpy as np
+
+from . import fused_kernels as fk
+from .barrier import acquire_load, fetch_add, give_way, store, wait_for_zero, wait_until
+from .fused_program import (PLANES, convert, layout, pixel_rows, run_plan, run_step,
+                            scratch_size)
+
+__all__ = ["run_shared", "run_part", "phase_counters", "serve"]
+
+
+def _take_part(counters, phase, parts):
+    """Claim the next part of ``phase``: its number, or -1 if all ``parts`` are taken."""
+    k = fetch_add(counters, phase, 1)
+    return k if k < parts else -1
+
+
+def _part_done(counters, phase):
+    """Count one part of ``phase`` as done (publishing everything written for it)."""
+    fetch_add(counters, (counters.size - 1) // 2 + phase, 1)
+
+
+def _all_done(counters, phase, parts):
+    """Wait until all ``parts`` of ``phase`` are done; False if a thread failed."""
+    return wait_until(counters, (counters.size - 1) // 2 + phase, parts)
+
+
+take_part = numba.njit(cache=True, nogil=True)(_take_part)
+part_done = numba.njit(cache=True, nogil=True)(_part_done)
+all_done = numba.njit(cache=True, nogil=True)(_all_done)
+
+
+def _run_part(x, steps, params, shapes, a, b, out, parts, counters):
+    """One thread's share of the work for the single image of x (N = 1).
+
+    Several threads run this at once on the same scratch buffers a, b.
+    The work is a list of phases -- the copy in, each layout conversion,
+    each step, the copy out -- and every conversion and step is cut into
+    ``parts`` parts (``convert``'s and ``run_step``'s part).  Each thread
+    claims parts until none is left, then waits until the phase is done
+    (:mod:`tinyprune.barrier`; ``counters`` holds the claims and the parts
+    done for each phase, and "stop").  Returns when the image is in out.
+    """
+    C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
+    if take_part(counters, 0, 1) == 0:
+        fk.gather(x, 0, a[:C * H * W].reshape(C, 1, H, W))
+        part_done(counters, 0)
+    if not all_done(counters, 0, 1):
+        return
+    phase, current = 1, PLANES
+    for s in range(steps.shape[0]):
+        wanted = layout(steps[s], C, 1, H, W, current)
+        if wanted != current:
+            k = take_part(counters, phase, parts)
+            while k >= 0:
+                convert(a, C, 1, H, W, wanted, b, k, parts)
+                part_done(counters, phase)
+                k = take_part(counters, phase, parts)
+            if not all_done(counters, phase, parts):
+                return
+            phase, a, b, current = phase + 1, b, a, wanted
+        O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
+        k = take_part(counters, phase, parts)
+        while k >= 0:
+            run_step(steps[s], params, current, a, 1, H, W, b, HO, WO, k, parts)
+            part_done(counters, phase)
+            k = take_part(counters, phase, parts)
+        if not all_done(counters, phase, parts):
+            return
+        phase, a, b = phase + 1, b, a
+        C, H, W = O, HO, WO
+    if take_part(counters, phase, 1) == 0:
+        if current == PLANES:
+            fk.scatter_planes(a[:C * H * W].reshape(C, 1, H, W), 0, out)
+        else:
+            fk.scatter_pixels(a[:pixel_rows(H * W) * C].reshape(pixel_rows(H * W), C), 0, 1, out)
+        part_done(counters, phase)
+    all_done(counters, phase, 1)
+
+
+run_part = numba.njit(cache=True, nogil=True)(_run_part)
+
+
+def phase_counters(steps):
+    """Zeroed counters for ``run_part``: claims and parts done for up to 2*S + 2 phases, and stop."""
+    phases = 2 * steps.shape[0] + 2                 # copy in, a conversion and a step each, copy out
+    return np.zeros(2 * phases + 1, np.int64)
+
+
+# ---------------------------------------------------------------------------
+# Helpers that stay awake between calls.
+#
+# Handing a call to a sleeping pool thread costs about 27 microseconds on the
+# 2-core machine (the operating system wakes it, then it runs Python code
+# to take the job) -- a tenth of a whole MobileNet image, so a helper woken
+# for every call joined late and sharing gained little.  Instead each helper
+# thread runs ``serve``, a compiled loop that watches a *bell* (four int64
+# counters) and joins every call it sees, with no Python in between.  When
+# no call comes for a while (IDLE_TURNS turns, a few milliseconds) it goes
+# back to sleep on an Event, and the next call wakes it the slow way.
+#
+# The bell: CALL holds the number of the call in progress, positive while
+# the call is open and negated once it is closed; BUSY counts the helpers
+# inside a call; SERVING the helpers in ``serve``; LEAVE tells them to go.
+# A helper joins call k by adding 1 to BUSY and then checking that k is
+# still open; the caller closes k and then waits for BUSY to drop to 0.
+# With sequentially consistent counters (``barrier``) one of the two sees
+# the other, so no helper is ever inside a call whose buffers the caller has
+# started to reuse.  A helper that joins a call late finds every part taken
+# and does nothing.  The buffers a call works on belong to a *job* (one per
+# plan, image size and dtype); the caller copies the image in itself, so
+# helpers never read the caller's arrays.
+# ---------------------------------------------------------------------------
+
+CALL, BUSY, SERVING, LEAVE = range(4)
+# Turns a helper waits for the next call before it sleeps: the first ones
+# only read the bell, the later ones also yield the core (about a
+# microsecond each), a few milliseconds in all.
+IDLE_TURNS, BUSY_TURNS = 5000, 1000
+
+
+def _serve(bell, x, steps, params, shapes, a, b, out, parts, counters, idle_turns, call):
+    """A helper's loop (``call`` 0): run its share (``run_part``) of every call rung on ``bell``.
+
+    Returns when LEAVE is set, or when no call came for ``idle_turns`` turns.
+
+    With ``call`` > 0 it is instead the caller's side of call number
+    ``call``: copy the image x in (phase 0: helpers never read x), open the
+    call, do its share, close it; returns False if a thread said stop.  The
+    two sides are one function so that the whole program under run_part is
+    compiled into one more function, not two (seconds each).
+    """
+    if call > 0:
+        counters[:] = 0
+        C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
+        fk.gather(x, 0, a[:C * H * W].reshape(C, 1, H, W))
+        counters[0] = 1
+        counters[(counters.size - 1) // 2] = 1
+        open_call(bell, call)
+        run_part(x, steps, params, shapes, a, b, out, parts, counters)
+        close_call(bell, call)
+        return counters[-1] == 0
+    fetch_add(bell, SERVING, 1)
+    seen, idle = 0, 0
+    while acquire_load(bell, LEAVE) == 0:
+        call = acquire_load(bell, CALL)
+        if call > 0 and call != seen:
+            seen, idle = call, 0
+            fetch_add(bell, BUSY, 1)
+            if acquire_load(bell, CALL) == call:       # still open: its buffers are in use
+                run_part(x, steps, params, shapes, a, b, out, parts, counters)
+            fetch_add(bell, BUSY, -1)
+            continue
+        idle += 1
+        if idle > BUSY_TURNS:
+            give_way()
+        if idle > idle_turns:
+            fetch_add(bell, SERVING, -1)
+            call = acquire_load(bell, CALL)            # a call rung as it left sees SERVING 0 and
+            if call > 0 and call != seen:              # wakes a sleeper, or finds this one here
+                fetch_add(bell, SERVING, 1)
+                idle = 0
+                continue
+            return True
+    fetch_add(bell, SERVING, -1)
+    return True
+
+
+def _open_call(bell, call):
+    """Ring call number ``call`` (open it); returns how many helpers are serving."""
+    store(bell, CALL, call)
+    return acquire_load(bell, SERVING)
+
+
+def _leave(bell):
+    """Send the helpers away from the job of ``bell`` and wait until they have left."""
+    store(bell, LEAVE, 1)
+    wait_for_zero(bell, SERVING)
+
+
+def _close_call(bell, call):
+    """Close call number ``call`` and wait until no helper is inside it."""
+    store(bell, CALL, -call)
+    wait_for_zero(bell, BUSY)
+
+
+serve = numba.njit(cache=True, nogil=True)(_serve)
+open_call = numba.njit(cache=True, nogil=True)(_open_call)
+close_call = numba.njit(cache=True, nogil=True)(_close_call)
+leave = numba.njit(cache=True, nogil=True)(_leave)
+
+
+class _Job:
+    """The buffers one kind of call works on (plan, image size, dtype), and its bell."""
+
+    def __init__(self, key, x, steps, params, shapes, out, parts, helpers):
+        self.key = key
+        size = scratch_size(shapes, 0, steps.shape[0], 1)
+        self.a, self.b = np.empty(size, x.dtype), np.empty(size, x.dtype)
+        self.x, self.out = np.empty_like(x), np.empty_like(out)      # x is never read: see run_shared
+        self.counters = phase_counters(steps)
+        self.bell = np.zeros(4, np.int64)
+        self.args = (self.bell, self.x, steps, params, shapes, self.a, self.b, self.out, parts,
+                     self.counters)
+        self.helpers = helpers
+        self.calls = 0
+        self.error = None
+
+
+class _Helpers:
+    """The helper threads (made as needed, kept for the process) and the job they serve."""
+
+    def __init__(self):
+        self.threads = []
+        self.job = None
+        self.wake = threading.Event()
+        self.lock = threading.Lock()          # held by the caller of the call in progress
+        atexit.register(self.stop)
+
+    def stop(self):
+        """Send the helpers away (at exit: not left spinning in compiled code while Python ends)."""
+        if self.job is not None:
+            leave(self.job.bell)
+
+    def serve_job(self, job):
+        """Make ``job`` the one the helpers serve, sending them away from the last one."""
+        if self.job is not None:
+            leave(self.job.bell)
+        self.job = job
+        while len(self.threads) < job.helpers:
+            thread = threading.Thread(target=self._loop, args=(len(self.threads),), daemon=True,
+                                      name=f"tinyprune-one-image-{len(self.threads)}")
+            self.threads.append(thread)
+            thread.start()
+
+    def _loop(self, number):
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            job = self.job
+            if job is None or number >= job.helpers:
+                continue
+            try:
+                serve(*job.args, IDLE_TURNS, 0)
+            except BaseException as error:             # the kernels refused the job's arrays
+                job.error = error
+                job.counters[-1] = 1                   # stop: the caller does not wait for parts
+
+
+_helpers = _Helpers()
+
+
+def _forget_helpers_in_a_child():
+    """After os.fork the child has none of the parent's threads: start again from none."""
+    global _helpers
+    _helpers = _Helpers()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers_in_a_child)
+
+
+def run_shared(x, steps, params, shapes, out, workers, parts=None):
+    """Run the plan on a batch of one image, with ``workers`` threads sharing out every step.
+
+    ``parts``: how many parts each step is cut into (default ``workers``).
+    The calling thread works too, with ``workers - 1`` helper threads that
+    stay awake between calls (see above); any of them may do any part, and
+    the output is the same bits as on one thread.  The helpers serve one
+    call at a time: a call made meanwhile from another Python thread runs
+    on its own thread.
+    """
+    if not _helpers.lock.acquire(blocking=False):      # another Python thread is in a shared call:
+        run_plan(x, steps, params, 1, 1, out, shapes)   # this one runs alone (the same bits)
+        return
+    try:
+        _run_shared(x, steps, params, shapes, out, workers, parts or workers)
+    finally:
+        _helpers.lock.release()
+
+
+def _run_shared(x, steps, params, shapes, out, workers, parts):
+    """run_shared's work, with the helpers' lock held."""
+    key = (id(steps), id(params), shapes.tobytes(), x.shape, x.dtype, out.shape, out.dtype, parts, workers)
+    job = _helpers.job
+    if job is None or job.key != key or job.args[2] is not steps or job.args[3] is not params:
+        job = _Job(key, x, steps, params, shapes, out, parts, workers - 1)
+        _helpers.serve_job(job)
+    job.calls += 1
+    if job.bell[SERVING] < job.helpers:                 # wake the sleeping ones; they wait for the call
+        _helpers.wake.set()
+    try:
+        done = serve(job.bell, x, steps, params, shapes, job.a, job.b, job.out, parts, job.counters, 0,
+                     job.calls)
+    except BaseException:                               # refused before it started (typing)
+        job.counters[-1] = 1                            # stop: any helper in the call stops waiting
+        close_call(job.bell, job.calls)
+        raise
+    if job.error is not None:
+        error, job.error = job.error, None
+        raise error
+    if not done:
+        raise RuntimeError("a thread sharing the steps of one image stopped")
+    out[...] = job.out
