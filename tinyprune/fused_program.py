@@ -195,7 +195,9 @@ def _run_steps(first, last, steps, params, shapes, T, a, b, current):
     return a, b, current
 
 
-run_steps = numba.njit(cache=True, nogil=True)(_run_steps)
+# Inlined into run_tile, its only compiled caller: compiled on its own it
+# would re-optimise every kernel under run_step once more (7 s per dtype).
+run_steps = numba.njit(cache=True, nogil=True, inline="always")(_run_steps)
 
 
 def _place(part, current, C, t, H, W, t0, T, whole):
