@@ -42,7 +42,7 @@ ones, and a loop over whole rows beats one over a block of columns.
 import numba
 import numpy as np
 
-from .products import eight_rows
+from .products import eight_rows, one_row
 
 __all__ = ["IDENTITY", "RELU", "HARDTANH", "SLOPEHTANH"]
 
@@ -194,21 +194,8 @@ to_planes = numba.njit(**_serial)(_to_planes)
 # (``products.eight_rows``, whose comment explains it): every value loaded
 # from ``b`` serves 8 outputs and every output row is loaded and stored once
 # per 4 inputs.  Rows left over after the blocks of 8 go one at a time
-# (``one_row``, with the same sums in the same order).
+# (``products.one_row``, with the same sums in the same order).
 # ---------------------------------------------------------------------------
-
-def _one_row(a, b, r, n0, n1, y):
-    """y[r, n0:n1] += a[r] @ b[:, n0:n1], for the rows left over after the blocks of 8.  K a multiple of 4."""
-    out, a_r = y[r, n0:n1], a[r]
-    for k in range(0, a.shape[1], 4):
-        b0, b1, b2, b3 = b[k, n0:n1], b[k + 1, n0:n1], b[k + 2, n0:n1], b[k + 3, n0:n1]
-        w0, w1, w2, w3 = a_r[k], a_r[k + 1], a_r[k + 2], a_r[k + 3]
-        for n in range(n1 - n0):
-            out[n] += w0 * b0[n] + w1 * b1[n] + w2 * b2[n] + w3 * b3[n]
-
-
-one_row = numba.njit(**_serial)(_one_row)
-
 
 def _start_with_bias(row, bias, r, n0):
     """row[n] = bias[r] for every n if r >= 0, else row[n] = bias[n0 + n].
@@ -250,7 +237,7 @@ def _matmul_act(a, b, bias, bias_per_row, act, y):
             eight_rows(a, b, r0, 0, N, y)
         else:
             for r in range(r0, r1):
-                one_row(a, b, r, 0, N, y)
+                one_row(a, b, r, 0, 0, N, y)
         for r in range(r0, r1):
             activate(y[r], act)
 

@@ -219,7 +219,7 @@ class _Job:
     """The buffers one kind of call works on (plan, image size, dtype), and its bell."""
 
     def __init__(self, key, x, steps, params, shapes, out, parts, helpers):
-        self.key = key
+        self.key, self.steps, self.params = key, steps, params
         size = scratch_size(shapes, 0, steps.shape[0], 1)
         self.a, self.b = np.empty(size, x.dtype), np.empty(size, x.dtype)
         self.x, self.out = np.empty_like(x), np.empty_like(out)      # x is never read: see run_shared
@@ -306,9 +306,9 @@ def run_shared(x, steps, params, shapes, out, workers, parts=None):
 
 def _run_shared(x, steps, params, shapes, out, workers, parts):
     """run_shared's work, with the helpers' lock held."""
-    key = (id(steps), id(params), shapes.tobytes(), x.shape, x.dtype, out.shape, out.dtype, parts, workers)
+    key = (shapes.tobytes(), x.shape, x.dtype, out.shape, out.dtype, parts, workers)
     job = _helpers.job
-    if job is None or job.key != key or job.args[2] is not steps or job.args[3] is not params:
+    if job is None or job.key != key or job.steps is not steps or job.params is not params:
         job = _Job(key, x, steps, params, shapes, out, parts, workers - 1)
         _helpers.serve_job(job)
     job.calls += 1
