@@ -313,7 +313,7 @@ for name, model in [("unpruned", m), ("LevelPrune(0.2)", m_lv_pruned),
 # The `"sparse"` rule assumes a machine that skips every zero weight. Such
 # kernels exist: store only the non-zero weights of a pointwise conv, row by
 # row, with their column numbers (the CSR format), and loop over those
-# (`tinyprune.kernels.csr_pointwise`). But each surviving weight now costs
+# (`tinyprune.sparse.csr_pointwise`). But each surviving weight now costs
 # an index lookup and an irregular memory access, while the dense matrix
 # product streams through memory with vector instructions. Below, every
 # pointwise conv of the model is pruned to a given share of zeros and run

@@ -16,7 +16,7 @@ nclasses=1)`` on 96x96 images, and prints:
    compiled) and with a filled one (the compiled kernels are loaded);
 5. the peak resident memory of a process running training steps;
 6. unstructured sparsity: the pointwise convolutions of the model computed
-   by a kernel that skips zero weights (CSR, see ``kernels.csr_pointwise``)
+   by a kernel that skips zero weights (CSR, see ``sparse.csr_pointwise``)
    against the dense BLAS product, at weight sparsity 0 to 99%, both on the
    BLAS thread count.
 
@@ -106,7 +106,7 @@ def time_sparse_pointwise(model, sparsities=SPARSITIES, batch=BATCH_TRAIN, repea
     At each sparsity, every pointwise weight is pruned by magnitude
     (unstructured) to that fraction of zeros and multiplied with a random
     input of the layer's shape at ``batch`` images, once by the dense matrix
-    product (zeros included) and once by ``kernels.csr_pointwise``, which
+    product (zeros included) and once by ``sparse.csr_pointwise``, which
     only visits the weights left.  Returns one dict per sparsity: the
     median seconds of each, summed over the layers, and their ratio
     ``csr_speedup`` = dense / CSR (above 1: skipping zeros pays).
@@ -115,8 +115,8 @@ def time_sparse_pointwise(model, sparsities=SPARSITIES, batch=BATCH_TRAIN, repea
     """
     import numba
     import numpy as np
-    from tinyprune import kernels
     from tinyprune.layers import Conv2d
+    from tinyprune.sparse import csr_pointwise, to_csr
     from tinyprune.prune import LevelPrune
     shape = (batch,) + IMAGE
     layers = []
@@ -132,7 +132,7 @@ def time_sparse_pointwise(model, sparsities=SPARSITIES, batch=BATCH_TRAIN, repea
         for w, x in layers:
             w = (w * LevelPrune(sparsity)(w)).astype(np.float32)   # the library's magnitude pruning
             out = np.empty((batch, w.shape[0], x.shape[2]), np.float32)
-            work.append((w, kernels.to_csr(w), x, out))
+            work.append((w, to_csr(w), x, out))
 
         def dense():
             for w, _, x, out in work:
@@ -140,7 +140,7 @@ def time_sparse_pointwise(model, sparsities=SPARSITIES, batch=BATCH_TRAIN, repea
 
         def sparse():
             for _, csr, x, out in work:
-                kernels.csr_pointwise(*csr, x, out)
+                csr_pointwise(*csr, x, out)
         d = _median_seconds(dense, repeats, warmup)
         all_threads = numba.get_num_threads()
         if csr_threads is not None:
