@@ -83,10 +83,10 @@ def _layout(step, C, T, H, W, current):
     kind = step[KIND]
     if kind == POINTWISE:
         return PIXELS if T * H * W < C else PLANES
-    if kind == DEPTHWISE and step[KH] == 3 and step[KW] == 3 and step[STRIDE] == 1 and step[PAD] == 1:
+    three = kind == DEPTHWISE and step[KH] == 3 and step[KW] == 3 and step[PAD] == 1
+    if three and step[STRIDE] == 1:
         return current
-    if (kind == DEPTHWISE and step[KH] == 3 and step[KW] == 3 and step[STRIDE] == 2 and step[PAD] == 1
-            and H % 2 == 0 and W >= 12 and W % 2 == 0):
+    if three and step[STRIDE] == 2 and H % 2 == 0 and W % 2 == 0 and W >= 12:
         return PLANES
     if kind == DEPTHWISE:
         return PIXELS if H * W <= 4 * C else PLANES
