@@ -374,6 +374,17 @@ def test_tiling_gives_the_last_layers_larger_tiles():
     assert fused.tiling(flat, 8, tile_bytes=16_000) == (0, 10, 10)      # no step is smaller: one level
 
 
+@pytest.mark.parametrize("N, whole, workers, count", [(64, 11, 2, 6), (64, 64, 2, 2), (7, 11, 2, 2),
+                                                       (1, 11, 2, 1), (10, 3, 1, 4), (9, 2, 4, 8)])
+def test_tiles_are_at_most_whole_and_shared_evenly(N, whole, workers, count):
+    starts = program.tile_starts(N, whole, workers)
+    sizes = np.diff(starts)
+    assert starts[0] == 0 and starts[-1] == N and len(sizes) == count
+    assert sizes.max() <= whole and sizes.max() - sizes.min() <= 1
+    shares = [sizes[first::workers].sum() for first in range(workers)]
+    assert max(shares) - min(shares) <= 1                 # 64 in tiles of 11: 32 and 32, not 33 and 31
+
+
 @pytest.mark.parametrize("n, parts, block", [(10, 2, 1), (128, 2, 8), (36, 3, 8), (5, 4, 8), (0, 2, 1)])
 def test_shares_cover_everything_once_in_whole_blocks(n, parts, block):
     ranges = [program.share(n, p, parts, block) for p in range(parts)]

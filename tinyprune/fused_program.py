@@ -270,36 +270,48 @@ def _pool(workers):
     return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tinyprune-fused")
 
 
+def tile_starts(N, whole, workers):
+    """Where the tiles of a batch of N images start, and N: tile k holds images starts[k] ... starts[k + 1] - 1.
+
+    At most ``whole`` images a tile; as many tiles as a multiple of
+    ``workers`` when there are enough images, and sizes that differ by one
+    at most, so that threads taking every ``workers``-th tile get equal
+    shares (64 images in tiles of 11, 11, 11, 11, 11 and 9 would leave one
+    thread 33 images and the other 31; here each gets 32).
+    """
+    count = -(-N // whole)
+    count = min(N, -(-count // workers) * workers)     # a multiple of workers, if possible
+    return [N * k // count for k in range(count + 1)]
+
+
 def run_plan(x, steps, params, tiles, workers, out, shapes=None):
     """Run the plan on the batch x (N, C, H, W) into out (N, O, HO, WO).
 
     ``tiles``: (split, part, whole) from ``tiling``, or an int for one
     level of tiles of that many images.  The batch is cut into tiles of at
-    most ``whole`` images, as many as a multiple of ``workers`` when there
-    are enough images, so that the ``workers`` threads, each with its own
-    scratch buffers, get equal shares of whole tiles.  ``shapes``:
+    most ``whole`` images (``tile_starts``), and the ``workers`` threads,
+    each with its own scratch buffers, take equal shares of them.  ``shapes``:
     ``step_shapes`` for this input size, if known.
     """
     N, S = x.shape[0], steps.shape[0]
     if shapes is None:
         shapes = step_shapes(steps, steps[0, C_IN], x.shape[2], x.shape[3])
     split, part, whole = (0, tiles, tiles) if isinstance(tiles, int) else tiles
-    count = -(-N // whole)
-    count = min(N, -(-count // workers) * workers)     # a multiple of workers, if possible
-    T = -(-N // count)
+    starts = tile_starts(N, whole, workers)            # tile k: images starts[k] ... starts[k + 1] - 1
+    count, T = len(starts) - 1, -(-N // (len(starts) - 1))
     if split and T <= part:
         split = 0                                      # a part is the whole tile: one level
-    starts = list(range(0, N, T))
     part_size = scratch_size(shapes, 0, split, min(part, T)) if split else 1
     whole_size = scratch_size(shapes, split, S, T)
 
     def work(first):
         a, b = np.empty(part_size, x.dtype), np.empty(part_size, x.dtype)
         c, d = np.empty(whole_size, x.dtype), np.empty(whole_size, x.dtype)
-        for n0 in starts[first::workers]:
-            run_tile(x, n0, min(T, N - n0), part, split, steps, params, shapes, a, b, c, d, out)
+        for k in range(first, count, workers):
+            run_tile(x, starts[k], starts[k + 1] - starts[k], part, split, steps, params, shapes,
+                     a, b, c, d, out)
 
-    workers = min(workers, len(starts))
+    workers = min(workers, count)
     if workers == 1:
         work(0)
         return
