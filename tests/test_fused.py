@@ -194,9 +194,18 @@ def test_depthwise_in_float32_matches_the_layer(depthwise, stride):
 
 def fd_masks(T, H, W):
     """fused_depthwise.neighbours for T stacked H x W images."""
-    masks = np.zeros((4, T * H * W), np.uint8)
+    masks = np.zeros(T * H * W, np.uint8)
     fd.neighbours(T, H, W, masks)
     return masks
+
+
+def test_neighbours_marks_each_pixel_with_the_sides_it_has_a_neighbour_on():
+    up, down, left, right = fd.UP, fd.DOWN, fd.LEFT, fd.RIGHT
+    top = [down | right, down | left | right, down | left]             # 2 stacked 3x3 images: rows of 3
+    middle = [up | down | right, up | down | left | right, up | down | left]
+    bottom = [up | right, up | left | right, up | left]
+    np.testing.assert_array_equal(fd_masks(2, 3, 3), (top + middle + bottom) * 2)
+    np.testing.assert_array_equal(fd_masks(1, 1, 2), [right, left])    # one row: no neighbour up or down
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 1), (1, 1, 2, 2), (3, 2, 1, 5), (2, 3, 4, 1),
@@ -282,7 +291,7 @@ def helper_cases():
             (fd, "copy_rows", (random(G + 1, 44), R, WP, 2, np.zeros((3, 4, 3)), np.zeros(3))),
             (fd, "copy_rows", (random(G, 44), R, WP, 1, np.zeros((2, 4, 6)), np.zeros(6))),
             (fd, "copy_rows", (random(G, 44), R, WP, 3, np.zeros((2, 4, 2)), np.zeros(2))),
-            (fd, "neighbours", (2, 3, 4, np.zeros((4, 24), np.uint8))),
+            (fd, "neighbours", (2, 3, 4, np.zeros(24, np.uint8))),
             (fd, "split_columns", (random(24, 55), np.zeros(12), np.zeros(12))),
             (fd, "stride2_rows", (random(3 + 2 * 4 * 3, 56), random(3 + 2 * 4 * 3, 57), 2, 3, random((3, 3), 58),
                                   0.5, np.zeros(2 * 2 * 3))),
