@@ -3,7 +3,7 @@
 Each function is run compiled and as the plain Python function it was
 compiled from.  The convolution is checked against the plain Conv2d
 (float64, odd sizes, strides 1 to 3, paddings 0 to 2, output counts that
-fill blocks of 8 and 4 unevenly); the phases and the taps against the
+fill blocks of 8, 4 and 3 unevenly); the phases and the taps against the
 layout the module's docstring describes.
 """
 
@@ -35,7 +35,7 @@ def planes(x):
     return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
 
 
-@pytest.mark.parametrize("outputs", [5, 11])               # a block of 8 padded; 8, then 4 padded
+@pytest.mark.parametrize("outputs", [4, 5, 11])            # 4 at once; 8 padded; 8, then 3
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
 @pytest.mark.parametrize("conv_planes", both("conv_planes"))
 def test_full_conv_on_planes_matches_the_layer(conv_planes, kernel, stride, pad, outputs):
@@ -78,6 +78,7 @@ def helper_cases():
     """(helper name, its arguments): each helper on a small input."""
     x = random((2, 3, 7, 6), 40)
     acc, taps = random((8, 40), 53), np.array([0, 3, 5, 9, 11, 2, 7, 4])
+    taps12 = np.array([0, 3, 5, 9, 11, 2, 7, 4, 8, 1, 6, 10])     # 8 taps at a time, then 4
     return [("phase_shape", (7, 6, 2, 1)),
             ("tap_offsets", (2, 3, 2, 2, 5, 4)),
             ("tap_offsets", (3, 3, 3, 2, 6, 5)),
@@ -89,6 +90,9 @@ def helper_cases():
             ("start", (random((8, 9), 59), random(11, 60), 5)),
             ("eight_outputs", (random((9, 8), 54), 1, taps, random(60, 55), 37, acc)),
             ("four_outputs", (random((9, 8), 54), 5, taps, random(60, 55), 37, acc)),
+            ("four_outputs", (random((9, 12), 54), 5, taps12, random(60, 55), 37, acc)),
+            ("three_outputs", (random((9, 8), 54), 6, taps, random(60, 55), 37, acc)),
+            ("three_outputs", (random((9, 12), 54), 6, taps12, random(60, 55), 37, acc)),
             ("finish", (random(40, 58), 34, 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2))]
 
 
