@@ -3,7 +3,7 @@
 Each function is run compiled and as the plain Python function it was
 compiled from.  The convolution is checked against the plain Conv2d
 (float64, odd sizes, strides 1 to 3, paddings 0 to 2, output counts that
-fill blocks of 8 and 4 unevenly); the phases and the taps against the
+fill blocks of 8, 4 and 3 unevenly); the phases and the taps against the
 layout the module's docstring describes.
 """
 
@@ -35,7 +35,7 @@ def planes(x):
     return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
 
 
-@pytest.mark.parametrize("outputs", [5, 11])               # a block of 8 padded; 8, then 4 padded
+@pytest.mark.parametrize("outputs", [4, 5, 11])            # 4 at once; 8 padded; 8, then 3
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
 @pytest.mark.parametrize("conv_planes", both("conv_planes"))
 def test_full_conv_on_planes_matches_the_layer(conv_planes, kernel, stride, pad, outputs):
@@ -74,10 +74,23 @@ def test_taps_go_in_groups_of_4_the_extra_ones_zero_after_the_phases(tap_offsets
     assert np.all(weights[:, 27] == 0) and np.all(weights[5:] == 0)
 
 
+@pytest.mark.parametrize("act", [fk.IDENTITY, fk.RELU, fk.HARDTANH, fk.SLOPEHTANH])
+@pytest.mark.parametrize("finish", both("finish"))
+def test_finish_copies_the_real_columns_activated_as_fused_kernels_activate_does(finish, act):
+    grid = random(5 * 7, 62)                                   # 5 rows of WQ = 7, the last column dropped
+    y = np.zeros((2, 3, 5, 6))
+    finish(grid, 7, act, y, 1, 2)
+    expected = grid.reshape(5, 7)[:, :6].copy()
+    fk.activate(expected.reshape(30), act)
+    np.testing.assert_array_equal(y[1, 2], expected)
+    assert np.all(np.delete(y.reshape(6, 30), 5, axis=0) == 0)
+
+
 def helper_cases():
     """(helper name, its arguments): each helper on a small input."""
     x = random((2, 3, 7, 6), 40)
     acc, taps = random((8, 40), 53), np.array([0, 3, 5, 9, 11, 2, 7, 4])
+    taps12 = np.array([0, 3, 5, 9, 11, 2, 7, 4, 8, 1, 6, 10])     # 8 taps at a time, then 4
     return [("phase_shape", (7, 6, 2, 1)),
             ("tap_offsets", (2, 3, 2, 2, 5, 4)),
             ("tap_offsets", (3, 3, 3, 2, 6, 5)),
@@ -89,7 +102,13 @@ def helper_cases():
             ("start", (random((8, 9), 59), random(11, 60), 5)),
             ("eight_outputs", (random((9, 8), 54), 1, taps, random(60, 55), 37, acc)),
             ("four_outputs", (random((9, 8), 54), 5, taps, random(60, 55), 37, acc)),
-            ("finish", (random(40, 58), 34, 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2))]
+            ("four_outputs", (random((9, 12), 54), 5, taps12, random(60, 55), 37, acc)),
+            ("three_outputs", (random((9, 8), 54), 6, taps, random(60, 55), 37, acc)),
+            ("three_outputs", (random((9, 12), 54), 6, taps12, random(60, 55), 37, acc)),
+            ("finish", (random(40, 58), 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2)),
+            ("finish", (random(40, 58), 7, fk.SLOPEHTANH, np.zeros((2, 3, 5, 6)), 0, 1)),
+            ("finish", (random(40, 58), 7, fk.RELU, np.zeros((2, 3, 5, 6)), 1, 0)),
+            ("finish", (random(40, 58), 7, fk.IDENTITY, np.zeros((2, 3, 5, 6)), 0, 2))]
 
 
 @pytest.mark.parametrize("name, args", helper_cases())

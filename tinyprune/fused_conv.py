@@ -31,7 +31,10 @@ layout where no work is wasted:
   the phases from offset ``taps[k]`` on.  As in the 1x1 convolutions'
   product, 8 outputs meet 4 taps at a time: every number read from the
   phases is used by 8 outputs, every output number is loaded and stored
-  once per 4 taps, and the 32 weights stay (mostly) in registers.
+  once per 4 taps, and the 32 weights stay (mostly) in registers.  A
+  last block of 4 or 3 outputs (a pruned layer) takes 8 taps at a time
+  instead, so that the sums are still loaded and stored once per 32 or
+  24 multiplies.
 
 One image of the tile at a time, so that its phases (3 x 4 x 49 x 49
 numbers for MobileNet) and its 8 grid rows stay in the level-2 cache.
@@ -40,7 +43,7 @@ numbers for MobileNet) and its 8 grid rows stay in the level-2 cache.
 import numba
 import numpy as np
 
-from .fused_kernels import _serial, activate
+from .fused_kernels import HARDTANH, RELU, SLOPEHTANH, _serial
 
 __all__ = ["conv_planes"]
 
@@ -107,7 +110,7 @@ def _tap_weights(w):
 
     O8 is O rounded up to 8 and K is C*KH*KW rounded up to 4 (the extra
     taps of tap_offsets).  The zero rows let a last block of 5 to 7
-    outputs go 8 at a time (and one of 1 to 3, 4 at a time); their sums
+    outputs go 8 at a time (and one of 1 or 2, 3 at a time); their sums
     are never copied out.
     """
     O, C, KH, KW = w.shape
@@ -140,7 +143,9 @@ def _eight_outputs(w, o, taps, plane, n, acc):
     w (O, K) the weights of the K taps, K a multiple of 4;  taps (K,) from
     tap_offsets;  plane the phases as one row;  acc (8, >= n).  4 taps at
     a time, their 32 weights in registers: as in products._eight_rows,
-    each number loaded is used 8 or 4 times.
+    each number loaded is used 8 or 4 times.  Each sum starts from the
+    accumulator (``a + w*v + ...``, not ``a += (w*v + ...)``): every
+    product is then one fused multiply-add into it.
     """
     a0, a1, a2, a3 = acc[0, :n], acc[1, :n], acc[2, :n], acc[3, :n]
     a4, a5, a6, a7 = acc[4, :n], acc[5, :n], acc[6, :n], acc[7, :n]
@@ -156,24 +161,50 @@ def _eight_outputs(w, o, taps, plane, n, acc):
         w70, w71, w72, w73 = w[o + 7, k], w[o + 7, k + 1], w[o + 7, k + 2], w[o + 7, k + 3]
         for m in range(n):
             v0, v1, v2, v3 = x0[m], x1[m], x2[m], x3[m]
-            a0[m] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
-            a1[m] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
-            a2[m] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
-            a3[m] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
-            a4[m] += w40 * v0 + w41 * v1 + w42 * v2 + w43 * v3
-            a5[m] += w50 * v0 + w51 * v1 + w52 * v2 + w53 * v3
-            a6[m] += w60 * v0 + w61 * v1 + w62 * v2 + w63 * v3
-            a7[m] += w70 * v0 + w71 * v1 + w72 * v2 + w73 * v3
+            a0[m] = a0[m] + w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
+            a1[m] = a1[m] + w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
+            a2[m] = a2[m] + w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
+            a3[m] = a3[m] + w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
+            a4[m] = a4[m] + w40 * v0 + w41 * v1 + w42 * v2 + w43 * v3
+            a5[m] = a5[m] + w50 * v0 + w51 * v1 + w52 * v2 + w53 * v3
+            a6[m] = a6[m] + w60 * v0 + w61 * v1 + w62 * v2 + w63 * v3
+            a7[m] = a7[m] + w70 * v0 + w71 * v1 + w72 * v2 + w73 * v3
 
 
 def _four_outputs(w, o, taps, plane, n, acc):
     """acc[r, :n] += sum over taps k of w[o + r, k] * plane[taps[k]:][:n], for r < 4.
 
-    As _eight_outputs, for a last block of at most 4 outputs (a pruned
-    first layer, or a thread's share of one): 4 outputs x 4 taps at a time.
+    As _eight_outputs, for a last block of 4 outputs (a pruned first
+    layer, or a thread's share of one), but 8 taps at a time (and a last
+    4 if K is not a multiple of 8): with 4 taps, the sums' loads and
+    stores, not the multiplies, took the time (1.4x longer).  The weights
+    are read one by one: unpacking a slice (``w00, ... = w[o, k:k + 8]``)
+    cost Numba 0.3 us per call.
     """
     a0, a1, a2, a3 = acc[0, :n], acc[1, :n], acc[2, :n], acc[3, :n]
-    for k in range(0, taps.size, 4):
+    K8 = taps.size // 8 * 8
+    for k in range(0, K8, 8):
+        x0, x1, x2, x3 = plane[taps[k]:], plane[taps[k + 1]:], plane[taps[k + 2]:], plane[taps[k + 3]:]
+        x4, x5, x6, x7 = plane[taps[k + 4]:], plane[taps[k + 5]:], plane[taps[k + 6]:], plane[taps[k + 7]:]
+        w00, w01, w02, w03 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
+        w04, w05, w06, w07 = w[o, k + 4], w[o, k + 5], w[o, k + 6], w[o, k + 7]
+        w10, w11, w12, w13 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
+        w14, w15, w16, w17 = w[o + 1, k + 4], w[o + 1, k + 5], w[o + 1, k + 6], w[o + 1, k + 7]
+        w20, w21, w22, w23 = w[o + 2, k], w[o + 2, k + 1], w[o + 2, k + 2], w[o + 2, k + 3]
+        w24, w25, w26, w27 = w[o + 2, k + 4], w[o + 2, k + 5], w[o + 2, k + 6], w[o + 2, k + 7]
+        w30, w31, w32, w33 = w[o + 3, k], w[o + 3, k + 1], w[o + 3, k + 2], w[o + 3, k + 3]
+        w34, w35, w36, w37 = w[o + 3, k + 4], w[o + 3, k + 5], w[o + 3, k + 6], w[o + 3, k + 7]
+        for m in range(n):
+            v0, v1, v2, v3, v4, v5, v6, v7 = x0[m], x1[m], x2[m], x3[m], x4[m], x5[m], x6[m], x7[m]
+            a0[m] = (a0[m] + w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
+                     + w04 * v4 + w05 * v5 + w06 * v6 + w07 * v7)
+            a1[m] = (a1[m] + w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
+                     + w14 * v4 + w15 * v5 + w16 * v6 + w17 * v7)
+            a2[m] = (a2[m] + w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
+                     + w24 * v4 + w25 * v5 + w26 * v6 + w27 * v7)
+            a3[m] = (a3[m] + w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
+                     + w34 * v4 + w35 * v5 + w36 * v6 + w37 * v7)
+    for k in range(K8, taps.size, 4):                   # the last 4 taps, if any
         x0, x1, x2, x3 = plane[taps[k]:], plane[taps[k + 1]:], plane[taps[k + 2]:], plane[taps[k + 3]:]
         w00, w01, w02, w03 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
         w10, w11, w12, w13 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
@@ -181,29 +212,85 @@ def _four_outputs(w, o, taps, plane, n, acc):
         w30, w31, w32, w33 = w[o + 3, k], w[o + 3, k + 1], w[o + 3, k + 2], w[o + 3, k + 3]
         for m in range(n):
             v0, v1, v2, v3 = x0[m], x1[m], x2[m], x3[m]
-            a0[m] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
-            a1[m] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
-            a2[m] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
-            a3[m] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
+            a0[m] = a0[m] + w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
+            a1[m] = a1[m] + w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
+            a2[m] = a2[m] + w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
+            a3[m] = a3[m] + w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
 
 
-def _finish(acc, n, WQ, act, y, o, t):
-    """y[o, t, i, j] = act(acc[i*WQ + j]): the grid's real columns, activated (acc too).
+def _three_outputs(w, o, taps, plane, n, acc):
+    """acc[r, :n] += sum over taps k of w[o + r, k] * plane[taps[k]:][:n], for r < 3.
+
+    As _four_outputs, for a last block of at most 3 outputs (MobileNet's
+    first layer pruned to 3 channels, or a thread's share of one).  Its
+    24 weights and 3 sums fit the 32 vector registers, where four outputs'
+    32 weights do not: 3 outputs take 0.6 of the time of 4, not 0.75.
+    """
+    a0, a1, a2 = acc[0, :n], acc[1, :n], acc[2, :n]
+    K8 = taps.size // 8 * 8
+    for k in range(0, K8, 8):
+        x0, x1, x2, x3 = plane[taps[k]:], plane[taps[k + 1]:], plane[taps[k + 2]:], plane[taps[k + 3]:]
+        x4, x5, x6, x7 = plane[taps[k + 4]:], plane[taps[k + 5]:], plane[taps[k + 6]:], plane[taps[k + 7]:]
+        w00, w01, w02, w03 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
+        w04, w05, w06, w07 = w[o, k + 4], w[o, k + 5], w[o, k + 6], w[o, k + 7]
+        w10, w11, w12, w13 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
+        w14, w15, w16, w17 = w[o + 1, k + 4], w[o + 1, k + 5], w[o + 1, k + 6], w[o + 1, k + 7]
+        w20, w21, w22, w23 = w[o + 2, k], w[o + 2, k + 1], w[o + 2, k + 2], w[o + 2, k + 3]
+        w24, w25, w26, w27 = w[o + 2, k + 4], w[o + 2, k + 5], w[o + 2, k + 6], w[o + 2, k + 7]
+        for m in range(n):
+            v0, v1, v2, v3, v4, v5, v6, v7 = x0[m], x1[m], x2[m], x3[m], x4[m], x5[m], x6[m], x7[m]
+            a0[m] = (a0[m] + w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
+                     + w04 * v4 + w05 * v5 + w06 * v6 + w07 * v7)
+            a1[m] = (a1[m] + w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
+                     + w14 * v4 + w15 * v5 + w16 * v6 + w17 * v7)
+            a2[m] = (a2[m] + w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
+                     + w24 * v4 + w25 * v5 + w26 * v6 + w27 * v7)
+    for k in range(K8, taps.size, 4):                   # the last 4 taps, if any
+        x0, x1, x2, x3 = plane[taps[k]:], plane[taps[k + 1]:], plane[taps[k + 2]:], plane[taps[k + 3]:]
+        w00, w01, w02, w03 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
+        w10, w11, w12, w13 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
+        w20, w21, w22, w23 = w[o + 2, k], w[o + 2, k + 1], w[o + 2, k + 2], w[o + 2, k + 3]
+        for m in range(n):
+            v0, v1, v2, v3 = x0[m], x1[m], x2[m], x3[m]
+            a0[m] = a0[m] + w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
+            a1[m] = a1[m] + w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
+            a2[m] = a2[m] + w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
+
+
+def _finish(acc, WQ, act, y, o, t):
+    """y[o, t, i, j] = act(acc[i*WQ + j]): the grid's real columns, activated as they are copied.
 
     acc (>= HO*WQ,) one output's grid, started with its bias;  y (O, T, HO, WO).
+    The formulas are fused_kernels.activate's, applied inside the copy:
+    activating the grid in a pass of its own made finishing 1.3x slower.
+    One loop per activation, as there: a loop with a branch inside is not
+    turned into vector instructions.
     """
     HO, WO = y.shape[2], y.shape[3]
-    activate(acc[:n], act)
-    grid = acc[:HO * WQ].reshape(HO, WQ)
+    zero, one, quarter = y.dtype.type(0.0), y.dtype.type(1.0), y.dtype.type(0.25)
     out = y[o, t]
     for i in range(HO):
-        for j in range(WO):
-            out[i, j] = grid[i, j]
+        src, dst = acc[i * WQ:], out[i]
+        if act == RELU:
+            for j in range(WO):
+                dst[j] = max(src[j], zero)
+        elif act == HARDTANH:
+            for j in range(WO):
+                dst[j] = min(max(src[j], -one), one)
+        elif act == SLOPEHTANH:
+            for j in range(WO):
+                v = src[j]
+                h = min(max(v, -one), one)
+                dst[j] = h - (v - h) * quarter
+        else:
+            for j in range(WO):
+                dst[j] = src[j]
 
 
 start = numba.njit(**_serial)(_start)
 eight_outputs = numba.njit(**_serial)(_eight_outputs)
 four_outputs = numba.njit(**_serial)(_four_outputs)
+three_outputs = numba.njit(**_serial)(_three_outputs)
 finish = numba.njit(**_serial)(_finish)
 
 
@@ -212,8 +299,8 @@ def _conv_planes(x, w, b, stride, pad, act, y):
 
     x (C, T, H, W);  w (O, C, KH, KW);  b (O,);  y (O, T, HO, WO) overwritten.
     Image by image: its phases, then 8 outputs at a time (a last block of
-    at most 4, 4 at a time), each started with its bias, summed over the
-    whole grid, activated, and its real columns copied out.
+    4, or of at most 3, on its own), each started with its bias, summed
+    over the whole grid, activated, and its real columns copied out.
     """
     C, T, H, W = x.shape
     O, KH, KW = w.shape[0], w.shape[2], w.shape[3]
@@ -229,13 +316,16 @@ def _conv_planes(x, w, b, stride, pad, act, y):
     for t in range(T):
         split_phases(x, t, pad, phases)
         for o in range(0, O, 8):
-            start(acc, b, o)
-            if O - o > 4:
+            rows = 8 if O - o > 4 else (4 if O - o == 4 else 3)     # the block's kernel
+            start(acc[:rows], b, o)
+            if rows == 8:
                 eight_outputs(weights, o, taps, plane, n, acc)
-            else:
+            elif rows == 4:
                 four_outputs(weights, o, taps, plane, n, acc)
+            else:
+                three_outputs(weights, o, taps, plane, n, acc)
             for r in range(min(8, O - o)):
-                finish(acc[r], n, WQ, act, y, o + r, t)
+                finish(acc[r], WQ, act, y, o + r, t)
 
 
 conv_planes = numba.njit(**_serial)(_conv_planes)
