@@ -74,18 +74,6 @@ def test_taps_go_in_groups_of_4_the_extra_ones_zero_after_the_phases(tap_offsets
     assert np.all(weights[:, 27] == 0) and np.all(weights[5:] == 0)
 
 
-@pytest.mark.parametrize("act", [fk.IDENTITY, fk.RELU, fk.HARDTANH, fk.SLOPEHTANH])
-@pytest.mark.parametrize("finish", both("finish"))
-def test_finish_copies_the_real_columns_activated_as_fused_kernels_activate_does(finish, act):
-    grid = random(5 * 7, 62)                                   # 5 rows of WQ = 7, the last column dropped
-    y = np.zeros((2, 3, 5, 6))
-    finish(grid, 7, act, y, 1, 2)
-    expected = grid.reshape(5, 7)[:, :6].copy()
-    fk.activate(expected.reshape(30), act)
-    np.testing.assert_array_equal(y[1, 2], expected)
-    assert np.all(np.delete(y.reshape(6, 30), 5, axis=0) == 0)
-
-
 def helper_cases():
     """(helper name, its arguments): each helper on a small input."""
     x = random((2, 3, 7, 6), 40)
@@ -105,10 +93,7 @@ def helper_cases():
             ("four_outputs", (random((9, 12), 54), 5, taps12, random(60, 55), 37, acc)),
             ("three_outputs", (random((9, 8), 54), 6, taps, random(60, 55), 37, acc)),
             ("three_outputs", (random((9, 12), 54), 6, taps12, random(60, 55), 37, acc)),
-            ("finish", (random(40, 58), 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2)),
-            ("finish", (random(40, 58), 7, fk.SLOPEHTANH, np.zeros((2, 3, 5, 6)), 0, 1)),
-            ("finish", (random(40, 58), 7, fk.RELU, np.zeros((2, 3, 5, 6)), 1, 0)),
-            ("finish", (random(40, 58), 7, fk.IDENTITY, np.zeros((2, 3, 5, 6)), 0, 2))]
+            ("finish", (random(40, 58), 34, 7, fk.HARDTANH, np.zeros((2, 3, 5, 6)), 1, 2))]
 
 
 @pytest.mark.parametrize("name, args", helper_cases())
