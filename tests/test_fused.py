@@ -361,6 +361,27 @@ def test_the_program_runs_a_tile_compiled_and_plain(run_tile, split, part):
     assert np.all(out[0] == 0)                      # the tile was images 1 and 2
 
 
+@pytest.mark.parametrize("start_tile", both_program("start_tile"))
+def test_a_tile_starts_from_the_batch_itself_when_its_first_step_is_a_full_conv(start_tile):
+    conv = Chain(Conv2d(3, 4, 3, stride=2, pad=1, bias=True, dtype=np.float64, rng=np.random.default_rng(5)))
+    depthwise = Chain(DepthwiseConv2d(3, 3, stride=1, pad=1, bias=True, dtype=np.float64,
+                                      rng=np.random.default_rng(6)))
+    x = random((3, 3, 6, 6), 18)
+    for model, first in [(conv, 1), (depthwise, 0)]:
+        plan = fused.build_plan(model.eval())
+        shapes = program.step_shapes(plan.steps, 3, 6, 6)
+        a, b = np.full(500, np.nan), np.full(500, np.nan)
+        tile, other, step = start_tile(x, 1, 2, plan.steps, plan.params, shapes, a, b)
+        assert step == first
+        if first == 1:                              # step 0 ran straight from images 1 and 2 of x
+            assert tile is b and other is a and np.all(np.isnan(a))
+            expected = plain(model, x[1:])          # (2, 4, 3, 3)
+            np.testing.assert_allclose(tile[:4 * 2 * 9].reshape(4, 2, 3, 3), planes(expected), rtol=1e-12)
+        else:                                       # the images were copied in, as planes
+            assert tile is a and np.all(np.isnan(b))
+            np.testing.assert_array_equal(tile[:3 * 2 * 36].reshape(3, 2, 6, 6), planes(x[1:]))
+
+
 @pytest.mark.parametrize("place", both_program("place"))
 @pytest.mark.parametrize("layout", [program.PLANES, program.PIXELS])
 def test_a_part_is_placed_into_the_whole_tile_as_planes(place, layout):

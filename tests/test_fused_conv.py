@@ -45,8 +45,11 @@ def test_full_conv_on_planes_matches_the_layer(conv_planes, kernel, stride, pad,
     x = random((2, 3, 7, 6), 10)
     expected = activations.slopehtanh(layer.eval().forward(x))
     y = np.empty(planes(expected).shape)
-    conv_planes(planes(x), layer.weight, layer.bias, stride, pad, fk.SLOPEHTANH, y)
+    conv_planes(planes(x), layer.weight, layer.bias, stride, pad, fk.SLOPEHTANH, y, False)
     np.testing.assert_allclose(y, planes(expected), rtol=1e-12, atol=1e-12)
+    straight = np.full_like(y, np.nan)
+    conv_planes(x, layer.weight, layer.bias, stride, pad, fk.SLOPEHTANH, straight, True)  # the batch as it is
+    np.testing.assert_array_equal(straight, y)
 
 
 @pytest.mark.parametrize("width", [6, 5])
@@ -58,10 +61,13 @@ def test_the_phases_hold_every_s_th_row_and_column_of_the_padded_image(split_pha
     padded = np.zeros((2, RQ * stride, WQ * stride))            # image 1, zero-padded and rounded up
     padded[:, pad:pad + 7, pad:pad + width] = x[:, 1]
     phases = np.zeros((2, stride, stride, RQ, WQ))
-    split_phases(x, 1, pad, phases)
+    split_phases(x, 1, pad, phases, False)
     for u in range(stride):
         for v in range(stride):
             np.testing.assert_array_equal(phases[:, u, v], padded[:, u::stride, v::stride])
+    straight = np.zeros_like(phases)
+    split_phases(np.ascontiguousarray(x.transpose(1, 0, 2, 3)), 1, pad, straight, True)   # images first
+    np.testing.assert_array_equal(straight, phases)
 
 
 @pytest.mark.parametrize("tap_offsets, tap_weights", list(zip(both("tap_offsets"), both("tap_weights"))))
@@ -84,9 +90,9 @@ def helper_cases():
             ("tap_offsets", (3, 3, 3, 2, 6, 5)),
             ("tap_weights", (random((5, 2, 3, 2), 56),)),
             ("tap_weights", (random((9, 3, 3, 3), 57),)),
-            ("split_phases", (x, 2, 1, np.zeros((2, 2, 2, 5, 4)))),
-            ("split_phases", (x, 0, 2, np.zeros((2, 3, 3, 4, 4)))),
-            ("split_phases", (x, 1, 0, np.zeros((2, 1, 1, 7, 6)))),
+            ("split_phases", (x, 2, 1, np.zeros((2, 2, 2, 5, 4)), False)),
+            ("split_phases", (x, 0, 2, np.zeros((2, 3, 3, 4, 4)), False)),
+            ("split_phases", (x, 1, 0, np.zeros((3, 1, 1, 7, 6)), True)),
             ("start", (random((8, 9), 59), random(11, 60), 5)),
             ("eight_outputs", (random((9, 8), 54), 1, taps, random(60, 55), 37, acc)),
             ("four_outputs", (random((9, 8), 54), 5, taps, random(60, 55), 37, acc)),

@@ -72,37 +72,40 @@ def _tap_offsets(C, KH, KW, s, RQ, WQ):
     return taps
 
 
-def _split_phases(x, t, pad, phases):
+def _split_phases(x, t, pad, phases, images_first):
     """phases[c, r % s, q % s, r // s, q // s] = image t of x at padded pixel (r, q), for every channel.
 
-    x (C, T, H, W);  phases (C, s, s, RQ, WQ), whose padding (the rows and
-    columns outside the image) the caller has zeroed: only the image's
-    pixels are written.  Image column k is padded column k + pad: phase
-    (k + pad) % s, column (k + pad) // s.  At stride 2 one pass over a row
-    deals its even and odd columns out at once.
+    x (C, T, H, W) planes, or (T, C, H, W) with ``images_first`` (the
+    caller's own batch, read without a copy into planes first);  phases
+    (C, s, s, RQ, WQ), whose padding (the rows and columns outside the
+    image) the caller has zeroed: only the image's pixels are written.
+    Image column k is padded column k + pad: phase (k + pad) % s, column
+    (k + pad) // s.  At stride 2 one pass over a row deals its even and
+    odd columns out at once.
 
     The ``max(..., 0)`` tell the compiler that a column offset is not
     negative: Numba's check for a negative index (see fused_kernels) then
     leaves the inner loop, which runs three times faster.
     """
-    C, H, W = x.shape[0], x.shape[2], x.shape[3]
+    C, H, W = phases.shape[0], x.shape[2], x.shape[3]
     s = phases.shape[1]
     for c in range(C):
+        image = x[t, c] if images_first else x[c, t]
         for r in range(H):
             u, row = (r + pad) % s, (r + pad) // s
             if s == 2:
                 v0, v1 = pad % 2, (pad + 1) % 2                  # phases of columns 2q and 2q + 1
                 q0, q1 = max(pad // 2, 0), max((pad + 1) // 2, 0)
                 for q in range(W // 2):
-                    phases[c, u, v0, row, q + q0] = x[c, t, r, 2 * q]
-                    phases[c, u, v1, row, q + q1] = x[c, t, r, 2 * q + 1]
+                    phases[c, u, v0, row, q + q0] = image[r, 2 * q]
+                    phases[c, u, v1, row, q + q1] = image[r, 2 * q + 1]
                 if W % 2:
-                    phases[c, u, v0, row, W // 2 + q0] = x[c, t, r, W - 1]
+                    phases[c, u, v0, row, W // 2 + q0] = image[r, W - 1]
                 continue
             for d in range(s):                                   # columns q*s + d
                 v, first = (d + pad) % s, max((d + pad) // s, 0)
                 for q in range((W - d + s - 1) // s):
-                    phases[c, u, v, row, q + first] = x[c, t, r, q * s + d]
+                    phases[c, u, v, row, q + first] = image[r, q * s + d]
 
 
 def _tap_weights(w):
@@ -278,15 +281,16 @@ three_outputs = numba.njit(**_serial)(_three_outputs)
 finish = numba.njit(**_serial)(_finish)
 
 
-def _conv_planes(x, w, b, stride, pad, act, y):
+def _conv_planes(x, w, b, stride, pad, act, y, images_first):
     """y[o, t] = act(sum_c conv(x[c, t], w[o, c]) + b[o]) on planes.
 
-    x (C, T, H, W);  w (O, C, KH, KW);  b (O,);  y (O, T, HO, WO) overwritten.
+    x (C, T, H, W), or (T, C, H, W) with ``images_first``;  w (O, C, KH, KW);
+    b (O,);  y (O, T, HO, WO) overwritten.
     Image by image: its phases, then 8 outputs at a time (a last block of
     4, or of at most 3, on its own), each started with its bias, summed
     over the whole grid, activated, and its real columns copied out.
     """
-    C, T, H, W = x.shape
+    C, T, H, W = w.shape[1], y.shape[1], x.shape[2], x.shape[3]
     O, KH, KW = w.shape[0], w.shape[2], w.shape[3]
     HO, WO = y.shape[2], y.shape[3]
     RQ, WQ = phase_shape(H, W, stride, pad)
@@ -298,7 +302,7 @@ def _conv_planes(x, w, b, stride, pad, act, y):
     weights = tap_weights(w)
     acc = np.empty((8, HO * WQ), x.dtype)
     for t in range(T):
-        split_phases(x, t, pad, phases)
+        split_phases(x, t, pad, phases, images_first)
         for o in range(0, O, 8):
             rows = 8 if O - o > 4 else (4 if O - o == 4 else 3)     # the block's kernel
             start(acc[:rows], b, o)
