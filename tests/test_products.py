@@ -16,8 +16,9 @@ pytestmark = pytest.mark.kernels
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
-# (N, R, K, P): rows R and inputs K with and without leftovers after the blocks
-SHAPES = [(2, 8, 4, 5), (3, 11, 7, 9), (1, 3, 2, 1), (2, 17, 13, 6)]
+# (N, R, K, P): rows R and inputs K with and without leftovers after the blocks (of 8 rows,
+# then 4 rows; of 4 inputs)
+SHAPES = [(2, 8, 4, 5), (3, 11, 7, 9), (1, 3, 2, 1), (2, 17, 13, 6), (2, 14, 9, 7), (1, 4, 8, 20)]
 
 
 def both(name):
@@ -89,3 +90,16 @@ def test_a_convolution_gives_the_same_gradients_with_the_plain_products(monkeypa
         results.append((y, dx, conv.grads["weight"], conv.grads["bias"]))
     for compiled, plain in zip(*results):
         np.testing.assert_allclose(compiled, plain, rtol=1e-12, atol=1e-12)
+
+
+def test_a_row_gets_the_same_bits_in_a_block_of_8_or_4_or_alone():
+    a, b = random((8, 12), np.float32, 4), random((12, 37), np.float32, 5)
+    rows = {}
+    for name, kernel in [("eight", lambda y: products.eight_rows(a, b, 0, 0, 37, y)),
+                         ("four", lambda y: products.four_rows(a, b, 4, 0, 37, y)),
+                         ("one", lambda y: [products.one_row(a, b, r, 0, 0, 37, y) for r in range(4, 8)])]:
+        y = np.zeros((8, 37), np.float32)
+        kernel(y)
+        rows[name] = y[4:]
+    np.testing.assert_array_equal(rows["four"], rows["one"])
+    np.testing.assert_array_equal(rows["four"], rows["eight"])

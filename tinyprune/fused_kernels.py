@@ -42,7 +42,7 @@ ones, and a loop over whole rows beats one over a block of columns.
 import numba
 import numpy as np
 
-from .products import eight_rows, one_row
+from .products import eight_rows, four_rows, one_row
 
 __all__ = ["IDENTITY", "RELU", "HARDTANH", "SLOPEHTANH"]
 
@@ -193,8 +193,9 @@ to_planes = numba.njit(**_serial)(_to_planes)
 # kernel the convolutions' training products use too
 # (``products.eight_rows``, whose comment explains it): every value loaded
 # from ``b`` serves 8 outputs and every output row is loaded and stored once
-# per 4 inputs.  Rows left over after the blocks of 8 go one at a time
-# (``products.one_row``, with the same sums in the same order).
+# per 4 inputs.  Rows left over after the blocks of 8 go 4 at a time
+# (``products.four_rows``), then one at a time (``products.one_row``),
+# with the same sums in the same order.
 # ---------------------------------------------------------------------------
 
 def _start_with_bias(row, bias, r, n0):
@@ -236,7 +237,10 @@ def _matmul_act(a, b, bias, bias_per_row, act, y):
         if r1 - r0 == 8:
             eight_rows(a, b, r0, 0, N, y)
         else:
-            for r in range(r0, r1):
+            four = 4 if r1 - r0 >= 4 else 0
+            if four:
+                four_rows(a, b, r0, 0, N, y)
+            for r in range(r0 + four, r1):
                 one_row(a, b, r, 0, 0, N, y)
         for r in range(r0, r1):
             activate(y[r], act)

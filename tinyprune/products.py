@@ -47,7 +47,8 @@ unsigned = np.uint64
 # and then one pass along 4 input rows (the unit-step, vectorised loop over
 # pixels) adds all 32 products into the 8 output rows.  Every value loaded
 # from b serves 8 outputs; every output is loaded and stored once per 4
-# inputs.  Rows and inputs left over after the blocks go one at a time.
+# inputs.  A last block of 4 rows goes 4 at a time (a pruned layer's 4, 12
+# or 36 outputs); rows and inputs left over after that go one at a time.
 # ---------------------------------------------------------------------------
 
 def _eight_rows(a, b, r, p0, p1, y):
@@ -81,6 +82,29 @@ def _eight_rows(a, b, r, p0, p1, y):
             y[q7, p] += a70 * v0 + a71 * v1 + a72 * v2 + a73 * v3
 
 
+def _four_rows(a, b, r, p0, p1, y):
+    """y[r:r+4, p0:p1] += a[r:r+4, :K4] @ b[:K4, p0:p1]: a last block of 4 rows.
+
+    ``eight_rows`` for 4 rows, with the same sums in the same order.  A
+    layer with 4, 12 or 36 output channels (a pruned one) has such a
+    block; row by row (``one_row``), it read every input row 4 times and
+    cost as much as two blocks of 8.
+    """
+    q0, q1, q2, q3 = unsigned(r), unsigned(r + 1), unsigned(r + 2), unsigned(r + 3)
+    for k in range(0, a.shape[1] - 3, 4):
+        a00, a01, a02, a03 = a[r, k], a[r, k + 1], a[r, k + 2], a[r, k + 3]
+        a10, a11, a12, a13 = a[r + 1, k], a[r + 1, k + 1], a[r + 1, k + 2], a[r + 1, k + 3]
+        a20, a21, a22, a23 = a[r + 2, k], a[r + 2, k + 1], a[r + 2, k + 2], a[r + 2, k + 3]
+        a30, a31, a32, a33 = a[r + 3, k], a[r + 3, k + 1], a[r + 3, k + 2], a[r + 3, k + 3]
+        k0, k1, k2, k3 = unsigned(k), unsigned(k + 1), unsigned(k + 2), unsigned(k + 3)
+        for p in range(unsigned(p0), unsigned(p1)):
+            v0, v1, v2, v3 = b[k0, p], b[k1, p], b[k2, p], b[k3, p]
+            y[q0, p] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
+            y[q1, p] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
+            y[q2, p] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
+            y[q3, p] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
+
+
 def _one_row(a, b, r, k0, p0, p1, y):
     """y[r, p0:p1] += a[r, k0:] @ b[k0:, p0:p1]: a row left over after the blocks of 8, or the inputs after the blocks of 4.
 
@@ -102,6 +126,7 @@ def _one_row(a, b, r, k0, p0, p1, y):
 
 
 eight_rows = numba.njit(**_serial)(_eight_rows)
+four_rows = numba.njit(**_serial)(_four_rows)
 one_row = numba.njit(**_serial)(_one_row)
 
 
@@ -130,13 +155,15 @@ def _matmul_images(a, b, out):
         rows = min(8, R - r0)
         for r in range(r0, r0 + rows):
             y[r] = 0.0
-        if rows == 8:
+        block = 8 if rows == 8 else (4 if rows >= 4 else 0)     # rows done as a block
+        if block == 8:
             eight_rows(a, b_n, r0, 0, P, y)
-            for r in range(r0, r0 + 8):          # the inputs after the last block of 4
-                one_row(a, b_n, r, K4, 0, P, y)
-        else:
-            for r in range(r0, r0 + rows):
-                one_row(a, b_n, r, 0, 0, P, y)
+        elif block == 4:
+            four_rows(a, b_n, r0, 0, P, y)
+        for r in range(r0, r0 + block):          # the inputs after the last block of 4
+            one_row(a, b_n, r, K4, 0, P, y)
+        for r in range(r0 + block, r0 + rows):   # rows left over: one at a time
+            one_row(a, b_n, r, 0, 0, P, y)
 
 
 matmul_images = numba.njit(**_parallel)(_matmul_images)
