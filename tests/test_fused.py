@@ -383,6 +383,32 @@ def test_a_tile_starts_from_the_batch_itself_when_its_first_step_is_a_full_conv(
             np.testing.assert_array_equal(tile[:3 * 2 * 36].reshape(3, 2, 6, 6), planes(x[1:]))
 
 
+def test_scratch_buffers_are_kept_from_call_to_call_and_grow_when_too_small():
+    spare = []
+    first = program.take_scratch(spare, 10, 20, np.float32)
+    assert [a.size for a in first] == [10, 10, 20, 20] and all(a.dtype == np.float32 for a in first)
+    spare.append(first)
+    again = program.take_scratch(spare, 5, 20, np.float32)      # large enough: the same arrays
+    assert all(a is b for a, b in zip(again, first)) and spare == []
+    spare.append(again)
+    larger = program.take_scratch(spare, 10, 30, np.float32)    # too small: dropped, new ones
+    assert [a.size for a in larger] == [10, 10, 30, 30] and spare == []
+    spare.append(larger)
+    assert program.take_scratch(spare, 1, 1, np.float64)[0].dtype == np.float64
+    assert program.take_scratch(None, 1, 2, np.float32)[3].size == 2
+
+
+def test_a_model_reuses_its_scratch_buffers_and_gives_the_same_output():
+    model = MobileNet("relu", 0.125, fcsize=8, nclasses=3, seed=16).eval()
+    x = random((5, 3, 16, 16), 19).astype(np.float32)
+    first = model(x).copy()
+    spare = model._fused.spare                     # a set of buffers per thread that ran
+    kept = sorted(id(a) for buffers in spare for a in buffers)
+    assert 1 <= len(spare) <= numba.get_num_threads()
+    np.testing.assert_array_equal(model(x), first)
+    assert sorted(id(a) for buffers in spare for a in buffers) == kept
+
+
 @pytest.mark.parametrize("place", both_program("place"))
 @pytest.mark.parametrize("layout", [program.PLANES, program.PIXELS])
 def test_a_part_is_placed_into_the_whole_tile_as_planes(place, layout):

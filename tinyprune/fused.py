@@ -289,6 +289,7 @@ class FusedPlan:
         self.shapes = {}         # (H, W) of the input -> (step_shapes, tiling)
         self.checked = set()     # (shape, dtype) of inputs the model's own checks accepted
         self.one_image = OneImage()
+        self.spare = []          # scratch buffers kept between calls (fused_program.take_scratch)
         # What is_current compares: (dict, key, value) that must still be there, the masks
         # dicts and how many masks each had, every chain's list of layers and a copy of it.
         same, masks, self.lists = [], [], []
@@ -339,10 +340,10 @@ class FusedPlan:
             if share:
                 run_shared(x, self.steps, self.params, shapes, out, workers)
             else:
-                run_plan(x, self.steps, self.params, tiles, 1, out, shapes)
+                run_plan(x, self.steps, self.params, tiles, 1, out, shapes, self.spare)
             self.one_image.record(share, time.perf_counter() - start)
         else:
-            run_plan(x, self.steps, self.params, tiles, workers, out, shapes)
+            run_plan(x, self.steps, self.params, tiles, workers, out, shapes, self.spare)
         y = out.reshape(N, self.channels) if self.flattened else out
         for layer in self.tail:
             y = layer.forward(y)
