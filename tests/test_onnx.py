@@ -110,7 +110,7 @@ def test_a_custom_activation_is_refused_with_its_place(tmp_path):
 
 def test_the_inference_benchmark_times_every_engine_side_by_side():
     from tinyprune.tools import bench_inference
-    figures = bench_inference.inference_figures(rounds=1, seconds_per_round=0.001)
+    figures = bench_inference.inference_figures(rounds=1, seconds_per_round=0.001, warm_up=0)
     assert set(figures["seconds"]) == {"tutorial", "relu", "resized"}
     for engines in figures["seconds"].values():
         assert set(engines) == {"fused", "plain", "onnxruntime"}

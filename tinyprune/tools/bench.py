@@ -201,7 +201,8 @@ def _measure(quick, blas_threads):
     figures["sparse"] = _sparse_figures(repeats, warmup, blas_threads)
     from tinyprune.tools import bench_inference
     figures["engines"] = bench_inference.inference_figures(rounds=1 if quick else 7,
-                                                           seconds_per_round=0.01 if quick else 0.2)
+                                                           seconds_per_round=0.01 if quick else 0.2,
+                                                           warm_up=0.0 if quick else bench_inference.WARM_UP)
     figures["numba_threading_layer"] = numba.threading_layer()
     return figures
 

@@ -18,9 +18,10 @@ with :func:`tinyprune.onnx_export.export_onnx`, given as many threads as
 Numba has (``intra_op_num_threads``; ``inter_op_num_threads = 1``).
 
 On a shared machine single timings mean little, so the measurements are
-interleaved: each round times every (model, engine, batch) once, and the
-figures are medians over the rounds, with the load average before and
-after.  :func:`inference_figures` returns them as a dict (the benchmark
+interleaved: each round times every (model, engine, batch) once, each
+sample after a tenth of a second of untimed calls (``WARM_UP``: after a
+pause the cores take a while to come back to speed), and the figures are
+medians over the rounds, with the load average before and after.  :func:`inference_figures` returns them as a dict (the benchmark
 command prints them), :func:`step_profile` gives the fast path's time per
 step, which is where to look when a ratio falls short.
 """
@@ -71,26 +72,37 @@ def _runner(model, engine, session):
     return copy
 
 
-def _seconds_per_call(fn, x, calls):
-    """Seconds per call of ``fn(x)`` over ``calls`` calls, after one untimed call.
+WARM_UP = 0.1     # seconds of untimed calls before each timed sample
 
-    The untimed call lets the engine's threads and the cores wake up after
-    the pause between samples (``inference_figures``), for every engine alike.
+
+def _seconds_per_call(fn, x, calls, warm_up=WARM_UP):
+    """Seconds per call of ``fn(x)`` over ``calls`` calls, after ``warm_up`` seconds of untimed calls.
+
+    The untimed calls (at least one) let the engine's threads and the cores
+    come back to speed after the pause between samples
+    (``inference_figures``), for every engine alike.  On the test machine
+    one call was not enough: after a pause the calls of the next 30 to
+    100 ms ran up to 1.5 times slower, for ONNX Runtime as for tinyprune,
+    and a sample of a short call (1 ms) fell entirely within that time.
     """
+    start = time.perf_counter()
     fn(x)
+    while time.perf_counter() - start < warm_up:
+        fn(x)
     start = time.perf_counter()
     for _ in range(calls):
         fn(x)
     return (time.perf_counter() - start) / calls
 
 
-def inference_figures(rounds=7, seconds_per_round=0.2, threads=None):
+def inference_figures(rounds=7, seconds_per_round=0.2, threads=None, warm_up=WARM_UP):
     """Median seconds per call for every (model, engine, batch), interleaved over ``rounds``.
 
     Returns ``{"seconds": {model: {engine: {batch: s}}}, "ratios": ...,
     "resized": {...}, "threads": n, "loadavg_before"/"loadavg_after": ...}``;
     engines missing (no onnxruntime) are left out.  ``threads`` defaults
-    to Numba's thread count.
+    to Numba's thread count.  ``warm_up``: seconds of untimed calls before
+    each sample (``_seconds_per_call``).
     """
     import numba
     import tinyprune as tp
@@ -111,7 +123,7 @@ def inference_figures(rounds=7, seconds_per_round=0.2, threads=None):
         for (name, engine), fn in runners.items():        # warm up; size each round's work
             for batch, x in inputs.items():
                 fn(x)
-                once = _seconds_per_call(fn, x, 3)
+                once = _seconds_per_call(fn, x, 3, warm_up)
                 calls[name, engine, batch] = max(1, int(seconds_per_round / max(once, 1e-6) / 4))
         samples = {key: [] for key in calls}
         keys = list(calls)
@@ -121,7 +133,8 @@ def inference_figures(rounds=7, seconds_per_round=0.2, threads=None):
             # may take that place more than once (its median then ignores it).
             for name, engine, batch in keys[r % len(keys):] + keys[:r % len(keys)]:
                 samples[name, engine, batch].append(
-                    _seconds_per_call(runners[name, engine], inputs[batch], calls[name, engine, batch]))
+                    _seconds_per_call(runners[name, engine], inputs[batch], calls[name, engine, batch],
+                                      warm_up))
                 time.sleep(0.05)      # let spinning threads (ONNX Runtime's) go to sleep first
     seconds = {}
     for (name, engine, batch), values in samples.items():
