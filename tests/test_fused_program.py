@@ -1,0 +1,147 @@
+"""The program that runs a plan (``fused_program``): tiles, their start, scratch, shares.
+
+How a batch is cut into tiles and shared among threads, how a tile starts
+(from the caller's batch itself, or gathered), how a part tile is placed
+into the whole one, and the scratch buffers kept from call to call; each
+compiled function also run as the plain Python function it was compiled
+from.  The outputs of whole models are in test_fused.py.
+"""
+
+import numba
+import numpy as np
+import pytest
+
+from tinyprune import Chain, Conv2d, DepthwiseConv2d, MobileNet, fused
+from tinyprune import fused_program as program
+
+pytestmark = [pytest.mark.inference]
+
+
+def both_program(name):
+    """A compiled function of the program and its plain reading."""
+    return [getattr(program, name), getattr(program, "_" + name)]
+
+
+def random(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def plain(model, x):
+    """``model``'s eval-mode output through its plain layers."""
+    model = model.copy().eval()
+    model.fast_eval = False
+    return model(x)
+
+
+def planes(x):
+    """(N, C, H, W) -> the planes layout (C, N, H, W)."""
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+
+
+def pixels(x):
+    """(N, C, H, W) -> the pixels layout (N, H, W, C)."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("split, part", [(0, 2), (5, 1)])      # one level; parts of one image up to step 5
+@pytest.mark.parametrize("run_tile", both_program("run_tile"))
+def test_the_program_runs_a_tile_compiled_and_plain(run_tile, split, part):
+    model = MobileNet("relu", 0.125, fcsize=8, nclasses=3, seed=16, dtype=np.float64).eval()
+    plan = fused.build_plan(model)
+    x = random((3, 3, 16, 16), 17)
+    shapes = program.step_shapes(plan.steps, plan.steps[0, program.C_IN], 16, 16)
+    size = program.scratch_size(shapes, 0, len(plan.steps), 2)
+    scratch = [np.full(size, np.nan) for _ in range(4)]
+    out = np.zeros((3, 3, 1, 1))
+    run_tile(x, 1, 2, part, split, plan.steps, plan.params, shapes, *scratch, out)
+    np.testing.assert_allclose(out[1:].reshape(2, 3), plain(model, x)[1:], rtol=1e-10)
+    assert np.all(out[0] == 0)                      # the tile was images 1 and 2
+
+
+@pytest.mark.parametrize("start_tile", both_program("start_tile"))
+def test_a_tile_starts_from_the_batch_itself_when_its_first_step_is_a_full_conv(start_tile):
+    conv = Chain(Conv2d(3, 4, 3, stride=2, pad=1, bias=True, dtype=np.float64, rng=np.random.default_rng(5)))
+    depthwise = Chain(DepthwiseConv2d(3, 3, stride=1, pad=1, bias=True, dtype=np.float64,
+                                      rng=np.random.default_rng(6)))
+    x = random((3, 3, 6, 6), 18)
+    for model, first in [(conv, 1), (depthwise, 0)]:
+        plan = fused.build_plan(model.eval())
+        shapes = program.step_shapes(plan.steps, 3, 6, 6)
+        a, b = np.full(500, np.nan), np.full(500, np.nan)
+        tile, other, step = start_tile(x, 1, 2, plan.steps, plan.params, shapes, a, b)
+        assert step == first
+        if first == 1:                              # step 0 ran straight from images 1 and 2 of x
+            assert tile is b and other is a and np.all(np.isnan(a))
+            expected = plain(model, x[1:])          # (2, 4, 3, 3)
+            np.testing.assert_allclose(tile[:4 * 2 * 9].reshape(4, 2, 3, 3), planes(expected), rtol=1e-12)
+        else:                                       # the images were copied in, as planes
+            assert tile is a and np.all(np.isnan(b))
+            np.testing.assert_array_equal(tile[:3 * 2 * 36].reshape(3, 2, 6, 6), planes(x[1:]))
+
+
+def test_scratch_buffers_are_kept_from_call_to_call_and_grow_when_too_small():
+    spare = []
+    first = program.take_scratch(spare, 10, 20, np.float32)
+    assert [a.size for a in first] == [10, 10, 20, 20] and all(a.dtype == np.float32 for a in first)
+    spare.append(first)
+    again = program.take_scratch(spare, 5, 20, np.float32)      # large enough: the same arrays
+    assert all(a is b for a, b in zip(again, first)) and spare == []
+    spare.append(again)
+    larger = program.take_scratch(spare, 10, 30, np.float32)    # too small: dropped, new ones
+    assert [a.size for a in larger] == [10, 10, 30, 30] and spare == []
+    spare.append(larger)
+    assert program.take_scratch(spare, 1, 1, np.float64)[0].dtype == np.float64
+    assert program.take_scratch(None, 1, 2, np.float32)[3].size == 2
+
+
+def test_a_model_reuses_its_scratch_buffers_and_gives_the_same_output():
+    model = MobileNet("relu", 0.125, fcsize=8, nclasses=3, seed=16).eval()
+    x = random((5, 3, 16, 16), 19).astype(np.float32)
+    first = model(x).copy()
+    spare = model._fused.spare                     # a set of buffers per thread that ran
+    kept = sorted(id(a) for buffers in spare for a in buffers)
+    assert 1 <= len(spare) <= numba.get_num_threads()
+    np.testing.assert_array_equal(model(x), first)
+    assert sorted(id(a) for buffers in spare for a in buffers) == kept
+
+
+@pytest.mark.parametrize("place", both_program("place"))
+@pytest.mark.parametrize("layout", [program.PLANES, program.PIXELS])
+def test_a_part_is_placed_into_the_whole_tile_as_planes(place, layout):
+    x = random((2, 3, 2, 2), 60)                    # 2 images of 3 channels, 2x2
+    part = (planes(x) if layout == program.PLANES else pixels(x)).ravel()
+    whole = np.full(3 * 5 * 4, np.nan)              # a tile of 5 images
+    place(part, layout, 3, 2, 2, 2, 1, 5, whole)    # as images 1 and 2
+    np.testing.assert_array_equal(whole.reshape(3, 5, 2, 2)[:, 1:3], planes(x))
+    assert np.all(np.isnan(whole.reshape(3, 5, 4)[:, [0, 3, 4]]))
+
+
+def test_tiling_gives_the_last_layers_larger_tiles():
+    # (channels, H, W) before each of 3 steps and after the last: an image's input + output
+    # numbers are 5000 + 1000, 1000 + 200 and 200 + 100 for the three steps.
+    shapes = np.array([(50, 10, 10), (10, 10, 10), (2, 10, 10), (1, 10, 10)])
+    assert fused.tiling(shapes, 4, tile_bytes=48_000) == (1, 2, 10)    # 24000 B, then 4800 B
+    assert fused.tiling(shapes, 4, tile_bytes=12_000) == (1, 1, 2)
+    assert fused.tiling(shapes, 4, tile_bytes=1) == (0, 1, 1)           # never less than one image
+    flat = np.array([(1, 10, 10)] * 4)
+    assert fused.tiling(flat, 8, tile_bytes=16_000) == (0, 10, 10)      # no step is smaller: one level
+
+
+@pytest.mark.parametrize("N, whole, workers, count", [(64, 11, 2, 6), (64, 64, 2, 2), (7, 11, 2, 2),
+                                                       (1, 11, 2, 1), (10, 3, 1, 4), (9, 2, 4, 8)])
+def test_tiles_are_at_most_whole_and_shared_evenly(N, whole, workers, count):
+    starts = program.tile_starts(N, whole, workers)
+    sizes = np.diff(starts)
+    assert starts[0] == 0 and starts[-1] == N and len(sizes) == count
+    assert sizes.max() <= whole and sizes.max() - sizes.min() <= 1
+    shares = [sizes[first::workers].sum() for first in range(workers)]
+    assert max(shares) - min(shares) <= 1                 # 64 in tiles of 11: 32 and 32, not 33 and 31
+
+
+@pytest.mark.parametrize("n, parts, block", [(10, 2, 1), (128, 2, 8), (36, 3, 8), (5, 4, 8), (0, 2, 1)])
+def test_shares_cover_everything_once_in_whole_blocks(n, parts, block):
+    ranges = [program.share(n, p, parts, block) for p in range(parts)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(ranges[p][1] == ranges[p + 1][0] for p in range(parts - 1))
+    assert all(lo % block == 0 for lo, _ in ranges)
+    assert ranges == [program._share(n, p, parts, block) for p in range(parts)]
