@@ -145,3 +145,21 @@ def test_shares_cover_everything_once_in_whole_blocks(n, parts, block):
     assert all(ranges[p][1] == ranges[p + 1][0] for p in range(parts - 1))
     assert all(lo % block == 0 for lo, _ in ranges)
     assert ranges == [program._share(n, p, parts, block) for p in range(parts)]
+
+
+@pytest.mark.parametrize("run_step", both_program("run_step"))
+def test_a_product_on_pixels_computes_the_real_rows_only(run_step):
+    # One image of 1x1 is 1 real row of the 8 its pixel block holds: the other 7 are left alone.
+    C, O = 8, 4
+    W, bias = random((O, C), 20), random(O, 21)
+    step = np.zeros(program.FIELDS, np.int64)
+    step[[program.KIND, program.C_IN, program.C_OUT, program.REAL, program.KH, program.KW]] = \
+        (program.POINTWISE, C, O, O, 1, 1)
+    step[program.WT_AT], step[program.B_AT] = 0, C * O
+    params = np.concatenate([W.T.ravel(), bias])
+    x = np.full(8 * C, np.nan)
+    x[:C] = random(C, 22)
+    y = np.full(8 * O, -7.0)
+    run_step(step, params, program.PIXELS, x, 1, 1, 1, y, 1, 1, 0, 1)
+    np.testing.assert_allclose(y[:O], W @ x[:C] + bias, rtol=1e-12)
+    assert np.all(y[O:] == -7.0)                   # padding rows: not computed (their NaN inputs unread)

@@ -158,8 +158,9 @@ def _run_step(step, params, layout, x, T, H, W, y, HO, WO, part, parts):
         w = params[step[W_AT]:step[W_AT] + O * C].reshape(O, C)
         fk.matmul_act(w[lo:hi], x[:C * T * H * W].reshape(C, T * H * W), b[lo:hi], True, act,
                       y[:O * T * H * W].reshape(O, T * H * W)[lo:hi])
-    elif kind == POINTWISE:
+    elif kind == POINTWISE:                # on pixels: the rows after the T*H*W real ones are left as they are
         lo, hi = share(P, part, parts, 8)
+        hi = max(lo, min(hi, T * H * W))   # (one image at 1x1 is 1 real row of 8: the other 7 cost 7/8)
         w = params[step[WT_AT]:step[WT_AT] + C * O].reshape(C, O)
         fk.matmul_act(x[:P * C].reshape(P, C)[lo:hi], w, b, False, act, y[:P * O].reshape(P, O)[lo:hi])
     elif kind == POOL and part == 0 and layout == PLANES:
