@@ -163,3 +163,16 @@ def test_a_product_on_pixels_computes_the_real_rows_only(run_step):
     run_step(step, params, program.PIXELS, x, 1, 1, 1, y, 1, 1, 0, 1)
     np.testing.assert_allclose(y[:O], W @ x[:C] + bias, rtol=1e-12)
     assert np.all(y[O:] == -7.0)                   # padding rows: not computed (their NaN inputs unread)
+
+
+def test_a_full_conv_alone_before_the_split_runs_on_the_whole_tile():
+    # tiling() would run step 0 on parts (its images are 4 times larger than step 1's), but a
+    # full conv goes image by image anyway: one level, and the output is the same.
+    model = Chain(Conv2d(3, 4, 3, stride=2, pad=1, bias=True, dtype=np.float64, rng=np.random.default_rng(7)),
+                  Conv2d(4, 4, 1, bias=True, dtype=np.float64, rng=np.random.default_rng(8))).eval()
+    plan = fused.build_plan(model)
+    shapes = program.step_shapes(plan.steps, 3, 32, 32)
+    assert fused.tiling(shapes, 8)[0] == 1
+    assert plan.sizes(32, 32)[1][0] == 0
+    x = random((5, 3, 32, 32), 23)
+    np.testing.assert_allclose(model(x), plain(model, x), rtol=1e-10)

@@ -325,7 +325,12 @@ class FusedPlan:
         """``step_shapes`` and the tiling (``tiling``) for H x W inputs (remembered)."""
         if (H, W) not in self.shapes:
             shapes = step_shapes(self.steps, self.steps[0, C_IN], H, W)
-            self.shapes[H, W] = (shapes, tiling(shapes, self.params.itemsize))
+            tiles = tiling(shapes, self.params.itemsize)
+            if tiles[0] == 1 and self.steps[0, KIND] == CONV:
+                # Only a full conv would run on parts: it works image by image anyway, so
+                # parts buy nothing, and placing them into the whole tile was one more copy.
+                tiles = (0, tiles[2], tiles[2])
+            self.shapes[H, W] = (shapes, tiles)
         return self.shapes[H, W]
 
     def __call__(self, x):
