@@ -176,3 +176,22 @@ def test_a_full_conv_alone_before_the_split_runs_on_the_whole_tile():
     assert plan.sizes(32, 32)[1][0] == 0
     x = random((5, 3, 32, 32), 23)
     np.testing.assert_allclose(model(x), plain(model, x), rtol=1e-10)
+
+
+@pytest.mark.parametrize("run_step", both_program("run_step"))
+def test_a_product_on_planes_zeroes_the_padding_channels_without_computing_them(run_step):
+    C, O, real, P = 4, 12, 9, 5                    # 9 real outputs, padded to 12
+    W, bias = np.zeros((O, C)), np.zeros(O)
+    W[:real], bias[:real] = random((real, C), 24), random(real, 25)
+    W[real:] = np.nan                              # would poison the padding rows if they were computed
+    step = np.zeros(program.FIELDS, np.int64)
+    step[[program.KIND, program.C_IN, program.C_OUT, program.REAL, program.KH, program.KW]] = \
+        (program.POINTWISE, C, O, real, 1, 1)
+    step[program.W_AT], step[program.B_AT] = 0, O * C
+    params = np.concatenate([W.ravel(), bias])
+    x = random(C * P, 26)
+    y = np.full(O * P, -7.0)
+    run_step(step, params, program.PLANES, x, 1, 1, P, y, 1, P, 0, 1)
+    y = y.reshape(O, P)
+    np.testing.assert_allclose(y[:real], W[:real] @ x.reshape(C, P) + bias[:real, None], rtol=1e-12)
+    assert np.all(y[real:] == 0)

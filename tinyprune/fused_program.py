@@ -155,9 +155,11 @@ def _run_step(step, params, layout, x, T, H, W, y, HO, WO, part, parts):
             out[T * HO * WO:] = 0.0
     elif kind == POINTWISE and layout == PLANES:
         lo, hi = share(O, part, parts, 8)
+        top = max(lo, min(hi, real))       # rows real..O: padding channels, zeros (act(0) = 0)
         w = params[step[W_AT]:step[W_AT] + O * C].reshape(O, C)
-        fk.matmul_act(w[lo:hi], x[:C * T * H * W].reshape(C, T * H * W), b[lo:hi], True, act,
-                      y[:O * T * H * W].reshape(O, T * H * W)[lo:hi])
+        out = y[:O * T * H * W].reshape(O, T * H * W)
+        fk.matmul_act(w[lo:top], x[:C * T * H * W].reshape(C, T * H * W), b[lo:top], True, act, out[lo:top])
+        out[top:hi] = 0.0
     elif kind == POINTWISE:                # on pixels: the rows after the T*H*W real ones are left as they are
         lo, hi = share(P, part, parts, 8)
         hi = max(lo, min(hi, T * H * W))   # (one image at 1x1 is 1 real row of 8: the other 7 cost 7/8)
