@@ -195,3 +195,21 @@ def test_a_product_on_planes_zeroes_the_padding_channels_without_computing_them(
     y = y.reshape(O, P)
     np.testing.assert_allclose(y[:real], W[:real] @ x.reshape(C, P) + bias[:real, None], rtol=1e-12)
     assert np.all(y[real:] == 0)
+
+
+@pytest.mark.parametrize("layout", both_program("layout"))
+def test_each_step_runs_in_the_layout_whose_rows_are_longer(layout):
+    def step(kind, c_in, c_out, kernel=1, stride=1, pad=0):
+        row = np.zeros(program.FIELDS, np.int64)
+        row[[program.KIND, program.C_IN, program.C_OUT, program.KH, program.KW, program.STRIDE, program.PAD]] = \
+            (kind, c_in, c_out, kernel, kernel, stride, pad)
+        return row
+    P, Q = program.PIXELS, program.PLANES
+    one_by_one = step(program.POINTWISE, 128, 256)
+    assert layout(one_by_one, 128, 17, 3, 3, Q) == P          # 153 pixels < 256 outputs
+    assert layout(step(program.POINTWISE, 256, 64), 256, 17, 1, 1, P) == P
+    assert layout(step(program.POINTWISE, 64, 4), 64, 17, 1, 1, P) == P         # 17 < 64 inputs
+    assert layout(step(program.POINTWISE, 128, 128), 128, 17, 6, 6, P) == Q      # 612 pixels
+    dw = step(program.DEPTHWISE, 64, 64, 3, 1, 1)
+    assert layout(dw, 64, 17, 12, 12, P) == P and layout(dw, 64, 17, 12, 12, Q) == Q   # stays
+    assert layout(step(program.DEPTHWISE, 64, 64, 3, 2, 1), 64, 17, 12, 12, P) == Q    # column split
