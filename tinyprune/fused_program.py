@@ -121,7 +121,7 @@ def _conv_step(step, params, x, images_first, y, part, parts):
         y[real:] = 0.0
 
 
-conv_step = numba.njit(cache=True, nogil=True)(_conv_step)
+conv_step = numba.njit(cache=True, nogil=True, inline="always")(_conv_step)
 
 
 def _run_step(step, params, layout, x, T, H, W, y, HO, WO, part, parts):
@@ -259,7 +259,7 @@ def _start_tile(x, n0, T, steps, params, shapes, a, b):
     return a, b, 0
 
 
-start_tile = numba.njit(cache=True, nogil=True)(_start_tile)
+start_tile = numba.njit(cache=True, nogil=True, inline="always")(_start_tile)
 
 
 def _run_tile(x, n0, T, part, split, steps, params, shapes, a, b, c, d, out):
