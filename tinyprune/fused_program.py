@@ -278,7 +278,6 @@ def _run_tile(x, n0, T, part, split, steps, params, shapes, a, b, c, d, out):
     S = steps.shape[0]
     if split == 0:
         c, d, first = start_tile(x, n0, T, steps, params, shapes, c, d)
-        c, d, current = run_steps(first, S, steps, params, shapes, T, c, d, PLANES)
     else:
         C, H, W = shapes[split, 0], shapes[split, 1], shapes[split, 2]
         parts = (T + part - 1) // part
@@ -288,7 +287,9 @@ def _run_tile(x, n0, T, part, split, steps, params, shapes, a, b, c, d, out):
             a, b, first = start_tile(x, n0 + t0, t, steps, params, shapes, a, b)
             a, b, current = run_steps(first, split, steps, params, shapes, t, a, b, PLANES)
             place(a, current, C, t, H, W, t0, T, c)
-        c, d, current = run_steps(split, S, steps, params, shapes, T, c, d, PLANES)
+        first = split
+    # (Each call of the inlined run_steps is one more copy of it to compile: two, not three.)
+    c, d, current = run_steps(first, S, steps, params, shapes, T, c, d, PLANES)
     C, H, W = shapes[S, 0], shapes[S, 1], shapes[S, 2]
     if current == PLANES:
         fk.scatter_planes(c[:C * T * H * W].reshape(C, T, H, W), n0, out)
