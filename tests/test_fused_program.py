@@ -213,3 +213,5 @@ def test_each_step_runs_in_the_layout_whose_rows_are_longer(layout):
     dw = step(program.DEPTHWISE, 64, 64, 3, 1, 1)
     assert layout(dw, 64, 17, 12, 12, P) == P and layout(dw, 64, 17, 12, 12, Q) == Q   # stays
     assert layout(step(program.DEPTHWISE, 64, 64, 3, 2, 1), 64, 17, 12, 12, P) == Q    # column split
+    assert layout(step(program.DEPTHWISE, 36, 36, 3, 2, 1), 36, 21, 6, 6, P) == Q      # thin: planes
+    assert layout(step(program.DEPTHWISE, 128, 128, 3, 2, 1), 128, 17, 6, 6, Q) == P   # wide: pixels

@@ -77,8 +77,10 @@ def _layout(step, C, T, H, W, current):
     numbers on pixels, T*H*W on planes; MobileNet's 128 -> 256 step on
     17 images of 3x3 took 63 us on pixels, 91 on planes); a 3x3 depthwise one at stride 1 and padding 1 where the tile
     already is (both kernels are fast: a conversion would cost more);
-    one at stride 2 and padding 1 on even images at least 12 wide on planes
-    (``depthwise_stride2``, faster than pixels and the two conversions);
+    one at stride 2 and padding 1 on even images at least 12 wide, or of
+    fewer than 64 channels, on planes (``depthwise_stride2``, faster than
+    pixels and the two conversions; on 6x6 images with 64 channels and
+    more, pixels won);
     another depthwise one on pixels when an image has at most 4 pixels per
     channel; a full convolution on planes; pooling where the tile already is.
     """
@@ -88,7 +90,7 @@ def _layout(step, C, T, H, W, current):
     three = kind == DEPTHWISE and step[KH] == 3 and step[KW] == 3 and step[PAD] == 1
     if three and step[STRIDE] == 1:
         return current
-    if three and step[STRIDE] == 2 and H % 2 == 0 and W % 2 == 0 and W >= 12:
+    if three and step[STRIDE] == 2 and H % 2 == 0 and W % 2 == 0 and (W >= 12 or C < 64):
         return PLANES
     if kind == DEPTHWISE:
         return PIXELS if H * W <= 4 * C else PLANES
