@@ -159,21 +159,19 @@ def _depthwise_3x3(x, w, out):
     The eval-mode fast path's kernel (``fused_depthwise.depthwise_shifts``,
     whose comment explains it) reads each tap as a shift along the planes
     laid one after another, with no padded copy.  It takes planes (C', T,
-    H, W) with one filter per C'; here every plane (n, c) is one "channel"
-    of one image, with its filter w[c].  Blocks of about 16K numbers of
-    planes go to the threads.
+    H, W) with one filter per C'; here the channels lo ... hi - 1 of one
+    image are C' = hi - lo planes of T = 1 image, with the filters
+    w[lo:hi] as they are.  Blocks of about 16K numbers go to the threads.
     """
     N, C, H, W = x.shape
-    planes, outs = x.reshape(N * C, 1, H, W), out.reshape(N * C, 1, H, W)
-    filters, zeros = np.empty((N * C, 3, 3), x.dtype), np.zeros(N * C, x.dtype)
-    for k in range(N * C):
-        for a in range(3):
-            for b in range(3):
-                filters[k, a, b] = w[k % C, a, b]
-    per = max(1, 16384 // (H * W))
-    for block in prange((N * C + per - 1) // per):
-        lo, hi = block * per, min(N * C, block * per + per)
-        depthwise_shifts(planes[lo:hi], filters[lo:hi], zeros[lo:hi], IDENTITY, outs[lo:hi])
+    per = max(1, min(C, 16384 // (H * W)))       # channels of one image in a block
+    blocks = (C + per - 1) // per
+    zeros = np.zeros(C, x.dtype)
+    for job in prange(N * blocks):
+        n, lo = job // blocks, job % blocks * per
+        hi = min(C, lo + per)
+        depthwise_shifts(x[n, lo:hi].reshape(hi - lo, 1, H, W), w[lo:hi], zeros[lo:hi], IDENTITY,
+                         out[n, lo:hi].reshape(hi - lo, 1, H, W))
 
 
 def _depthwise_backward(x, w, dy, stride, pad, dx, dw):
