@@ -278,6 +278,7 @@ def helper_cases():
     starts = fd.tap_starts(3, 3, 2, 3 * R, WP)
     return [(products, "eight_rows", (random((12, 8), 48), random((8, 30), 49), 4, 3, 29, random((12, 30), 50))),
             (products, "four_rows", (random((12, 8), 48), random((8, 30), 49), 8, 3, 29, random((12, 30), 50))),
+            (products, "block_of_rows", (random((12, 7), 48), random((7, 30), 49), 2, 6, 3, 29, random((12, 30), 50))),
             (fk, "copy_row", (random(7, 44), np.zeros(7))),
             (products, "one_row", (random((12, 8), 48), random((8, 30), 49), 9, 0, 0, 30, random((12, 30), 50))),
             (products, "one_row", (random((12, 7), 48), random((7, 30), 49), 9, 1, 2, 29, random((12, 30), 50))),

@@ -42,7 +42,7 @@ ones, and a loop over whole rows beats one over a block of columns.
 import numba
 import numpy as np
 
-from .products import eight_rows, four_rows, one_row
+from .products import block_of_rows
 
 __all__ = ["IDENTITY", "RELU", "HARDTANH", "SLOPEHTANH"]
 
@@ -193,9 +193,9 @@ to_planes = numba.njit(**_serial)(_to_planes)
 # kernel the convolutions' training products use too
 # (``products.eight_rows``, whose comment explains it): every value loaded
 # from ``b`` serves 8 outputs and every output row is loaded and stored once
-# per 4 inputs.  Rows left over after the blocks of 8 go 4 at a time
-# (``products.four_rows``), then one at a time (``products.one_row``),
-# with the same sums in the same order.
+# per 4 inputs.  Rows left over after the blocks of 8 go 4 at a time, then
+# one at a time, with the same sums in the same order
+# (``products.block_of_rows``, which the training products use too).
 # ---------------------------------------------------------------------------
 
 def _start_with_bias(row, bias, r, n0):
@@ -234,14 +234,7 @@ def _matmul_act(a, b, bias, bias_per_row, act, y):
         r1 = min(r0 + 8, R)
         for r in range(r0, r1):
             start_with_bias(y[r], bias, r if bias_per_row else -1, 0)
-        if r1 - r0 == 8:
-            eight_rows(a, b, r0, 0, N, y)
-        else:
-            four = 4 if r1 - r0 >= 4 else 0
-            if four:
-                four_rows(a, b, r0, 0, N, y)
-            for r in range(r0 + four, r1):
-                one_row(a, b, r, 0, 0, N, y)
+        block_of_rows(a, b, r0, r1 - r0, 0, N, y)
         for r in range(r0, r1):
             activate(y[r], act)
 

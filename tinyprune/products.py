@@ -130,6 +130,31 @@ four_rows = numba.njit(**_serial)(_four_rows)
 one_row = numba.njit(**_serial)(_one_row)
 
 
+def _block_of_rows(a, b, r0, rows, p0, p1, y):
+    """y[r0:r0+rows, p0:p1] += a[r0:r0+rows] @ b[:, p0:p1] for a block of at most 8 rows.
+
+    8 rows at once, or 4 and then one at a time, the inputs in blocks of
+    4, then those left over one at a time: the order in which every
+    product of this module and of the fast path sums a row.
+    """
+    K4 = a.shape[1] // 4 * 4
+    block = 8 if rows == 8 else (4 if rows >= 4 else 0)
+    if block == 8:
+        eight_rows(a, b, r0, p0, p1, y)
+    elif block == 4:
+        four_rows(a, b, r0, p0, p1, y)
+    for r in range(r0, r0 + block):              # the inputs after the last block of 4
+        one_row(a, b, r, K4, p0, p1, y)
+    for r in range(r0 + block, r0 + rows):       # rows left over: one at a time
+        one_row(a, b, r, 0, p0, p1, y)
+
+
+# Inlined into its two callers (this module's product and the fast path's):
+# compiled on its own it would be one more level that re-optimises the three
+# row kernels.
+block_of_rows = numba.njit(**_serial, inline="always")(_block_of_rows)
+
+
 def _matmul_images(a, b, out):
     """out[n] = a @ b[n] for every image n.
 
@@ -139,7 +164,6 @@ def _matmul_images(a, b, out):
     """
     N, K, P = b.shape
     R = a.shape[0]
-    K4 = K - K % 4                               # inputs in whole blocks of 4
     groups = (R + 7) // 8                        # blocks of 8 rows; the last may have fewer
     # A job is 8 output rows of one image, whole rows: enough jobs for every
     # thread even when N is 1 (a batch folded into one long image).  Rows are
@@ -155,15 +179,7 @@ def _matmul_images(a, b, out):
         rows = min(8, R - r0)
         for r in range(r0, r0 + rows):
             y[r] = 0.0
-        block = 8 if rows == 8 else (4 if rows >= 4 else 0)     # rows done as a block
-        if block == 8:
-            eight_rows(a, b_n, r0, 0, P, y)
-        elif block == 4:
-            four_rows(a, b_n, r0, 0, P, y)
-        for r in range(r0, r0 + block):          # the inputs after the last block of 4
-            one_row(a, b_n, r, K4, 0, P, y)
-        for r in range(r0 + block, r0 + rows):   # rows left over: one at a time
-            one_row(a, b_n, r, 0, 0, P, y)
+        block_of_rows(a, b_n, r0, rows, 0, P, y)
 
 
 matmul_images = numba.njit(**_parallel)(_matmul_images)
