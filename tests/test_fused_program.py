@@ -173,6 +173,8 @@ def test_a_full_conv_alone_before_the_split_runs_on_the_whole_tile():
     plan = fused.build_plan(model)
     shapes = program.step_shapes(plan.steps, 3, 32, 32)
     assert fused.tiling(shapes, 8)[0] == 1
+    whole = fused.tiling(shapes, 8)[2]
+    assert fused.tiling(shapes, 8, by_image=True) == (0, whole, whole)
     assert plan.sizes(32, 32)[1][0] == 0
     x = random((5, 3, 32, 32), 23)
     np.testing.assert_allclose(model(x), plain(model, x), rtol=1e-10)

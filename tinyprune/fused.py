@@ -210,7 +210,7 @@ def _next_step(builder, leaves, i):
 # The plan object and the hook
 # ---------------------------------------------------------------------------
 
-def tiling(shapes, itemsize, tile_bytes=None):
+def tiling(shapes, itemsize, tile_bytes=None, by_image=False):
     """How to cut a batch into tiles: (split, part, whole) -- see ``fused_program.run_tile``.
 
     A step's input and output for one tile should fit in ``tile_bytes``
@@ -218,7 +218,10 @@ def tiling(shapes, itemsize, tile_bytes=None):
     hold ten times more numbers per image than its last ones, so one tile
     size for all would leave the last layers' loops short: they get tiles
     of their own, larger ones, when that allows at least twice the images.
-    Returns (0, t, t) when one level is enough.
+    Returns (0, t, t) when one level is enough.  ``by_image``: the first
+    step works image by image (a full convolution), so parts of the tile
+    for it alone buy nothing, and placing them into the whole tile would
+    be one more copy: one level then.
     """
     tile_bytes = TILE_BYTES if tile_bytes is None else tile_bytes
     per_image = shapes[:, 0] * shapes[:, 1] * shapes[:, 2]
@@ -227,7 +230,7 @@ def tiling(shapes, itemsize, tile_bytes=None):
         part = max(1, tile_bytes // int(need[:split].max()))
         whole = max(1, tile_bytes // int(need[split:].max()))
         if whole >= 2 * part:
-            return split, part, whole
+            return (0, whole, whole) if split == 1 and by_image else (split, part, whole)
     one = max(1, tile_bytes // int(need.max()))
     return 0, one, one
 
@@ -325,11 +328,7 @@ class FusedPlan:
         """``step_shapes`` and the tiling (``tiling``) for H x W inputs (remembered)."""
         if (H, W) not in self.shapes:
             shapes = step_shapes(self.steps, self.steps[0, C_IN], H, W)
-            tiles = tiling(shapes, self.params.itemsize)
-            if tiles[0] == 1 and self.steps[0, KIND] == CONV:
-                # Only a full conv would run on parts: it works image by image anyway, so
-                # parts buy nothing, and placing them into the whole tile was one more copy.
-                tiles = (0, tiles[2], tiles[2])
+            tiles = tiling(shapes, self.params.itemsize, by_image=self.steps[0, KIND] == CONV)
             self.shapes[H, W] = (shapes, tiles)
         return self.shapes[H, W]
 

@@ -75,8 +75,9 @@ def _layout(step, C, T, H, W, current):
     tile has fewer pixels than the step has inputs or outputs (its rows,
     along which the inner loops run, are then the longer ones: C and O
     numbers on pixels, T*H*W on planes; MobileNet's 128 -> 256 step on
-    17 images of 3x3 took 63 us on pixels, 91 on planes); a 3x3 depthwise one at stride 1 and padding 1 where the tile
-    already is (both kernels are fast: a conversion would cost more);
+    17 images of 3x3 took 63 us on pixels, 91 on planes); a 3x3
+    depthwise one at stride 1 and padding 1 where the tile already is
+    (both kernels are fast: a conversion would cost more);
     one at stride 2 and padding 1 on even images at least 12 wide, or of
     fewer than 64 channels, on planes (``depthwise_stride2``, faster than
     pixels and the two conversions; on 6x6 images with 64 channels and
