@@ -414,3 +414,31 @@ def assert_caught(exercise, files, mistake):
     assert outcomes.passed, f"no test of {exercise} ran in {', '.join(files)} (marker {marker})"
     pytest.fail(f"{exercise}: {mistake}, and all {len(outcomes.passed)} of the exercise's tests pass",
                 pytrace=False)
+
+
+# ---------------------------------------------------------------------------
+# The eval-mode fast path (test_fused*.py): its two layouts of a tile, and
+# the plain layers' output to hold it against.
+# ---------------------------------------------------------------------------
+
+def twins(module, name):
+    """A compiled function of ``module`` and the plain Python function it was compiled from."""
+    return [getattr(module, name), getattr(module, "_" + name)]
+
+
+def plain(model, x):
+    """``model``'s eval-mode output through its plain layers."""
+    model = model.copy().eval()
+    model.fast_eval = False
+    return model(x)
+
+
+def planes(x):
+    """(N, C, H, W) -> the planes layout (C, N, H, W)."""
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+
+
+def pixels(x):
+    """(N, C, H, W) -> the pixels layout (N, H, W, C)."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+

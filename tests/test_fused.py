@@ -13,12 +13,11 @@ import numba
 import numpy as np
 import pytest
 
-from helpers import assert_twins_agree, give_statistics, relative_error
+from helpers import assert_twins_agree, give_statistics, pixels, plain, planes, relative_error, twins
 from tinyprune import (Activation, BatchNorm2d, ChannelPrune, Chain, Conv2d, Dense, DepthwiseConv2d,
                        Flatten, GlobalMeanPool, HardTanh, Identity, MobileNet, ReLU, SlopeHTanh,
                        keepprune, pretrained, prune, prune_propagate, resize)
 from tinyprune import activations, fused, products
-from tinyprune import fused_program as program
 from tinyprune import fused_depthwise as fd
 from tinyprune import fused_kernels as fk
 from tinyprune.fused import FusedPlan
@@ -34,23 +33,15 @@ CONV_CASES = [((3, 3), 1, 1), ((3, 3), 2, 1), ((3, 3), 2, 0), ((2, 3), 1, 2), ((
 
 def both(name, module=fk):
     """The compiled kernel and the plain function it was compiled from."""
-    return [getattr(module, name), getattr(module, "_" + name)]
+    return twins(module, name)
 
 
-def both_program(name):
-    """A compiled function of the program (fused_program.py) and its plain reading."""
-    return [getattr(program, name), getattr(program, "_" + name)]
 
 
 def random(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-def plain(model, x):
-    """``model``'s eval-mode output through its plain layers."""
-    model = model.copy().eval()
-    model.fast_eval = False
-    return model(x)
 
 
 def fast(model, x):
@@ -61,14 +52,8 @@ def fast(model, x):
     return y
 
 
-def planes(x):
-    """(N, C, H, W) -> the planes layout (C, N, H, W)."""
-    return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
 
 
-def pixels(x):
-    """(N, C, H, W) -> the pixels layout (N, H, W, C)."""
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ layout the module's docstring describes.
 import numpy as np
 import pytest
 
-from helpers import assert_twins_agree
+from helpers import assert_twins_agree, planes
 from tinyprune import Conv2d, activations, fused_conv
 from tinyprune import fused_kernels as fk
 
@@ -30,9 +30,6 @@ def random(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-def planes(x):
-    """(N, C, H, W) -> the planes layout (C, N, H, W)."""
-    return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
 
 
 @pytest.mark.parametrize("outputs", [4, 5, 11, 2])         # 4 and 5: 8 padded; 8, then 3; 2: 3 padded

@@ -11,6 +11,7 @@ import numba
 import numpy as np
 import pytest
 
+from helpers import pixels, plain, planes, twins
 from tinyprune import Chain, Conv2d, DepthwiseConv2d, MobileNet, fused
 from tinyprune import fused_program as program
 
@@ -18,29 +19,19 @@ pytestmark = [pytest.mark.inference]
 
 
 def both_program(name):
-    """A compiled function of the program and its plain reading."""
-    return [getattr(program, name), getattr(program, "_" + name)]
+    return twins(program, name)
+
+
 
 
 def random(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-def plain(model, x):
-    """``model``'s eval-mode output through its plain layers."""
-    model = model.copy().eval()
-    model.fast_eval = False
-    return model(x)
 
 
-def planes(x):
-    """(N, C, H, W) -> the planes layout (C, N, H, W)."""
-    return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
 
 
-def pixels(x):
-    """(N, C, H, W) -> the pixels layout (N, H, W, C)."""
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
 @pytest.mark.parametrize("split, part", [(0, 2), (5, 1)])      # one level; parts of one image up to step 5
