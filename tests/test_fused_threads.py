@@ -16,6 +16,7 @@ import pytest
 from test_fused import plain, random, small_mobilenet
 from tinyprune import MobileNet, fused
 from tinyprune import fused_program as program
+from tinyprune import crew
 from tinyprune import fused_share as sharing
 
 pytestmark = [pytest.mark.inference, pytest.mark.integration]
@@ -213,7 +214,7 @@ def test_helpers_serve_call_after_call_and_move_to_another_plan():
                 out = np.empty((1, 2, 1, 1))
                 sharing.run_shared(x, plan.steps, plan.params, shapes[name], out, 2)
                 np.testing.assert_array_equal(out, expected[name])
-            job = sharing._helpers.job
+            job = crew.helpers.job
             assert job.args[2] is plan.steps and job.calls == 5
             assert job.bell[sharing.CALL] == -5 and job.bell[sharing.BUSY] == 0
 
@@ -251,9 +252,9 @@ def test_a_forked_child_shares_one_image_with_helpers_of_its_own():
     read, write = os.pipe()
     child = os.fork()
     if child == 0:                                     # the child: its own helpers, the same bits
-        ok = sharing._helpers.job is None
+        ok = crew.helpers.job is None
         sharing.run_shared(x, plan.steps, plan.params, shapes, out, 2)
-        ok = ok and np.array_equal(out, expected) and sharing._helpers.threads[0].is_alive()
+        ok = ok and np.array_equal(out, expected) and crew.helpers.threads[0].is_alive()
         os.write(write, b"1" if ok else b"0")
         os._exit(0)
     os.close(write)

@@ -35,7 +35,7 @@ Python they are ordinary reads and writes under a lock.
 
 They are in fact *sequentially consistent*, the strongest order: all
 threads see all of them in one order.  The helper threads that stay awake
-between calls (``fused_share.run_shared``) need it: a helper says "I am
+between calls (:mod:`tinyprune.crew`) need it: a helper says "I am
 here" and then looks whether the call is still open, while the caller
 closes the call and then looks whether a helper is there; with weaker
 orders both could miss the other.  On x86 it costs nothing more.

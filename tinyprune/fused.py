@@ -18,9 +18,10 @@ So a model in eval mode is turned into a *plan*: a table of steps, each one
 "convolution + bias + activation" (or a pooling), with all their weights
 packed into one array, run by one compiled function per tile of images
 (:mod:`tinyprune.fused_program`), with as many threads as Numba has
-(``numba.set_num_threads``) taking turns at the tiles; a single image has
+(``numba.set_num_threads``) claiming the tiles in turn; a single image has
 every step shared out among the threads instead
-(:mod:`tinyprune.fused_share`).  One call from Python
+(:mod:`tinyprune.fused_share`).  Both keep their helper threads awake
+between calls (:mod:`tinyprune.crew`).  One call from Python
 runs the whole network through a tile; at batch 1 that matters more than
 anything else.  The loops themselves are in :mod:`tinyprune.fused_kernels`.
 

@@ -19,15 +19,14 @@ Every compiled function is a plain Python function compiled on the line
 after it, as in the kernels' module.
 """
 
-import concurrent.futures
-import functools
-
 import numba
 import numpy as np
 
 from . import fused_conv
 from . import fused_depthwise as fd
 from . import fused_kernels as fk
+from .barrier import fetch_add
+from .crew import share_out
 
 __all__ = ["run_plan", "run_tile", "run_step", "step_shapes", "scratch_size", "layout",
            "share", "pixel_rows", "CONV", "DEPTHWISE", "POINTWISE", "POOL", "PLANES", "PIXELS", "FIELDS"]
@@ -310,20 +309,14 @@ def scratch_size(shapes, first, last, T):
     return int((rows[:, 0] * _pixel_rows(T * rows[:, 1] * rows[:, 2])).max())
 
 
-@functools.cache
-def _pool(workers):
-    """A pool of ``workers`` threads, made once per process; run_tile releases the GIL."""
-    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tinyprune-fused")
-
-
 def tile_starts(N, whole, workers):
     """Where the tiles of a batch of N images start, and N: tile k holds images starts[k] ... starts[k + 1] - 1.
 
     At most ``whole`` images a tile; as many tiles as a multiple of
     ``workers`` when there are enough images, and sizes that differ by one
-    at most, so that threads taking every ``workers``-th tile get equal
-    shares (64 images in tiles of 11, 11, 11, 11, 11 and 9 would leave one
-    thread 33 images and the other 31; here each gets 32).
+    at most, so that threads claiming them in turn get equal shares (64
+    images in tiles of 11, 11, 11, 11, 11 and 9 would leave one of two
+    threads 33 images and the other 31; here each gets 32).
     """
     count = -(-N // whole)
     count = min(N, -(-count // workers) * workers)     # a multiple of workers, if possible
@@ -358,10 +351,12 @@ def run_plan(x, steps, params, tiles, workers, out, shapes=None, spare=None):
 
     ``tiles``: (split, part, whole) from ``tiling``, or an int for one
     level of tiles of that many images.  The batch is cut into tiles of at
-    most ``whole`` images (``tile_starts``), and the ``workers`` threads,
-    each with its own scratch buffers, take equal shares of them.  ``shapes``:
+    most ``whole`` images (``tile_starts``) that ``workers`` threads, each
+    with its own scratch buffers, claim one at a time: the calling thread
+    and the awake helpers of :mod:`tinyprune.crew`.  ``shapes``:
     ``step_shapes`` for this input size, if known.  ``spare``: a list that
     keeps scratch buffers from call to call (``take_scratch``), or None.
+    Every tile comes out the same whichever thread runs it.
     """
     N, S = x.shape[0], steps.shape[0]
     if shapes is None:
@@ -373,22 +368,20 @@ def run_plan(x, steps, params, tiles, workers, out, shapes=None, spare=None):
         split = 0                                      # a part is the whole tile: one level
     part_size = scratch_size(shapes, 0, split, min(part, T)) if split else 1
     whole_size = scratch_size(shapes, split, S, T)
+    claimed = np.zeros(1, np.int64)                    # how many tiles threads have claimed
 
-    def work(first):
+    def work():
+        k = fetch_add(claimed, 0, 1)
+        if k >= count:
+            return                                     # came late: every tile is taken
         scratch = take_scratch(spare, part_size, whole_size, x.dtype)
-        for k in range(first, count, workers):
-            run_tile(x, starts[k], starts[k + 1] - starts[k], part, split, steps, params, shapes,
-                     *scratch, out)
-        if spare is not None:
-            spare.append(scratch)
+        try:
+            while k < count:
+                run_tile(x, starts[k], starts[k + 1] - starts[k], part, split, steps, params, shapes,
+                         *scratch, out)
+                k = fetch_add(claimed, 0, 1)
+        finally:
+            if spare is not None:
+                spare.append(scratch)
 
-    workers = min(workers, count)
-    # The calling thread takes the first share itself: handing it to a pool
-    # thread as well only added the time to wake that thread up.
-    jobs = [_pool(workers - 1).submit(work, first) for first in range(1, workers)]
-    try:
-        work(0)
-    finally:
-        concurrent.futures.wait(jobs)   # every share done before x and out are let go
-    for job in jobs:
-        job.result()                    # raises what a share raised
+    share_out(work, min(workers, count))

@@ -9,25 +9,25 @@ step is done before any thread starts the next step (``run_part``, with
 the counters of :mod:`tinyprune.barrier`).  A thread the operating system
 has paused holds nobody up: the others take its parts.
 
-The threads other than the caller are *helpers* that stay awake between
-calls (``serve``, below), because waking a sleeping thread costs a tenth of
-an image.  Whether sharing pays at all depends on the machine;
-``fused.OneImage`` times both ways.  Any thread may do any part, and the
-output is the same bits as on one thread.
+The threads other than the caller are the *helpers* of
+:mod:`tinyprune.crew`, which stay awake between calls because waking a
+sleeping thread costs a tenth of an image; here they run ``serve``, a
+compiled loop that joins every call with no Python in between.  Whether
+sharing pays at all depends on the machine; ``fused.OneImage`` times both
+ways.  Any thread may do any part, and the output is the same bits as on
+one thread.
 
 Every compiled function is a plain Python function compiled on the line
 after it, as in the kernels' modules.
 """
 
-import atexit
-import os
-import threading
-
 import numba
 import numpy as np
 
+from . import crew
 from . import fused_kernels as fk
-from .barrier import acquire_load, fetch_add, give_way, store, wait_for_zero, wait_until
+from .barrier import acquire_load, fetch_add, give_way, wait_until
+from .crew import BUSY, BUSY_TURNS, CALL, IDLE_TURNS, LEAVE, SERVING, close_call, open_call
 from .fused_program import (PLANES, convert, layout, pixel_rows, run_plan, run_step,
                             scratch_size)
 
@@ -113,36 +113,11 @@ def phase_counters(steps):
 
 
 # ---------------------------------------------------------------------------
-# Helpers that stay awake between calls.
-#
-# Handing a call to a sleeping pool thread costs about 27 microseconds on the
-# 2-core machine (the operating system wakes it, then it runs Python code
-# to take the job) -- a tenth of a whole MobileNet image, so a helper woken
-# for every call joined late and sharing gained little.  Instead each helper
-# thread runs ``serve``, a compiled loop that watches a *bell* (four int64
-# counters) and joins every call it sees, with no Python in between.  When
-# no call comes for a while (IDLE_TURNS turns, a few milliseconds) it goes
-# back to sleep on an Event, and the next call wakes it the slow way.
-#
-# The bell: CALL holds the number of the call in progress, positive while
-# the call is open and negated once it is closed; BUSY counts the helpers
-# inside a call; SERVING the helpers in ``serve``; LEAVE tells them to go.
-# A helper joins call k by adding 1 to BUSY and then checking that k is
-# still open; the caller closes k and then waits for BUSY to drop to 0.
-# With sequentially consistent counters (``barrier``) one of the two sees
-# the other, so no helper is ever inside a call whose buffers the caller has
-# started to reuse.  A helper that joins a call late finds every part taken
-# and does nothing.  The buffers a call works on belong to a *job* (one per
+# The helpers' loop.  The bell and its protocol are crew's (read its
+# docstring first).  The buffers a call works on belong to a *job* (one per
 # plan, image size and dtype); the caller copies the image in itself, so
 # helpers never read the caller's arrays.
 # ---------------------------------------------------------------------------
-
-CALL, BUSY, SERVING, LEAVE = range(4)
-# Turns a helper waits for the next call before it sleeps: the first ones
-# only read the bell, the later ones also yield the core (about a
-# microsecond each), a few milliseconds in all.
-IDLE_TURNS, BUSY_TURNS = 5000, 1000
-
 
 def _serve(bell, x, steps, params, shapes, a, b, out, parts, counters, idle_turns, call):
     """A helper's loop (``call`` 0): run its share (``run_part``) of every call rung on ``bell``.
@@ -191,28 +166,7 @@ def _serve(bell, x, steps, params, shapes, a, b, out, parts, counters, idle_turn
     return True
 
 
-def _open_call(bell, call):
-    """Ring call number ``call`` (open it); returns how many helpers are serving."""
-    store(bell, CALL, call)
-    return acquire_load(bell, SERVING)
-
-
-def _leave(bell):
-    """Send the helpers away from the job of ``bell`` and wait until they have left."""
-    store(bell, LEAVE, 1)
-    wait_for_zero(bell, SERVING)
-
-
-def _close_call(bell, call):
-    """Close call number ``call`` and wait until no helper is inside it."""
-    store(bell, CALL, -call)
-    wait_for_zero(bell, BUSY)
-
-
 serve = numba.njit(cache=True, nogil=True)(_serve)
-open_call = numba.njit(cache=True, nogil=True)(_open_call)
-close_call = numba.njit(cache=True, nogil=True)(_close_call)
-leave = numba.njit(cache=True, nogil=True)(_leave)
 
 
 class _Job:
@@ -231,58 +185,13 @@ class _Job:
         self.calls = 0
         self.error = None
 
-
-class _Helpers:
-    """The helper threads (made as needed, kept for the process) and the job they serve."""
-
-    def __init__(self):
-        self.threads = []
-        self.job = None
-        self.wake = threading.Event()
-        self.lock = threading.Lock()          # held by the caller of the call in progress
-        atexit.register(self.stop)
-
-    def stop(self):
-        """Send the helpers away (at exit: not left spinning in compiled code while Python ends)."""
-        if self.job is not None:
-            leave(self.job.bell)
-
-    def serve_job(self, job):
-        """Make ``job`` the one the helpers serve, sending them away from the last one."""
-        if self.job is not None:
-            leave(self.job.bell)
-        self.job = job
-        while len(self.threads) < job.helpers:
-            thread = threading.Thread(target=self._loop, args=(len(self.threads),), daemon=True,
-                                      name=f"tinyprune-one-image-{len(self.threads)}")
-            self.threads.append(thread)
-            thread.start()
-
-    def _loop(self, number):
-        while True:
-            self.wake.wait()
-            self.wake.clear()
-            job = self.job
-            if job is None or number >= job.helpers:
-                continue
-            try:
-                serve(*job.args, IDLE_TURNS, 0)
-            except BaseException as error:             # the kernels refused the job's arrays
-                job.error = error
-                job.counters[-1] = 1                   # stop: the caller does not wait for parts
-
-
-_helpers = _Helpers()
-
-
-def _forget_helpers_in_a_child():
-    """After os.fork the child has none of the parent's threads: start again from none."""
-    global _helpers
-    _helpers = _Helpers()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_helpers_in_a_child)
+    def serve(self):
+        """A helper's side of the job (``crew.Crew`` calls it): ``serve`` until idle or sent away."""
+        try:
+            serve(*self.args, IDLE_TURNS, 0)
+        except BaseException as error:                 # the kernels refused the job's arrays
+            self.error = error
+            self.counters[-1] = 1                      # stop: the caller does not wait for parts
 
 
 def run_shared(x, steps, params, shapes, out, workers, parts=None):
@@ -295,25 +204,26 @@ def run_shared(x, steps, params, shapes, out, workers, parts=None):
     call at a time: a call made meanwhile from another Python thread runs
     on its own thread.
     """
-    if not _helpers.lock.acquire(blocking=False):      # another Python thread is in a shared call:
+    helpers = crew.helpers
+    if not helpers.lock.acquire(blocking=False):       # another Python thread is in a shared call:
         run_plan(x, steps, params, 1, 1, out, shapes)   # this one runs alone (the same bits)
         return
     try:
-        _run_shared(x, steps, params, shapes, out, workers, parts or workers)
+        _run_shared(helpers, x, steps, params, shapes, out, workers, parts or workers)
     finally:
-        _helpers.lock.release()
+        helpers.lock.release()
 
 
-def _run_shared(x, steps, params, shapes, out, workers, parts):
+def _run_shared(helpers, x, steps, params, shapes, out, workers, parts):
     """run_shared's work, with the helpers' lock held."""
     key = (shapes.tobytes(), x.shape, x.dtype, out.shape, out.dtype, parts, workers)
-    job = _helpers.job
-    if job is None or job.key != key or job.steps is not steps or job.params is not params:
+    job = helpers.job
+    if not isinstance(job, _Job) or job.key != key or job.steps is not steps or job.params is not params:
         job = _Job(key, x, steps, params, shapes, out, parts, workers - 1)
-        _helpers.serve_job(job)
+        helpers.serve_job(job)
     job.calls += 1
     if job.bell[SERVING] < job.helpers:                 # wake the sleeping ones; they wait for the call
-        _helpers.wake.set()
+        helpers.wake.set()
     try:
         done = serve(job.bell, x, steps, params, shapes, job.a, job.b, job.out, parts, job.counters, 0,
                      job.calls)
