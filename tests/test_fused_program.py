@@ -118,6 +118,12 @@ def test_tiling_gives_the_last_layers_larger_tiles():
     assert fused.tiling(flat, 8, tile_bytes=16_000) == (0, 10, 10)      # no step is smaller: one level
 
 
+def test_a_first_conv_that_reads_the_batch_image_by_image_counts_its_output_only():
+    # As above, but step 0's 5000 input numbers stay in the caller's batch: 1000, 1000 + 200, 200 + 100.
+    shapes = np.array([(50, 10, 10), (10, 10, 10), (2, 10, 10), (1, 10, 10)])
+    assert fused.tiling(shapes, 4, tile_bytes=48_000, by_image=True) == (2, 10, 40)   # 4800 B, then 1200 B
+
+
 @pytest.mark.parametrize("N, whole, workers, count", [(64, 11, 2, 6), (64, 64, 2, 2), (7, 11, 2, 2),
                                                        (1, 11, 2, 1), (10, 3, 1, 4), (9, 2, 4, 8)])
 def test_tiles_are_at_most_whole_and_shared_evenly(N, whole, workers, count):

@@ -220,13 +220,19 @@ def tiling(shapes, itemsize, tile_bytes=None, by_image=False):
     size for all would leave the last layers' loops short: they get tiles
     of their own, larger ones, when that allows at least twice the images.
     Returns (0, t, t) when one level is enough.  ``by_image``: the first
-    step works image by image (a full convolution), so parts of the tile
-    for it alone buy nothing, and placing them into the whole tile would
-    be one more copy: one level then.
+    step is a full convolution that reads the caller's batch image by
+    image (``fused_program.start_tile``), so only its output takes room in
+    the tile; and parts of the tile for it alone would buy nothing, while
+    placing them into the whole tile would be one more copy: one level
+    then.  (Counting its input as well cut the resized MobileNet's
+    tiles to the size its 48x48 steps allow, 21 images, where 32 ran 4%
+    faster.)
     """
     tile_bytes = TILE_BYTES if tile_bytes is None else tile_bytes
     per_image = shapes[:, 0] * shapes[:, 1] * shapes[:, 2]
     need = (per_image[:-1] + per_image[1:]) * itemsize          # a step's input + output, one image
+    if by_image:
+        need[0] = per_image[1] * itemsize                       # its input stays in the caller's batch
     for split in range(1, len(need)):
         part = max(1, tile_bytes // int(need[:split].max()))
         whole = max(1, tile_bytes // int(need[split:].max()))
