@@ -30,11 +30,12 @@ pytestmark = [pytest.mark.inference, pytest.mark.integration]
     (0, 0, 0, 0),           # none yet
     (3, 0, 1, 0),           # sent away
 ])
-def test_a_helper_joins_only_an_open_call_it_has_not_served(await_call, call, seen, leave, expected):
+@pytest.mark.parametrize("leaving", [False, True])
+def test_a_helper_joins_only_an_open_call_it_has_not_served(await_call, call, seen, leave, expected, leaving):
     bell = np.zeros(4, np.int64)
-    bell[crew.CALL], bell[crew.LEAVE] = call, leave
-    assert await_call(bell, seen, 50) == expected
-    assert bell[crew.BUSY] == (1 if expected else 0)       # joined means counted as busy
+    bell[crew.CALL], bell[crew.LEAVE], bell[crew.BUSY] = call, leave, 1 if leaving else 0
+    assert await_call(bell, seen, 50, leaving) == expected
+    assert bell[crew.BUSY] == (1 if expected else 0)       # joined means counted as busy (and left first)
 
 
 @pytest.mark.parametrize("open_call, close_call", [(crew.open_call, crew.close_call),
@@ -48,8 +49,11 @@ def test_opening_says_how_many_serve_and_closing_negates_the_call(open_call, clo
 
 
 def until_two_threads(seen, lock):
-    """A work function that notes its thread and returns once two threads have been in (or after 5 s)."""
-    def work():
+    """A work function that opens the call (on the caller), notes its thread and returns once two
+    threads have been in (or after 5 s)."""
+    def work(bell, call):
+        if call > 0:
+            crew.open_call(bell, call)
         with lock:
             seen.add(threading.get_ident())
         for _ in range(5000):
@@ -73,8 +77,8 @@ def test_an_error_in_a_helper_reaches_the_caller_and_the_helpers_serve_on():
     caller, seen, lock = threading.get_ident(), set(), threading.Lock()
     wait = until_two_threads(seen, lock)
 
-    def work():
-        wait()
+    def work(bell, call):
+        wait(bell, call)
         if threading.get_ident() != caller:
             raise ValueError("the helper's share failed")
 
@@ -89,8 +93,8 @@ def test_an_error_on_the_caller_closes_the_call_and_is_not_raised_again():
     seen, lock = set(), threading.Lock()
     wait = until_two_threads(seen, lock)
 
-    def work():
-        wait()
+    def work(bell, call):
+        wait(bell, call)
         raise KeyError("every thread")                 # the helper's error is kept, then dropped
 
     with pytest.raises(KeyError):
@@ -99,15 +103,35 @@ def test_an_error_on_the_caller_closes_the_call_and_is_not_raised_again():
     assert job.bell[crew.CALL] == -job.calls and job.bell[crew.BUSY] == 0
     assert not crew.helpers.lock.locked()
     done = []
-    crew.share_out(lambda: done.append(1), 2)          # raises nothing from the call before
+    crew.share_out(lambda bell, call: done.append(1), 2)    # raises nothing from the call before
     assert done
 
 
 def test_a_call_while_the_crew_is_busy_runs_on_the_calling_thread_alone():
     threads = []
     with crew.helpers.lock:                                     # another call holds the crew
-        crew.share_out(lambda: threads.append(threading.get_ident()), 2)
-    assert threads == [threading.get_ident()]
+        crew.share_out(lambda bell, call: threads.append((threading.get_ident(), call)), 2)
+    assert threads == [(threading.get_ident(), 0)]              # and opens no call
+
+
+@pytest.mark.parametrize("run_tiles", [program.run_tiles, program._run_tiles])
+@pytest.mark.parametrize("call", [0, 5])
+def test_a_thread_runs_tiles_until_none_is_left_and_the_caller_opens_the_call(run_tiles, call):
+    model = small_mobilenet("relu").eval()
+    plan = fused.build_plan(model)
+    x = random((5, 3, 32, 32), 79)
+    shapes = program.step_shapes(plan.steps, plan.steps[0, program.C_IN], 32, 32)
+    expected = np.empty((5, 2, 1, 1))
+    program.run_plan(x, plan.steps, plan.params, 1, 1, expected)
+    starts = np.array([0, 2, 3, 5])                             # tiles of 2, 1 and 2 images
+    size = program.scratch_size(shapes, 0, len(plan.steps), 2)
+    buffers = [np.empty(size) for _ in range(2)]
+    bell, claimed, out = np.zeros(4, np.int64), np.array([1]), np.full((5, 2, 1, 1), np.nan)
+    run_tiles(bell, call, claimed, x, starts, 1, 0, plan.steps, plan.params, shapes,
+              np.empty(1), np.empty(1), *buffers, out)
+    np.testing.assert_array_equal(out[2:], expected[2:])       # tile 0 was claimed already
+    assert np.all(np.isnan(out[:2]))
+    assert claimed[0] == 4 and bell[crew.CALL] == call          # one claim too many: the last says stop
 
 
 def test_tiles_claimed_by_any_thread_give_the_same_bits():

@@ -43,7 +43,7 @@ import numpy as np
 
 from .barrier import acquire_load, fetch_add, give_way, store, wait_for_zero
 
-__all__ = ["Crew", "Batches", "share_out", "helpers", "await_call", "open_call", "close_call", "leave",
+__all__ = ["Crew", "Batches", "share_out", "helpers", "await_call", "open_call", "close_call", "leave", "add",
            "CALL", "BUSY", "SERVING", "LEAVE", "IDLE_TURNS", "BUSY_TURNS"]
 
 CALL, BUSY, SERVING, LEAVE = range(4)
@@ -53,14 +53,19 @@ CALL, BUSY, SERVING, LEAVE = range(4)
 IDLE_TURNS, BUSY_TURNS = 5000, 1000
 
 
-def _await_call(bell, seen, idle_turns):
+def _await_call(bell, seen, idle_turns, leaving):
     """A helper's wait for a call: the number of the first open call other than ``seen``, joined.
 
-    Joined means counted in BUSY: the caller will not return before the
-    helper takes itself out again (``fetch_add(bell, BUSY, -1)``).
+    Joined means counted in BUSY: the caller does not return before the
+    helper takes itself out again, which the helper's next ``await_call``
+    does first (``leaving``).  Leaving here, in compiled code, rather than
+    in Python before it, means the caller never finds the helper holding
+    the GIL when it wants it back (see ``Batches``).
     Returns 0 when LEAVE is set, or when no call came for ``idle_turns``
     turns.
     """
+    if leaving:
+        fetch_add(bell, BUSY, -1)
     idle = 0
     while acquire_load(bell, LEAVE) == 0:
         call = acquire_load(bell, CALL)
@@ -96,7 +101,14 @@ def _leave(bell):
     wait_for_zero(bell, SERVING)
 
 
+def _add(bell, i, value):
+    """bell[i] += value, atomically (``barrier.fetch_add``): from Python, the compiled one must be used
+    on counters that compiled code changes too, since the plain one is atomic only among Python threads."""
+    fetch_add(bell, i, value)
+
+
 await_call = numba.njit(cache=True, nogil=True)(_await_call)
+add = numba.njit(cache=True, nogil=True)(_add)
 open_call = numba.njit(cache=True, nogil=True)(_open_call)
 close_call = numba.njit(cache=True, nogil=True)(_close_call)
 leave = numba.njit(cache=True, nogil=True)(_leave)
@@ -134,11 +146,6 @@ class Crew:
             self.threads.append(thread)
             thread.start()
 
-    def ring(self, job, call):
-        """Open call number ``call`` of ``job``, waking the helpers if some are asleep."""
-        if open_call(job.bell, call) < job.helpers:
-            self.wake.set()
-
     def _loop(self, number):
         while True:
             self.wake.wait()
@@ -164,8 +171,20 @@ if hasattr(os, "register_at_fork"):
 class Batches:
     """The job of sharing out batches: each call hands the helpers a function to run.
 
-    ``work`` is the call's function, set before the call is opened and
-    kept until it is closed, so a helper inside the call finds it there.
+    ``work(bell, call)`` is the call's function, set before the call is
+    opened and kept until it is closed, so a helper inside the call finds
+    it there.  The caller runs it with the call's number, the helpers with
+    0; the caller's run opens the call (``open_call(bell, call)``), and it
+    must do so from compiled code that has let go of the GIL.
+
+    Why: a helper spinning in ``await_call`` sees the call at once, and
+    then needs the GIL to run ``work``.  Had the caller opened the call
+    from Python, it would still hold the GIL, the helper would go to sleep
+    waiting for it, and being woken costs what the spinning saved (the
+    helper of the resized MobileNet's batch of 64 started 34 us after the
+    caller).  The same at the end: a helper leaves the call inside its
+    next ``await_call``, so the caller, which waits for that in
+    ``close_call``, finds the GIL free when it returns.
     """
 
     def __init__(self, helpers):
@@ -177,42 +196,47 @@ class Batches:
 
     def serve(self):
         """A helper's side: run the work of every call rung on the bell, until idle or sent away."""
-        bell, seen = self.bell, 0
-        fetch_add(bell, SERVING, 1)
+        bell, seen, joined = self.bell, 0, False
+        add(bell, SERVING, 1)
         while True:
-            call = await_call(bell, seen, IDLE_TURNS)
-            if call > 0:
+            call = await_call(bell, seen, IDLE_TURNS, joined)
+            joined = call > 0
+            if joined:
                 seen = call
                 try:
-                    self.work()
+                    self.work(bell, 0)
                 except BaseException as error:        # for the caller to raise
                     self.error = error
-                finally:
-                    fetch_add(bell, BUSY, -1)
                 continue
-            fetch_add(bell, SERVING, -1)
+            add(bell, SERVING, -1)
             # A call rung just before SERVING dropped saw this helper serving and woke
             # nobody: join it after all (the caller will not wait for it otherwise).
             call = acquire_load(bell, CALL)
             if acquire_load(bell, LEAVE) == 0 and call > 0 and call != seen:
-                fetch_add(bell, SERVING, 1)
+                add(bell, SERVING, 1)
                 continue
             return
 
 
-def share_out(work, workers):
-    """Run ``work()`` on the calling thread and on ``workers - 1`` helpers at once.
+_ALONE = np.zeros(4, np.int64)      # the bell of a call nobody else joins (its CALL is never read)
 
-    ``work`` must claim its pieces of work itself (say with
-    ``barrier.fetch_add`` on a counter of its own) until none is left, so
-    that a helper that comes late, or not at all, only leaves more to the
-    others.  Returns when every thread is out of ``work``; raises what a
-    helper raised.  A call made while the crew is busy with another (from
-    another Python thread) runs ``work`` on the calling thread alone.
+
+def share_out(work, workers):
+    """Run ``work`` on the calling thread and on ``workers - 1`` helpers at once.
+
+    The calling thread runs ``work(bell, call)``, which must open the call
+    with ``open_call(bell, call)`` from compiled code (see ``Batches``);
+    the helpers run ``work(bell, 0)``.  ``work`` must claim its pieces of
+    work itself (say with ``barrier.fetch_add`` on a counter of its own)
+    until none is left, so that a helper that comes late, or not at all,
+    only leaves more to the others.  Returns when every thread is out of
+    ``work``; raises what a helper raised.  A call made while the crew is
+    busy with another (from another Python thread) runs ``work(bell, 0)``
+    on the calling thread alone, with a bell nobody watches.
     """
     crew = helpers
     if workers < 2 or not crew.lock.acquire(blocking=False):
-        work()
+        work(_ALONE, 0)
         return
     try:
         job = crew.job
@@ -221,9 +245,10 @@ def share_out(work, workers):
             crew.serve_job(job)
         job.calls += 1
         job.work, job.error = work, None              # (an error kept from a call that raised on the caller)
-        crew.ring(job, job.calls)
+        if acquire_load(job.bell, SERVING) < job.helpers:
+            crew.wake.set()                           # they will find the call open when they come
         try:
-            work()
+            work(job.bell, job.calls)
         finally:
             close_call(job.bell, job.calls)
             job.work = None

@@ -26,7 +26,7 @@ from . import fused_conv
 from . import fused_depthwise as fd
 from . import fused_kernels as fk
 from .barrier import fetch_add
-from .crew import share_out
+from .crew import open_call, share_out
 
 __all__ = ["run_plan", "run_tile", "run_step", "step_shapes", "scratch_size", "layout",
            "share", "pixel_rows", "CONV", "DEPTHWISE", "POINTWISE", "POOL", "PLANES", "PIXELS", "FIELDS"]
@@ -303,6 +303,25 @@ def _run_tile(x, n0, T, part, split, steps, params, shapes, a, b, c, d, out):
 run_tile = numba.njit(cache=True, nogil=True)(_run_tile)
 
 
+def _run_tiles(bell, call, claimed, x, starts, part, split, steps, params, shapes, a, b, c, d, out):
+    """One thread's share of run_plan: claim the next tile (``claimed``), run it, until none is left.
+
+    Tile k holds images starts[k] ... starts[k + 1] - 1; the other
+    arguments are run_tile's.  ``call`` > 0: this is the calling thread,
+    which first opens that call on ``bell`` for the helpers
+    (:mod:`tinyprune.crew`), from here, where the GIL is already let go.
+    """
+    if call > 0:
+        open_call(bell, call)
+    k = fetch_add(claimed, 0, 1)
+    while k < starts.size - 1:
+        run_tile(x, starts[k], starts[k + 1] - starts[k], part, split, steps, params, shapes, a, b, c, d, out)
+        k = fetch_add(claimed, 0, 1)
+
+
+run_tiles = numba.njit(cache=True, nogil=True)(_run_tiles)
+
+
 def scratch_size(shapes, first, last, T):
     """Numbers a scratch buffer needs for steps first ... last - 1 on T images, in either layout."""
     rows = shapes[first:last + 1]
@@ -368,18 +387,13 @@ def run_plan(x, steps, params, tiles, workers, out, shapes=None, spare=None):
         split = 0                                      # a part is the whole tile: one level
     part_size = scratch_size(shapes, 0, split, min(part, T)) if split else 1
     whole_size = scratch_size(shapes, split, S, T)
+    starts = np.array(starts, np.int64)
     claimed = np.zeros(1, np.int64)                    # how many tiles threads have claimed
 
-    def work():
-        k = fetch_add(claimed, 0, 1)
-        if k >= count:
-            return                                     # came late: every tile is taken
+    def work(bell, call):
         scratch = take_scratch(spare, part_size, whole_size, x.dtype)
         try:
-            while k < count:
-                run_tile(x, starts[k], starts[k + 1] - starts[k], part, split, steps, params, shapes,
-                         *scratch, out)
-                k = fetch_add(claimed, 0, 1)
+            run_tiles(bell, call, claimed, x, starts, part, split, steps, params, shapes, *scratch, out)
         finally:
             if spare is not None:
                 spare.append(scratch)
