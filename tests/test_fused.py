@@ -193,6 +193,14 @@ def test_neighbours_marks_each_pixel_with_the_sides_it_has_a_neighbour_on():
     np.testing.assert_array_equal(fd_masks(1, 1, 2), [right, left])    # one row: no neighbour up or down
 
 
+def test_a_window_reads_zeros_outside_the_array():
+    flat, out = np.arange(1.0, 7.0), np.full(5, np.nan)
+    fd.window(flat, -2, 3, out)
+    np.testing.assert_array_equal(out, [0, 0, 1, 2, 3])
+    fd.window(flat, 4, 9, out)
+    np.testing.assert_array_equal(out, [5, 6, 0, 0, 0])
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 1, 1), (1, 1, 2, 2), (3, 2, 1, 5), (2, 3, 4, 1),
                                    (5, 2, 3, 3), (1, 4, 6, 5)])
 @pytest.mark.parametrize("depthwise_shifts", both("depthwise_shifts", fd))
@@ -279,6 +287,9 @@ def helper_cases():
             (fd, "copy_rows", (random(G, 44), R, WP, 1, np.zeros((2, 4, 6)), np.zeros(6))),
             (fd, "copy_rows", (random(G, 44), R, WP, 3, np.zeros((2, 4, 2)), np.zeros(2))),
             (fd, "neighbours", (2, 3, 4, np.zeros(24, np.uint8))),
+            (fd, "neighbours", (3, 1, 2, np.zeros(6, np.uint8))),
+            (fd, "window", (random(10, 56), -3, 4, np.full(7, np.nan))),       # zeros before the start
+            (fd, "window", (random(10, 57), 6, 13, np.full(7, np.nan))),       # and after the end
             (fd, "split_columns", (random(24, 55), np.zeros(12), np.zeros(12))),
             (fd, "stride2_rows", (random(3 + 2 * 4 * 3, 56), random(3 + 2 * 4 * 3, 57), 2, 3, random((3, 3), 58),
                                   0.5, np.zeros(2 * 2 * 3))),
