@@ -114,9 +114,19 @@ def test_a_call_while_the_crew_is_busy_runs_on_the_calling_thread_alone():
     assert threads == [(threading.get_ident(), 0)]              # and opens no call
 
 
-@pytest.mark.parametrize("run_tiles", [program.run_tiles, program._run_tiles])
 @pytest.mark.parametrize("call", [0, 5])
-def test_a_thread_runs_tiles_until_none_is_left_and_the_caller_opens_the_call(run_tiles, call):
+def test_run_tiles_read_as_python_claims_each_tile_once_and_opens_the_call(call, monkeypatch):
+    ran = []
+    monkeypatch.setattr(program, "run_tile", lambda x, n0, T, *rest: ran.append((n0, T)))
+    bell, claimed = np.zeros(4, np.int64), np.array([1])
+    program._run_tiles(bell, call, claimed, None, np.array([0, 2, 3, 7]), 1, 0, None, None, None,
+                       None, None, None, None, None)
+    assert ran == [(2, 1), (3, 4)] and claimed[0] == 4 and bell[crew.CALL] == call
+
+
+@pytest.mark.parametrize("call", [0, 5])
+def test_a_thread_runs_tiles_until_none_is_left_and_the_caller_opens_the_call(call):
+    run_tiles = program.run_tiles
     model = small_mobilenet("relu").eval()
     plan = fused.build_plan(model)
     x = random((5, 3, 32, 32), 79)
