@@ -32,10 +32,10 @@ layout where no work is wasted:
   product, 8 outputs meet 4 taps at a time: every number read from the
   phases is used by 8 outputs, every output number is loaded and stored
   once per 4 taps, and the 32 weights stay (mostly) in registers.  A
-  last block of 4 outputs (a first layer pruned to half, or one thread's
-  half of 8 at batch 1) or of at most 3 takes 8 taps at a time instead,
-  so that the sums are still loaded and stored once per 32 or 24
-  multiplies; one of 5 to 7 goes 8 at a time, with zero weights.
+  last block of at most 4 outputs (a first layer pruned to half, or one
+  thread's half of 8 at batch 1) takes 8 taps at a time instead, so that
+  the sums are still loaded and stored once per 32 multiplies; one of 5
+  to 7 goes 8 at a time.  Zero weights pad both.
 
 One image of the tile at a time, so that its phases (3 x 4 x 49 x 49
 numbers for MobileNet) and its 8 grid rows stay in the level-2 cache.
@@ -114,7 +114,7 @@ def _tap_weights(w):
 
     O8 is O rounded up to 8 and K is C*KH*KW rounded up to 4 (the extra
     taps of tap_offsets).  The zero rows let a last block of 5 to 7
-    outputs go 8 at a time (and one of 1 or 2, 3 at a time); their sums
+    outputs go 8 at a time, and one of 1 to 3, 4 at a time; their sums
     are never copied out.
     """
     O, C, KH, KW = w.shape
@@ -175,59 +175,21 @@ def _eight_outputs(w, o, taps, plane, n, acc):
             a7[m] = a7[m] + w70 * v0 + w71 * v1 + w72 * v2 + w73 * v3
 
 
-def _three_outputs(w, o, taps, plane, n, acc):
-    """acc[r, :n] += sum over taps k of w[o + r, k] * plane[taps[k]:][:n], for r < 3.
-
-    As _eight_outputs, for a last block of at most 3 outputs (MobileNet's
-    first layer pruned to 3 channels, or a thread's share of one), but 8
-    taps at a time (and a last 4 if K is not a multiple of 8): with 4 taps,
-    the sums' loads and stores, not the multiplies, took the time.  Its 24
-    weights and 3 sums fit the 32 vector registers (a 4-output kernel's 32
-    weights did not, and 4 outputs took 1.6 times as long as 3; a block of
-    4 to 7 goes 8 at a time).  The weights are read one by one: unpacking
-    a slice (``w00, ... = w[o, k:k + 8]``) cost Numba 0.3 us per call.
-    """
-    a0, a1, a2 = acc[0, :n], acc[1, :n], acc[2, :n]
-    K8 = taps.size // 8 * 8
-    for k in range(0, K8, 8):
-        x0, x1, x2, x3 = plane[taps[k]:], plane[taps[k + 1]:], plane[taps[k + 2]:], plane[taps[k + 3]:]
-        x4, x5, x6, x7 = plane[taps[k + 4]:], plane[taps[k + 5]:], plane[taps[k + 6]:], plane[taps[k + 7]:]
-        w00, w01, w02, w03 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
-        w04, w05, w06, w07 = w[o, k + 4], w[o, k + 5], w[o, k + 6], w[o, k + 7]
-        w10, w11, w12, w13 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
-        w14, w15, w16, w17 = w[o + 1, k + 4], w[o + 1, k + 5], w[o + 1, k + 6], w[o + 1, k + 7]
-        w20, w21, w22, w23 = w[o + 2, k], w[o + 2, k + 1], w[o + 2, k + 2], w[o + 2, k + 3]
-        w24, w25, w26, w27 = w[o + 2, k + 4], w[o + 2, k + 5], w[o + 2, k + 6], w[o + 2, k + 7]
-        for m in range(n):
-            v0, v1, v2, v3, v4, v5, v6, v7 = x0[m], x1[m], x2[m], x3[m], x4[m], x5[m], x6[m], x7[m]
-            a0[m] = (a0[m] + w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
-                     + w04 * v4 + w05 * v5 + w06 * v6 + w07 * v7)
-            a1[m] = (a1[m] + w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
-                     + w14 * v4 + w15 * v5 + w16 * v6 + w17 * v7)
-            a2[m] = (a2[m] + w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
-                     + w24 * v4 + w25 * v5 + w26 * v6 + w27 * v7)
-    for k in range(K8, taps.size, 4):                   # the last 4 taps, if any
-        x0, x1, x2, x3 = plane[taps[k]:], plane[taps[k + 1]:], plane[taps[k + 2]:], plane[taps[k + 3]:]
-        w00, w01, w02, w03 = w[o, k], w[o, k + 1], w[o, k + 2], w[o, k + 3]
-        w10, w11, w12, w13 = w[o + 1, k], w[o + 1, k + 1], w[o + 1, k + 2], w[o + 1, k + 3]
-        w20, w21, w22, w23 = w[o + 2, k], w[o + 2, k + 1], w[o + 2, k + 2], w[o + 2, k + 3]
-        for m in range(n):
-            v0, v1, v2, v3 = x0[m], x1[m], x2[m], x3[m]
-            a0[m] = a0[m] + w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
-            a1[m] = a1[m] + w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
-            a2[m] = a2[m] + w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
-
-
 def _four_outputs(w, o, taps, plane, n, acc):
     """acc[r, :n] += sum over taps k of w[o + r, k] * plane[taps[k]:][:n], for r < 4.
 
-    As _three_outputs (read it first), for a last block of exactly 4
-    outputs: 8 taps at a time, so that each sum is loaded and stored once
-    per 8 multiplies.  Its 32 weights do not all fit in registers beside
-    the sums and the 8 numbers read, so some are read from memory at
-    every step; still, 4 outputs this way took 0.7 of the time of 8 with
-    4 zero rows (the resized MobileNet's first layer: 7.6 against 10.5
-    us per 96x96 image).  One of 3 outputs or fewer is faster as three.
+    As _eight_outputs, for a last block of at most 4 outputs (zero rows
+    pad it): 8 taps at a time (and a last 4 if K is not a multiple of 8),
+    so that each sum is loaded and stored once per 8 multiplies; with 4
+    taps at a time, those loads and stores, not the multiplies, took the
+    time.  Its 32 weights do not all fit in registers beside the sums and
+    the 8 numbers read, so some are read from memory at every step; still,
+    4 outputs this way took 0.7 of the time of 8 with 4 zero rows (the
+    resized MobileNet's first layer: 7.6 against 10.5 us per 96x96
+    image), and 3 outputs, for which a kernel of their own fitted the
+    registers, only 1.07 times as long as with that kernel.  The weights
+    are read one by one: unpacking a slice (``w00, ... = w[o, k:k + 8]``)
+    cost Numba 0.3 us per call.
     """
     a0, a1, a2, a3 = acc[0, :n], acc[1, :n], acc[2, :n], acc[3, :n]
     K8 = taps.size // 8 * 8
@@ -282,7 +244,6 @@ def _finish(acc, n, WQ, act, y, o, t):
 
 start = numba.njit(**_serial)(_start)
 eight_outputs = numba.njit(**_serial)(_eight_outputs)
-three_outputs = numba.njit(**_serial)(_three_outputs)
 four_outputs = numba.njit(**_serial)(_four_outputs)
 finish = numba.njit(**_serial)(_finish)
 
@@ -293,7 +254,7 @@ def _conv_planes(x, w, b, stride, pad, act, y, images_first):
     x (C, T, H, W), or (T, C, H, W) with ``images_first``;  w (O, C, KH, KW);
     b (O,);  y (O, T, HO, WO) overwritten.
     Image by image: its phases, then 8 outputs at a time (a last block of
-    4, or of at most 3, on its own), each started with its bias, summed
+    at most 4 on its own), each started with its bias, summed
     over the whole grid, activated, and its real columns copied out.
     """
     C, T, H, W = w.shape[1], y.shape[1], x.shape[2], x.shape[3]
@@ -310,14 +271,12 @@ def _conv_planes(x, w, b, stride, pad, act, y, images_first):
     for t in range(T):
         split_phases(x, t, pad, phases, images_first)
         for o in range(0, O, 8):
-            rows = 8 if O - o > 4 else (4 if O - o == 4 else 3)   # the block's kernel
-            start(acc[:rows], b, o)                     # (zero rows pad a block of 5 to 7, or of 1 or 2)
+            rows = 8 if O - o > 4 else 4                # the block's kernel (zero rows pad it)
+            start(acc[:rows], b, o)
             if rows == 8:
                 eight_outputs(weights, o, taps, plane, n, acc)
-            elif rows == 4:
-                four_outputs(weights, o, taps, plane, n, acc)
             else:
-                three_outputs(weights, o, taps, plane, n, acc)
+                four_outputs(weights, o, taps, plane, n, acc)
             for r in range(min(8, O - o)):
                 finish(acc[r], n, WQ, act, y, o + r, t)
 
