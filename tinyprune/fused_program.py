@@ -145,7 +145,7 @@ def _run_step(step, params, layout, x, T, H, W, y, HO, WO, part, parts):
     real = step[REAL]                      # channels real..O are padding: zeros, not computed
     lo, hi = share(real, part, parts, 1)
     if kind == CONV:
-        conv_step(step, params, x4, False, y4, part, parts)
+        conv_step(step, params, x4, np.bool_(False), y4, part, parts)   # (np.bool_: see run_steps)
     elif kind == DEPTHWISE and layout == PLANES:
         w = params[step[W_AT]:step[W_AT] + C * kh * kw].reshape(C, kh, kw)
         fd.depthwise_planes(x4[lo:hi], w[lo:hi], b[lo:hi], stride, pad, act, y4[lo:hi])
@@ -164,13 +164,14 @@ def _run_step(step, params, layout, x, T, H, W, y, HO, WO, part, parts):
         top = max(lo, min(hi, real))       # rows real..O: padding channels, zeros (act(0) = 0)
         w = params[step[W_AT]:step[W_AT] + O * C].reshape(O, C)
         out = y[:O * T * H * W].reshape(O, T * H * W)
-        fk.matmul_act(w[lo:top], x[:C * T * H * W].reshape(C, T * H * W), b[lo:top], True, act, out[lo:top])
+        fk.matmul_act(w[lo:top], x[:C * T * H * W].reshape(C, T * H * W), b[lo:top], np.bool_(True), act,
+                      out[lo:top])
         out[top:hi] = 0.0
     elif kind == POINTWISE:                # on pixels: the rows after the T*H*W real ones are left as they are
         lo, hi = share(P, part, parts, 8)
         hi = max(lo, min(hi, T * H * W))   # (one image at 1x1 is 1 real row of 8: the other 7 cost 7/8)
         w = params[step[WT_AT]:step[WT_AT] + C * O].reshape(C, O)
-        fk.matmul_act(x[:P * C].reshape(P, C)[lo:hi], w, b, False, act, y[:P * O].reshape(P, O)[lo:hi])
+        fk.matmul_act(x[:P * C].reshape(P, C)[lo:hi], w, b, np.bool_(False), act, y[:P * O].reshape(P, O)[lo:hi])
     elif kind == POOL and part == 0 and layout == PLANES:
         fk.mean_planes(x[:C * T * H * W].reshape(C, T, H * W), y[:C * T].reshape(C, T))
     elif kind == POOL and part == 0:
@@ -205,13 +206,18 @@ def _run_steps(first, last, steps, params, shapes, T, a, b, current):
     the returned a.
     """
     C, H, W = shapes[first, 0], shapes[first, 1], shapes[first, 2]
+    # Part 0 of 1: the whole step.  As np.int64, not the constants 0 and 1, which
+    # Numba would compile run_step for as such, and then once more for
+    # fused_share.run_part's parts (4 s per dtype).  The flags passed to kernels
+    # are np.bool_ for the same reason: one compilation for True and False.
+    part, parts = np.int64(0), np.int64(1)
     for s in range(first, last):
         wanted = layout(steps[s], C, T, H, W, current)
         if wanted != current:
-            convert(a, C, T, H, W, wanted, b, 0, 1)
+            convert(a, C, T, H, W, wanted, b, part, parts)
             a, b, current = b, a, wanted
         O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
-        run_step(steps[s], params, current, a, T, H, W, b, HO, WO, 0, 1)
+        run_step(steps[s], params, current, a, T, H, W, b, HO, WO, part, parts)
         a, b = b, a
         C, H, W = O, HO, WO
     return a, b, current
@@ -257,7 +263,8 @@ def _start_tile(x, n0, T, steps, params, shapes, a, b):
     C0, H0, W0 = shapes[0, 0], shapes[0, 1], shapes[0, 2]
     if steps[0, KIND] == CONV and x.shape[1] == C0:
         O, HO, WO = shapes[1, 0], shapes[1, 1], shapes[1, 2]
-        conv_step(steps[0], params, x[n0:n0 + T], True, b[:O * T * HO * WO].reshape(O, T, HO, WO), 0, 1)
+        conv_step(steps[0], params, x[n0:n0 + T], np.bool_(True), b[:O * T * HO * WO].reshape(O, T, HO, WO),
+                  np.int64(0), np.int64(1))
         return b, a, 1
     fk.gather(x, n0, a[:C0 * T * H0 * W0].reshape(C0, T, H0, W0))
     return a, b, 0

@@ -67,6 +67,7 @@ def _run_part(x, steps, params, shapes, a, b, out, parts, counters):
     done for each phase, and "stop").  Returns when the image is in out.
     """
     C, H, W = shapes[0, 0], shapes[0, 1], shapes[0, 2]
+    T = np.int64(1)          # one image; not the constant 1, so that run_step is run_tile's compilation
     if take_part(counters, 0, 1) == 0:
         fk.gather(x, 0, a[:C * H * W].reshape(C, 1, H, W))
         part_done(counters, 0)
@@ -74,11 +75,11 @@ def _run_part(x, steps, params, shapes, a, b, out, parts, counters):
         return
     phase, current = 1, PLANES
     for s in range(steps.shape[0]):
-        wanted = layout(steps[s], C, 1, H, W, current)
+        wanted = layout(steps[s], C, T, H, W, current)
         if wanted != current:
             k = take_part(counters, phase, parts)
             while k >= 0:
-                convert(a, C, 1, H, W, wanted, b, k, parts)
+                convert(a, C, T, H, W, wanted, b, k, parts)
                 part_done(counters, phase)
                 k = take_part(counters, phase, parts)
             if not all_done(counters, phase, parts):
@@ -87,7 +88,7 @@ def _run_part(x, steps, params, shapes, a, b, out, parts, counters):
         O, HO, WO = shapes[s + 1, 0], shapes[s + 1, 1], shapes[s + 1, 2]
         k = take_part(counters, phase, parts)
         while k >= 0:
-            run_step(steps[s], params, current, a, 1, H, W, b, HO, WO, k, parts)
+            run_step(steps[s], params, current, a, T, H, W, b, HO, WO, k, parts)
             part_done(counters, phase)
             k = take_part(counters, phase, parts)
         if not all_done(counters, phase, parts):
