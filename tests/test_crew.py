@@ -6,17 +6,16 @@ while one is inside it.  Whichever threads do the work, the output is the
 same bits as on one thread.
 """
 
-import concurrent.futures
 import threading
 
 import numpy as np
 import pytest
 
 from test_fused import random, small_mobilenet
+from test_fused_threads import assert_two_python_threads_get_their_own_bits
 from tinyprune import crew, fused
 from tinyprune import fused_program as program
 from tinyprune import fused_share as sharing
-from tinyprune.barrier import fetch_add
 
 pytestmark = [pytest.mark.inference, pytest.mark.integration]
 
@@ -36,6 +35,20 @@ def test_a_helper_joins_only_an_open_call_it_has_not_served(await_call, call, se
     bell[crew.CALL], bell[crew.LEAVE], bell[crew.BUSY] = call, leave, 1 if leaving else 0
     assert await_call(bell, seen, 50, leaving) == expected
     assert bell[crew.BUSY] == (1 if expected else 0)       # joined means counted as busy (and left first)
+
+
+@pytest.mark.parametrize("keep_serving", [crew.keep_serving, crew._keep_serving])
+@pytest.mark.parametrize("call, seen, leave, expected", [
+    (4, 3, 0, True),        # rung as the helper stopped serving: it serves on
+    (3, 3, 0, False),       # served already
+    (-4, 3, 0, False),      # closed
+    (4, 3, 1, False),       # sent away
+])
+def test_a_helper_that_stops_serving_looks_once_more_for_a_call(keep_serving, call, seen, leave, expected):
+    bell = np.zeros(4, np.int64)
+    bell[crew.CALL], bell[crew.LEAVE], bell[crew.SERVING] = call, leave, 1
+    assert keep_serving(bell, seen) == expected
+    assert bell[crew.SERVING] == (1 if expected else 0)
 
 
 @pytest.mark.parametrize("open_call, close_call", [(crew.open_call, crew.close_call),
@@ -184,19 +197,5 @@ def test_batch_calls_from_two_python_threads_at_once_give_the_right_bits():
     for x in batches:
         expected.append(np.empty((3, 2, 1, 1)))
         program.run_plan(x, plan.steps, plan.params, 1, 1, expected[-1])
-    calls = np.zeros(1, np.int64)
-
-    def calls_from(first):
-        outs = []
-        for k in range(first, first + 30):
-            outs.append(np.empty((3, 2, 1, 1)))
-            program.run_plan(batches[k % 4], plan.steps, plan.params, 1, 2, outs[-1])
-            fetch_add(calls, 0, 1)
-        return outs
-
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        results = [pool.submit(calls_from, first) for first in (0, 2)]
-        for first, job in zip((0, 2), results):
-            for k, out in enumerate(job.result(), start=first):
-                np.testing.assert_array_equal(out, expected[k % 4])
-    assert calls[0] == 60
+    assert_two_python_threads_get_their_own_bits(
+        lambda x, out: program.run_plan(x, plan.steps, plan.params, 1, 2, out), batches, expected, calls=30)

@@ -166,12 +166,12 @@ def a_call_for_serve(seed):
 def test_a_helper_runs_an_open_call_alone_then_leaves_when_idle(serve):
     plan, x, args = a_call_for_serve(66)
     bell, out = args[0], args[7]
-    bell[sharing.CALL] = 1                             # call 1 is open, and nobody else works on it
+    bell[crew.CALL] = 1                             # call 1 is open, and nobody else works on it
     serve(*args, 100, 0)
     alone = np.empty((1, 2, 1, 1))
     program.run_plan(x, plan.steps, plan.params, 1, 1, alone)
     np.testing.assert_array_equal(out, alone)
-    assert bell[sharing.BUSY] == 0 and bell[sharing.SERVING] == 0
+    assert bell[crew.BUSY] == 0 and bell[crew.SERVING] == 0
 
 
 @pytest.mark.parametrize("serve", both_share("serve"))
@@ -184,7 +184,7 @@ def test_the_callers_side_copies_the_image_in_opens_works_and_closes(serve):
     alone = np.empty((1, 2, 1, 1))
     program.run_plan(x, plan.steps, plan.params, 1, 1, alone)
     np.testing.assert_array_equal(out, alone)
-    assert bell[sharing.CALL] == -3 and bell[sharing.BUSY] == 0
+    assert bell[crew.CALL] == -3 and bell[crew.BUSY] == 0
 
 
 @pytest.mark.parametrize("serve", both_share("serve"))
@@ -193,10 +193,10 @@ def test_a_helper_stays_out_of_closed_calls_and_leaves_when_told(serve, call, le
     _, _, args = a_call_for_serve(67)
     bell, out, counters = args[0], args[7], args[9]
     before = counters.copy()
-    bell[sharing.CALL], bell[sharing.LEAVE] = call, leave
+    bell[crew.CALL], bell[crew.LEAVE] = call, leave
     serve(*args, 100, 0)
     assert np.all(out == 7.0) and np.array_equal(counters, before)      # nothing claimed, nothing written
-    assert bell[sharing.BUSY] == 0 and bell[sharing.SERVING] == 0
+    assert bell[crew.BUSY] == 0 and bell[crew.SERVING] == 0
 
 
 def test_helpers_serve_call_after_call_and_move_to_another_plan():
@@ -216,7 +216,27 @@ def test_helpers_serve_call_after_call_and_move_to_another_plan():
                 np.testing.assert_array_equal(out, expected[name])
             job = crew.helpers.job
             assert job.args[2] is plan.steps and job.calls == 5
-            assert job.bell[sharing.CALL] == -5 and job.bell[sharing.BUSY] == 0
+            assert job.bell[crew.CALL] == -5 and job.bell[crew.BUSY] == 0
+
+
+def assert_two_python_threads_get_their_own_bits(run, inputs, expected, calls=60):
+    """``run(x, out)`` called from two Python threads at once, ``calls`` times each, cycling through
+    ``inputs`` from different starts: every output is the one ``expected`` for its input."""
+    def calls_from(first):
+        outs = []
+        for k in range(first, first + calls):
+            outs.append(np.empty_like(expected[k % len(inputs)]))
+            run(inputs[k % len(inputs)], outs[-1])
+        return outs
+
+    starts = (0, len(inputs) // 2)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = [pool.submit(calls_from, first) for first in starts]
+        for first, job in zip(starts, results):
+            outs = job.result()
+            assert len(outs) == calls
+            for k, out in enumerate(outs, start=first):
+                np.testing.assert_array_equal(out, expected[k % len(inputs)])
 
 
 def test_shared_calls_from_two_python_threads_at_once_give_the_right_bits():
@@ -226,19 +246,8 @@ def test_shared_calls_from_two_python_threads_at_once_give_the_right_bits():
     for x in images:
         expected.append(np.empty((1, 2, 1, 1)))
         program.run_plan(x, plan.steps, plan.params, 1, 1, expected[-1])
-
-    def calls(first):
-        outs = []
-        for k in range(first, first + 60):
-            outs.append(np.empty((1, 2, 1, 1)))
-            sharing.run_shared(images[k % 6], plan.steps, plan.params, shapes, outs[-1], 2)
-        return outs
-
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        results = [pool.submit(calls, first) for first in (0, 3)]
-        for first, job in zip((0, 3), results):
-            for k, out in enumerate(job.result(), start=first):
-                np.testing.assert_array_equal(out, expected[k % 6])
+    assert_two_python_threads_get_their_own_bits(
+        lambda x, out: sharing.run_shared(x, plan.steps, plan.params, shapes, out, 2), images, expected)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no os.fork on this system")

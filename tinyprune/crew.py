@@ -43,7 +43,7 @@ import numpy as np
 
 from .barrier import acquire_load, fetch_add, give_way, store, wait_for_zero
 
-__all__ = ["Crew", "Batches", "share_out", "helpers", "await_call", "open_call", "close_call", "leave", "add",
+__all__ = ["Crew", "Batches", "share_out", "helpers", "await_call", "keep_serving", "open_call", "close_call", "leave", "add",
            "CALL", "BUSY", "SERVING", "LEAVE", "IDLE_TURNS", "BUSY_TURNS"]
 
 CALL, BUSY, SERVING, LEAVE = range(4)
@@ -83,6 +83,21 @@ def _await_call(bell, seen, idle_turns, leaving):
     return 0
 
 
+def _keep_serving(bell, seen):
+    """A helper that found no call for a while stops serving; True if it must serve on after all.
+
+    It takes itself out of SERVING, then looks once more: a call other than
+    ``seen`` rung just before SERVING dropped saw it serving and woke nobody,
+    and would run without it, so it joins in again (unless LEAVE is set).
+    """
+    fetch_add(bell, SERVING, -1)
+    call = acquire_load(bell, CALL)
+    if acquire_load(bell, LEAVE) == 0 and call > 0 and call != seen:
+        fetch_add(bell, SERVING, 1)
+        return True
+    return False
+
+
 def _open_call(bell, call):
     """Ring call number ``call`` (open it); returns how many helpers are serving."""
     store(bell, CALL, call)
@@ -108,6 +123,7 @@ def _add(bell, i, value):
 
 
 await_call = numba.njit(cache=True, nogil=True)(_await_call)
+keep_serving = numba.njit(cache=True, nogil=True)(_keep_serving)
 add = numba.njit(cache=True, nogil=True)(_add)
 open_call = numba.njit(cache=True, nogil=True)(_open_call)
 close_call = numba.njit(cache=True, nogil=True)(_close_call)
@@ -207,15 +223,8 @@ class Batches:
                     self.work(bell, 0)
                 except BaseException as error:        # for the caller to raise
                     self.error = error
-                continue
-            add(bell, SERVING, -1)
-            # A call rung just before SERVING dropped saw this helper serving and woke
-            # nobody: join it after all (the caller will not wait for it otherwise).
-            call = acquire_load(bell, CALL)
-            if acquire_load(bell, LEAVE) == 0 and call > 0 and call != seen:
-                add(bell, SERVING, 1)
-                continue
-            return
+            elif not keep_serving(bell, seen):
+                return
 
 
 _ALONE = np.zeros(4, np.int64)      # the bell of a call nobody else joins (its CALL is never read)

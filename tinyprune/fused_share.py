@@ -26,8 +26,8 @@ import numpy as np
 
 from . import crew
 from . import fused_kernels as fk
-from .barrier import acquire_load, fetch_add, give_way, wait_until
-from .crew import BUSY, BUSY_TURNS, CALL, IDLE_TURNS, LEAVE, SERVING, close_call, open_call
+from .barrier import fetch_add, wait_until
+from .crew import IDLE_TURNS, SERVING, await_call, close_call, keep_serving, open_call
 from .fused_program import (PLANES, convert, layout, pixel_rows, run_plan, run_step,
                             scratch_size)
 
@@ -123,7 +123,8 @@ def phase_counters(steps):
 def _serve(bell, x, steps, params, shapes, a, b, out, parts, counters, idle_turns, call):
     """A helper's loop (``call`` 0): run its share (``run_part``) of every call rung on ``bell``.
 
-    Returns when LEAVE is set, or when no call came for ``idle_turns`` turns.
+    Returns when LEAVE is set, or when no call came for ``idle_turns`` turns
+    (crew's ``await_call`` and ``keep_serving``, as ``crew.Batches.serve``).
 
     With ``call`` > 0 it is instead the caller's side of call number
     ``call``: copy the image x in (phase 0: helpers never read x), open the
@@ -142,29 +143,15 @@ def _serve(bell, x, steps, params, shapes, a, b, out, parts, counters, idle_turn
         close_call(bell, call)
         return counters[-1] == 0
     fetch_add(bell, SERVING, 1)
-    seen, idle = 0, 0
-    while acquire_load(bell, LEAVE) == 0:
-        call = acquire_load(bell, CALL)
-        if call > 0 and call != seen:
-            seen, idle = call, 0
-            fetch_add(bell, BUSY, 1)
-            if acquire_load(bell, CALL) == call:       # still open: its buffers are in use
-                run_part(x, steps, params, shapes, a, b, out, parts, counters)
-            fetch_add(bell, BUSY, -1)
-            continue
-        idle += 1
-        if idle > BUSY_TURNS:
-            give_way()
-        if idle > idle_turns:
-            fetch_add(bell, SERVING, -1)
-            call = acquire_load(bell, CALL)            # a call rung as it left sees SERVING 0 and
-            if call > 0 and call != seen:              # wakes a sleeper, or finds this one here
-                fetch_add(bell, SERVING, 1)
-                idle = 0
-                continue
+    seen, joined = 0, False
+    while True:
+        call = await_call(bell, seen, idle_turns, joined)      # (leaving the call before, if joined)
+        joined = call > 0
+        if joined:
+            seen = call
+            run_part(x, steps, params, shapes, a, b, out, parts, counters)
+        elif not keep_serving(bell, seen):
             return True
-    fetch_add(bell, SERVING, -1)
-    return True
 
 
 serve = numba.njit(cache=True, nogil=True)(_serve)

@@ -21,9 +21,10 @@ On a shared machine single timings mean little, so the measurements are
 interleaved: each round times every (model, engine, batch) once, each
 sample after a tenth of a second of untimed calls (``WARM_UP``: after a
 pause the cores take a while to come back to speed), and the figures are
-medians over the rounds, with the load average before and after.  :func:`inference_figures` returns them as a dict (the benchmark
-command prints them), :func:`step_profile` gives the fast path's time per
-step, which is where to look when a ratio falls short.
+medians over the rounds, with the load average before and after.
+:func:`inference_figures` returns them as a dict (the benchmark command
+prints them), :func:`step_profile` gives the fast path's time per step,
+which is where to look when a ratio falls short.
 """
 
 import argparse
