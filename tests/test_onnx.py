@@ -129,3 +129,47 @@ def test_the_step_profile_has_a_row_for_every_step_of_the_plan():
     assert T == 2 and len(steps) == len(fused.build_plan(model).steps) == 30
     assert all(row[7] > 0 for row in rows)                  # microseconds
     assert {row[6] for row in rows} == {2}                  # a batch of 2 is one tile of 2 images
+
+
+@pytest.mark.parametrize("stage", ["checkpoint", "resized"])
+def test_the_step_profile_counts_the_models_own_multiplies_and_outputs(checkpoint_stages, stage):
+    # Its plan pads channels to 4 (the resized model has 3, 9, 15, 31, ... of them);
+    # the profile's multiplies are the model's, as compute_dot_prods counts them.
+    from tinyprune import compute_dot_prods
+    from tinyprune.tools import bench_inference
+    model = checkpoint_stages[stage]
+    rows = bench_inference.step_profile(model, batch=2, repeats=1)[1]
+    assert sum(row[9] for row in rows) == compute_dot_prods(model, (1, 3, 96, 96), "dense")[0]
+    conv = next(layer for _, layer in model.named_layers() if isinstance(layer, Conv2d))
+    first = rows[0]                                   # 3x3 stride 2 on 96x96: one output per 48x48 pixel
+    assert first[1] == "conv" and first[10] == conv.c_out * 48 * 48
+    assert first[9] == first[10] * 3 * 3 * 3
+
+
+def test_the_step_comparison_puts_a_resized_model_beside_its_full_one(checkpoint_stages):
+    from tinyprune.tools import bench_inference
+    full, resized = checkpoint_stages["checkpoint"], checkpoint_stages["resized"]
+    rows = bench_inference.step_comparison(resized, full, batch=2, repeats=1)
+    assert [row[0] for row in rows] == list(range(30))        # one row per step, conversions folded in
+    assert all(row[2] > 0 and row[3] > 0 for row in rows)
+    counted = [bench_inference.step_profile(m, batch=2, repeats=1)[1] for m in (resized, full)]
+    assert sum(row[4] for row in rows) == sum(row[9] for row in counted[0])
+    assert sum(row[5] for row in rows) == sum(row[9] for row in counted[1])
+    assert sum(row[6] for row in rows) < sum(row[7] for row in rows)      # fewer outputs
+    text = bench_inference.comparison_report(rows, "resized", "checkpoint")
+    assert len(text.splitlines()) == 2 + 30 + 3 and "time saved / multiplies saved" in text
+
+
+def test_the_step_comparison_refuses_models_with_different_steps(checkpoint_stages):
+    from tinyprune.tools import bench_inference
+    full = checkpoint_stages["checkpoint"]
+    shorter = Chain(*full.layers[0].layers[:6])          # its first two steps
+    with pytest.raises(ValueError, match="step_comparison: the two models' fast-path plans"):
+        bench_inference.step_comparison(shorter, full, batch=1, repeats=1)
+
+
+def test_against_needs_a_profile_to_stand_beside(capsys):
+    from tinyprune.tools import bench_inference
+    with pytest.raises(SystemExit):
+        bench_inference.main(["--against", "tutorial"])
+    assert "--against needs --profile" in capsys.readouterr().err

@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-__all__ = ["inference_figures", "step_profile", "report", "main"]
+__all__ = ["inference_figures", "step_profile", "step_comparison", "comparison_report", "report", "main"]
 
 IMAGE = (3, 96, 96)
 BATCHES = (64, 1)
@@ -177,11 +177,16 @@ def step_profile(model, batch=64, repeats=20):
     """The fast path's time per step for one tile of ``model``'s plan, on one thread.
 
     Returns the tile size and rows ``(step, kind, layout, c_in, c_out, size
-    in, images, microseconds, GMAC/s)`` for the tiles a batch of ``batch``
-    would use (a part of them before the plan's split, see
-    ``fused.tiling``), and the layout conversions between steps as rows of
-    their own.  CPU time of this
-    thread, so other programs on the machine disturb it less.
+    in, images, microseconds, GMAC/s, multiplies per image, outputs per
+    image)`` for the tiles a batch of ``batch`` would use (a part of them
+    before the plan's split, see ``fused.tiling``), and the layout
+    conversions between steps as rows of their own.  CPU time of this
+    thread, so other programs on the machine disturb it less.  GMAC/s
+    counts the multiplies the step does, its channels padded to 4 included;
+    the multiplies and outputs per image are the model's own, its real
+    channels only: over the steps the multiplies add up to
+    ``compute_dot_prods(model, shape, "dense")``, and the outputs are the
+    numbers the step writes (and activates) for one image.
     """
     from tinyprune import fused
     from tinyprune import fused_program as program
@@ -211,6 +216,7 @@ def step_profile(model, batch=64, repeats=20):
              program.POOL: "pool"}
     rows = []
     C, H, W = (int(n) for n in shapes[0])
+    real_in = C
     current = program.PLANES
     for s, step in enumerate(steps):
         if s == split and split:
@@ -220,17 +226,79 @@ def step_profile(model, batch=64, repeats=20):
         if wanted != current:
             seconds = cpu_seconds(lambda: program.convert(a, C, t, H, W, wanted, b, 0, 1))
             rows.append((s, "convert", "pixels" if wanted else "planes", C, C, f"{H}x{W}", t, seconds * 1e6,
-                         0.0))
+                         0.0, 0, 0))
             current = wanted
         O, HO, WO = (int(n) for n in shapes[s + 1])
         seconds = cpu_seconds(lambda: program.run_step(step, params, current, a, t, H, W, b, HO, WO, 0, 1))
         kh, kw = int(step[program.KH]), int(step[program.KW])
         macs = {program.CONV: O * C * kh * kw, program.DEPTHWISE: C * kh * kw, program.POINTWISE: O * C,
                 program.POOL: 0}[int(step[program.KIND])] * HO * WO * t
+        real = int(step[program.REAL])      # the model's own multiplies: channels, not padding
+        model_mults = {program.CONV: real * real_in * kh * kw, program.DEPTHWISE: real * kh * kw,
+                       program.POINTWISE: real * real_in, program.POOL: 0}[int(step[program.KIND])] * HO * WO
         rows.append((s, kinds[int(step[program.KIND])], "pixels" if current else "planes", C, O,
-                     f"{H}x{W}", t, seconds * 1e6, macs / seconds / 1e9))
-        C, H, W = O, HO, WO
+                     f"{H}x{W}", t, seconds * 1e6, macs / seconds / 1e9, model_mults, real * HO * WO))
+        C, H, W, real_in = O, HO, WO, real
     return T, rows
+
+
+def step_comparison(small, large, batch=64, repeats=20):
+    """Where a pruned model's time goes, step by step, against the model it was cut from.
+
+    ``small`` and ``large`` have the same steps (``small`` resized from
+    ``large``).  Returns rows ``(step, kind, small us, large us, small
+    multiplies, large multiplies, small outputs, large outputs)``, all per
+    image and from ``step_profile`` (one thread, each model in its own
+    tiles), a step's layout conversion counted with it.  If every step took
+    time in proportion to its multiplies, the small model would take
+    ``large us * small multiplies / large multiplies`` at each step; what it
+    takes beyond that is where its saving falls short of the multiplies'.
+    A step's outputs (each written, biased and activated once) shrink with
+    its output channels only, its multiplies with its input channels too:
+    that is most of the difference.
+    """
+    per_step = []
+    for model in (small, large):
+        steps = {}
+        for row in step_profile(model, batch, repeats)[1]:
+            kind, seconds, mults, outputs = steps.get(row[0], (row[1], 0.0, 0, 0))
+            if row[1] != "convert":
+                kind = row[1]
+            steps[row[0]] = (kind, seconds + row[7] / row[6], mults + row[9], outputs + row[10])
+        per_step.append(steps)
+    if list(per_step[0]) != list(per_step[1]) or any(
+            per_step[0][s][0] != per_step[1][s][0] for s in per_step[0]):
+        raise ValueError("step_comparison: the two models' fast-path plans do not have the same steps")
+    return [(s, kind, us, per_step[1][s][1], mults, per_step[1][s][2], outputs, per_step[1][s][3])
+            for s, (kind, us, mults, outputs) in per_step[0].items()]
+
+
+def comparison_report(rows, small_name, large_name, share=0.9):
+    """``step_comparison``'s rows as text: per step, the two times, their ratio, the ratios of the
+    multiplies and of the outputs, and the small model's time beyond its multiplies' share; then the
+    time it may take to save ``share`` of the multiplies' saving, and the steps most beyond."""
+    lines = [f"{small_name} against {large_name}: one thread, CPU microseconds per image",
+             f"   {'step':>4s} {'kind':10s} {small_name:>9s} {large_name:>9s} {'time':>6s} {'mults':>6s}"
+             f" {'outputs':>7s} {'beyond':>7s}"]
+    beyond = []
+    for s, kind, us, us_large, mults, mults_large, outputs, outputs_large in rows:
+        fair = us_large * mults / mults_large if mults_large else 0.0
+        beyond.append((us - fair, s, kind))
+        mult_ratio = f"{mults / mults_large:6.3f}" if mults_large else f"{'-':>6s}"
+        lines.append(f"   {s:4d} {kind:10s} {us:9.2f} {us_large:9.2f} {us / us_large:6.3f} {mult_ratio}"
+                     f" {outputs / outputs_large:7.3f} {us - fair:+7.2f}")
+    total, total_large = sum(r[2] for r in rows), sum(r[3] for r in rows)
+    mults, mults_large = sum(r[4] for r in rows), sum(r[5] for r in rows)
+    allowed = 1 - share * (1 - mults / mults_large)
+    outputs, outputs_large = sum(r[6] for r in rows), sum(r[7] for r in rows)
+    lines.append(f"   {'':4s} {'total':10s} {total:9.2f} {total_large:9.2f} {total / total_large:6.3f}"
+                 f" {mults / mults_large:6.3f} {outputs / outputs_large:7.3f} {sum(b[0] for b in beyond):+7.2f}")
+    lines.append(f"   time saved / multiplies saved: {(1 - total / total_large) / (1 - mults / mults_large):.3f};"
+                 f" {share} of the multiplies' saving needs at most {allowed:.3f} of {large_name}'s time,"
+                 f" {allowed * total_large:.2f} us here")
+    lines.append("   most time beyond the multiplies: " + ", ".join(
+        f"step {s} ({kind}) {extra:+.2f} us" for extra, s, kind in sorted(beyond, reverse=True)[:5]))
+    return "\n".join(lines)
 
 
 def report(figures):
@@ -254,20 +322,29 @@ def report(figures):
 
 
 def main(argv=None):
-    """``python -m tinyprune.tools.bench_inference [--rounds N] [--profile MODEL]``."""
+    """``python -m tinyprune.tools.bench_inference [--rounds N] [--profile MODEL [--against MODEL]]``."""
     parser = argparse.ArgumentParser(prog="python -m tinyprune.tools.bench_inference",
                                      description="Time the fast path, the plain layers and ONNX Runtime.")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     parser.add_argument("--profile", choices=("tutorial", "relu", "resized"),
                         help="instead, print the fast path's time per step for this model")
+    parser.add_argument("--against", choices=("tutorial", "relu", "resized"),
+                        help="with --profile: each step's time beside this model's, and beside its multiplies")
     parser.add_argument("--batch", type=int, default=64, help="batch size for --profile (default 64)")
     args = parser.parse_args(argv)
+    if args.against and not args.profile:
+        parser.error("--against needs --profile")
+    if args.against:
+        models = _models()
+        rows = step_comparison(models[args.profile], models[args.against], args.batch)
+        print(comparison_report(rows, args.profile, args.against))
+        return 0
     if args.profile:
         T, rows = step_profile(_models()[args.profile], args.batch)
         print(f"{args.profile}: tiles of {T} images, one thread, CPU microseconds per step")
         for row in rows:
             print("   {:3d} {:10s} {:6s} {:4d} -> {:4d}  {:>7s} {:3d} images {:9.1f} us {:6.1f} GMAC/s"
-                  .format(*row))
+                  .format(*row[:9]))
         print(f"   total {sum(r[7] / r[6] for r in rows):.1f} us per image")
         return 0
     print(report(inference_figures(rounds=args.rounds)))
