@@ -17,6 +17,7 @@ of a kernel that is (part of) an exercise carry its marker
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -374,3 +375,17 @@ def test_bench_quick_writes_positive_figures_under_the_documented_keys(tmp_path)
     assert [row["sparsity"] for row in figures["sparse"]] == [0.0, 0.5, 0.8, 0.9, 0.95, 0.99]
     assert all(row["dense_s"] > 0 and row["csr_s"] > 0 for row in figures["sparse"])
     assert "images/s" in run.stdout
+
+
+def test_paired_medians_times_each_function_in_turns():
+    from tinyprune.tools.bench import _paired_medians
+    calls = []
+
+    def timed(name, seconds):
+        def fn():
+            calls.append(name)
+            time.sleep(seconds)
+        return fn
+    short, long = _paired_medians([timed("a", 0.001), timed("b", 0.004)], repeats=4, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]     # the first place rotates
+    assert 0.001 <= short < long and long >= 0.004
