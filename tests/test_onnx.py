@@ -157,7 +157,18 @@ def test_the_step_comparison_puts_a_resized_model_beside_its_full_one(checkpoint
     assert sum(row[5] for row in rows) == sum(row[9] for row in counted[1])
     assert sum(row[6] for row in rows) < sum(row[7] for row in rows)      # fewer outputs
     text = bench_inference.comparison_report(rows, "resized", "checkpoint")
-    assert len(text.splitlines()) == 2 + 30 + 3 and "time saved / multiplies saved" in text
+    assert len(text.splitlines()) == 2 + 30 + 4 and "time saved / multiplies saved" in text
+
+
+def test_the_time_fit_recovers_the_cost_of_a_multiply_and_of_an_output():
+    from tinyprune.tools import bench_inference
+    per_mult, per_output = 1e-5, 2e-4          # us: an output costs 20 multiplies
+    counts = [(27_648, 9_216, 110_592, 18_432), (4_608, 2_304, 18_432, 4_608), (13_824, 1_536, 55_296, 3_072)]
+    rows = [(s, "pointwise", per_mult * m + per_output * o, per_mult * ml + per_output * ol, m, ml, o, ol)
+            for s, (m, o, ml, ol) in enumerate(counts)]
+    assert bench_inference.time_fit(rows) == pytest.approx((per_mult, per_output), rel=1e-9)
+    text = bench_inference.comparison_report(rows, "small", "large")
+    assert "an output costs 20 multiplies" in text
 
 
 def test_the_step_comparison_refuses_models_with_different_steps(checkpoint_stages):

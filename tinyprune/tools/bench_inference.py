@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-__all__ = ["inference_figures", "step_profile", "step_comparison", "comparison_report", "report", "main"]
+__all__ = ["inference_figures", "step_profile", "step_comparison", "time_fit", "comparison_report", "report", "main"]
 
 IMAGE = (3, 96, 96)
 BATCHES = (64, 1)
@@ -273,6 +273,20 @@ def step_comparison(small, large, batch=64, repeats=20):
             for s, (kind, us, mults, outputs) in per_step[0].items()]
 
 
+def time_fit(rows):
+    """(us per multiply, us per output): the least-squares fit of every step's time, both models'.
+
+    ``rows`` from ``step_comparison``.  A step writes, biases and activates
+    each of its outputs once, however many inputs each one sums; the fit
+    says what that costs against a multiply, and so how much of a model's
+    time goes with its outputs rather than its multiplies.
+    """
+    counts = np.array([(row[4], row[6]) for row in rows] + [(row[5], row[7]) for row in rows], float)
+    times = np.array([row[2] for row in rows] + [row[3] for row in rows])
+    (per_mult, per_output), *_ = np.linalg.lstsq(counts, times, rcond=None)
+    return float(per_mult), float(per_output)
+
+
 def comparison_report(rows, small_name, large_name, share=0.9):
     """``step_comparison``'s rows as text: per step, the two times, their ratio, the ratios of the
     multiplies and of the outputs, and the small model's time beyond its multiplies' share; then the
@@ -298,6 +312,11 @@ def comparison_report(rows, small_name, large_name, share=0.9):
                  f" {allowed * total_large:.2f} us here")
     lines.append("   most time beyond the multiplies: " + ", ".join(
         f"step {s} ({kind}) {extra:+.2f} us" for extra, s, kind in sorted(beyond, reverse=True)[:5]))
+    per_mult, per_output = time_fit(rows)
+    lines.append(f"   fit over both models' steps: {per_mult * 1e6:.2f} us per million multiplies + "
+                 f"{per_output * 1e3:.3f} us per thousand outputs (an output costs {per_output / per_mult:.0f} "
+                 f"multiplies); outputs take {per_output * outputs / total:.0%} of {small_name}'s time, "
+                 f"{per_output * outputs_large / total_large:.0%} of {large_name}'s")
     return "\n".join(lines)
 
 
