@@ -386,6 +386,10 @@ def test_paired_medians_times_each_function_in_turns():
             calls.append(name)
             time.sleep(seconds)
         return fn
-    short, long = _paired_medians([timed("a", 0.001), timed("b", 0.004)], repeats=4, warmup=1)
-    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]     # the first place rotates
+    short, long = _paired_medians([timed("a", 0.001), timed("b", 0.004)], rounds=4, warm_up=0.0,
+                                  seconds_per_sample=0.0)
+    # one call each to size the samples, then each round one untimed call and one timed one of
+    # each function, the first place rotating
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"] + ["a", "a", "b", "b"] \
+        + ["b", "b", "a", "a"]
     assert 0.001 <= short < long and long >= 0.004

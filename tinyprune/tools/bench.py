@@ -70,23 +70,37 @@ def _median_seconds(fn, repeats, warmup):
     return float(np.median(times))
 
 
-def _paired_medians(fns, repeats, warmup):
-    """Median wall-clock seconds of each of ``fns``, timed in turns: one call of each per round.
+def _paired_medians(fns, rounds, warm_up=0.1, seconds_per_sample=0.05):
+    """Median wall-clock seconds of a call of each of ``fns``, timed in turns.
 
-    For a ratio of two times: timed one after the other, a change in the
-    machine's load between the two runs went straight into the ratio.
+    Each of ``rounds`` rounds takes one sample of every function, the first
+    place rotating: ``warm_up`` seconds of untimed calls (at least one),
+    then about ``seconds_per_sample`` seconds of timed ones, as
+    ``tools.bench_inference`` samples.  For a ratio of two times: timed one
+    after the other, a change in the machine's load between the two went
+    straight into the ratio; timed call by call, each call found the caches
+    full of the other model's numbers, and after a switch the cores run
+    slower for tens of milliseconds (the resized model came out 1.2 times
+    slower either way).
     """
     import numpy as np
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
+    calls = []
+    for fn in fns:                                 # one call each, to size the samples
+        start = time.perf_counter()
+        fn()
+        calls.append(max(1, int(seconds_per_sample / max(time.perf_counter() - start, 1e-6))))
     times = [[] for _ in fns]
-    for r in range(repeats):
+    for r in range(rounds):
         for i in range(len(fns)):
             k = (i + r) % len(fns)                 # each takes the first place in turn
             start = time.perf_counter()
             fns[k]()
-            times[k].append(time.perf_counter() - start)
+            while time.perf_counter() - start < warm_up:
+                fns[k]()
+            start = time.perf_counter()
+            for _ in range(calls[k]):
+                fns[k]()
+            times[k].append((time.perf_counter() - start) / calls[k])
     return [float(np.median(t)) for t in times]
 
 
@@ -212,7 +226,8 @@ def _measure(quick, blas_threads):
     r = _inference_figures(resized, repeats, warmup)
     # The ratio from the two models timed in turns (section 2's time was taken a while before).
     x64 = _images(BATCH_INFER, 2)
-    full_s, resized_s = _paired_medians([lambda: model(x64), lambda: resized(x64)], 3 * repeats, warmup)
+    sampling = dict(warm_up=0.0, seconds_per_sample=0.0) if quick else {}
+    full_s, resized_s = _paired_medians([lambda: model(x64), lambda: resized(x64)], repeats, **sampling)
     mult_saving = 1 - resized_mults / full_mults
     time_saving = 1 - resized_s / full_s
     r.update({"dense_mults_full": int(full_mults), "dense_mults_resized": int(resized_mults),
