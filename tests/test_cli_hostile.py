@@ -88,7 +88,7 @@ FAKE_FIGURES = {
     "machine": {"cpu_count": 1, "loadavg_before": 0.0, "loadavg_after": 0.0},
     "train_step": {"batch": 32, "seconds": 1.0, "images_per_s": 32.0, "optimizer": "Adam(lr=1e-3)"},
     "inference": {"batch64_s": 1.0, "batch64_images_per_s": 64.0, "batch1_ms": 1.0},
-    "resized": {"batch64_s": 0.5, "batch64_images_per_s": 128.0, "batch1_ms": 0.5,
+    "resized": {"batch64_s": 0.5, "batch64_images_per_s": 128.0, "batch1_ms": 0.5, "full_batch64_s": 1.0,
                 "dense_mults_full": 2, "dense_mults_resized": 1, "mult_ratio": 0.5,
                 "time_ratio_batch64": 0.5, "saving_efficiency": 1.0,
                 "channel_labels": ["conv1"], "channels_full": [8], "channels": [4]},

@@ -371,6 +371,8 @@ def test_bench_quick_writes_positive_figures_under_the_documented_keys(tmp_path)
     assert figures["startup"]["warm_s"] > 0
     assert figures["startup"]["cold_s"] is None          # --quick does not compile everything afresh
     assert 0 < figures["resized"]["mult_ratio"] < 1 and figures["resized"]["batch64_images_per_s"] > 0
+    resized = figures["resized"]                            # section 3's two times, taken in turns
+    assert resized["time_ratio_batch64"] == pytest.approx(resized["batch64_s"] / resized["full_batch64_s"])
     assert figures["peak_memory"]["bytes"] > 0
     assert [row["sparsity"] for row in figures["sparse"]] == [0.0, 0.5, 0.8, 0.9, 0.95, 0.99]
     assert all(row["dense_s"] > 0 and row["csr_s"] > 0 for row in figures["sparse"])

@@ -16,7 +16,7 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 from helpers import give_statistics, relative_error
-from tinyprune import (Activation, ChannelPrune, Chain, Conv2d, MobileNet, pretrained, prune,
+from tinyprune import (Activation, ChannelPrune, Chain, Conv2d, MobileNet, ReLU, pretrained, prune,
                        prune_propagate, resize)
 from tinyprune.fold import fold_batchnorm
 from tinyprune.onnx_export import export_onnx
@@ -147,17 +147,32 @@ def test_the_step_profile_counts_the_models_own_multiplies_and_outputs(checkpoin
 
 
 def test_the_step_comparison_puts_a_resized_model_beside_its_full_one(checkpoint_stages):
+    from tinyprune import compute_dot_prods, fused
+    from tinyprune.fused_program import KIND
     from tinyprune.tools import bench_inference
     full, resized = checkpoint_stages["checkpoint"], checkpoint_stages["resized"]
     rows = bench_inference.step_comparison(resized, full, batch=2, repeats=1)
+    names = {0: "conv", 1: "depthwise", 2: "pointwise", 3: "pool"}
+    assert [row[1] for row in rows] == [names[int(k)] for k in fused.build_plan(full).steps[:, KIND]]
     assert [row[0] for row in rows] == list(range(30))        # one row per step, conversions folded in
     assert all(row[2] > 0 and row[3] > 0 for row in rows)
-    counted = [bench_inference.step_profile(m, batch=2, repeats=1)[1] for m in (resized, full)]
-    assert sum(row[4] for row in rows) == sum(row[9] for row in counted[0])
-    assert sum(row[5] for row in rows) == sum(row[9] for row in counted[1])
+    assert any(row[8] for row in rows) and any(row[9] for row in rows)   # both change layout somewhere
+    shape = (1, 3, 96, 96)
+    assert sum(row[4] for row in rows) == compute_dot_prods(resized, shape, "dense")[0]
+    assert sum(row[5] for row in rows) == compute_dot_prods(full, shape, "dense")[0] == 7_505_600
     assert sum(row[6] for row in rows) < sum(row[7] for row in rows)      # fewer outputs
     text = bench_inference.comparison_report(rows, "resized", "checkpoint")
     assert len(text.splitlines()) == 2 + 30 + 4 and "time saved / multiplies saved" in text
+
+
+def test_the_comparison_of_models_with_the_same_multiplies_says_so_and_divides_by_nothing():
+    from tinyprune.tools import bench_inference
+    rows = [(0, "conv", 2.0, 1.0, 100, 100, 10, 10, False, False),
+            (1, "pool", 0.5, 0.25, 0, 0, 1, 1, False, True)]
+    text = bench_inference.comparison_report(rows, "relu", "tutorial")
+    assert "relu saves no multiplies against tutorial" in text
+    assert "   1 pool      * " in text                      # a layout change in one model only
+    assert "     -" in text                                  # the pool's multiply ratio: nothing to divide by
 
 
 def test_the_time_fit_recovers_the_cost_of_a_multiply_and_of_an_output():
@@ -167,16 +182,22 @@ def test_the_time_fit_recovers_the_cost_of_a_multiply_and_of_an_output():
     rows = [(s, "pointwise", per_mult * m + per_output * o, per_mult * ml + per_output * ol, m, ml, o, ol)
             for s, (m, o, ml, ol) in enumerate(counts)]
     assert bench_inference.time_fit(rows) == pytest.approx((per_mult, per_output), rel=1e-9)
+    rows = [row + (False, False) for row in rows]
+    assert bench_inference.time_fit(rows) == pytest.approx((per_mult, per_output), rel=1e-9)
     text = bench_inference.comparison_report(rows, "small", "large")
     assert "an output costs 20 multiplies" in text
 
 
-def test_the_step_comparison_refuses_models_with_different_steps(checkpoint_stages):
+def test_the_step_comparison_refuses_models_with_different_steps(checkpoint_stages, monkeypatch):
     from tinyprune.tools import bench_inference
+    monkeypatch.setattr(bench_inference, "step_profile", None)   # refused before anything is timed
     full = checkpoint_stages["checkpoint"]
     shorter = Chain(*full.layers[0].layers[:6])          # its first two steps
-    with pytest.raises(ValueError, match="step_comparison: the two models' fast-path plans"):
+    with pytest.raises(ValueError, match="plans differ: 2 and 30 steps, the first difference at step 2"):
         bench_inference.step_comparison(shorter, full, batch=1, repeats=1)
+    strided, pointwise = Chain(Conv2d(3, 8, 3, 2, 1), ReLU()), Chain(Conv2d(3, 8, 1), ReLU())
+    with pytest.raises(ValueError, match="plans differ: 1 and 1 steps, the first difference at step 0"):
+        bench_inference.step_comparison(strided, pointwise, batch=1, repeats=1)
 
 
 def test_against_needs_a_profile_to_stand_beside(capsys):

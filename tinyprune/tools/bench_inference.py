@@ -24,7 +24,10 @@ pause the cores take a while to come back to speed), and the figures are
 medians over the rounds, with the load average before and after.
 :func:`inference_figures` returns them as a dict (the benchmark command
 prints them), :func:`step_profile` gives the fast path's time per step,
-which is where to look when a ratio falls short.
+which is where to look when a ratio falls short, and
+:func:`step_comparison` puts a resized model's steps beside the full
+model's, against their multiplies and outputs (``--profile resized
+--against tutorial``).
 """
 
 import argparse
@@ -181,12 +184,17 @@ def step_profile(model, batch=64, repeats=20):
     image)`` for the tiles a batch of ``batch`` would use (a part of them
     before the plan's split, see ``fused.tiling``), and the layout
     conversions between steps as rows of their own.  CPU time of this
-    thread, so other programs on the machine disturb it less.  GMAC/s
-    counts the multiplies the step does, its channels padded to 4 included;
-    the multiplies and outputs per image are the model's own, its real
-    channels only: over the steps the multiplies add up to
-    ``compute_dot_prods(model, shape, "dense")``, and the outputs are the
-    numbers the step writes (and activates) for one image.
+    thread, so other programs on the machine disturb it less.
+
+    GMAC/s counts the multiplies the step does: its real outputs (the
+    channels padded to a multiple of 4 are zeroed, not computed) times its
+    inputs, padded ones included.  The multiplies and outputs per image are
+    the model's own, its real channels only; the outputs are the numbers
+    the step writes (and activates) for one image.  When every BatchNorm
+    follows a convolution (as in MobileNet) the multiplies add up to
+    ``compute_dot_prods(model, (1,) + IMAGE, "dense")``; a BatchNorm or
+    activation on its own is a step here (a multiply per output) and no
+    multiply there.
     """
     from tinyprune import fused
     from tinyprune import fused_program as program
@@ -216,7 +224,8 @@ def step_profile(model, batch=64, repeats=20):
              program.POOL: "pool"}
     rows = []
     C, H, W = (int(n) for n in shapes[0])
-    real_in = C
+    first = next(layer for _, layer in model.named_layers())        # its real input channels: the plan
+    real_in = getattr(first, "c_in", getattr(first, "channels", C))   # pads a leading 1x1 product's to 4
     current = program.PLANES
     for s, step in enumerate(steps):
         if s == split and split:
@@ -231,9 +240,9 @@ def step_profile(model, batch=64, repeats=20):
         O, HO, WO = (int(n) for n in shapes[s + 1])
         seconds = cpu_seconds(lambda: program.run_step(step, params, current, a, t, H, W, b, HO, WO, 0, 1))
         kh, kw = int(step[program.KH]), int(step[program.KW])
-        macs = {program.CONV: O * C * kh * kw, program.DEPTHWISE: C * kh * kw, program.POINTWISE: O * C,
+        real = int(step[program.REAL])      # outputs real..O are padding: zeroed, not computed
+        macs = {program.CONV: real * C * kh * kw, program.DEPTHWISE: real * kh * kw, program.POINTWISE: real * C,
                 program.POOL: 0}[int(step[program.KIND])] * HO * WO * t
-        real = int(step[program.REAL])      # the model's own multiplies: channels, not padding
         model_mults = {program.CONV: real * real_in * kh * kw, program.DEPTHWISE: real * kh * kw,
                        program.POINTWISE: real * real_in, program.POOL: 0}[int(step[program.KIND])] * HO * WO
         rows.append((s, kinds[int(step[program.KIND])], "pixels" if current else "planes", C, O,
@@ -245,32 +254,47 @@ def step_profile(model, batch=64, repeats=20):
 def step_comparison(small, large, batch=64, repeats=20):
     """Where a pruned model's time goes, step by step, against the model it was cut from.
 
-    ``small`` and ``large`` have the same steps (``small`` resized from
-    ``large``).  Returns rows ``(step, kind, small us, large us, small
-    multiplies, large multiplies, small outputs, large outputs)``, all per
-    image and from ``step_profile`` (one thread, each model in its own
-    tiles), a step's layout conversion counted with it.  If every step took
-    time in proportion to its multiplies, the small model would take
-    ``large us * small multiplies / large multiplies`` at each step; what it
-    takes beyond that is where its saving falls short of the multiplies'.
-    A step's outputs (each written, biased and activated once) shrink with
-    its output channels only, its multiplies with its input channels too:
-    that is most of the difference.
+    ``small`` and ``large`` must have fast-path plans with the same kinds
+    of step in the same order (``small`` resized from ``large``), checked
+    before anything is timed.  Returns rows ``(step, kind, small us, large
+    us, small multiplies, large multiplies, small outputs, large outputs,
+    small converts, large converts)``, all per image and from
+    ``step_profile`` (one thread, each model in its own tiles); the time of
+    a layout conversion before a step is counted with the step, and the
+    last two fields say whether there was one (the two models may change
+    layout at different steps).  If every step took time in proportion to
+    its multiplies, the small model would take ``large us * small
+    multiplies / large multiplies`` at each step; what it takes beyond that
+    is where its saving falls short of the multiplies'.  A step's outputs
+    (each written, biased and activated once) shrink with its output
+    channels only, its multiplies with its input channels too: that is
+    most of the difference.
     """
+    from tinyprune import fused
+    from tinyprune import fused_program as program
+    kinds = []
+    for model in (small, large):
+        plan = fused.build_plan(model.copy().eval())
+        kinds.append([] if plan is None else [int(k) for k in plan.steps[:, program.KIND]])
+    if kinds[0] != kinds[1]:
+        differ = next((s for s, (a, b) in enumerate(zip(*kinds)) if a != b), min(map(len, kinds)))
+        raise ValueError(f"step_comparison: the two models' fast-path plans differ: {len(kinds[0])} and "
+                         f"{len(kinds[1])} steps, the first difference at step {differ}")
     per_step = []
     for model in (small, large):
         steps = {}
         for row in step_profile(model, batch, repeats)[1]:
-            kind, seconds, mults, outputs = steps.get(row[0], (row[1], 0.0, 0, 0))
-            if row[1] != "convert":
+            kind, seconds, mults, outputs, converts = steps.get(row[0], (row[1], 0.0, 0, 0, False))
+            if row[1] == "convert":
+                converts = True
+            else:
                 kind = row[1]
-            steps[row[0]] = (kind, seconds + row[7] / row[6], mults + row[9], outputs + row[10])
+            steps[row[0]] = (kind, seconds + row[7] / row[6], mults + row[9], outputs + row[10], converts)
         per_step.append(steps)
-    if list(per_step[0]) != list(per_step[1]) or any(
-            per_step[0][s][0] != per_step[1][s][0] for s in per_step[0]):
-        raise ValueError("step_comparison: the two models' fast-path plans do not have the same steps")
-    return [(s, kind, us, per_step[1][s][1], mults, per_step[1][s][2], outputs, per_step[1][s][3])
-            for s, (kind, us, mults, outputs) in per_step[0].items()]
+    large_steps = per_step[1]
+    return [(s, kind, us, large_steps[s][1], mults, large_steps[s][2], outputs, large_steps[s][3],
+             converts, large_steps[s][4])
+            for s, (kind, us, mults, outputs, converts) in per_step[0].items()]
 
 
 def time_fit(rows):
@@ -279,7 +303,9 @@ def time_fit(rows):
     ``rows`` from ``step_comparison``.  A step writes, biases and activates
     each of its outputs once, however many inputs each one sums; the fit
     says what that costs against a multiply, and so how much of a model's
-    time goes with its outputs rather than its multiplies.
+    time goes with its outputs rather than its multiplies.  It has no
+    constant term: what a step costs whatever its size (loop set-up, a
+    layout conversion) lands in the two figures too.
     """
     counts = np.array([(row[4], row[6]) for row in rows] + [(row[5], row[7]) for row in rows], float)
     times = np.array([row[2] for row in rows] + [row[3] for row in rows])
@@ -287,36 +313,59 @@ def time_fit(rows):
     return float(per_mult), float(per_output)
 
 
+def _ratio(a, b, width):
+    """a / b right-aligned in ``width`` characters, or "-" when b is 0."""
+    return f"{a / b:{width}.3f}" if b else f"{'-':>{width}s}"
+
+
 def comparison_report(rows, small_name, large_name, share=0.9):
-    """``step_comparison``'s rows as text: per step, the two times, their ratio, the ratios of the
-    multiplies and of the outputs, and the small model's time beyond its multiplies' share; then the
-    time it may take to save ``share`` of the multiplies' saving, and the steps most beyond."""
-    lines = [f"{small_name} against {large_name}: one thread, CPU microseconds per image",
-             f"   {'step':>4s} {'kind':10s} {small_name:>9s} {large_name:>9s} {'time':>6s} {'mults':>6s}"
+    """``step_comparison``'s rows as text, in microseconds per image (one thread).
+
+    Per step: the two times; the ratios small / large of the times, of the
+    multiplies and of the outputs; and "beyond", the small model's time
+    over its multiplies' share of the large model's step (``*`` marks a
+    step that includes a layout conversion in one model only).  Then the
+    totals (the total "beyond" is the sum over the steps), the saving
+    against the multiplies', the time the small model may take to save
+    ``share`` of the multiplies' saving, the steps furthest beyond, and
+    ``time_fit``.
+    """
+    lines = [f"{small_name} against {large_name}: one thread, CPU microseconds per image; "
+             f"ratios {small_name} / {large_name}",
+             f"   {'step':>4s} {'kind':11s} {small_name:>9s} {large_name:>9s} {'time':>6s} {'mults':>6s}"
              f" {'outputs':>7s} {'beyond':>7s}"]
     beyond = []
-    for s, kind, us, us_large, mults, mults_large, outputs, outputs_large in rows:
+    for s, kind, us, us_large, mults, mults_large, outputs, outputs_large, converts, converts_large in rows:
         fair = us_large * mults / mults_large if mults_large else 0.0
         beyond.append((us - fair, s, kind))
-        mult_ratio = f"{mults / mults_large:6.3f}" if mults_large else f"{'-':>6s}"
-        lines.append(f"   {s:4d} {kind:10s} {us:9.2f} {us_large:9.2f} {us / us_large:6.3f} {mult_ratio}"
-                     f" {outputs / outputs_large:7.3f} {us - fair:+7.2f}")
+        mark = "*" if converts != converts_large else " "
+        lines.append(f"   {s:4d} {kind:10s}{mark} {us:9.2f} {us_large:9.2f} {_ratio(us, us_large, 6)}"
+                     f" {_ratio(mults, mults_large, 6)} {_ratio(outputs, outputs_large, 7)} {us - fair:+7.2f}")
     total, total_large = sum(r[2] for r in rows), sum(r[3] for r in rows)
     mults, mults_large = sum(r[4] for r in rows), sum(r[5] for r in rows)
-    allowed = 1 - share * (1 - mults / mults_large)
     outputs, outputs_large = sum(r[6] for r in rows), sum(r[7] for r in rows)
-    lines.append(f"   {'':4s} {'total':10s} {total:9.2f} {total_large:9.2f} {total / total_large:6.3f}"
-                 f" {mults / mults_large:6.3f} {outputs / outputs_large:7.3f} {sum(b[0] for b in beyond):+7.2f}")
-    lines.append(f"   time saved / multiplies saved: {(1 - total / total_large) / (1 - mults / mults_large):.3f};"
-                 f" {share} of the multiplies' saving needs at most {allowed:.3f} of {large_name}'s time,"
-                 f" {allowed * total_large:.2f} us here")
+    lines.append(f"   {'':4s} {'total':11s} {total:9.2f} {total_large:9.2f} {_ratio(total, total_large, 6)}"
+                 f" {_ratio(mults, mults_large, 6)} {_ratio(outputs, outputs_large, 7)}"
+                 f" {sum(b[0] for b in beyond):+7.2f}")
+    if mults_large and mults < mults_large:
+        mult_saving = 1 - mults / mults_large
+        allowed = 1 - share * mult_saving
+        lines.append(f"   time saved / multiplies saved: {(1 - total / total_large) / mult_saving:.3f}; {share} "
+                     f"of the multiplies' saving needs at most {allowed:.3f} of {large_name}'s time, "
+                     f"{allowed * total_large:.2f} us here")
+    else:
+        lines.append(f"   {small_name} saves no multiplies against {large_name}")
     lines.append("   most time beyond the multiplies: " + ", ".join(
         f"step {s} ({kind}) {extra:+.2f} us" for extra, s, kind in sorted(beyond, reverse=True)[:5]))
     per_mult, per_output = time_fit(rows)
-    lines.append(f"   fit over both models' steps: {per_mult * 1e6:.2f} us per million multiplies + "
-                 f"{per_output * 1e3:.3f} us per thousand outputs (an output costs {per_output / per_mult:.0f} "
-                 f"multiplies); outputs take {per_output * outputs / total:.0%} of {small_name}'s time, "
-                 f"{per_output * outputs_large / total_large:.0%} of {large_name}'s")
+    if per_mult > 0 and per_output > 0:
+        lines.append(f"   fit over both models' steps: {per_mult * 1e6:.2f} us per million multiplies + "
+                     f"{per_output * 1e3:.3f} us per thousand outputs (an output costs "
+                     f"{per_output / per_mult:.0f} multiplies); outputs take {per_output * outputs / total:.0%} "
+                     f"of {small_name}'s time, {per_output * outputs_large / total_large:.0%} of {large_name}'s")
+    else:
+        lines.append(f"   fit over both models' steps: {per_mult * 1e6:.2f} us per million multiplies + "
+                     f"{per_output * 1e3:.3f} us per thousand outputs (not both positive: no split to give)")
     return "\n".join(lines)
 
 
