@@ -441,4 +441,3 @@ def planes(x):
 def pixels(x):
     """(N, C, H, W) -> the pixels layout (N, H, W, C)."""
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from test_fused import random, small_mobilenet
-from test_fused_threads import assert_two_python_threads_get_their_own_bits
+from test_fused_threads import assert_two_python_threads_get_their_own_bits, on_one_thread
 from tinyprune import crew, fused
 from tinyprune import fused_program as program
 from tinyprune import fused_share as sharing
@@ -193,9 +193,18 @@ def test_batch_calls_from_two_python_threads_at_once_give_the_right_bits():
     model = small_mobilenet("hardtanh").eval()
     plan = fused.build_plan(model)
     batches = [random((3, 3, 32, 32), 83 + k) for k in range(4)]
-    expected = []
-    for x in batches:
-        expected.append(np.empty((3, 2, 1, 1)))
-        program.run_plan(x, plan.steps, plan.params, 1, 1, expected[-1])
+    expected = [on_one_thread(plan, x) for x in batches]
     assert_two_python_threads_get_their_own_bits(
         lambda x, out: program.run_plan(x, plan.steps, plan.params, 1, 2, out), batches, expected, calls=30)
+
+
+def test_the_next_call_is_numbered_and_wakes_the_helpers_only_if_some_sleep():
+    class Job:
+        helpers, calls, bell = 2, 4, np.zeros(4, np.int64)
+
+    crew_of_none, job = crew.Crew(), Job()
+    job.bell[crew.SERVING] = 2                                 # both awake: nobody to wake
+    assert crew_of_none.next_call(job) == 5 and job.calls == 5
+    assert not crew_of_none.wake.is_set()
+    job.bell[crew.SERVING] = 1                                 # one asleep
+    assert crew_of_none.next_call(job) == 6 and crew_of_none.wake.is_set()

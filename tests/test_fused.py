@@ -36,12 +36,8 @@ def both(name, module=fk):
     return twins(module, name)
 
 
-
-
 def random(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape)
-
-
 
 
 def fast(model, x):
@@ -50,10 +46,6 @@ def fast(model, x):
     y = model(x)
     assert isinstance(model._fused, FusedPlan)
     return y
-
-
-
-
 
 
 # ---------------------------------------------------------------------------

@@ -30,8 +30,6 @@ def random(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-
-
 @pytest.mark.parametrize("outputs", [4, 5, 11, 12, 2])     # 4 at once; 5: 8 padded; 8, then 3 or 4; 2: 4 padded
 @pytest.mark.parametrize("kernel,stride,pad", CONV_CASES)
 @pytest.mark.parametrize("conv_planes", both("conv_planes"))

@@ -18,20 +18,8 @@ from tinyprune import fused_program as program
 pytestmark = [pytest.mark.inference]
 
 
-def both_program(name):
-    return twins(program, name)
-
-
-
-
 def random(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape)
-
-
-
-
-
-
 
 
 def compiled_run_tile(x, n0, T, *rest):
@@ -54,7 +42,7 @@ def test_the_program_runs_a_tile_compiled_and_plain(run_tile, split, part):
     assert np.all(out[0] == 0)                      # the tile was images 1 and 2
 
 
-@pytest.mark.parametrize("start_tile", both_program("start_tile"))
+@pytest.mark.parametrize("start_tile", twins(program, "start_tile"))
 def test_a_tile_starts_from_the_batch_itself_when_its_first_step_is_a_full_conv(start_tile):
     conv = Chain(Conv2d(3, 4, 3, stride=2, pad=1, bias=True, dtype=np.float64, rng=np.random.default_rng(5)))
     depthwise = Chain(DepthwiseConv2d(3, 3, stride=1, pad=1, bias=True, dtype=np.float64,
@@ -101,7 +89,7 @@ def test_a_model_reuses_its_scratch_buffers_and_gives_the_same_output():
     assert sorted(id(a) for buffers in spare for a in buffers) == kept
 
 
-@pytest.mark.parametrize("place", both_program("place"))
+@pytest.mark.parametrize("place", twins(program, "place"))
 @pytest.mark.parametrize("layout", [program.PLANES, program.PIXELS])
 def test_a_part_is_placed_into_the_whole_tile_as_planes(place, layout):
     x = random((2, 3, 2, 2), 60)                    # 2 images of 3 channels, 2x2
@@ -149,7 +137,7 @@ def test_shares_cover_everything_once_in_whole_blocks(n, parts, block):
     assert ranges == [program._share(n, p, parts, block) for p in range(parts)]
 
 
-@pytest.mark.parametrize("run_step", both_program("run_step"))
+@pytest.mark.parametrize("run_step", twins(program, "run_step"))
 def test_a_product_on_pixels_computes_the_real_rows_only(run_step):
     # One image of 1x1 is 1 real row of the 8 its pixel block holds: the other 7 are left alone.
     C, O = 8, 4
@@ -182,7 +170,7 @@ def test_a_full_conv_alone_before_the_split_runs_on_the_whole_tile():
     np.testing.assert_allclose(model(x), plain(model, x), rtol=1e-10)
 
 
-@pytest.mark.parametrize("run_step", both_program("run_step"))
+@pytest.mark.parametrize("run_step", twins(program, "run_step"))
 def test_a_product_on_planes_zeroes_the_padding_channels_without_computing_them(run_step):
     C, O, real, P = 4, 12, 9, 5                    # 9 real outputs, padded to 12
     W, bias = np.zeros((O, C)), np.zeros(O)
@@ -201,7 +189,7 @@ def test_a_product_on_planes_zeroes_the_padding_channels_without_computing_them(
     assert np.all(y[real:] == 0)
 
 
-@pytest.mark.parametrize("layout", both_program("layout"))
+@pytest.mark.parametrize("layout", twins(program, "layout"))
 def test_each_step_runs_in_the_layout_whose_rows_are_longer(layout):
     def step(kind, c_in, c_out, kernel=1, stride=1, pad=0):
         row = np.zeros(program.FIELDS, np.int64)

@@ -166,7 +166,7 @@ def a_call_for_serve(seed):
 def test_a_helper_runs_an_open_call_alone_then_leaves_when_idle(serve):
     plan, x, args = a_call_for_serve(66)
     bell, out = args[0], args[7]
-    bell[crew.CALL] = 1                             # call 1 is open, and nobody else works on it
+    bell[crew.CALL] = 1                                # call 1 is open, and nobody else works on it
     serve(*args, 100, 0)
     alone = np.empty((1, 2, 1, 1))
     program.run_plan(x, plan.steps, plan.params, 1, 1, alone)
@@ -219,6 +219,13 @@ def test_helpers_serve_call_after_call_and_move_to_another_plan():
             assert job.bell[crew.CALL] == -5 and job.bell[crew.BUSY] == 0
 
 
+def on_one_thread(plan, x):
+    """The plan's output for the batch x on the calling thread alone (one level of tiles of one image)."""
+    out = np.empty((x.shape[0], plan.channels, 1, 1))
+    program.run_plan(x, plan.steps, plan.params, 1, 1, out)
+    return out
+
+
 def assert_two_python_threads_get_their_own_bits(run, inputs, expected, calls=60):
     """``run(x, out)`` called from two Python threads at once, ``calls`` times each, cycling through
     ``inputs`` from different starts: every output is the one ``expected`` for its input."""
@@ -242,10 +249,7 @@ def assert_two_python_threads_get_their_own_bits(run, inputs, expected, calls=60
 def test_shared_calls_from_two_python_threads_at_once_give_the_right_bits():
     plan, _, shapes, _ = one_image_case(69)
     images = [random((1, 3, 32, 32), 70 + k) for k in range(6)]
-    expected = []
-    for x in images:
-        expected.append(np.empty((1, 2, 1, 1)))
-        program.run_plan(x, plan.steps, plan.params, 1, 1, expected[-1])
+    expected = [on_one_thread(plan, x) for x in images]
     assert_two_python_threads_get_their_own_bits(
         lambda x, out: sharing.run_shared(x, plan.steps, plan.params, shapes, out, 2), images, expected)
 

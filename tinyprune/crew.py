@@ -43,8 +43,8 @@ import numpy as np
 
 from .barrier import acquire_load, fetch_add, give_way, store, wait_for_zero
 
-__all__ = ["Crew", "Batches", "share_out", "helpers", "await_call", "keep_serving", "open_call", "close_call", "leave", "add",
-           "CALL", "BUSY", "SERVING", "LEAVE", "IDLE_TURNS", "BUSY_TURNS"]
+__all__ = ["Crew", "Batches", "share_out", "helpers", "await_call", "keep_serving", "open_call", "close_call",
+           "leave", "add", "CALL", "BUSY", "SERVING", "LEAVE", "IDLE_TURNS", "BUSY_TURNS"]
 
 CALL, BUSY, SERVING, LEAVE = range(4)
 # Turns a helper waits for the next call before it sleeps: the first ones
@@ -162,6 +162,18 @@ class Crew:
             self.threads.append(thread)
             thread.start()
 
+    def next_call(self, job):
+        """The number of ``job``'s next call, with the helpers that went to sleep woken for it.
+
+        Woken now, before the call is opened: they find it open when they
+        come.  (A helper that stops serving just after this look sees the
+        call in ``keep_serving`` and stays.)
+        """
+        job.calls += 1
+        if acquire_load(job.bell, SERVING) < job.helpers:
+            self.wake.set()
+        return job.calls
+
     def _loop(self, number):
         while True:
             self.wake.wait()
@@ -252,14 +264,12 @@ def share_out(work, workers):
         if not isinstance(job, Batches) or job.helpers != workers - 1:
             job = Batches(workers - 1)
             crew.serve_job(job)
-        job.calls += 1
         job.work, job.error = work, None              # (an error kept from a call that raised on the caller)
-        if acquire_load(job.bell, SERVING) < job.helpers:
-            crew.wake.set()                           # they will find the call open when they come
+        call = crew.next_call(job)
         try:
-            work(job.bell, job.calls)
+            work(job.bell, call)
         finally:
-            close_call(job.bell, job.calls)
+            close_call(job.bell, call)
             job.work = None
         if job.error is not None:
             error, job.error = job.error, None

@@ -260,8 +260,8 @@ def _depthwise_shifts(x, w, b, act, y):
         if hi > lo:
             nine_masked(flat, c * L + lo, W, w[c], b[c], masks, lo, out[c * L + lo:c * L + hi])
         if lo > 0:                                        # the tile's first pixels: through a window
-            window(flat, -e, lo + e, spare)
-            nine_masked(spare, e, W, w[c], b[c], masks, 0, out[:lo])
+            window(flat, c * L - e, c * L + lo + e, spare)
+            nine_masked(spare, e, W, w[c], b[c], masks, 0, out[c * L:c * L + lo])
         if hi < L:                                        # and its last ones
             window(flat, c * L + hi - e, c * L + L + e, spare)
             nine_masked(spare, e, W, w[c], b[c], masks, hi, out[c * L + hi:c * L + L])

@@ -209,15 +209,12 @@ def _run_shared(helpers, x, steps, params, shapes, out, workers, parts):
     if not isinstance(job, _Job) or job.key != key or job.steps is not steps or job.params is not params:
         job = _Job(key, x, steps, params, shapes, out, parts, workers - 1)
         helpers.serve_job(job)
-    job.calls += 1
-    if job.bell[SERVING] < job.helpers:                 # wake the sleeping ones; they wait for the call
-        helpers.wake.set()
+    call = helpers.next_call(job)
     try:
-        done = serve(job.bell, x, steps, params, shapes, job.a, job.b, job.out, parts, job.counters, 0,
-                     job.calls)
+        done = serve(job.bell, x, steps, params, shapes, job.a, job.b, job.out, parts, job.counters, 0, call)
     except BaseException:                               # refused before it started (typing)
         job.counters[-1] = 1                            # stop: any helper in the call stops waiting
-        close_call(job.bell, job.calls)
+        close_call(job.bell, call)
         raise
     if job.error is not None:
         error, job.error = job.error, None
